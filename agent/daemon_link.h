@@ -1,0 +1,36 @@
+// The worker's end of the daemon ⇄ worker link (framed protobuf over an
+// inherited socket). Independent of which main embeds the agent.
+#ifndef RELIB_AGENT_DAEMON_LINK_H_
+#define RELIB_AGENT_DAEMON_LINK_H_
+
+#include <mutex>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "common/unique_fd.h"
+
+namespace relib::v1::link {
+class ToWorker;
+class FromWorker;
+}  // namespace relib::v1::link
+
+namespace relib::agent {
+
+class DaemonLink {
+ public:
+  explicit DaemonLink(common::UniqueFd fd) : fd_(std::move(fd)) {}
+
+  // Thread-safe; any thread (module log calls included) may send.
+  absl::Status Send(const v1::link::FromWorker& message);
+  // Blocks for the next command. UNAVAILABLE when relibd closed the link.
+  // Only the command thread calls it.
+  absl::Status Receive(v1::link::ToWorker* command);
+
+ private:
+  common::UniqueFd fd_;
+  std::mutex send_mutex_;
+};
+
+}  // namespace relib::agent
+
+#endif  // RELIB_AGENT_DAEMON_LINK_H_

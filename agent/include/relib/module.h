@@ -1,0 +1,92 @@
+/* relib module ABI: the C interface between a module (.so) and the relib
+ * agent that hosts it. A module exports exactly one symbol,
+ * RELIB_DESCRIPTOR_SYMBOL, of type relib_module_descriptor; everything else
+ * in the module should have hidden visibility.
+ *
+ * Contracts for module authors:
+ *  - No C++ exception, longjmp or signal may cross any function of this ABI.
+ *  - All calls into a module (on_load, exports, before_unload) come from one
+ *    agent thread at a time; a module that starts threads synchronises them.
+ *  - Memory passed to a module (`in`, host api) is owned by the host and
+ *    valid only for the duration of the call.
+ *  - Output and error text go into a host-owned relib_buffer through its
+ *    `append` function, so no allocation crosses the boundary.
+ */
+#ifndef RELIB_MODULE_H_
+#define RELIB_MODULE_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped on any incompatible change of the structures below. The agent
+ * refuses a descriptor with another version. */
+#define RELIB_ABI_VERSION 1u
+
+/* Name of the one symbol a module exports. */
+#define RELIB_DESCRIPTOR_SYMBOL relib_module_descriptor_v
+#define RELIB_DESCRIPTOR_SYMBOL_NAME "relib_module_descriptor_v"
+
+/* Return codes of on_load, before_unload and exports. Any non-zero value is
+ * a failure; the buffer then holds a human-readable reason. */
+#define RELIB_OK 0
+#define RELIB_ERROR 1
+#define RELIB_ERROR_EXCEPTION 2 /* the C++ SDK caught an exception */
+
+/* Log levels, equal to spdlog's. */
+#define RELIB_LOG_TRACE 0
+#define RELIB_LOG_DEBUG 1
+#define RELIB_LOG_INFO 2
+#define RELIB_LOG_WARN 3
+#define RELIB_LOG_ERROR 4
+#define RELIB_LOG_CRITICAL 5
+
+/* Host-owned growable byte buffer. `append` copies `len` bytes to the end and
+ * returns RELIB_OK, or RELIB_ERROR if the host cannot take them. */
+typedef struct relib_buffer {
+  void* host_context;
+  int (*append)(struct relib_buffer* self, const void* data, size_t len);
+} relib_buffer;
+
+/* Services the host offers a module. Valid from on_load until before_unload
+ * returns; a module may keep the pointer for that long. Thread-safe. */
+typedef struct relib_host_api {
+  uint32_t abi_version;
+  void* host_context;
+  /* Logs one line through the worker's logger, tagged with the module name;
+   * relibd re-logs it. `text` need not be NUL-terminated. */
+  void (*log)(void* host_context, int level, const char* text, size_t len);
+} relib_host_api;
+
+/* One callable export: reads `in_len` bytes at `in`, appends its result to
+ * `out`, returns RELIB_OK or an error code with the reason in `out`. */
+typedef int (*relib_export_fn)(const void* in, size_t in_len, relib_buffer* out);
+
+typedef struct relib_export {
+  const char* name;
+  relib_export_fn fn;
+} relib_export;
+
+typedef struct relib_module_descriptor {
+  /* Must be RELIB_ABI_VERSION of the header the module was built with. */
+  uint32_t abi_version;
+  /* Human-readable module name (the name a user loads it under may differ). */
+  const char* name;
+  /* Optional. Called once after dlopen; non-zero fails the load (the reason
+   * goes into `error`) and the module is unloaded again. */
+  int (*on_load)(const relib_host_api* host, relib_buffer* error);
+  /* Optional. Called once before dlclose: stop threads, release resources.
+   * Non-zero refuses the unload unless it is forced. */
+  int (*before_unload)(relib_buffer* error);
+  const relib_export* exports;
+  size_t export_count;
+} relib_module_descriptor;
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* RELIB_MODULE_H_ */

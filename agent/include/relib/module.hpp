@@ -1,0 +1,143 @@
+// C++ sugar over relib/module.h: exports written as
+// `std::string Fn(std::string_view input)`, hooks as plain functions that
+// throw to fail. Every exception is caught at the boundary and becomes an
+// error result; none crosses the C ABI.
+//
+//   std::string Greet(std::string_view who) { return "hello " + std::string(who); }
+//   void OnLoad(relib::Host host) { host.Info("ready"); }
+//   RELIB_MODULE("hello", OnLoad, nullptr, relib::Export<Greet>("greet"));
+//
+// RELIB_MODULE must appear in exactly one translation unit of a module.
+#ifndef RELIB_MODULE_HPP_
+#define RELIB_MODULE_HPP_
+
+#include <cstddef>
+#include <exception>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+#include "relib/module.h"
+
+// Host services of the running module; defined by RELIB_MODULE, set during
+// on_load, hidden so it is never exported or shared between modules.
+extern "C" __attribute__((visibility("hidden"))) const relib_host_api* relib_module_host;
+
+namespace relib {
+
+// Thrown (or any std::exception) by module code to fail a hook or an export
+// with a message.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Handle to the host's services. Cheap to copy; valid between on_load and the
+// end of before_unload. Calls are thread-safe.
+class Host {
+ public:
+  explicit Host(const relib_host_api* api) : api_(api) {}
+
+  void Log(int level, std::string_view text) const {
+    if (api_ != nullptr && api_->log != nullptr) {
+      api_->log(api_->host_context, level, text.data(), text.size());
+    }
+  }
+  void Debug(std::string_view text) const { Log(RELIB_LOG_DEBUG, text); }
+  void Info(std::string_view text) const { Log(RELIB_LOG_INFO, text); }
+  void Warn(std::string_view text) const { Log(RELIB_LOG_WARN, text); }
+  void Error(std::string_view text) const { Log(RELIB_LOG_ERROR, text); }
+
+ private:
+  const relib_host_api* api_;
+};
+
+// The host of this module (a no-op logger before on_load).
+inline Host ThisHost() { return Host(relib_module_host); }
+
+namespace detail {
+
+inline void Append(relib_buffer* buffer, std::string_view text) noexcept {
+  if (buffer != nullptr) buffer->append(buffer, text.data(), text.size());
+}
+
+// Runs `body`, turning any exception into an error code plus message.
+template <typename Body>
+int Guarded(relib_buffer* error, Body&& body) noexcept {
+  try {
+    body();
+    return RELIB_OK;
+  } catch (const std::exception& e) {
+    Append(error, e.what());
+  } catch (...) {
+    Append(error, "unknown C++ exception");
+  }
+  return RELIB_ERROR_EXCEPTION;
+}
+
+template <auto Fn>
+int ExportThunk(const void* in, size_t in_len, relib_buffer* out) noexcept {
+  return Guarded(out, [&] {
+    std::string result = Fn(std::string_view(static_cast<const char*>(in), in_len));
+    Append(out, result);
+  });
+}
+
+template <auto Fn>
+int OnLoadThunk(const relib_host_api* host, relib_buffer* error) noexcept {
+  relib_module_host = host;
+  return Guarded(error, [&] { Fn(Host(host)); });
+}
+
+template <auto Fn>
+int BeforeUnloadThunk(relib_buffer* error) noexcept {
+  return Guarded(error, [&] { Fn(); });
+}
+
+template <auto Fn>
+constexpr auto OnLoadHook() {
+  if constexpr (std::is_same_v<decltype(Fn), std::nullptr_t>) {
+    return +[](const relib_host_api* host, relib_buffer*) noexcept -> int {
+      relib_module_host = host;
+      return RELIB_OK;
+    };
+  } else {
+    return &OnLoadThunk<Fn>;
+  }
+}
+
+template <auto Fn>
+constexpr auto BeforeUnloadHook() {
+  if constexpr (std::is_same_v<decltype(Fn), std::nullptr_t>) {
+    return static_cast<int (*)(relib_buffer*)>(nullptr);
+  } else {
+    return &BeforeUnloadThunk<Fn>;
+  }
+}
+
+}  // namespace detail
+
+// An export entry for RELIB_MODULE. Fn: std::string(std::string_view).
+template <auto Fn>
+constexpr relib_export Export(const char* name) {
+  return relib_export{name, &detail::ExportThunk<Fn>};
+}
+
+}  // namespace relib
+
+// Defines the module's descriptor. ON_LOAD: void(relib::Host) or nullptr;
+// BEFORE_UNLOAD: void() or nullptr; then one or more relib::Export<Fn>("name").
+#define RELIB_MODULE(NAME, ON_LOAD, BEFORE_UNLOAD, ...)                         \
+  const relib_host_api* relib_module_host = nullptr;                            \
+  static const relib_export relib_module_exports_[] = {__VA_ARGS__};           \
+  extern "C" __attribute__((visibility("default")))                             \
+  const relib_module_descriptor RELIB_DESCRIPTOR_SYMBOL = {                     \
+      RELIB_ABI_VERSION,                                                        \
+      NAME,                                                                     \
+      ::relib::detail::OnLoadHook<ON_LOAD>(),                                   \
+      ::relib::detail::BeforeUnloadHook<BEFORE_UNLOAD>(),                       \
+      relib_module_exports_,                                                    \
+      sizeof(relib_module_exports_) / sizeof(relib_module_exports_[0])}
+
+#endif  // RELIB_MODULE_HPP_

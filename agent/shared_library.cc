@@ -1,0 +1,40 @@
+#include "agent/shared_library.h"
+
+#include <dlfcn.h>
+
+namespace relib::agent {
+
+absl::StatusOr<SharedLibrary> SharedLibrary::Open(const std::string& path) {
+  void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (handle == nullptr) {
+    const char* error = ::dlerror();
+    return absl::InvalidArgumentError(std::string("dlopen failed: ") + (error ? error : "unknown error"));
+  }
+  return SharedLibrary(handle);
+}
+
+SharedLibrary& SharedLibrary::operator=(SharedLibrary&& other) noexcept {
+  if (this != &other) {
+    SharedLibrary discard(std::exchange(handle_, nullptr));
+    handle_ = std::exchange(other.handle_, nullptr);
+  }
+  return *this;
+}
+
+SharedLibrary::~SharedLibrary() { Close().IgnoreError(); }
+
+void* SharedLibrary::Symbol(const char* name) const {
+  return handle_ == nullptr ? nullptr : ::dlsym(handle_, name);
+}
+
+absl::Status SharedLibrary::Close() {
+  if (handle_ == nullptr) return absl::OkStatus();
+  void* handle = std::exchange(handle_, nullptr);
+  if (::dlclose(handle) != 0) {
+    const char* error = ::dlerror();
+    return absl::InternalError(std::string("dlclose failed: ") + (error ? error : "unknown error"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace relib::agent

@@ -1,0 +1,175 @@
+#include "client/commands.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <iostream>
+#include <iterator>
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "client/output.h"
+#include "grpcpp/grpcpp.h"
+#include "relib/v1/relibd.grpc.pb.h"
+
+namespace relib::client {
+namespace {
+
+const char* CodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::CANCELLED: return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED: return "ABORTED";
+    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::StatusCode::INTERNAL: return "INTERNAL";
+    default: return "ERROR";
+  }
+}
+
+// Connects or explains why not. Null means the caller should exit kExitUnreachable.
+std::unique_ptr<v1::Relibd::Stub> Connect(const ClientOptions& options) {
+  auto channel = grpc::CreateChannel("unix:" + options.socket, grpc::InsecureChannelCredentials());
+  auto deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(options.connect_timeout_ms);
+  if (!channel->WaitForConnected(deadline)) {
+    std::cerr << "relibctl: cannot reach relibd at " << options.socket
+              << " (is it running? start relibd or pass --socket)\n";
+    return nullptr;
+  }
+  return v1::Relibd::NewStub(channel);
+}
+
+int Fail(const std::string& what, const grpc::Status& status) {
+  std::cerr << "relibctl: " << what << ": " << status.error_message() << " [" << CodeName(status.error_code())
+            << "]\n";
+  return kExitModuleError;
+}
+
+std::string AbsolutePath(const std::string& path) {
+  if (path.empty()) return path;
+  std::error_code error;
+  auto absolute = std::filesystem::absolute(path, error);
+  return error ? path : absolute.lexically_normal().string();
+}
+
+template <typename Message>
+void Print(const ClientOptions& options, const Message& message, const std::string& text) {
+  if (options.json) {
+    std::cout << ToJson(message) << "\n";
+  } else {
+    std::cout << text;
+  }
+}
+
+}  // namespace
+
+int RunLoad(const ClientOptions& options, const std::string& name, const std::string& path) {
+  auto stub = Connect(options);
+  if (!stub) return kExitUnreachable;
+  v1::LoadRequest request;
+  request.set_name(name);
+  request.set_path(AbsolutePath(path));
+  v1::LoadResponse response;
+  grpc::ClientContext context;
+  grpc::Status status = stub->Load(&context, request, &response);
+  if (!status.ok()) return Fail("load " + name, status);
+  Print(options, response, FormatModule(response.module()));
+  return kExitOk;
+}
+
+int RunReload(const ClientOptions& options, const std::string& name, const std::string& path, bool force) {
+  auto stub = Connect(options);
+  if (!stub) return kExitUnreachable;
+  v1::ReloadRequest request;
+  request.set_name(name);
+  request.set_path(AbsolutePath(path));
+  request.set_force(force);
+  v1::ReloadResponse response;
+  grpc::ClientContext context;
+  grpc::Status status = stub->Reload(&context, request, &response);
+  if (!status.ok()) return Fail("reload " + name, status);
+  std::string text = absl::StrCat("reloaded ", FormatModule(response.module()));
+  if (response.has_report()) absl::StrAppend(&text, FormatReport(response.report()));
+  Print(options, response, text);
+  return kExitOk;
+}
+
+int RunUnload(const ClientOptions& options, const std::string& name, bool force) {
+  auto stub = Connect(options);
+  if (!stub) return kExitUnreachable;
+  v1::UnloadRequest request;
+  request.set_name(name);
+  request.set_force(force);
+  v1::UnloadResponse response;
+  grpc::ClientContext context;
+  grpc::Status status = stub->Unload(&context, request, &response);
+  if (!status.ok()) return Fail("unload " + name, status);
+  Print(options, response, FormatReport(response.report()));
+  return kExitOk;
+}
+
+int RunCall(const ClientOptions& options, const std::string& name, const std::string& export_name,
+            const std::string& input) {
+  auto stub = Connect(options);
+  if (!stub) return kExitUnreachable;
+  v1::CallRequest request;
+  request.set_name(name);
+  request.set_export_name(export_name);
+  if (input == "-") {
+    request.set_input(std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>()));
+  } else {
+    request.set_input(input);
+  }
+  v1::CallResponse response;
+  grpc::ClientContext context;
+  grpc::Status status = stub->Call(&context, request, &response);
+  if (!status.ok()) return Fail("call " + name + " " + export_name, status);
+  if (options.json) {
+    std::cout << ToJson(response) << "\n";
+  } else {
+    std::cout << response.output();
+    if (::isatty(STDOUT_FILENO) && !response.output().empty() && response.output().back() != '\n') {
+      std::cout << "\n";
+    }
+  }
+  return kExitOk;
+}
+
+int RunStatus(const ClientOptions& options) {
+  auto stub = Connect(options);
+  if (!stub) return kExitUnreachable;
+  v1::StatusResponse response;
+  grpc::ClientContext context;
+  grpc::Status status = stub->Status(&context, v1::StatusRequest(), &response);
+  if (!status.ok()) return Fail("status", status);
+  Print(options, response, FormatStatus(response));
+  return kExitOk;
+}
+
+int RunEvents(const ClientOptions& options, int count) {
+  auto stub = Connect(options);
+  if (!stub) return kExitUnreachable;
+  grpc::ClientContext context;
+  auto reader = stub->Events(&context, v1::EventsRequest());
+  v1::Event event;
+  int seen = 0;
+  while ((count <= 0 || seen < count) && reader->Read(&event)) {
+    std::cout << (options.json ? ToJson(event) : FormatEvent(event)) << std::endl;
+    ++seen;
+  }
+  if (count > 0 && seen == count) {
+    context.TryCancel();
+    return kExitOk;
+  }
+  grpc::Status status = reader->Finish();
+  if (!status.ok()) return Fail("events", status);
+  return kExitOk;
+}
+
+}  // namespace relib::client

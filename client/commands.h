@@ -1,0 +1,34 @@
+// relibctl subcommands, one function each. Each prints its result to stdout
+// (text or JSON), one error line to stderr, and returns the process exit code.
+#ifndef RELIB_CLIENT_COMMANDS_H_
+#define RELIB_CLIENT_COMMANDS_H_
+
+#include <string>
+
+namespace relib::client {
+
+// Exit codes shared by every subcommand.
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitModuleError = 1;  // the daemon answered with an error
+inline constexpr int kExitUsage = 2;        // bad command line
+inline constexpr int kExitUnreachable = 3;  // no daemon on the socket
+
+struct ClientOptions {
+  std::string socket;
+  bool json = false;
+  int connect_timeout_ms = 3000;
+};
+
+int RunLoad(const ClientOptions& options, const std::string& name, const std::string& path);
+int RunReload(const ClientOptions& options, const std::string& name, const std::string& path, bool force);
+int RunUnload(const ClientOptions& options, const std::string& name, bool force);
+// `input` "-" reads standard input. Output bytes go to stdout unchanged.
+int RunCall(const ClientOptions& options, const std::string& name, const std::string& export_name,
+            const std::string& input);
+int RunStatus(const ClientOptions& options);
+// Prints events as they happen; stops after `count` events if count > 0.
+int RunEvents(const ClientOptions& options, int count);
+
+}  // namespace relib::client
+
+#endif  // RELIB_CLIENT_COMMANDS_H_

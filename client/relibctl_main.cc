@@ -1,0 +1,65 @@
+// relibctl: command-line client of relibd. Exit codes: 0 ok, 1 the daemon
+// reported an error, 2 usage, 3 daemon not reachable.
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "client/commands.h"
+#include "common/socket_path.h"
+
+int main(int argc, char** argv) {
+  using namespace relib::client;
+  CLI::App app("relibctl: control relibd (live reload of native modules)");
+  app.require_subcommand(1);
+  ClientOptions options;
+  options.socket = relib::common::DefaultSocketPath();
+  app.add_option("--socket", options.socket, "relibd's Unix socket")->capture_default_str();
+  app.add_flag("--json", options.json, "print results as JSON");
+  app.add_option("--connect-timeout-ms", options.connect_timeout_ms, "how long to wait for relibd");
+
+  std::string name, path, export_name, input;
+  bool force = false;
+  int count = 0;
+  int exit_code = kExitOk;
+
+  auto* load = app.add_subcommand("load", "load a module under NAME from PATH");
+  load->add_option("NAME", name)->required();
+  load->add_option("PATH", path)->required();
+  load->callback([&] { exit_code = RunLoad(options, name, path); });
+
+  auto* reload = app.add_subcommand("reload", "replace NAME with a new build (from PATH or its current path)");
+  reload->add_option("NAME", name)->required();
+  reload->add_option("PATH", path);
+  reload->add_flag("--force", force, "unload even if before_unload fails");
+  reload->callback([&] { exit_code = RunReload(options, name, path, force); });
+
+  auto* unload = app.add_subcommand("unload", "unload NAME and print the unload report");
+  unload->add_option("NAME", name)->required();
+  unload->add_flag("--force", force, "unload even if before_unload fails");
+  unload->callback([&] { exit_code = RunUnload(options, name, force); });
+
+  auto* call = app.add_subcommand("call", "call EXPORT of NAME with INPUT (- reads stdin)");
+  call->add_option("NAME", name)->required();
+  call->add_option("EXPORT", export_name)->required();
+  call->add_option("INPUT", input);
+  call->callback([&] { exit_code = RunCall(options, name, export_name, input); });
+
+  auto* status = app.add_subcommand("status", "list modules and workers");
+  status->callback([&] { exit_code = RunStatus(options); });
+
+  auto* events = app.add_subcommand("events", "print lifecycle events as they happen");
+  events->add_option("--count", count, "stop after this many events");
+  events->callback([&] { exit_code = RunEvents(options, count); });
+
+  // --json is also accepted after the subcommand ("relibctl status --json").
+  for (auto* sub : {load, reload, unload, call, status, events}) {
+    sub->add_flag("--json", options.json, "print results as JSON");
+  }
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? kExitOk : kExitUsage;
+  }
+  return exit_code;
+}

@@ -1,0 +1,177 @@
+#include "common/child_process.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "absl/strings/str_cat.h"
+
+extern char** environ;
+
+namespace relib::common {
+namespace {
+
+int PidfdOpen(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
+
+int PidfdSendSignal(int pidfd, int signal) {
+  return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, signal, nullptr, 0));
+}
+
+// Only async-signal-safe calls between fork and exec.
+[[noreturn]] void ExecChild(const SpawnOptions& options, char* const* argv, char* const* envp,
+                            pid_t parent) {
+  if (options.die_with_parent) {
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) ::_exit(127);
+  }
+  // Reset signal dispositions and mask the parent may have changed.
+  sigset_t empty;
+  sigemptyset(&empty);
+  ::sigprocmask(SIG_SETMASK, &empty, nullptr);
+  for (int sig = 1; sig < NSIG; ++sig) ::signal(sig, SIG_DFL);
+  // Move handed-over fds above any target number first so dup2 never
+  // clobbers a source, then place them.
+  int highest = 3;
+  for (const auto& [from, to] : options.fds) highest = std::max(highest, to + 1);
+  int temps[64];
+  size_t count = std::min<size_t>(options.fds.size(), 64);
+  for (size_t i = 0; i < count; ++i) {
+    temps[i] = ::fcntl(options.fds[i].first, F_DUPFD, highest + 64);
+    if (temps[i] < 0) ::_exit(127);
+  }
+  for (size_t i = 0; i < count; ++i) {
+    if (::dup2(temps[i], options.fds[i].second) < 0) ::_exit(127);
+  }
+  // Close everything else above stderr except the placed fds.
+  int next = 3;
+  for (size_t i = 0; i < count; ++i) {
+    int target = options.fds[i].second;
+    // Close [next, target) and keep target; Spawn checked the order.
+    if (target >= next) {
+      if (target > next) ::syscall(SYS_close_range, next, target - 1, 0);
+      next = target + 1;
+    }
+  }
+  ::syscall(SYS_close_range, next, ~0U, 0);
+  ::execve(argv[0], argv, envp);
+  ::_exit(127);
+}
+
+}  // namespace
+
+std::string ExitStatus::ToString() const {
+  if (kind == Kind::kExited) return absl::StrCat("exited with code ", code);
+  const char* name = ::sigabbrev_np(code);
+  return absl::StrCat("killed by signal ", code, " (SIG", name ? name : "?", ")",
+                      core_dumped ? ", core dumped" : "");
+}
+
+absl::StatusOr<ChildProcess> ChildProcess::Spawn(const SpawnOptions& options) {
+  if (options.argv.empty()) return absl::InvalidArgumentError("spawn: empty argv");
+  if (options.fds.size() > 64) return absl::InvalidArgumentError("spawn: too many fds");
+  for (size_t i = 1; i < options.fds.size(); ++i) {
+    if (options.fds[i].second <= options.fds[i - 1].second) {
+      return absl::InvalidArgumentError("spawn: child fd numbers must ascend");
+    }
+  }
+  std::vector<char*> argv;
+  for (const auto& arg : options.argv) argv.push_back(const_cast<char*>(arg.c_str()));
+  argv.push_back(nullptr);
+  std::vector<char*> envp;
+  for (char** e = environ; *e != nullptr; ++e) envp.push_back(*e);
+  for (const auto& entry : options.extra_env) envp.push_back(const_cast<char*>(entry.c_str()));
+  envp.push_back(nullptr);
+
+  pid_t parent = ::getpid();
+  pid_t pid = ::fork();
+  if (pid < 0) return absl::ErrnoToStatus(errno, "fork");
+  if (pid == 0) ExecChild(options, argv.data(), envp.data(), parent);
+  int pidfd = PidfdOpen(pid);
+  if (pidfd < 0) {
+    int saved = errno;
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, nullptr, 0);
+    return absl::ErrnoToStatus(saved, "pidfd_open");
+  }
+  ::fcntl(pidfd, F_SETFD, FD_CLOEXEC);
+  return ChildProcess(pid, UniqueFd(pidfd));
+}
+
+ChildProcess::ChildProcess(ChildProcess&& other) noexcept
+    : pid_(std::exchange(other.pid_, -1)),
+      pidfd_(std::move(other.pidfd_)),
+      exit_status_(std::move(other.exit_status_)) {}
+
+ChildProcess& ChildProcess::operator=(ChildProcess&& other) noexcept {
+  if (this != &other) {
+    ChildProcess discard(std::move(*this));
+    pid_ = std::exchange(other.pid_, -1);
+    pidfd_ = std::move(other.pidfd_);
+    exit_status_ = std::move(other.exit_status_);
+  }
+  return *this;
+}
+
+ChildProcess::~ChildProcess() {
+  if (pid_ < 0 || reaped()) return;
+  Signal(SIGKILL).IgnoreError();
+  Wait().IgnoreError();
+}
+
+absl::Status ChildProcess::Signal(int signal) {
+  if (reaped()) return absl::FailedPreconditionError("process already reaped");
+  if (PidfdSendSignal(pidfd_.get(), signal) != 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("pidfd_send_signal to ", pid_));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::optional<ExitStatus>> ChildProcess::Reap(bool block) {
+  if (reaped()) return exit_status_;
+  siginfo_t info;
+  memset(&info, 0, sizeof(info));
+  int rc;
+  do {
+    rc = ::waitid(P_PIDFD, pidfd_.get(), &info, WEXITED | (block ? 0 : WNOHANG));
+  } while (rc < 0 && errno == EINTR);
+  if (rc < 0) return absl::ErrnoToStatus(errno, absl::StrCat("waitid ", pid_));
+  if (info.si_pid == 0) return std::optional<ExitStatus>();
+  ExitStatus status;
+  if (info.si_code == CLD_EXITED) {
+    status.kind = ExitStatus::Kind::kExited;
+    status.code = info.si_status;
+  } else {
+    status.kind = ExitStatus::Kind::kSignaled;
+    status.code = info.si_status;
+    status.core_dumped = info.si_code == CLD_DUMPED;
+  }
+  exit_status_ = status;
+  return exit_status_;
+}
+
+absl::StatusOr<std::optional<ExitStatus>> ChildProcess::TryReap() { return Reap(false); }
+
+absl::StatusOr<ExitStatus> ChildProcess::Wait() {
+  auto status = Reap(true);
+  if (!status.ok()) return status.status();
+  return **status;
+}
+
+ExitStatus ChildProcess::Terminate(int grace_ms) {
+  if (!reaped()) {
+    Signal(SIGTERM).IgnoreError();
+    pollfd pfd{pidfd_.get(), POLLIN, 0};
+    if (::poll(&pfd, 1, grace_ms) <= 0) Signal(SIGKILL).IgnoreError();
+  }
+  auto status = Wait();
+  return status.ok() ? *status : ExitStatus{};
+}
+
+}  // namespace relib::common

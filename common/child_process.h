@@ -1,0 +1,81 @@
+// A spawned child process owned through a pidfd, and how it ended.
+#ifndef RELIB_COMMON_CHILD_PROCESS_H_
+#define RELIB_COMMON_CHILD_PROCESS_H_
+
+#include <sys/types.h>
+
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/unique_fd.h"
+
+namespace relib::common {
+
+// How a process ended, classified like a supervisor needs it.
+struct ExitStatus {
+  enum class Kind { kExited, kSignaled };
+  Kind kind = Kind::kExited;
+  int code = 0;    // exit code for kExited, signal number for kSignaled
+  bool core_dumped = false;
+
+  bool Success() const { return kind == Kind::kExited && code == 0; }
+  // "exited with code 3", "killed by signal 11 (SIGSEGV), core dumped".
+  std::string ToString() const;
+};
+
+struct SpawnOptions {
+  std::vector<std::string> argv;  // argv[0] is the executable path
+  // Parent fds to hand over: {parent_fd, child_fd_number}. Every other fd
+  // except 0, 1, 2 is closed in the child.
+  std::vector<std::pair<int, int>> fds;
+  // Extra environment entries "K=V" added to the parent's environment.
+  std::vector<std::string> extra_env;
+  // Deliver SIGKILL to the child if the spawning thread's process dies.
+  bool die_with_parent = true;
+};
+
+// Owns a child process. Unless already reaped, the destructor sends SIGKILL
+// and reaps it. Signals go through the pidfd, so a reaped pid is never
+// signalled. Not thread-safe; move-only.
+class ChildProcess {
+ public:
+  // fork + exec. Errors: fork/pidfd failures; an exec failure shows up as
+  // exit code 127 of the child.
+  static absl::StatusOr<ChildProcess> Spawn(const SpawnOptions& options);
+
+  ChildProcess(ChildProcess&& other) noexcept;
+  ChildProcess& operator=(ChildProcess&& other) noexcept;
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+  ~ChildProcess();
+
+  pid_t pid() const { return pid_; }
+  // Readable once the child has exited (usable with poll/epoll/Asio).
+  int pidfd() const { return pidfd_.get(); }
+  bool reaped() const { return exit_status_.has_value(); }
+  const std::optional<ExitStatus>& exit_status() const { return exit_status_; }
+
+  // Sends `signal` unless the child is already reaped.
+  absl::Status Signal(int signal);
+  // Reaps without blocking; returns the status if the child has exited.
+  absl::StatusOr<std::optional<ExitStatus>> TryReap();
+  // Blocks until the child exits and reaps it.
+  absl::StatusOr<ExitStatus> Wait();
+  // SIGTERM, wait up to `grace_ms`, then SIGKILL; always reaps.
+  ExitStatus Terminate(int grace_ms);
+
+ private:
+  ChildProcess(pid_t pid, UniqueFd pidfd) : pid_(pid), pidfd_(std::move(pidfd)) {}
+  absl::StatusOr<std::optional<ExitStatus>> Reap(bool block);
+
+  pid_t pid_ = -1;
+  UniqueFd pidfd_;
+  std::optional<ExitStatus> exit_status_;
+};
+
+}  // namespace relib::common
+
+#endif  // RELIB_COMMON_CHILD_PROCESS_H_

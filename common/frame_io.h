@@ -1,0 +1,40 @@
+// Length-prefixed protobuf frames on a stream socket: the wire format of the
+// daemon ⇄ worker link (see proto/relib/v1/worker_link.proto).
+#ifndef RELIB_COMMON_FRAME_IO_H_
+#define RELIB_COMMON_FRAME_IO_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace google::protobuf {
+class MessageLite;
+}
+
+namespace relib::common {
+
+// A frame is a 4-byte little-endian payload length, then the payload.
+inline constexpr size_t kFrameHeaderBytes = 4;
+// Larger frames are a protocol error (protects against garbage lengths).
+inline constexpr uint32_t kMaxFramePayloadBytes = 256u << 20;
+
+void EncodeFrameHeader(uint32_t length, unsigned char out[kFrameHeaderBytes]);
+uint32_t DecodeFrameHeader(const unsigned char in[kFrameHeaderBytes]);
+
+// Serializes `message` into one frame (header + payload).
+absl::Status EncodeFrame(const google::protobuf::MessageLite& message, std::string* frame);
+
+// Blocking write of one frame. Not thread-safe per fd: callers serialize.
+// Errors: the write's errno (EPIPE when the peer is gone).
+absl::Status WriteFrame(int fd, const google::protobuf::MessageLite& message);
+
+// Blocking read of one frame into `message`. Returns UNAVAILABLE "link closed"
+// on a clean EOF before a header, DATA_LOSS on a truncated or oversized frame
+// or unparsable payload.
+absl::Status ReadFrame(int fd, google::protobuf::MessageLite* message);
+
+}  // namespace relib::common
+
+#endif  // RELIB_COMMON_FRAME_IO_H_

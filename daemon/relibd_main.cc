@@ -1,0 +1,139 @@
+// relibd: the supervisor daemon. Parses flags, wires the Asio loop, the
+// Supervisor and the gRPC server together, and shuts down on SIGINT/SIGTERM.
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <future>
+#include <optional>
+#include <thread>
+
+#include "CLI/CLI.hpp"
+#include "boost/asio/executor_work_guard.hpp"
+#include "boost/asio/io_context.hpp"
+#include "boost/asio/signal_set.hpp"
+#include "common/socket_path.h"
+#include "common/temp_dir.h"
+#include "daemon/event_bus.h"
+#include "daemon/rpc_service.h"
+#include "daemon/supervisor.h"
+#include "grpcpp/grpcpp.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+std::string DefaultWorkerPath() {
+  std::error_code error;
+  auto self = std::filesystem::read_symlink("/proc/self/exe", error);
+  return error ? "relib-worker" : (self.parent_path() / "relib-worker").string();
+}
+
+// Refuses to steal the socket of a running daemon; removes a stale one.
+bool PrepareSocketPath(const std::string& path) {
+  std::error_code error;
+  std::filesystem::create_directories(std::filesystem::path(path).parent_path(), error);
+  if (!std::filesystem::exists(path)) return true;
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path.c_str());
+  bool in_use = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  ::close(fd);
+  if (in_use) {
+    spdlog::critical("phase=startup another relibd is listening on {}", path);
+    return false;
+  }
+  std::filesystem::remove(path, error);
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app("relibd: live reload of native modules in supervised worker processes");
+  std::string socket_path = relib::common::DefaultSocketPath();
+  std::string worker_path = DefaultWorkerPath();
+  std::string run_dir;
+  std::string log_level = "info";
+  int load_ms = 10000, call_ms = 10000, unload_ms = 10000;
+  app.add_option("--socket", socket_path, "Unix socket to serve the API on")->capture_default_str();
+  app.add_option("--worker", worker_path, "relib-worker executable")->capture_default_str();
+  app.add_option("--run-dir", run_dir, "parent directory for worker scratch dirs (default: a new temp dir)");
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+  app.add_option("--load-deadline-ms", load_ms, "deadline of a load (copy, dlopen, on_load)")->capture_default_str();
+  app.add_option("--call-deadline-ms", call_ms, "deadline of one export call")->capture_default_str();
+  app.add_option("--unload-deadline-ms", unload_ms, "deadline of before_unload + dlclose + checks")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  ::signal(SIGPIPE, SIG_IGN);
+  auto logger = spdlog::stderr_color_mt("relibd");
+  logger->set_pattern(fmt::format("%Y-%m-%dT%H:%M:%S.%e %^%l%$ relibd[{}] %v", ::getpid()));
+  logger->set_level(spdlog::level::from_str(log_level));
+  spdlog::set_default_logger(logger);
+
+  std::optional<relib::common::TempDir> owned_run_dir;
+  if (run_dir.empty()) {
+    const char* tmp = std::getenv("TMPDIR");
+    auto created = relib::common::TempDir::Create(tmp && *tmp ? tmp : "/tmp", "relibd-");
+    if (!created.ok()) {
+      spdlog::critical("phase=startup {}", created.status().ToString());
+      return 1;
+    }
+    owned_run_dir.emplace(std::move(created).value());
+    run_dir = owned_run_dir->path();
+  }
+  if (::access(worker_path.c_str(), X_OK) != 0) {
+    spdlog::critical("phase=startup worker executable {} is missing or not executable (pass --worker)",
+                     worker_path);
+    return 1;
+  }
+  if (!PrepareSocketPath(socket_path)) return 1;
+
+  boost::asio::io_context io;
+  auto work = boost::asio::make_work_guard(io);
+  relib::daemon::EventBus events;
+  relib::daemon::SupervisorOptions options;
+  options.worker.worker_path = worker_path;
+  options.worker.run_dir = run_dir;
+  options.worker.log_level = log_level;
+  options.deadlines.load = std::chrono::milliseconds(load_ms);
+  options.deadlines.call = std::chrono::milliseconds(call_ms);
+  options.deadlines.unload = std::chrono::milliseconds(unload_ms);
+  relib::daemon::Supervisor supervisor(io, options, events);
+  relib::daemon::RpcService service(supervisor, events);
+
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort("unix:" + socket_path, grpc::InsecureServerCredentials());
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server) {
+    spdlog::critical("phase=startup cannot listen on unix:{}", socket_path);
+    return 1;
+  }
+  ::chmod(socket_path.c_str(), 0660);
+
+  std::promise<int> stop_signal;
+  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
+  signals.async_wait([&](const boost::system::error_code& ec, int signal) {
+    if (!ec) stop_signal.set_value(signal);
+  });
+  std::thread io_thread([&] { io.run(); });
+  spdlog::info("phase=startup listening on unix:{} worker={} run-dir={}", socket_path, worker_path, run_dir);
+
+  int signal = stop_signal.get_future().get();
+  spdlog::info("phase=shutdown signal {} received", signal);
+  events.Close();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  supervisor.Shutdown();
+  work.reset();
+  io.stop();
+  io_thread.join();
+  std::error_code ignored;
+  std::filesystem::remove(socket_path, ignored);
+  spdlog::info("phase=shutdown stopped");
+  return 0;
+}

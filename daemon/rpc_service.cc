@@ -1,0 +1,65 @@
+#include "daemon/rpc_service.h"
+
+namespace relib::daemon {
+namespace {
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+}  // namespace
+
+grpc::Status RpcService::Load(grpc::ServerContext*, const v1::LoadRequest* request, v1::LoadResponse* response) {
+  auto info = supervisor_.Load(request->name(), request->path());
+  if (!info.ok()) return ToGrpc(info.status());
+  *response->mutable_module() = std::move(info).value();
+  return grpc::Status::OK;
+}
+
+grpc::Status RpcService::Reload(grpc::ServerContext*, const v1::ReloadRequest* request,
+                                v1::ReloadResponse* response) {
+  auto result = supervisor_.Reload(request->name(), request->path(), request->force());
+  if (!result.ok()) return ToGrpc(result.status());
+  *response = std::move(result).value();
+  return grpc::Status::OK;
+}
+
+grpc::Status RpcService::Unload(grpc::ServerContext*, const v1::UnloadRequest* request,
+                                v1::UnloadResponse* response) {
+  auto report = supervisor_.Unload(request->name(), request->force());
+  if (!report.ok()) return ToGrpc(report.status());
+  *response->mutable_report() = std::move(report).value();
+  return grpc::Status::OK;
+}
+
+grpc::Status RpcService::Call(grpc::ServerContext*, const v1::CallRequest* request, v1::CallResponse* response) {
+  auto result = supervisor_.Call(request->name(), request->export_name(), request->input());
+  if (!result.ok()) return ToGrpc(result.status());
+  *response = std::move(result).value();
+  return grpc::Status::OK;
+}
+
+grpc::Status RpcService::Status(grpc::ServerContext*, const v1::StatusRequest*, v1::StatusResponse* response) {
+  *response = supervisor_.Status();
+  return grpc::Status::OK;
+}
+
+grpc::Status RpcService::Events(grpc::ServerContext* context, const v1::EventsRequest*,
+                                grpc::ServerWriter<v1::Event>* writer) {
+  auto subscription = events_.Subscribe();
+  // Tell the client the stream is live before any event happens, so it can
+  // start acting knowing nothing will be missed.
+  writer->SendInitialMetadata();
+  while (!context->IsCancelled()) {
+    v1::Event event;
+    if (subscription->Next(&event, std::chrono::milliseconds(200))) {
+      if (!writer->Write(event)) break;
+    } else if (subscription->closed()) {
+      break;
+    }
+  }
+  return grpc::Status::OK;
+}
+
+}  // namespace relib::daemon

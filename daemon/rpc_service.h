@@ -1,0 +1,32 @@
+// The relib.v1.Relibd gRPC service: translates requests to Supervisor calls
+// and absl::Status to grpc::Status. No logic of its own.
+#ifndef RELIB_DAEMON_RPC_SERVICE_H_
+#define RELIB_DAEMON_RPC_SERVICE_H_
+
+#include <atomic>
+
+#include "daemon/event_bus.h"
+#include "daemon/supervisor.h"
+#include "relib/v1/relibd.grpc.pb.h"
+
+namespace relib::daemon {
+
+class RpcService final : public v1::Relibd::Service {
+ public:
+  RpcService(Supervisor& supervisor, EventBus& events) : supervisor_(supervisor), events_(events) {}
+
+  grpc::Status Load(grpc::ServerContext*, const v1::LoadRequest*, v1::LoadResponse*) override;
+  grpc::Status Reload(grpc::ServerContext*, const v1::ReloadRequest*, v1::ReloadResponse*) override;
+  grpc::Status Unload(grpc::ServerContext*, const v1::UnloadRequest*, v1::UnloadResponse*) override;
+  grpc::Status Call(grpc::ServerContext*, const v1::CallRequest*, v1::CallResponse*) override;
+  grpc::Status Status(grpc::ServerContext*, const v1::StatusRequest*, v1::StatusResponse*) override;
+  grpc::Status Events(grpc::ServerContext*, const v1::EventsRequest*, grpc::ServerWriter<v1::Event>*) override;
+
+ private:
+  Supervisor& supervisor_;
+  EventBus& events_;
+};
+
+}  // namespace relib::daemon
+
+#endif  // RELIB_DAEMON_RPC_SERVICE_H_

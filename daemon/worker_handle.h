@@ -1,0 +1,117 @@
+// relibd's handle on one relib-worker process: spawns it, talks the worker
+// link asynchronously on the daemon's Asio loop, enforces per-command
+// deadlines and notices the process's death through its pidfd.
+#ifndef RELIB_DAEMON_WORKER_HANDLE_H_
+#define RELIB_DAEMON_WORKER_HANDLE_H_
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "boost/asio/io_context.hpp"
+#include "boost/asio/local/stream_protocol.hpp"
+#include "boost/asio/posix/stream_descriptor.hpp"
+#include "boost/asio/steady_timer.hpp"
+#include "common/child_process.h"
+#include "common/temp_dir.h"
+#include "relib/v1/worker_link.pb.h"
+
+namespace relib::daemon {
+
+struct WorkerOptions {
+  std::string worker_path;  // the relib-worker executable
+  std::string run_dir;      // parent of the worker's private scratch directory
+  std::string log_level = "info";
+};
+
+class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
+ public:
+  using ReplyCallback = std::function<void(absl::StatusOr<v1::link::Reply>)>;
+  struct Callbacks {
+    // A log line a module sent through the host API (io thread).
+    std::function<void(pid_t, const v1::link::Log&)> on_log;
+    // The process ended and has been reaped; `reason` describes how and what
+    // it was doing (io thread). Called exactly once.
+    std::function<void(pid_t, const std::string& reason)> on_exit;
+  };
+
+  // Spawns the worker with no inherited fds but its end of the link.
+  static absl::StatusOr<std::shared_ptr<WorkerHandle>> Start(boost::asio::io_context& io,
+                                                             const WorkerOptions& options,
+                                                             Callbacks callbacks);
+  ~WorkerHandle();
+
+  // Thread-safe. Sends `command` (its id is assigned here). `done` runs once
+  // on the io thread with the worker's reply, with DEADLINE_EXCEEDED after
+  // `deadline` (the worker is then killed: a hung worker cannot be trusted),
+  // or with UNAVAILABLE if the worker died first. `what` names the command
+  // for error messages ("call 'greet' of module 'hello'").
+  void Send(v1::link::ToWorker command, std::string what, std::chrono::milliseconds deadline,
+            ReplyCallback done);
+
+  // Blocking form of Send for threads other than the io thread.
+  absl::StatusOr<v1::link::Reply> Request(v1::link::ToWorker command, std::string what,
+                                          std::chrono::milliseconds deadline);
+
+  // Thread-safe. Closes the link so the worker exits on its own; SIGKILL if it
+  // is still alive after `grace`.
+  void Stop(std::chrono::milliseconds grace);
+
+  pid_t pid() const { return pid_; }
+  bool alive() const { return alive_.load(); }
+  int64_t started_at_unix_ms() const { return started_at_unix_ms_; }
+
+ private:
+  struct Pending {
+    ReplyCallback done;
+    std::string what;
+    std::unique_ptr<boost::asio::steady_timer> timer;
+  };
+
+  WorkerHandle(boost::asio::io_context& io, common::ChildProcess process, common::TempDir scratch,
+               int link_fd, Callbacks callbacks);
+
+  // All below run on the io thread.
+  void StartIo();
+  void ReadHeader();
+  void ReadPayload(uint32_t length);
+  void Dispatch(const v1::link::FromWorker& message);
+  void WriteNext();
+  void OnDeadline(uint64_t id);
+  void Kill(const std::string& why);
+  void OnProcessExit();
+  void FailAllPending(const std::string& reason);
+
+  boost::asio::io_context& io_;
+  common::ChildProcess process_;
+  common::TempDir scratch_;
+  Callbacks callbacks_;
+  const pid_t pid_;
+  const int64_t started_at_unix_ms_;
+  std::atomic<bool> alive_{true};
+
+  boost::asio::local::stream_protocol::socket link_;
+  boost::asio::posix::stream_descriptor pidfd_watch_;
+  unsigned char header_[4];
+  std::string payload_;
+  std::deque<std::string> write_queue_;
+  uint64_t next_id_ = 1;
+  std::map<uint64_t, Pending> pending_;
+  // Why the daemon killed the worker, if it did.
+  std::optional<std::string> kill_reason_;
+  // Stop() closed the link on purpose; EOF from the worker is expected.
+  bool stopping_ = false;
+  std::unique_ptr<boost::asio::steady_timer> stop_timer_;
+};
+
+}  // namespace relib::daemon
+
+#endif  // RELIB_DAEMON_WORKER_HANDLE_H_
