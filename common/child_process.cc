@@ -4,7 +4,6 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
-#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -25,12 +24,10 @@ int PidfdSendSignal(int pidfd, int signal) {
 }
 
 // Only async-signal-safe calls between fork and exec.
-[[noreturn]] void ExecChild(const SpawnOptions& options, char* const* argv, char* const* envp,
-                            pid_t parent) {
-  if (options.die_with_parent) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (::getppid() != parent) ::_exit(127);
-  }
+// No PR_SET_PDEATHSIG: it fires when the forking *thread* exits, and relibd
+// forks from short-lived RPC threads. Children learn of their parent's death
+// from their own link (a worker exits on EOF).
+[[noreturn]] void ExecChild(const SpawnOptions& options, char* const* argv, char* const* envp) {
   // Reset signal dispositions and mask the parent may have changed.
   sigset_t empty;
   sigemptyset(&empty);
@@ -89,10 +86,9 @@ absl::StatusOr<ChildProcess> ChildProcess::Spawn(const SpawnOptions& options) {
   for (const auto& entry : options.extra_env) envp.push_back(const_cast<char*>(entry.c_str()));
   envp.push_back(nullptr);
 
-  pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) return absl::ErrnoToStatus(errno, "fork");
-  if (pid == 0) ExecChild(options, argv.data(), envp.data(), parent);
+  if (pid == 0) ExecChild(options, argv.data(), envp.data());
   int pidfd = PidfdOpen(pid);
   if (pidfd < 0) {
     int saved = errno;

@@ -33,8 +33,6 @@ struct SpawnOptions {
   std::vector<std::pair<int, int>> fds;
   // Extra environment entries "K=V" added to the parent's environment.
   std::vector<std::string> extra_env;
-  // Deliver SIGKILL to the child if the spawning thread's process dies.
-  bool die_with_parent = true;
 };
 
 // Owns a child process. Unless already reaped, the destructor sends SIGKILL

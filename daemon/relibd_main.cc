@@ -126,9 +126,12 @@ int main(int argc, char** argv) {
 
   int signal = stop_signal.get_future().get();
   spdlog::info("phase=shutdown signal {} received", signal);
-  events.Close();
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  // Workers first: RPCs waiting on them then fail fast instead of holding up
+  // the server's shutdown; event streams end; idle client channels are not
+  // waited for beyond a short grace.
   supervisor.Shutdown();
+  events.Close();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
   work.reset();
   io.stop();
   io_thread.join();

@@ -77,7 +77,7 @@ void WorkerHandle::ReadHeader() {
   asio::async_read(link_, asio::buffer(header_), [self](const boost::system::error_code& ec, size_t) {
     if (ec) {
       // EOF or error: the worker is exiting or broken; the pidfd tells how.
-      if (self->alive_ && !self->stopping_) self->Kill("worker closed its link");
+      if (self->alive_ && !self->stopping_) self->OnLinkClosed(ec);
       return;
     }
     uint32_t length = common::DecodeFrameHeader(self->header_);
@@ -94,7 +94,7 @@ void WorkerHandle::ReadPayload(uint32_t length) {
   auto self = shared_from_this();
   asio::async_read(link_, asio::buffer(payload_), [self](const boost::system::error_code& ec, size_t) {
     if (ec) {
-      if (self->alive_) self->Kill("worker closed its link inside a frame");
+      if (self->alive_ && !self->stopping_) self->OnLinkClosed(ec);
       return;
     }
     v1::link::FromWorker message;
@@ -191,6 +191,17 @@ void WorkerHandle::OnDeadline(uint64_t id) {
   pending.done(absl::DeadlineExceededError(reason));
 }
 
+void WorkerHandle::OnLinkClosed(const boost::system::error_code& ec) {
+  // Usually the process is dying and its pidfd is about to say how; give it
+  // a moment so the exit status, not this EOF, is what gets reported.
+  spdlog::debug("worker pid={} phase=link link closed: {}", pid_, ec.message());
+  auto self = shared_from_this();
+  link_closed_timer_ = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(500));
+  link_closed_timer_->async_wait([self, ec](const boost::system::error_code& timer_ec) {
+    if (!timer_ec && self->alive_) self->Kill("worker closed its link: " + ec.message());
+  });
+}
+
 void WorkerHandle::Kill(const std::string& why) {
   if (!kill_reason_) kill_reason_ = why;
   process_.Signal(SIGKILL).IgnoreError();
@@ -218,11 +229,12 @@ void WorkerHandle::OnProcessExit() {
   if (!pending_.empty()) during = absl::StrCat(" during ", pending_.begin()->second.what);
   std::string reason = kill_reason_ ? absl::StrCat("worker pid ", pid_, " ", how, " (", *kill_reason_, ")")
                                     : absl::StrCat("worker pid ", pid_, " ", how, during);
-  spdlog::warn("worker pid={} phase=exit {}", pid_, reason);
+  spdlog::log(stopping_ ? spdlog::level::info : spdlog::level::warn, "worker pid={} phase=exit {}", pid_, reason);
   boost::system::error_code ignored;
   link_.close(ignored);
   pidfd_watch_.close(ignored);
   if (stop_timer_) stop_timer_->cancel();
+  if (link_closed_timer_) link_closed_timer_->cancel();
   FailAllPending(reason);
   if (callbacks_.on_exit) callbacks_.on_exit(pid_, reason);
 }

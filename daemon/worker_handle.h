@@ -86,6 +86,7 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   void Dispatch(const v1::link::FromWorker& message);
   void WriteNext();
   void OnDeadline(uint64_t id);
+  void OnLinkClosed(const boost::system::error_code& ec);
   void Kill(const std::string& why);
   void OnProcessExit();
   void FailAllPending(const std::string& reason);
@@ -110,6 +111,7 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   // Stop() closed the link on purpose; EOF from the worker is expected.
   bool stopping_ = false;
   std::unique_ptr<boost::asio::steady_timer> stop_timer_;
+  std::unique_ptr<boost::asio::steady_timer> link_closed_timer_;
 };
 
 }  // namespace relib::daemon

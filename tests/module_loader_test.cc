@@ -1,0 +1,190 @@
+// ModuleLoader in this process: real dlopen of CMake-built test modules,
+// unmapping verified from /proc/self/maps.
+#include "agent/module_loader.h"
+
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+
+#include "common/proc_maps.h"
+#include "common/temp_dir.h"
+#include "tests/test_paths.h"
+#include "tests/testing.h"
+
+namespace relib::agent {
+namespace {
+
+using ::relib::testing::IsOk;
+using ::relib::testing::StatusIs;
+using ::testing::AllOf;
+using ::testing::Contains;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+namespace paths = ::relib::testing;
+
+class ModuleLoaderTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto dir = common::TempDir::Create("/tmp", "relib-loader-test-");
+    ASSERT_THAT(dir, IsOk());
+    dir_.emplace(std::move(dir).value());
+    loader_.emplace(dir_->path() + "", [this](int level, const std::string& module, std::string_view text) {
+      std::lock_guard<std::mutex> lock(log_mutex_);
+      logs_.push_back(module + ": " + std::string(text));
+    });
+  }
+  void TearDown() override { loader_.reset(); }
+
+  // Number of mappings of any file in the scratch directory.
+  size_t ScratchMappings() {
+    auto mappings = common::ReadMappings(0);
+    EXPECT_THAT(mappings, IsOk());
+    size_t count = 0;
+    for (const auto& m : *mappings) count += m.path.rfind(dir_->path(), 0) == 0;
+    return count;
+  }
+
+  std::string CopyTo(const char* from, const std::string& name) {
+    std::string to = dir_->path() + "/" + name;
+    std::filesystem::copy_file(from, to, std::filesystem::copy_options::overwrite_existing);
+    return to;
+  }
+
+  std::optional<common::TempDir> dir_;
+  std::optional<ModuleLoader> loader_;
+  std::mutex log_mutex_;
+  std::vector<std::string> logs_;
+};
+
+TEST_F(ModuleLoaderTest, LoadCallUnloadLeavesNothingMapped) {
+  auto info = loader_->Load("m", paths::k_versioned_v1, 1);
+  ASSERT_THAT(info, IsOk());
+  EXPECT_EQ(info->descriptor_name, "versioned");
+  EXPECT_THAT(info->exports, Contains("version"));
+  EXPECT_GT(ScratchMappings(), 0u);
+  EXPECT_EQ(*loader_->Call("m", "version", ""), "v1");
+  EXPECT_EQ(*loader_->Call("m", "echo", std::string("a\0b", 3)), std::string("a\0b", 3));
+  EXPECT_THAT(logs_, Contains("m: versioned v1 loaded"));
+
+  auto report = loader_->Unload("m", false);
+  ASSERT_THAT(report, IsOk());
+  EXPECT_TRUE(report->unmapped);
+  EXPECT_TRUE(report->remaining_mappings.empty());
+  EXPECT_TRUE(report->before_unload_missing);
+  EXPECT_EQ(report->path, paths::k_versioned_v1);
+  EXPECT_EQ(ScratchMappings(), 0u);
+  EXPECT_FALSE(loader_->IsLoaded("m"));
+}
+
+TEST_F(ModuleLoaderTest, OriginalMayBeOverwrittenWhileLoaded) {
+  std::string path = dir_->path() + "/live.so";
+  std::filesystem::copy_file(paths::k_versioned_v1, path);
+  ASSERT_THAT(loader_->Load("m", path, 1), IsOk());
+  // What a compiler does: replace the file under the same name.
+  std::filesystem::remove(path);
+  std::filesystem::copy_file(paths::k_versioned_v2, path);
+  EXPECT_EQ(*loader_->Call("m", "version", ""), "v1");
+  UnloadReport report;
+  auto outcome = loader_->Reload("m", path, 2, false, &report);
+  ASSERT_THAT(outcome, IsOk());
+  EXPECT_TRUE(outcome->report.unmapped);
+  EXPECT_EQ(outcome->report.version, 1u);
+  EXPECT_EQ(*loader_->Call("m", "version", ""), "v2");
+}
+
+TEST_F(ModuleLoaderTest, ModuleStateResetsOnReload) {
+  ASSERT_THAT(loader_->Load("m", paths::k_versioned_v1, 1), IsOk());
+  EXPECT_EQ(*loader_->Call("m", "count", ""), "1");
+  EXPECT_EQ(*loader_->Call("m", "count", ""), "2");
+  UnloadReport report;
+  ASSERT_THAT(loader_->Reload("m", paths::k_versioned_v1, 2, false, &report), IsOk());
+  // A really fresh copy: static data starts over.
+  EXPECT_EQ(*loader_->Call("m", "count", ""), "1");
+}
+
+TEST_F(ModuleLoaderTest, BadFilesAreRejectedWithTheirCause) {
+  std::string text = dir_->path() + "/text.so";
+  std::ofstream(text) << "not a library";
+  EXPECT_THAT(loader_->Load("a", "/nonexistent/x.so", 1),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("does not exist")));
+  EXPECT_THAT(loader_->Load("b", text, 1), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not an ELF")));
+  EXPECT_THAT(loader_->Load("c", paths::kRelibctlPath, 1),
+              StatusIs(absl::StatusCode::kInvalidArgument, ::testing::AnyOf(HasSubstr("not a shared object"),
+                                                                            HasSubstr("dlopen"))));
+  EXPECT_THAT(loader_->Load("d", paths::k_no_descriptor, 1),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not a relib module")));
+  EXPECT_THAT(loader_->Load("e", paths::k_wrong_abi, 1),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("ABI version 99")));
+  EXPECT_THAT(loader_->Load("f", paths::k_on_load_fails, 1),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr("on_load"), HasSubstr("database not reachable"))));
+  for (const char* name : {"a", "b", "c", "d", "e", "f"}) EXPECT_FALSE(loader_->IsLoaded(name));
+  EXPECT_EQ(ScratchMappings(), 0u);
+  // Nothing but the test's own text file is left in the scratch dir.
+  size_t files = 0;
+  for (auto& entry : std::filesystem::directory_iterator(dir_->path())) files += entry.path() != text;
+  EXPECT_EQ(files, 0u);
+}
+
+TEST_F(ModuleLoaderTest, NameTakenAndUnknownNames) {
+  ASSERT_THAT(loader_->Load("m", paths::k_versioned_v1, 1), IsOk());
+  EXPECT_THAT(loader_->Load("m", paths::k_versioned_v2, 1), StatusIs(absl::StatusCode::kAlreadyExists));
+  EXPECT_EQ(*loader_->Call("m", "version", ""), "v1");
+  EXPECT_THAT(loader_->Call("nope", "version", ""), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(loader_->Unload("nope", false), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(loader_->Call("m", "missing", ""),
+              StatusIs(absl::StatusCode::kNotFound, AllOf(HasSubstr("no export 'missing'"), HasSubstr("version"))));
+}
+
+TEST_F(ModuleLoaderTest, ExportExceptionBecomesError) {
+  ASSERT_THAT(loader_->Load("m", paths::k_versioned_v1, 1), IsOk());
+  EXPECT_THAT(loader_->Call("m", "fail", "boom"),
+              StatusIs(absl::StatusCode::kUnknown, HasSubstr("asked to fail: boom")));
+  EXPECT_EQ(*loader_->Call("m", "version", ""), "v1");
+}
+
+TEST_F(ModuleLoaderTest, ReloadToBadFileKeepsOldVersion) {
+  ASSERT_THAT(loader_->Load("m", paths::k_versioned_v1, 1), IsOk());
+  UnloadReport report;
+  EXPECT_THAT(loader_->Reload("m", paths::k_no_descriptor, 2, false, &report),
+              StatusIs(absl::StatusCode::kInvalidArgument));
+  EXPECT_TRUE(report.name.empty());  // the old version was never unloaded
+  EXPECT_EQ(*loader_->Call("m", "version", ""), "v1");
+}
+
+TEST_F(ModuleLoaderTest, ReloadWhoseOnLoadFailsRollsBack) {
+  ASSERT_THAT(loader_->Load("m", paths::k_versioned_v1, 1), IsOk());
+  UnloadReport report;
+  EXPECT_THAT(loader_->Reload("m", paths::k_on_load_fails, 2, false, &report),
+              StatusIs(absl::StatusCode::kFailedPrecondition,
+                       AllOf(HasSubstr("database not reachable"), HasSubstr("version 1 was loaded again"))));
+  EXPECT_TRUE(report.unmapped);
+  EXPECT_EQ(*loader_->Call("m", "version", ""), "v1");
+  ASSERT_THAT(loader_->Unload("m", false), IsOk());
+  EXPECT_EQ(ScratchMappings(), 0u);
+}
+
+TEST_F(ModuleLoaderTest, FailingBeforeUnloadRefusesUnlessForced) {
+  ASSERT_THAT(loader_->Load("m", paths::k_before_unload_fails, 1), IsOk());
+  EXPECT_THAT(loader_->Unload("m", false),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("still flushing")));
+  EXPECT_TRUE(loader_->IsLoaded("m"));
+  EXPECT_EQ(*loader_->Call("m", "version", ""), "stubborn");
+  auto report = loader_->Unload("m", true);
+  ASSERT_THAT(report, IsOk());
+  EXPECT_THAT(report->before_unload_error, HasSubstr("still flushing"));
+  EXPECT_TRUE(report->unmapped);
+  EXPECT_FALSE(loader_->IsLoaded("m"));
+}
+
+TEST_F(ModuleLoaderTest, CModuleWorks) {
+  ASSERT_THAT(loader_->Load("c", paths::kHelloCPath, 1), IsOk());
+  EXPECT_EQ(*loader_->Call("c", "greet", "tests"), "Hello from C, tests!");
+  EXPECT_THAT(loader_->Call("c", "length", ""), StatusIs(absl::StatusCode::kUnknown, HasSubstr("empty input")));
+  auto report = loader_->Unload("c", false);
+  ASSERT_THAT(report, IsOk());
+  EXPECT_TRUE(report->unmapped);
+}
+
+}  // namespace
+}  // namespace relib::agent

@@ -1,0 +1,104 @@
+#include "tests/relibd_process.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "grpcpp/grpcpp.h"
+#include "tests/test_paths.h"
+
+namespace relib::testing {
+namespace {
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+}  // namespace
+
+CommandResult RunCommand(const std::vector<std::string>& argv, const std::string& input) {
+  CommandResult result;
+  auto dir = common::TempDir::Create("/tmp", "relib-cmd-");
+  if (!dir.ok()) return result;
+  std::string in_path = dir->path() + "/in", out_path = dir->path() + "/out", err_path = dir->path() + "/err";
+  { std::ofstream(in_path) << input; }
+  common::UniqueFd in(::open(in_path.c_str(), O_RDONLY | O_CLOEXEC));
+  common::UniqueFd out(::open(out_path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+  common::UniqueFd err(::open(err_path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600));
+  common::SpawnOptions options;
+  options.argv = argv;
+  options.fds = {{in.get(), 0}, {out.get(), 1}, {err.get(), 2}};
+  auto child = common::ChildProcess::Spawn(options);
+  if (!child.ok()) {
+    result.err = child.status().ToString();
+    return result;
+  }
+  auto status = child->Wait();
+  if (status.ok()) {
+    result.exit_code = status->kind == common::ExitStatus::Kind::kExited ? status->code : -status->code;
+  }
+  result.out = ReadFile(out_path);
+  result.err = ReadFile(err_path);
+  return result;
+}
+
+absl::StatusOr<std::unique_ptr<RelibdProcess>> RelibdProcess::Start(const std::vector<std::string>& extra_args) {
+  auto dir = common::TempDir::Create("/tmp", "relibd-test-");
+  if (!dir.ok()) return dir.status();
+  std::string socket = dir->path() + "/relibd.sock";
+  std::string log = dir->path() + "/relibd.log";
+  common::UniqueFd log_fd(::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+  common::UniqueFd null_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  common::SpawnOptions options;
+  options.argv = {kRelibdPath, "--socket", socket, "--worker", kWorkerPath, "--run-dir", dir->path(),
+                  "--log-level", "debug"};
+  options.argv.insert(options.argv.end(), extra_args.begin(), extra_args.end());
+  options.fds = {{null_fd.get(), 0}, {log_fd.get(), 1}, {log_fd.get(), 2}};
+  auto process = common::ChildProcess::Spawn(options);
+  if (!process.ok()) return process.status();
+  std::unique_ptr<RelibdProcess> relibd(
+      new RelibdProcess(std::move(dir).value(), std::move(process).value(), socket));
+  auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(20);
+  // Connect only once the socket exists: a channel that failed once backs
+  // off for a second or more before trying again.
+  while (!std::filesystem::exists(socket) && std::chrono::system_clock::now() < deadline) {
+    auto exited = relibd->process_.TryReap();
+    if (exited.ok() && exited->has_value()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  auto channel = grpc::CreateChannel("unix:" + socket, grpc::InsecureChannelCredentials());
+  while (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::milliseconds(100))) {
+    auto exited = relibd->process_.TryReap();
+    if (exited.ok() && exited->has_value()) {
+      return absl::InternalError("relibd exited at startup: " + (*exited)->ToString() + "\n" + relibd->Log());
+    }
+    if (std::chrono::system_clock::now() > deadline) {
+      return absl::DeadlineExceededError("relibd did not start listening:\n" + relibd->Log());
+    }
+  }
+  relibd->stub_ = v1::Relibd::NewStub(channel);
+  return relibd;
+}
+
+RelibdProcess::~RelibdProcess() {
+  if (!process_.reaped()) Stop();
+}
+
+common::ExitStatus RelibdProcess::Stop() { return process_.Terminate(10000); }
+
+std::string RelibdProcess::Log() const { return ReadFile(dir_.path() + "/relibd.log"); }
+
+CommandResult RelibdProcess::Ctl(const std::vector<std::string>& args, const std::string& input) const {
+  std::vector<std::string> argv = {kRelibctlPath, "--socket", socket_};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return RunCommand(argv, input);
+}
+
+}  // namespace relib::testing

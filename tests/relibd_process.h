@@ -1,0 +1,58 @@
+// Test harness: a real relibd process on a private socket, a gRPC stub to
+// it, and a way to run the real relibctl against it.
+#ifndef RELIB_TESTS_RELIBD_PROCESS_H_
+#define RELIB_TESTS_RELIBD_PROCESS_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/child_process.h"
+#include "common/temp_dir.h"
+#include "relib/v1/relibd.grpc.pb.h"
+
+namespace relib::testing {
+
+struct CommandResult {
+  int exit_code = -1;  // -signal if killed by a signal
+  std::string out;
+  std::string err;
+};
+
+// Runs `argv` with stdin from `input`, capturing stdout and stderr.
+CommandResult RunCommand(const std::vector<std::string>& argv, const std::string& input = "");
+
+class RelibdProcess {
+ public:
+  // Starts relibd with `extra_args` and waits until it accepts connections.
+  static absl::StatusOr<std::unique_ptr<RelibdProcess>> Start(const std::vector<std::string>& extra_args = {});
+  // SIGTERM, then waits for it to exit.
+  ~RelibdProcess();
+
+  const std::string& socket() const { return socket_; }
+  const std::string& dir() const { return dir_.path(); }
+  v1::Relibd::Stub& stub() { return *stub_; }
+  common::ChildProcess& process() { return process_; }
+  // relibd's log so far (stderr).
+  std::string Log() const;
+
+  // relibctl --socket <socket> args...
+  CommandResult Ctl(const std::vector<std::string>& args, const std::string& input = "") const;
+
+  // Stops relibd with SIGTERM and returns how it ended.
+  common::ExitStatus Stop();
+
+ private:
+  RelibdProcess(common::TempDir dir, common::ChildProcess process, std::string socket)
+      : dir_(std::move(dir)), process_(std::move(process)), socket_(std::move(socket)) {}
+
+  common::TempDir dir_;
+  common::ChildProcess process_;
+  std::string socket_;
+  std::unique_ptr<v1::Relibd::Stub> stub_;
+};
+
+}  // namespace relib::testing
+
+#endif  // RELIB_TESTS_RELIBD_PROCESS_H_
