@@ -9,6 +9,20 @@
 namespace relib::agent {
 namespace {
 
+// How often usage is sent while no command arrives.
+constexpr int kUsageIntervalMs = 250;
+
+ModuleOptions FromProto(const v1::ModuleOptions& proto) {
+  ModuleOptions options;
+  if (proto.thread_grace_ms() > 0) options.thread_grace = std::chrono::milliseconds(proto.thread_grace_ms());
+  options.leaks = proto.leak_policy() == v1::LEAK_POLICY_FREE ? LeakPolicy::kFree : LeakPolicy::kReport;
+  options.fds = proto.fd_policy() == v1::FD_POLICY_CLOSE ? FdPolicy::kClose : FdPolicy::kReport;
+  options.mappings = proto.mapping_policy() == v1::MAPPING_POLICY_UNMAP ? MappingPolicy::kUnmap
+                                                                        : MappingPolicy::kReport;
+  options.capture_sites = proto.capture_sites();
+  return options;
+}
+
 void FillLoadResult(const LoadInfo& info, v1::link::LoadResult& out) {
   out.set_descriptor_name(info.descriptor_name);
   for (const auto& name : info.exports) out.add_exports(name);
@@ -20,13 +34,50 @@ void FillReport(const UnloadReport& report, v1::UnloadReport& out) {
   out.set_name(report.name);
   out.set_version(report.version);
   out.set_path(report.path);
+  out.set_refused(report.refused);
   out.set_unmapped(report.unmapped);
   for (const auto& line : report.remaining_mappings) out.add_remaining_mappings(line);
+  for (const auto& reason : report.pin_reasons) out.add_pin_reasons(reason);
   out.set_before_unload_error(report.before_unload_error);
   out.set_before_unload_missing(report.before_unload_missing);
   out.set_before_unload_micros(report.before_unload_micros);
   out.set_unload_micros(report.unload_micros);
   out.set_worker_pid(::getpid());
+  for (const auto& thread : report.live_threads) {
+    auto* t = out.add_live_threads();
+    t->set_tid(thread.tid);
+    t->set_name(thread.name);
+    t->set_start_routine(thread.start_routine);
+  }
+  auto* heap = out.mutable_heap();
+  heap->set_tracking_enabled(report.heap_tracking);
+  heap->set_leaked_bytes(report.leaked_bytes);
+  heap->set_leaked_blocks(report.leaked_blocks);
+  heap->set_freed(report.leaks_freed);
+  for (const auto& site : report.leak_sites) {
+    auto* s = heap->add_top_sites();
+    s->set_location(site.location);
+    s->set_bytes(site.bytes);
+    s->set_blocks(site.blocks);
+  }
+  auto* tls = out.mutable_tls();
+  tls->set_destructors_run(report.tls_run);
+  tls->set_destructors_discarded(report.tls_discarded);
+  for (pid_t tid : report.tls_discarded_on) tls->add_discarded_on_threads(tid);
+  for (const auto& fd : report.open_fds) {
+    auto* f = out.add_open_fds();
+    f->set_fd(fd.fd);
+    f->set_kind(fd.kind);
+    f->set_description(fd.description);
+  }
+  out.set_fds_closed(report.fds_closed);
+  out.set_pthread_keys_deleted(report.pthread_keys_deleted);
+  for (const auto& region : report.mappings) {
+    auto* m = out.add_mappings();
+    m->set_address(region.address);
+    m->set_length(region.length);
+  }
+  out.set_mappings_unmapped(report.mappings_unmapped);
 }
 
 void SetStatus(const absl::Status& status, v1::link::Reply& reply) {
@@ -53,12 +104,32 @@ void Agent::ForwardModuleLog(int level, const std::string& module, std::string_v
   }
 }
 
+absl::Status Agent::SendUsage() {
+  v1::link::FromWorker message;
+  auto* usage = message.mutable_usage();
+  for (const ModuleUsage& module : loader_.Usage()) {
+    auto* m = usage->add_modules();
+    m->set_name(module.name);
+    m->set_heap_bytes(module.heap_bytes);
+    m->set_heap_blocks(module.heap_blocks);
+    m->set_threads(module.threads);
+    m->set_open_fds(module.open_fds);
+  }
+  return link_.Send(message);
+}
+
 absl::Status Agent::Run() {
   v1::link::FromWorker hello;
   hello.mutable_hello()->set_pid(::getpid());
   hello.mutable_hello()->set_abi_version(RELIB_ABI_VERSION);
   if (absl::Status status = link_.Send(hello); !status.ok()) return status;
   while (true) {
+    absl::StatusOr<bool> ready = link_.WaitReadable(kUsageIntervalMs);
+    if (!ready.ok()) return ready.status();
+    if (!*ready) {
+      if (absl::Status status = SendUsage(); !status.ok()) return status;
+      continue;
+    }
     v1::link::ToWorker command;
     absl::Status received = link_.Receive(&command);
     if (absl::IsUnavailable(received)) return absl::OkStatus();
@@ -67,6 +138,8 @@ absl::Status Agent::Run() {
     v1::link::Reply& reply = *answer.mutable_reply();
     reply.set_id(command.id());
     Execute(command, reply);
+    // Usage first: a client that sees the reply then asks for Status finds it current.
+    if (absl::Status status = SendUsage(); !status.ok()) return status;
     if (absl::Status status = link_.Send(answer); !status.ok()) return status;
   }
 }
@@ -75,31 +148,32 @@ void Agent::Execute(const v1::link::ToWorker& command, v1::link::Reply& reply) {
   switch (command.command_case()) {
     case v1::link::ToWorker::kLoad: {
       const auto& load = command.load();
-      auto info = loader_.Load(load.name(), load.path(), load.version());
+      auto info = loader_.Load(load.name(), load.path(), load.version(), FromProto(load.options()));
       SetStatus(info.status(), reply);
       if (info.ok()) FillLoadResult(*info, *reply.mutable_load());
       return;
     }
     case v1::link::ToWorker::kUnload: {
       const auto& unload = command.unload();
-      auto report = loader_.Unload(unload.name(), unload.force());
-      SetStatus(report.status(), reply);
-      if (report.ok()) FillReport(*report, *reply.mutable_unload());
+      UnloadReport report;
+      absl::Status status = loader_.Unload(unload.name(), unload.force(), report);
+      SetStatus(status, reply);
+      if (!report.name.empty()) FillReport(report, *reply.mutable_unload());
       return;
     }
     case v1::link::ToWorker::kReload: {
       const auto& reload = command.reload();
       UnloadReport report;
-      bool unloaded = false;
-      auto outcome = loader_.Reload(reload.name(), reload.path(), reload.version(), reload.force(), &report);
-      unloaded = !report.name.empty();
-      SetStatus(outcome.status(), reply);
+      ModuleOptions options = FromProto(reload.options());
+      auto info = loader_.Reload(reload.name(), reload.path(), reload.version(), reload.force(),
+                                 reload.has_options() ? &options : nullptr, report);
+      SetStatus(info.status(), reply);
       auto* result = reply.mutable_reload();
-      if (unloaded) FillReport(report, *result->mutable_report());
-      if (outcome.ok()) {
-        FillLoadResult(outcome->load, *result->mutable_load());
-      } else if (unloaded) {
-        result->set_rolled_back(loader_.IsLoaded(reload.name()));
+      if (!report.name.empty()) FillReport(report, *result->mutable_report());
+      if (info.ok()) {
+        FillLoadResult(*info, *result->mutable_load());
+      } else {
+        result->set_old_version_loaded(loader_.IsLoaded(reload.name()));
       }
       return;
     }

@@ -28,6 +28,7 @@ class Agent {
  private:
   void Execute(const v1::link::ToWorker& command, v1::link::Reply& reply);
   void ForwardModuleLog(int level, const std::string& module, std::string_view text);
+  absl::Status SendUsage();
 
   DaemonLink& link_;
   ModuleLoader loader_;

@@ -1,5 +1,9 @@
 #include "agent/daemon_link.h"
 
+#include <poll.h>
+
+#include <cerrno>
+
 #include "common/frame_io.h"
 #include "relib/v1/worker_link.pb.h"
 
@@ -8,6 +12,16 @@ namespace relib::agent {
 absl::Status DaemonLink::Send(const v1::link::FromWorker& message) {
   std::lock_guard<std::mutex> lock(send_mutex_);
   return common::WriteFrame(fd_.get(), message);
+}
+
+absl::StatusOr<bool> DaemonLink::WaitReadable(int timeout_ms) {
+  pollfd pfd{fd_.get(), POLLIN, 0};
+  int rc = ::poll(&pfd, 1, timeout_ms);
+  if (rc < 0) {
+    if (errno == EINTR) return false;
+    return absl::ErrnoToStatus(errno, "poll on link");
+  }
+  return rc > 0;
 }
 
 absl::Status DaemonLink::Receive(v1::link::ToWorker* command) { return common::ReadFrame(fd_.get(), command); }

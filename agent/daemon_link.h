@@ -7,6 +7,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "common/unique_fd.h"
 
 namespace relib::v1::link {
@@ -25,6 +26,8 @@ class DaemonLink {
   // Blocks for the next command. UNAVAILABLE when relibd closed the link.
   // Only the command thread calls it.
   absl::Status Receive(v1::link::ToWorker* command);
+  // True if a command is ready to read within `timeout_ms`.
+  absl::StatusOr<bool> WaitReadable(int timeout_ms);
 
  private:
   common::UniqueFd fd_;

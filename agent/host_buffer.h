@@ -4,6 +4,7 @@
 
 #include <string>
 
+#include "agent/module_context.h"
 #include "relib/module.h"
 
 namespace relib::agent {
@@ -22,6 +23,7 @@ class HostBuffer {
  private:
   static int Append(relib_buffer* self, const void* bytes, size_t len) noexcept {
     auto* buffer = static_cast<HostBuffer*>(self->host_context);
+    HostScope host;  // the host owns this memory, not the calling module
     try {
       buffer->data_.append(static_cast<const char*>(bytes), len);
       return RELIB_OK;

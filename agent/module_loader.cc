@@ -1,8 +1,12 @@
 #include "agent/module_loader.h"
 
+#include <cxxabi.h>
+#include <dlfcn.h>
+#include <link.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <optional>
 #include <system_error>
@@ -10,8 +14,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "agent/elf_file.h"
+#include "agent/heap_tracker.h"
 #include "agent/host_buffer.h"
+#include "agent/module_context.h"
+#include "agent/pthread_key_tracker.h"
 #include "agent/shared_library.h"
+#include "agent/tls_tracker.h"
 #include "common/proc_maps.h"
 #include "common/status_macros.h"
 #include "relib/module.h"
@@ -30,6 +38,51 @@ void RemoveFile(const std::string& path) {
   std::filesystem::remove(path, ignored);
 }
 
+struct RangeQuery {
+  const std::string* path;
+  uintptr_t start = UINTPTR_MAX;
+  uintptr_t end = 0;
+};
+
+int FindRange(dl_phdr_info* info, size_t, void* data) {
+  auto* query = static_cast<RangeQuery*>(data);
+  if (info->dlpi_name == nullptr || *query->path != info->dlpi_name) return 0;
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const auto& ph = info->dlpi_phdr[i];
+    if (ph.p_type != PT_LOAD) continue;
+    query->start = std::min<uintptr_t>(query->start, info->dlpi_addr + ph.p_vaddr);
+    query->end = std::max<uintptr_t>(query->end, info->dlpi_addr + ph.p_vaddr + ph.p_memsz);
+  }
+  return 1;
+}
+
+std::string Symbolize(const void* address) {
+  if (address == nullptr) return "(site not captured)";
+  Dl_info info;
+  if (::dladdr(address, &info) == 0) return absl::StrCat("0x", absl::Hex(reinterpret_cast<uintptr_t>(address)));
+  std::string file = info.dli_fname ? std::filesystem::path(info.dli_fname).filename().string() : "?";
+  if (info.dli_sname == nullptr) {
+    return absl::StrCat(file, "+0x",
+                        absl::Hex(reinterpret_cast<uintptr_t>(address) - reinterpret_cast<uintptr_t>(info.dli_fbase)));
+  }
+  int status = 0;
+  char* demangled = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
+  std::string name = status == 0 && demangled ? demangled : info.dli_sname;
+  std::free(demangled);
+  return absl::StrCat(name, "+0x",
+                      absl::Hex(reinterpret_cast<uintptr_t>(address) - reinterpret_cast<uintptr_t>(info.dli_saddr)),
+                      " (", file, ")");
+}
+
+std::string DescribeThreads(const std::vector<threads::LiveThread>& live) {
+  std::vector<std::string> parts;
+  for (const auto& t : live) {
+    parts.push_back(absl::StrCat("tid ", t.tid, t.name.empty() ? "" : absl::StrCat(" '", t.name, "'"), " (",
+                                 t.start_routine, ")"));
+  }
+  return absl::StrJoin(parts, ", ");
+}
+
 }  // namespace
 
 struct ModuleLoader::Module {
@@ -37,14 +90,18 @@ struct ModuleLoader::Module {
   uint64_t version = 0;
   std::string source_path;
   std::string copy_path;
+  ModuleOptions options;
+  ModuleId id = kHost;
   std::optional<SharedLibrary> library;
   const relib_module_descriptor* descriptor = nullptr;
+  PinningFacts pinning;
   // Handed to on_load; must stay at a fixed address while loaded.
   relib_host_api host_api{};
   ModuleLogFn* log = nullptr;
 
   static void Log(void* context, int level, const char* text, size_t len) noexcept {
     auto* self = static_cast<Module*>(context);
+    HostScope host;
     try {
       (*self->log)(level, self->name, std::string_view(text, len));
     } catch (...) {
@@ -53,7 +110,9 @@ struct ModuleLoader::Module {
 };
 
 ModuleLoader::ModuleLoader(std::string scratch_dir, ModuleLogFn log)
-    : scratch_dir_(std::move(scratch_dir)), log_(std::move(log)) {}
+    : scratch_dir_(std::move(scratch_dir)), log_(std::move(log)) {
+  fds::SnapshotHostFds();
+}
 
 ModuleLoader::~ModuleLoader() {
   for (auto& [name, module] : modules_) {
@@ -63,38 +122,62 @@ ModuleLoader::~ModuleLoader() {
 }
 
 absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const std::string& name,
-                                                                         const std::string& path,
-                                                                         uint64_t version) {
+                                                                         const std::string& path, uint64_t version,
+                                                                         const ModuleOptions& options) {
   RELIB_RETURN_IF_ERROR(CheckSharedObject(path));
   auto module = std::make_unique<Module>();
   module->name = name;
   module->version = version;
   module->source_path = path;
+  module->options = options;
   module->copy_path = absl::StrCat(scratch_dir_, "/", name, ".v", version, ".", next_copy_id_++, ".so");
   std::error_code error;
-  std::filesystem::copy_file(path, module->copy_path, std::filesystem::copy_options::overwrite_existing,
-                             error);
+  std::filesystem::copy_file(path, module->copy_path, std::filesystem::copy_options::overwrite_existing, error);
   if (error) {
-    return absl::InternalError(absl::StrCat("cannot copy ", path, " to ", module->copy_path, ": ",
-                                            error.message()));
+    return absl::InternalError(absl::StrCat("cannot copy ", path, " to ", module->copy_path, ": ", error.message()));
   }
-  auto library = SharedLibrary::Open(module->copy_path);
-  if (!library.ok()) {
+  auto pinning = InspectPinning(module->copy_path);
+  if (!pinning.ok()) {
     RemoveFile(module->copy_path);
-    return absl::InvalidArgumentError(absl::StrCat("cannot load ", path, ": ", library.status().message()));
+    return pinning.status();
   }
-  module->library.emplace(std::move(library).value());
+  module->pinning = std::move(pinning).value();
+  module->id = AcquireModuleId();
+  if (module->id == kHost) {
+    RemoveFile(module->copy_path);
+    return absl::ResourceExhaustedError(absl::StrCat("cannot load ", path, ": too many modules in this worker"));
+  }
+  heap::StartTracking(module->id, options.capture_sites);
+  absl::StatusOr<SharedLibrary> library = absl::UnknownError("not opened");
+  {
+    // Static constructors run in module scope: what they allocate is the module's.
+    ModuleScope scope(module->id);
+    library = SharedLibrary::Open(module->copy_path);
+  }
   auto fail = [&](absl::Status status) {
     module->library.reset();
+    heap::Detach(module->id);
+    threads::Forget(module->id);
+    fds::Forget(module->id);
+    maps::Forget(module->id);
+    ReleaseModuleId(module->id);
     RemoveFile(module->copy_path);
     return status;
   };
+  if (!library.ok()) {
+    return fail(absl::InvalidArgumentError(absl::StrCat("cannot load ", path, ": ", library.status().message())));
+  }
+  module->library.emplace(std::move(library).value());
+  RangeQuery range{&module->copy_path};
+  dl_iterate_phdr(&FindRange, &range);
+  if (range.end > range.start) SetModuleRange(module->id, range.start, range.end);
+
   const auto* descriptor =
       static_cast<const relib_module_descriptor*>(module->library->Symbol(RELIB_DESCRIPTOR_SYMBOL_NAME));
   if (descriptor == nullptr) {
     return fail(absl::InvalidArgumentError(absl::StrCat(
-        path, " is not a relib module: it does not export the descriptor symbol ",
-        RELIB_DESCRIPTOR_SYMBOL_NAME, " (define it with RELIB_MODULE or relib/module.h)")));
+        path, " is not a relib module: it does not export the descriptor symbol ", RELIB_DESCRIPTOR_SYMBOL_NAME,
+        " (define it with RELIB_MODULE or relib/module.h)")));
   }
   if (descriptor->abi_version != RELIB_ABI_VERSION) {
     return fail(absl::FailedPreconditionError(
@@ -102,8 +185,8 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
                      "; this worker supports version ", RELIB_ABI_VERSION, " (rebuild the module)")));
   }
   if (descriptor->export_count > 0 && descriptor->exports == nullptr) {
-    return fail(absl::InvalidArgumentError(absl::StrCat(path, ": descriptor lists ", descriptor->export_count,
-                                                        " exports but no export table")));
+    return fail(absl::InvalidArgumentError(
+        absl::StrCat(path, ": descriptor lists ", descriptor->export_count, " exports but no export table")));
   }
   module->descriptor = descriptor;
   module->log = &log_;
@@ -116,39 +199,60 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
 absl::Status ModuleLoader::RunOnLoad(Module& module) {
   if (module.descriptor->on_load == nullptr) return absl::OkStatus();
   HostBuffer error;
-  int rc = module.descriptor->on_load(&module.host_api, error.abi());
+  int rc;
+  {
+    ModuleScope scope(module.id);
+    rc = module.descriptor->on_load(&module.host_api, error.abi());
+  }
+  fds::ClaimUnowned(module.id);
   if (rc != RELIB_OK) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "on_load of module '", module.name, "' (", module.source_path, ") failed with code ", rc,
-        error.data().empty() ? "" : ": ", error.data()));
+    return absl::FailedPreconditionError(absl::StrCat("on_load of module '", module.name, "' (",
+                                                      module.source_path, ") failed with code ", rc,
+                                                      error.data().empty() ? "" : ": ", error.data()));
   }
   return absl::OkStatus();
 }
 
-LoadInfo ModuleLoader::Describe(const Module& module, int64_t load_micros) const {
+namespace {
+
+LoadInfo Describe(const relib_module_descriptor& descriptor, const PinningFacts& pinning, int64_t load_micros) {
   LoadInfo info;
-  info.descriptor_name = module.descriptor->name ? module.descriptor->name : "";
-  for (size_t i = 0; i < module.descriptor->export_count; ++i) {
-    const char* export_name = module.descriptor->exports[i].name;
+  info.descriptor_name = descriptor.name ? descriptor.name : "";
+  for (size_t i = 0; i < descriptor.export_count; ++i) {
+    const char* export_name = descriptor.exports[i].name;
     info.exports.push_back(export_name ? export_name : "");
+  }
+  if (!pinning.unique_symbols.empty()) {
+    std::vector<std::string> some(pinning.unique_symbols.begin(),
+                                  pinning.unique_symbols.begin() + std::min<size_t>(3, pinning.unique_symbols.size()));
+    info.warnings.push_back(absl::StrCat(
+        "will never unmap: defines ", pinning.unique_symbols.size(), " STB_GNU_UNIQUE symbol(s) (",
+        absl::StrJoin(some, ", "),
+        "), which glibc never unloads; build with -fno-gnu-unique (relib_add_module does)"));
+  }
+  if (pinning.nodelete) {
+    info.warnings.push_back("will never unmap: linked with -z nodelete (DF_1_NODELETE)");
   }
   info.load_micros = load_micros;
   return info;
 }
 
-absl::StatusOr<LoadInfo> ModuleLoader::Load(const std::string& name, const std::string& path,
-                                            uint64_t version) {
+}  // namespace
+
+absl::StatusOr<LoadInfo> ModuleLoader::Load(const std::string& name, const std::string& path, uint64_t version,
+                                            const ModuleOptions& options) {
   if (IsLoaded(name)) return absl::AlreadyExistsError(absl::StrCat("module '", name, "' is already loaded"));
   auto start = std::chrono::steady_clock::now();
-  RELIB_ASSIGN_OR_RETURN(std::unique_ptr<Module> module, Open(name, path, version));
+  RELIB_ASSIGN_OR_RETURN(std::unique_ptr<Module> module, Open(name, path, version, options));
   if (absl::Status status = RunOnLoad(*module); !status.ok()) {
-    UnloadReport discarded;
-    CloseAndVerify(*module, discarded, /*keep_copy=*/false);
-    return status;
+    std::string note;
+    Discard(std::move(module), &note);
+    return absl::Status(status.code(), absl::StrCat(status.message(), note));
   }
-  LoadInfo info = Describe(*module, MicrosSince(start));
-  spdlog::info("loaded module={} version={} path={} copy={} micros={}", name, version, path,
-               module->copy_path, info.load_micros);
+  LoadInfo info = Describe(*module->descriptor, module->pinning, MicrosSince(start));
+  spdlog::info("loaded module={} version={} path={} copy={} micros={}", name, version, path, module->copy_path,
+               info.load_micros);
+  for (const auto& warning : info.warnings) spdlog::warn("module={} version={} {}", name, version, warning);
   modules_[name] = std::move(module);
   return info;
 }
@@ -163,7 +267,12 @@ absl::Status ModuleLoader::RunBeforeUnload(Module& module, bool force, UnloadRep
   }
   auto start = std::chrono::steady_clock::now();
   HostBuffer error;
-  int rc = module.descriptor->before_unload(error.abi());
+  int rc;
+  {
+    ModuleScope scope(module.id);
+    rc = module.descriptor->before_unload(error.abi());
+  }
+  fds::ClaimUnowned(module.id);
   report.before_unload_micros = MicrosSince(start);
   if (rc == RELIB_OK) return absl::OkStatus();
   report.before_unload_error = absl::StrCat("code ", rc, error.data().empty() ? "" : ": ", error.data());
@@ -173,12 +282,71 @@ absl::Status ModuleLoader::RunBeforeUnload(Module& module, bool force, UnloadRep
                                                     "); the module stays loaded (use force to unload anyway)"));
 }
 
-void ModuleLoader::CloseAndVerify(Module& module, UnloadReport& report, bool keep_copy) {
+absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, bool keep_copy) {
   auto start = std::chrono::steady_clock::now();
+  report.name = module.name;
+  report.version = module.version;
+  report.path = module.source_path;
+  const ModuleId id = module.id;
+
+  // Code a thread is running must never be unmapped.
+  report.live_threads = threads::WaitForExit(id, module.options.thread_grace);
+  if (!report.live_threads.empty()) {
+    report.refused = true;
+    report.unload_micros = MicrosSince(start);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "module '", module.name, "' version ", module.version, " still has ", report.live_threads.size(),
+        " running thread(s) after ", module.options.thread_grace.count(), " ms: ",
+        DescribeThreads(report.live_threads), "; not unloaded, this version keeps running"));
+  }
+
+  tls::Outcome tls = tls::RunOrDiscard(id);
+  report.tls_run = tls.run;
+  report.tls_discarded = tls.discarded;
+  report.tls_discarded_on = tls.discarded_on;
+
+  report.pthread_keys_deleted = keys::DeleteAll(id);
+
+  report.open_fds = fds::Open(id);
+  if (module.options.fds == FdPolicy::kClose && !report.open_fds.empty()) {
+    fds::CloseAll(id);
+    report.fds_closed = true;
+  }
+
+  for (const maps::Region& region : maps::Live(id)) report.mappings.push_back(region);
+  if (module.options.mappings == MappingPolicy::kUnmap && !report.mappings.empty()) {
+    maps::UnmapAll(id);
+    report.mappings_unmapped = true;
+  }
+
+  // Sites must be symbolized while the module's code is still mapped.
+  std::vector<heap::Site> sites;
+  std::vector<std::string> site_names;
+  if (module.options.capture_sites) {
+    sites = heap::TopSites(id, 10);
+    for (const auto& site : sites) site_names.push_back(Symbolize(site.address));
+  }
+
   absl::Status closed = module.library->Close();
   module.library.reset();
-  if (!closed.ok()) spdlog::warn("module={} version={} phase=unload {}", module.name, module.version,
-                                 std::string(closed.message()));
+  if (!closed.ok()) {
+    spdlog::warn("module={} version={} phase=unload {}", module.name, module.version, std::string(closed.message()));
+  }
+
+  report.heap_tracking = heap::Enabled();
+  heap::Usage leaked = heap::LiveUsage(id);  // after static destructors ran
+  report.leaked_bytes = leaked.bytes;
+  report.leaked_blocks = leaked.blocks;
+  for (size_t i = 0; i < sites.size(); ++i) {
+    report.leak_sites.push_back({site_names[i], sites[i].bytes, sites[i].blocks});
+  }
+  if (module.options.leaks == LeakPolicy::kFree) {
+    heap::FreeAll(id);
+    report.leaks_freed = leaked.blocks > 0;
+  } else {
+    heap::Detach(id);
+  }
+
   auto mappings = common::ReadMappings(0);
   if (mappings.ok()) {
     auto remaining = common::MappingsOfFile(*mappings, module.copy_path);
@@ -186,77 +354,105 @@ void ModuleLoader::CloseAndVerify(Module& module, UnloadReport& report, bool kee
     for (const auto& mapping : remaining) report.remaining_mappings.push_back(mapping.line);
   } else {
     report.unmapped = false;
-    report.remaining_mappings.push_back(absl::StrCat("cannot read /proc/self/maps: ", mappings.status().message()));
+    report.remaining_mappings.push_back(
+        absl::StrCat("cannot read /proc/self/maps: ", mappings.status().message()));
   }
+  if (!report.unmapped) {
+    if (!module.pinning.unique_symbols.empty()) {
+      report.pin_reasons.push_back(absl::StrCat("defines ", module.pinning.unique_symbols.size(),
+                                                " STB_GNU_UNIQUE symbol(s); build with -fno-gnu-unique"));
+    }
+    if (module.pinning.nodelete) report.pin_reasons.push_back("linked with -z nodelete (DF_1_NODELETE)");
+    if (report.pin_reasons.empty()) {
+      report.pin_reasons.push_back(
+          "another reference to the library remains (for example the module dlopen'ed its own file and did not "
+          "dlclose it)");
+    }
+  }
+
+  threads::Forget(id);
+  fds::Forget(id);
+  maps::Forget(id);
+  ReleaseModuleId(id);
+  module.id = kHost;
   report.unload_micros = MicrosSince(start);
   if (!keep_copy) RemoveFile(module.copy_path);
+  return absl::OkStatus();
 }
 
-absl::StatusOr<UnloadReport> ModuleLoader::Unload(const std::string& name, bool force) {
-  auto it = modules_.find(name);
-  if (it == modules_.end()) return absl::NotFoundError(absl::StrCat("module '", name, "' is not loaded"));
+void ModuleLoader::Discard(std::unique_ptr<Module> module, std::string* note) {
   UnloadReport report;
-  RELIB_RETURN_IF_ERROR(RunBeforeUnload(*it->second, force, report));
-  CloseAndVerify(*it->second, report, /*keep_copy=*/false);
-  spdlog::info("unloaded module={} version={} unmapped={}", name, report.version, report.unmapped);
-  modules_.erase(it);
-  return report;
+  if (CheckAndClose(*module, report, /*keep_copy=*/false).ok()) return;
+  *note = absl::StrCat("; it left ", report.live_threads.size(), " thread(s) running (",
+                       DescribeThreads(report.live_threads), "), so its code stays mapped in this worker");
+  spdlog::error("module={} version={} phase=discard{}", module->name, module->version, *note);
+  parked_.push_back(std::move(module));
 }
 
-absl::StatusOr<ReloadOutcome> ModuleLoader::Reload(const std::string& name, const std::string& path,
-                                                   uint64_t version, bool force, UnloadReport* report_out) {
+absl::Status ModuleLoader::Unload(const std::string& name, bool force, UnloadReport& report) {
   auto it = modules_.find(name);
   if (it == modules_.end()) return absl::NotFoundError(absl::StrCat("module '", name, "' is not loaded"));
+  RELIB_RETURN_IF_ERROR(RunBeforeUnload(*it->second, force, report));
+  RELIB_RETURN_IF_ERROR(CheckAndClose(*it->second, report, /*keep_copy=*/false));
+  spdlog::info("unloaded module={} version={} unmapped={} leaked_bytes={}", name, report.version, report.unmapped,
+               report.leaked_bytes);
+  modules_.erase(it);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<LoadInfo> ModuleLoader::Reload(const std::string& name, const std::string& path, uint64_t version,
+                                              bool force, const ModuleOptions* options, UnloadReport& report) {
+  auto it = modules_.find(name);
+  if (it == modules_.end()) return absl::NotFoundError(absl::StrCat("module '", name, "' is not loaded"));
+  std::unique_ptr<Module>& current = it->second;
   auto start = std::chrono::steady_clock::now();
   // A file that cannot even be opened never disturbs the running version.
-  RELIB_ASSIGN_OR_RETURN(std::unique_ptr<Module> next, Open(name, path, version));
-  std::unique_ptr<Module>& current = it->second;
-
-  ReloadOutcome outcome;
-  if (absl::Status status = RunBeforeUnload(*current, force, outcome.report); !status.ok()) {
-    UnloadReport discarded;
-    CloseAndVerify(*next, discarded, /*keep_copy=*/false);
+  RELIB_ASSIGN_OR_RETURN(std::unique_ptr<Module> next,
+                         Open(name, path, version, options ? *options : current->options));
+  std::string ignored;
+  if (absl::Status status = RunBeforeUnload(*current, force, report); !status.ok()) {
+    Discard(std::move(next), &ignored);
     return status;
   }
-  CloseAndVerify(*current, outcome.report, /*keep_copy=*/true);
-  if (report_out != nullptr) *report_out = outcome.report;
+  if (absl::Status status = CheckAndClose(*current, report, /*keep_copy=*/true); !status.ok()) {
+    Discard(std::move(next), &ignored);
+    return status;
+  }
 
   if (absl::Status status = RunOnLoad(*next); !status.ok()) {
-    UnloadReport discarded;
-    CloseAndVerify(*next, discarded, /*keep_copy=*/false);
+    std::string note;
+    Discard(std::move(next), &note);
     // Roll back: load the previous version again from its private copy.
     std::string old_copy = current->copy_path;
-    auto previous = Open(name, old_copy, current->version);
+    auto previous = Open(name, old_copy, current->version, current->options);
     RemoveFile(old_copy);
     absl::Status restored = previous.ok() ? RunOnLoad(**previous) : previous.status();
     if (restored.ok()) {
       (*previous)->source_path = current->source_path;
       current = std::move(previous).value();
-      return absl::Status(status.code(), absl::StrCat(status.message(), "; version ", current->version,
+      return absl::Status(status.code(), absl::StrCat(status.message(), note, "; version ", current->version,
                                                       " was loaded again"));
     }
-    if (previous.ok()) {
-      UnloadReport ignored;
-      CloseAndVerify(**previous, ignored, /*keep_copy=*/false);
-    }
+    if (previous.ok()) Discard(std::move(previous).value(), &ignored);
     modules_.erase(it);
-    return absl::Status(status.code(), absl::StrCat(status.message(), "; loading the previous version again "
-                                                    "also failed (", restored.message(),
-                                                    "), the module is no longer loaded"));
+    return absl::Status(status.code(),
+                        absl::StrCat(status.message(), note, "; loading the previous version again also failed (",
+                                     restored.message(), "), the module is no longer loaded"));
   }
   RemoveFile(current->copy_path);
-  outcome.load = Describe(*next, MicrosSince(start));
+  LoadInfo info = Describe(*next->descriptor, next->pinning, MicrosSince(start));
   spdlog::info("reloaded module={} version={}->{} path={} unmapped={}", name, current->version, version, path,
-               outcome.report.unmapped);
+               report.unmapped);
   current = std::move(next);
-  return outcome;
+  return info;
 }
 
 absl::StatusOr<std::string> ModuleLoader::Call(const std::string& name, const std::string& export_name,
                                                std::string_view input) {
   auto it = modules_.find(name);
   if (it == modules_.end()) return absl::NotFoundError(absl::StrCat("module '", name, "' is not loaded"));
-  const relib_module_descriptor& descriptor = *it->second->descriptor;
+  Module& module = *it->second;
+  const relib_module_descriptor& descriptor = *module.descriptor;
   std::vector<std::string> names;
   for (size_t i = 0; i < descriptor.export_count; ++i) {
     const relib_export& entry = descriptor.exports[i];
@@ -266,15 +462,30 @@ absl::StatusOr<std::string> ModuleLoader::Call(const std::string& name, const st
       continue;
     }
     HostBuffer out;
-    int rc = entry.fn(input.data(), input.size(), out.abi());
+    int rc;
+    {
+      ModuleScope scope(module.id);
+      rc = entry.fn(input.data(), input.size(), out.abi());
+    }
+    fds::ClaimUnowned(module.id);
     if (rc != RELIB_OK) {
-      return absl::UnknownError(absl::StrCat("export '", export_name, "' of module '", name, "' failed with code ",
-                                             rc, out.data().empty() ? "" : ": ", out.data()));
+      return absl::UnknownError(absl::StrCat("export '", export_name, "' of module '", name, "' failed with code ", rc,
+                                             out.data().empty() ? "" : ": ", out.data()));
     }
     return std::move(out.data());
   }
-  return absl::NotFoundError(absl::StrCat("module '", name, "' has no export '", export_name, "' (exports: ",
-                                          names.empty() ? "none" : absl::StrJoin(names, ", "), ")"));
+  return absl::NotFoundError(absl::StrCat("module '", name, "' has no export '", export_name,
+                                          "' (exports: ", names.empty() ? "none" : absl::StrJoin(names, ", "), ")"));
+}
+
+std::vector<ModuleUsage> ModuleLoader::Usage() const {
+  std::vector<ModuleUsage> usage;
+  for (const auto& [name, module] : modules_) {
+    heap::Usage heap = heap::LiveUsage(module->id);
+    usage.push_back({name, heap.bytes, heap.blocks, static_cast<int>(threads::Live(module->id).size()),
+                     static_cast<int>(fds::Open(module->id).size())});
+  }
+  return usage;
 }
 
 }  // namespace relib::agent

@@ -1,7 +1,13 @@
-// Loads, calls and unloads relib modules inside the worker process.
+// Loads, calls and unloads relib modules inside the worker process, and runs
+// the unload checks: threads, thread-local destructors, pthread keys, fds,
+// anonymous mappings, heap leaks, and finally proof from /proc/self/maps that
+// the library is unmapped.
 #ifndef RELIB_AGENT_MODULE_LOADER_H_
 #define RELIB_AGENT_MODULE_LOADER_H_
 
+#include <sys/types.h>
+
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -11,32 +17,78 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "agent/fd_tracker.h"
+#include "agent/mmap_tracker.h"
+#include "agent/thread_tracker.h"
 
 namespace relib::agent {
+
+enum class LeakPolicy { kReport, kFree };
+enum class FdPolicy { kReport, kClose };
+enum class MappingPolicy { kReport, kUnmap };
+
+struct ModuleOptions {
+  std::chrono::milliseconds thread_grace{1000};
+  LeakPolicy leaks = LeakPolicy::kReport;
+  FdPolicy fds = FdPolicy::kReport;
+  MappingPolicy mappings = MappingPolicy::kReport;
+  bool capture_sites = false;
+};
 
 struct LoadInfo {
   std::string descriptor_name;
   std::vector<std::string> exports;
+  // Why this module will never unmap, or other things worth knowing.
   std::vector<std::string> warnings;
   int64_t load_micros = 0;
 };
 
-// What unloading one version found. Grows with each check the agent learns.
+struct LeakSite {
+  std::string location;
+  int64_t bytes = 0;
+  int64_t blocks = 0;
+};
+
+// What unloading one version found.
 struct UnloadReport {
   std::string name;
   uint64_t version = 0;
   std::string path;  // the original path the version was loaded from
+  bool refused = false;
   bool unmapped = false;
   std::vector<std::string> remaining_mappings;
+  std::vector<std::string> pin_reasons;
   std::string before_unload_error;
   bool before_unload_missing = false;
   int64_t before_unload_micros = 0;
   int64_t unload_micros = 0;
+  std::vector<threads::LiveThread> live_threads;
+  bool heap_tracking = false;
+  int64_t leaked_bytes = 0;
+  int64_t leaked_blocks = 0;
+  bool leaks_freed = false;
+  std::vector<LeakSite> leak_sites;
+  int64_t tls_run = 0;
+  int64_t tls_discarded = 0;
+  std::vector<pid_t> tls_discarded_on;
+  std::vector<fds::OpenFd> open_fds;
+  bool fds_closed = false;
+  int pthread_keys_deleted = 0;
+  std::vector<maps::Region> mappings;
+  bool mappings_unmapped = false;
 };
 
 struct ReloadOutcome {
   UnloadReport report;
   LoadInfo load;
+};
+
+struct ModuleUsage {
+  std::string name;
+  int64_t heap_bytes = 0;
+  int64_t heap_blocks = 0;
+  int threads = 0;
+  int open_fds = 0;
 };
 
 // Module log sink: (spdlog level, module name, text). Must be thread-safe.
@@ -46,31 +98,36 @@ using ModuleLogFn = std::function<void(int level, const std::string& module, std
 // `scratch_dir` under a name never used before in this process, so the
 // original may be overwritten at any time and dlopen never returns a cached
 // old copy. Not thread-safe: one thread issues all commands (which is also the
-// ABI's promise to modules).
+// ABI's promise to modules), and that thread runs all module hooks.
 class ModuleLoader {
  public:
   ModuleLoader(std::string scratch_dir, ModuleLogFn log);
-  ~ModuleLoader();  // unloads everything still loaded, without checks
+  ~ModuleLoader();  // dlcloses what is still loaded, without checks
   ModuleLoader(const ModuleLoader&) = delete;
   ModuleLoader& operator=(const ModuleLoader&) = delete;
 
   // Errors: ALREADY_EXISTS (name taken), NOT_FOUND (no file), INVALID_ARGUMENT
   // (not an ELF shared object, dlopen failure, no descriptor),
-  // FAILED_PRECONDITION (ABI mismatch, on_load failed). Nothing stays loaded
-  // on error.
-  absl::StatusOr<LoadInfo> Load(const std::string& name, const std::string& path, uint64_t version);
+  // FAILED_PRECONDITION (ABI mismatch, on_load failed), RESOURCE_EXHAUSTED
+  // (too many modules). Nothing stays loaded on error.
+  absl::StatusOr<LoadInfo> Load(const std::string& name, const std::string& path, uint64_t version,
+                                const ModuleOptions& options);
 
-  // before_unload, dlclose, verify unmapping. Errors: NOT_FOUND (not loaded);
-  // FAILED_PRECONDITION if before_unload failed and !force (module stays).
-  absl::StatusOr<UnloadReport> Unload(const std::string& name, bool force);
+  // before_unload, then the checks, dlclose, unmap verification. `report` is
+  // filled as far as the unload got. Errors: NOT_FOUND (not loaded);
+  // FAILED_PRECONDITION if before_unload failed and !force, or if module
+  // threads are still alive after the grace period (report.refused) — in both
+  // cases the module stays loaded.
+  absl::Status Unload(const std::string& name, bool force, UnloadReport& report);
 
   // Opens and checks the new file first (a bad file leaves the old version
-  // untouched), then unloads the old version and runs the new on_load. If
-  // that fails the old version is loaded again and the error says so; if even
-  // that fails the module is gone and the error says that too.
-  // `report_out` receives the unload report whenever the old version was unloaded.
-  absl::StatusOr<ReloadOutcome> Reload(const std::string& name, const std::string& path,
-                                       uint64_t version, bool force, UnloadReport* report_out);
+  // untouched), then unloads the old version as Unload does and runs the new
+  // on_load. If that fails the old version is loaded again and the error says
+  // so; if even that fails the module is gone and the error says that too.
+  // `report` receives the old version's unload report. `options` replace the
+  // module's options when non-null.
+  absl::StatusOr<LoadInfo> Reload(const std::string& name, const std::string& path, uint64_t version, bool force,
+                                  const ModuleOptions* options, UnloadReport& report);
 
   // Calls an export. Errors: NOT_FOUND (module or export), UNKNOWN (the
   // export returned an error code; the message holds its text).
@@ -79,23 +136,33 @@ class ModuleLoader {
 
   bool IsLoaded(const std::string& name) const { return modules_.count(name) != 0; }
 
+  // Live resources of every loaded module.
+  std::vector<ModuleUsage> Usage() const;
+
  private:
   struct Module;
 
-  // dlopen + descriptor + ABI checks, no on_load.
-  absl::StatusOr<std::unique_ptr<Module>> Open(const std::string& name, const std::string& path,
-                                               uint64_t version);
+  // Copy + dlopen + descriptor + ABI checks, no on_load.
+  absl::StatusOr<std::unique_ptr<Module>> Open(const std::string& name, const std::string& path, uint64_t version,
+                                               const ModuleOptions& options);
   absl::Status RunOnLoad(Module& module);
   // before_unload (fills report); FAILED_PRECONDITION if it failed and !force.
   absl::Status RunBeforeUnload(Module& module, bool force, UnloadReport& report);
-  // dlclose + mapping check; keeps the copy file if `keep_copy`.
-  void CloseAndVerify(Module& module, UnloadReport& report, bool keep_copy);
-  LoadInfo Describe(const Module& module, int64_t load_micros) const;
+  // Threads, TLS, keys, fds, mappings, heap, dlclose, unmap proof. Refuses
+  // (FAILED_PRECONDITION, report.refused) if module threads are still alive.
+  // Keeps the private copy if `keep_copy` (for a rollback).
+  absl::Status CheckAndClose(Module& module, UnloadReport& report, bool keep_copy);
+  // For a version that failed before serving: CheckAndClose, and if its
+  // threads keep it alive, park it for good (its code must stay mapped).
+  void Discard(std::unique_ptr<Module> module, std::string* note);
 
   std::string scratch_dir_;
   ModuleLogFn log_;
   uint64_t next_copy_id_ = 1;
   std::map<std::string, std::unique_ptr<Module>> modules_;
+  // Versions that could not be unloaded (threads still running after a failed
+  // on_load): never dlclosed.
+  std::vector<std::unique_ptr<Module>> parked_;
 };
 
 }  // namespace relib::agent

@@ -229,7 +229,7 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
   if (!reply.ok()) return fail(reply.status(), true);
   v1::ReloadResponse response;
   if (absl::Status status = ReplyStatus(*reply); !status.ok()) {
-    bool gone = !fresh && reply->reload().has_report() && !reply->reload().rolled_back();
+    bool gone = !fresh && !reply->reload().old_version_loaded();
     return fail(status, gone);
   }
   {

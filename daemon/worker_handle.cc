@@ -235,8 +235,10 @@ void WorkerHandle::OnProcessExit() {
   pidfd_watch_.close(ignored);
   if (stop_timer_) stop_timer_->cancel();
   if (link_closed_timer_) link_closed_timer_->cancel();
-  FailAllPending(reason);
+  // The supervisor marks the modules failed before any waiting caller learns
+  // of the death, so the caller's next request sees the new state.
   if (callbacks_.on_exit) callbacks_.on_exit(pid_, reason);
+  FailAllPending(reason);
 }
 
 void WorkerHandle::FailAllPending(const std::string& reason) {

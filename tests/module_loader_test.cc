@@ -50,6 +50,21 @@ class ModuleLoaderTest : public ::testing::Test {
     return to;
   }
 
+  absl::StatusOr<LoadInfo> Load(const std::string& name, const std::string& path, uint64_t version,
+                                const ModuleOptions& options = {}) {
+    return loader_->Load(name, path, version, options);
+  }
+  absl::StatusOr<UnloadReport> Unload(const std::string& name, bool force, const ModuleOptions* = nullptr) {
+    UnloadReport report;
+    absl::Status status = loader_->Unload(name, force, report);
+    if (!status.ok()) return status;
+    return report;
+  }
+  absl::StatusOr<LoadInfo> Reload(const std::string& name, const std::string& path, uint64_t version, bool force,
+                                  UnloadReport& report) {
+    return loader_->Reload(name, path, version, force, nullptr, report);
+  }
+
   std::optional<common::TempDir> dir_;
   std::optional<ModuleLoader> loader_;
   std::mutex log_mutex_;
@@ -57,7 +72,7 @@ class ModuleLoaderTest : public ::testing::Test {
 };
 
 TEST_F(ModuleLoaderTest, LoadCallUnloadLeavesNothingMapped) {
-  auto info = loader_->Load("m", paths::k_versioned_v1, 1);
+  auto info = Load("m", paths::k_versioned_v1, 1);
   ASSERT_THAT(info, IsOk());
   EXPECT_EQ(info->descriptor_name, "versioned");
   EXPECT_THAT(info->exports, Contains("version"));
@@ -66,7 +81,7 @@ TEST_F(ModuleLoaderTest, LoadCallUnloadLeavesNothingMapped) {
   EXPECT_EQ(*loader_->Call("m", "echo", std::string("a\0b", 3)), std::string("a\0b", 3));
   EXPECT_THAT(logs_, Contains("m: versioned v1 loaded"));
 
-  auto report = loader_->Unload("m", false);
+  auto report = Unload("m", false);
   ASSERT_THAT(report, IsOk());
   EXPECT_TRUE(report->unmapped);
   EXPECT_TRUE(report->remaining_mappings.empty());
@@ -79,25 +94,24 @@ TEST_F(ModuleLoaderTest, LoadCallUnloadLeavesNothingMapped) {
 TEST_F(ModuleLoaderTest, OriginalMayBeOverwrittenWhileLoaded) {
   std::string path = dir_->path() + "/live.so";
   std::filesystem::copy_file(paths::k_versioned_v1, path);
-  ASSERT_THAT(loader_->Load("m", path, 1), IsOk());
+  ASSERT_THAT(Load("m", path, 1), IsOk());
   // What a compiler does: replace the file under the same name.
   std::filesystem::remove(path);
   std::filesystem::copy_file(paths::k_versioned_v2, path);
   EXPECT_EQ(*loader_->Call("m", "version", ""), "v1");
   UnloadReport report;
-  auto outcome = loader_->Reload("m", path, 2, false, &report);
-  ASSERT_THAT(outcome, IsOk());
-  EXPECT_TRUE(outcome->report.unmapped);
-  EXPECT_EQ(outcome->report.version, 1u);
+  ASSERT_THAT(Reload("m", path, 2, false, report), IsOk());
+  EXPECT_TRUE(report.unmapped);
+  EXPECT_EQ(report.version, 1u);
   EXPECT_EQ(*loader_->Call("m", "version", ""), "v2");
 }
 
 TEST_F(ModuleLoaderTest, ModuleStateResetsOnReload) {
-  ASSERT_THAT(loader_->Load("m", paths::k_versioned_v1, 1), IsOk());
+  ASSERT_THAT(Load("m", paths::k_versioned_v1, 1), IsOk());
   EXPECT_EQ(*loader_->Call("m", "count", ""), "1");
   EXPECT_EQ(*loader_->Call("m", "count", ""), "2");
   UnloadReport report;
-  ASSERT_THAT(loader_->Reload("m", paths::k_versioned_v1, 2, false, &report), IsOk());
+  ASSERT_THAT(Reload("m", paths::k_versioned_v1, 2, false, report), IsOk());
   // A really fresh copy: static data starts over.
   EXPECT_EQ(*loader_->Call("m", "count", ""), "1");
 }
@@ -105,17 +119,17 @@ TEST_F(ModuleLoaderTest, ModuleStateResetsOnReload) {
 TEST_F(ModuleLoaderTest, BadFilesAreRejectedWithTheirCause) {
   std::string text = dir_->path() + "/text.so";
   std::ofstream(text) << "not a library";
-  EXPECT_THAT(loader_->Load("a", "/nonexistent/x.so", 1),
+  EXPECT_THAT(Load("a", "/nonexistent/x.so", 1),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("does not exist")));
-  EXPECT_THAT(loader_->Load("b", text, 1), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not an ELF")));
-  EXPECT_THAT(loader_->Load("c", paths::kRelibctlPath, 1),
+  EXPECT_THAT(Load("b", text, 1), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not an ELF")));
+  EXPECT_THAT(Load("c", paths::kRelibctlPath, 1),
               StatusIs(absl::StatusCode::kInvalidArgument, ::testing::AnyOf(HasSubstr("not a shared object"),
                                                                             HasSubstr("dlopen"))));
-  EXPECT_THAT(loader_->Load("d", paths::k_no_descriptor, 1),
+  EXPECT_THAT(Load("d", paths::k_no_descriptor, 1),
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not a relib module")));
-  EXPECT_THAT(loader_->Load("e", paths::k_wrong_abi, 1),
+  EXPECT_THAT(Load("e", paths::k_wrong_abi, 1),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("ABI version 99")));
-  EXPECT_THAT(loader_->Load("f", paths::k_on_load_fails, 1),
+  EXPECT_THAT(Load("f", paths::k_on_load_fails, 1),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        AllOf(HasSubstr("on_load"), HasSubstr("database not reachable"))));
   for (const char* name : {"a", "b", "c", "d", "e", "f"}) EXPECT_FALSE(loader_->IsLoaded(name));
@@ -127,50 +141,50 @@ TEST_F(ModuleLoaderTest, BadFilesAreRejectedWithTheirCause) {
 }
 
 TEST_F(ModuleLoaderTest, NameTakenAndUnknownNames) {
-  ASSERT_THAT(loader_->Load("m", paths::k_versioned_v1, 1), IsOk());
-  EXPECT_THAT(loader_->Load("m", paths::k_versioned_v2, 1), StatusIs(absl::StatusCode::kAlreadyExists));
+  ASSERT_THAT(Load("m", paths::k_versioned_v1, 1), IsOk());
+  EXPECT_THAT(Load("m", paths::k_versioned_v2, 1), StatusIs(absl::StatusCode::kAlreadyExists));
   EXPECT_EQ(*loader_->Call("m", "version", ""), "v1");
   EXPECT_THAT(loader_->Call("nope", "version", ""), StatusIs(absl::StatusCode::kNotFound));
-  EXPECT_THAT(loader_->Unload("nope", false), StatusIs(absl::StatusCode::kNotFound));
+  EXPECT_THAT(Unload("nope", false), StatusIs(absl::StatusCode::kNotFound));
   EXPECT_THAT(loader_->Call("m", "missing", ""),
               StatusIs(absl::StatusCode::kNotFound, AllOf(HasSubstr("no export 'missing'"), HasSubstr("version"))));
 }
 
 TEST_F(ModuleLoaderTest, ExportExceptionBecomesError) {
-  ASSERT_THAT(loader_->Load("m", paths::k_versioned_v1, 1), IsOk());
+  ASSERT_THAT(Load("m", paths::k_versioned_v1, 1), IsOk());
   EXPECT_THAT(loader_->Call("m", "fail", "boom"),
               StatusIs(absl::StatusCode::kUnknown, HasSubstr("asked to fail: boom")));
   EXPECT_EQ(*loader_->Call("m", "version", ""), "v1");
 }
 
 TEST_F(ModuleLoaderTest, ReloadToBadFileKeepsOldVersion) {
-  ASSERT_THAT(loader_->Load("m", paths::k_versioned_v1, 1), IsOk());
+  ASSERT_THAT(Load("m", paths::k_versioned_v1, 1), IsOk());
   UnloadReport report;
-  EXPECT_THAT(loader_->Reload("m", paths::k_no_descriptor, 2, false, &report),
+  EXPECT_THAT(Reload("m", paths::k_no_descriptor, 2, false, report),
               StatusIs(absl::StatusCode::kInvalidArgument));
-  EXPECT_TRUE(report.name.empty());  // the old version was never unloaded
+  EXPECT_TRUE(report.name.empty());  // the old version was never touched
   EXPECT_EQ(*loader_->Call("m", "version", ""), "v1");
 }
 
 TEST_F(ModuleLoaderTest, ReloadWhoseOnLoadFailsRollsBack) {
-  ASSERT_THAT(loader_->Load("m", paths::k_versioned_v1, 1), IsOk());
+  ASSERT_THAT(Load("m", paths::k_versioned_v1, 1), IsOk());
   UnloadReport report;
-  EXPECT_THAT(loader_->Reload("m", paths::k_on_load_fails, 2, false, &report),
+  EXPECT_THAT(Reload("m", paths::k_on_load_fails, 2, false, report),
               StatusIs(absl::StatusCode::kFailedPrecondition,
                        AllOf(HasSubstr("database not reachable"), HasSubstr("version 1 was loaded again"))));
   EXPECT_TRUE(report.unmapped);
   EXPECT_EQ(*loader_->Call("m", "version", ""), "v1");
-  ASSERT_THAT(loader_->Unload("m", false), IsOk());
+  ASSERT_THAT(Unload("m", false), IsOk());
   EXPECT_EQ(ScratchMappings(), 0u);
 }
 
 TEST_F(ModuleLoaderTest, FailingBeforeUnloadRefusesUnlessForced) {
-  ASSERT_THAT(loader_->Load("m", paths::k_before_unload_fails, 1), IsOk());
-  EXPECT_THAT(loader_->Unload("m", false),
+  ASSERT_THAT(Load("m", paths::k_before_unload_fails, 1), IsOk());
+  EXPECT_THAT(Unload("m", false),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("still flushing")));
   EXPECT_TRUE(loader_->IsLoaded("m"));
   EXPECT_EQ(*loader_->Call("m", "version", ""), "stubborn");
-  auto report = loader_->Unload("m", true);
+  auto report = Unload("m", true);
   ASSERT_THAT(report, IsOk());
   EXPECT_THAT(report->before_unload_error, HasSubstr("still flushing"));
   EXPECT_TRUE(report->unmapped);
@@ -178,10 +192,10 @@ TEST_F(ModuleLoaderTest, FailingBeforeUnloadRefusesUnlessForced) {
 }
 
 TEST_F(ModuleLoaderTest, CModuleWorks) {
-  ASSERT_THAT(loader_->Load("c", paths::kHelloCPath, 1), IsOk());
+  ASSERT_THAT(Load("c", paths::kHelloCPath, 1), IsOk());
   EXPECT_EQ(*loader_->Call("c", "greet", "tests"), "Hello from C, tests!");
   EXPECT_THAT(loader_->Call("c", "length", ""), StatusIs(absl::StatusCode::kUnknown, HasSubstr("empty input")));
-  auto report = loader_->Unload("c", false);
+  auto report = Unload("c", false);
   ASSERT_THAT(report, IsOk());
   EXPECT_TRUE(report->unmapped);
 }

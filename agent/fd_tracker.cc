@@ -1,0 +1,336 @@
+#include "agent/fd_tracker.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
+namespace relib::agent::fds {
+namespace {
+
+constexpr int kMaxTrackedFd = 65536;
+
+struct Owner {
+  std::atomic<ModuleId> module{kHost};
+  std::atomic<dev_t> dev{0};
+  std::atomic<ino_t> ino{0};
+};
+Owner owners[kMaxTrackedFd];
+std::atomic<bool> host_fd[kMaxTrackedFd];
+
+void Claim(int fd, ModuleId module) {
+  if (fd < 0 || fd >= kMaxTrackedFd || module == kHost) return;
+  struct stat st;
+  if (::fstat(fd, &st) != 0) return;
+  owners[fd].dev = st.st_dev;
+  owners[fd].ino = st.st_ino;
+  owners[fd].module = module;
+}
+
+void Unclaim(int fd) {
+  if (fd >= 0 && fd < kMaxTrackedFd) owners[fd].module = kHost;
+}
+
+// The fd still refers to the object that was claimed.
+bool StillSame(int fd) {
+  struct stat st;
+  return ::fstat(fd, &st) == 0 && st.st_dev == owners[fd].dev && st.st_ino == owners[fd].ino;
+}
+
+template <typename F>
+void ForEachOpenFd(F f) {
+  DIR* dir = ::opendir("/proc/self/fd");
+  if (dir == nullptr) return;
+  int self = ::dirfd(dir);
+  while (dirent* entry = ::readdir(dir)) {
+    if (entry->d_name[0] == '.') continue;
+    int fd = std::atoi(entry->d_name);
+    if (fd != self) f(fd);
+  }
+  ::closedir(dir);
+}
+
+std::string SocketAddress(const sockaddr_storage& address) {
+  char text[INET6_ADDRSTRLEN] = {};
+  if (address.ss_family == AF_INET) {
+    const auto& in = reinterpret_cast<const sockaddr_in&>(address);
+    ::inet_ntop(AF_INET, &in.sin_addr, text, sizeof(text));
+    return absl::StrCat(text, ":", ntohs(in.sin_port));
+  }
+  if (address.ss_family == AF_INET6) {
+    const auto& in6 = reinterpret_cast<const sockaddr_in6&>(address);
+    ::inet_ntop(AF_INET6, &in6.sin6_addr, text, sizeof(text));
+    return absl::StrCat("[", text, "]:", ntohs(in6.sin6_port));
+  }
+  if (address.ss_family == AF_UNIX) {
+    const auto& un = reinterpret_cast<const sockaddr_un&>(address);
+    if (un.sun_path[0] == '\0') return un.sun_path[1] ? absl::StrCat("@", un.sun_path + 1) : "unnamed";
+    return un.sun_path;
+  }
+  return "?";
+}
+
+std::string DescribeSocket(int fd) {
+  int domain = 0, type = 0, listening = 0;
+  socklen_t len = sizeof(int);
+  ::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len);
+  len = sizeof(int);
+  ::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len);
+  len = sizeof(int);
+  ::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len);
+  const char* proto = domain == AF_UNIX ? "unix" : type == SOCK_STREAM ? "tcp" : type == SOCK_DGRAM ? "udp" : "raw";
+  sockaddr_storage local{}, peer{};
+  socklen_t local_len = sizeof(local), peer_len = sizeof(peer);
+  std::string text = proto;
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_len) == 0) {
+    absl::StrAppend(&text, " ", SocketAddress(local));
+  }
+  if (listening) {
+    absl::StrAppend(&text, " listening");
+  } else if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) == 0) {
+    absl::StrAppend(&text, " -> ", SocketAddress(peer));
+  }
+  return text;
+}
+
+OpenFd Describe(int fd) {
+  OpenFd open;
+  open.fd = fd;
+  char link[512] = {};
+  ssize_t n = ::readlink(absl::StrCat("/proc/self/fd/", fd).c_str(), link, sizeof(link) - 1);
+  std::string target = n > 0 ? std::string(link, n) : "";
+  struct stat st;
+  bool have_stat = ::fstat(fd, &st) == 0;
+  if (have_stat && S_ISSOCK(st.st_mode)) {
+    open.kind = "socket";
+    open.description = DescribeSocket(fd);
+  } else if (have_stat && S_ISFIFO(st.st_mode)) {
+    open.kind = "pipe";
+    open.description = target;
+  } else if (have_stat && S_ISDIR(st.st_mode)) {
+    open.kind = "directory";
+    open.description = target;
+  } else if (target.rfind("/memfd:", 0) == 0) {
+    open.kind = "memfd";
+    open.description = target;
+  } else if (target.rfind("anon_inode:", 0) == 0) {
+    std::string what = target.substr(11);
+    open.kind = what.find("eventfd") != std::string::npos     ? "eventfd"
+                : what.find("eventpoll") != std::string::npos ? "epoll"
+                : what.find("timerfd") != std::string::npos   ? "timerfd"
+                : what.find("signalfd") != std::string::npos  ? "signalfd"
+                : what.find("inotify") != std::string::npos   ? "inotify"
+                                                              : "other";
+    open.description = target;
+  } else {
+    open.kind = "file";
+    open.description = target;
+  }
+  return open;
+}
+
+template <typename T>
+T Real(const char* name) {
+  HostScope host;
+  return reinterpret_cast<T>(::dlsym(RTLD_NEXT, name));
+}
+
+int Track(int fd) {
+  if (fd >= 0) Claim(fd, CurrentModule());
+  return fd;
+}
+
+int TrackPair(int rc, int fds[2]) {
+  if (rc == 0) {
+    Claim(fds[0], CurrentModule());
+    Claim(fds[1], CurrentModule());
+  }
+  return rc;
+}
+
+}  // namespace
+
+void SnapshotHostFds() {
+  ForEachOpenFd([](int fd) {
+    if (fd < kMaxTrackedFd) host_fd[fd] = true;
+  });
+}
+
+void ClaimUnowned(ModuleId id) {
+  if (id == kHost) return;
+  HostScope host;
+  ForEachOpenFd([id](int fd) {
+    if (fd >= kMaxTrackedFd || host_fd[fd]) return;
+    if (owners[fd].module != kHost && StillSame(fd)) return;
+    Claim(fd, id);
+  });
+}
+
+std::vector<OpenFd> Open(ModuleId id) {
+  HostScope host;
+  std::vector<OpenFd> open;
+  for (int fd = 0; fd < kMaxTrackedFd; ++fd) {
+    if (owners[fd].module.load(std::memory_order_relaxed) != id) continue;
+    if (!StillSame(fd)) {
+      Unclaim(fd);
+      continue;
+    }
+    open.push_back(Describe(fd));
+  }
+  return open;
+}
+
+int CloseAll(ModuleId id) {
+  int closed = 0;
+  for (const OpenFd& open : Open(id)) {
+    Unclaim(open.fd);
+    if (::close(open.fd) == 0) ++closed;
+  }
+  return closed;
+}
+
+void Forget(ModuleId id) {
+  for (int fd = 0; fd < kMaxTrackedFd; ++fd) {
+    if (owners[fd].module.load(std::memory_order_relaxed) == id) Unclaim(fd);
+  }
+}
+
+}  // namespace relib::agent::fds
+
+// Interposed fd creators: call the real function, then record the owner.
+using relib::agent::fds::Real;
+using relib::agent::fds::Track;
+using relib::agent::fds::TrackPair;
+
+extern "C" {
+
+int open(const char* path, int flags, ...) {
+  static auto real = Real<int (*)(const char*, int, ...)>("open");
+  mode_t mode = 0;
+  if (flags & (O_CREAT | O_TMPFILE)) {
+    va_list args;
+    va_start(args, flags);
+    mode = va_arg(args, mode_t);
+    va_end(args);
+  }
+  return Track(real(path, flags, mode));
+}
+int open64(const char* path, int flags, ...) {
+  static auto real = Real<int (*)(const char*, int, ...)>("open64");
+  mode_t mode = 0;
+  if (flags & (O_CREAT | O_TMPFILE)) {
+    va_list args;
+    va_start(args, flags);
+    mode = va_arg(args, mode_t);
+    va_end(args);
+  }
+  return Track(real(path, flags, mode));
+}
+int openat(int dir, const char* path, int flags, ...) {
+  static auto real = Real<int (*)(int, const char*, int, ...)>("openat");
+  mode_t mode = 0;
+  if (flags & (O_CREAT | O_TMPFILE)) {
+    va_list args;
+    va_start(args, flags);
+    mode = va_arg(args, mode_t);
+    va_end(args);
+  }
+  return Track(real(dir, path, flags, mode));
+}
+int openat64(int dir, const char* path, int flags, ...) {
+  static auto real = Real<int (*)(int, const char*, int, ...)>("openat64");
+  mode_t mode = 0;
+  if (flags & (O_CREAT | O_TMPFILE)) {
+    va_list args;
+    va_start(args, flags);
+    mode = va_arg(args, mode_t);
+    va_end(args);
+  }
+  return Track(real(dir, path, flags, mode));
+}
+int creat(const char* path, mode_t mode) {
+  static auto real = Real<int (*)(const char*, mode_t)>("creat");
+  return Track(real(path, mode));
+}
+int socket(int domain, int type, int protocol) {
+  static auto real = Real<int (*)(int, int, int)>("socket");
+  return Track(real(domain, type, protocol));
+}
+int socketpair(int domain, int type, int protocol, int fds[2]) {
+  static auto real = Real<int (*)(int, int, int, int*)>("socketpair");
+  return TrackPair(real(domain, type, protocol, fds), fds);
+}
+int accept(int fd, sockaddr* address, socklen_t* len) {
+  static auto real = Real<int (*)(int, sockaddr*, socklen_t*)>("accept");
+  return Track(real(fd, address, len));
+}
+int accept4(int fd, sockaddr* address, socklen_t* len, int flags) {
+  static auto real = Real<int (*)(int, sockaddr*, socklen_t*, int)>("accept4");
+  return Track(real(fd, address, len, flags));
+}
+int pipe(int fds[2]) {
+  static auto real = Real<int (*)(int*)>("pipe");
+  return TrackPair(real(fds), fds);
+}
+int pipe2(int fds[2], int flags) {
+  static auto real = Real<int (*)(int*, int)>("pipe2");
+  return TrackPair(real(fds, flags), fds);
+}
+int dup(int fd) {
+  static auto real = Real<int (*)(int)>("dup");
+  return Track(real(fd));
+}
+int dup2(int fd, int target) {
+  static auto real = Real<int (*)(int, int)>("dup2");
+  return Track(real(fd, target));
+}
+int dup3(int fd, int target, int flags) {
+  static auto real = Real<int (*)(int, int, int)>("dup3");
+  return Track(real(fd, target, flags));
+}
+int eventfd(unsigned int value, int flags) {
+  static auto real = Real<int (*)(unsigned int, int)>("eventfd");
+  return Track(real(value, flags));
+}
+int epoll_create(int size) {
+  static auto real = Real<int (*)(int)>("epoll_create");
+  return Track(real(size));
+}
+int epoll_create1(int flags) {
+  static auto real = Real<int (*)(int)>("epoll_create1");
+  return Track(real(flags));
+}
+int timerfd_create(int clock, int flags) {
+  static auto real = Real<int (*)(int, int)>("timerfd_create");
+  return Track(real(clock, flags));
+}
+int signalfd(int fd, const void* mask, int flags) {
+  static auto real = Real<int (*)(int, const void*, int)>("signalfd");
+  return Track(real(fd, mask, flags));
+}
+int memfd_create(const char* name, unsigned int flags) {
+  static auto real = Real<int (*)(const char*, unsigned int)>("memfd_create");
+  return Track(real(name, flags));
+}
+int inotify_init1(int flags) {
+  static auto real = Real<int (*)(int)>("inotify_init1");
+  return Track(real(flags));
+}
+int close(int fd) {
+  static auto real = Real<int (*)(int)>("close");
+  relib::agent::fds::Unclaim(fd);
+  return real(fd);
+}
+
+}  // extern "C"

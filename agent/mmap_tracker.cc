@@ -1,0 +1,127 @@
+#include "agent/mmap_tracker.h"
+
+#include <dlfcn.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <mutex>
+
+namespace relib::agent::maps {
+namespace {
+
+struct Owned {
+  ModuleId module;
+  uintptr_t start;
+  uintptr_t end;
+};
+
+std::mutex regions_mutex;
+std::vector<Owned>* regions = nullptr;  // created on first use, never destroyed
+
+std::vector<Owned>& Regions() {
+  if (regions == nullptr) regions = new std::vector<Owned>();
+  return *regions;
+}
+
+using Mmap = void* (*)(void*, size_t, int, int, int, off_t);
+using Munmap = int (*)(void*, size_t);
+
+Mmap RealMmap() {
+  static Mmap real = [] {
+    HostScope host;
+    return reinterpret_cast<Mmap>(::dlsym(RTLD_NEXT, "mmap"));
+  }();
+  return real;
+}
+
+Munmap RealMunmap() {
+  static Munmap real = [] {
+    HostScope host;
+    return reinterpret_cast<Munmap>(::dlsym(RTLD_NEXT, "munmap"));
+  }();
+  return real;
+}
+
+// Removes [start, end) from every record, splitting records as needed.
+void Remove(uintptr_t start, uintptr_t end) {
+  HostScope host;
+  std::lock_guard<std::mutex> lock(regions_mutex);
+  if (Regions().empty()) return;
+  std::vector<Owned> kept;
+  for (const Owned& r : Regions()) {
+    if (r.end <= start || r.start >= end) {
+      kept.push_back(r);
+      continue;
+    }
+    if (r.start < start) kept.push_back({r.module, r.start, start});
+    if (r.end > end) kept.push_back({r.module, end, r.end});
+  }
+  Regions().swap(kept);
+}
+
+void* Track(void* address, size_t length, int flags) {
+  ModuleId module = CurrentModule();
+  if (address == MAP_FAILED || module == kHost || !(flags & MAP_ANONYMOUS)) return address;
+  auto start = reinterpret_cast<uintptr_t>(address);
+  Remove(start, start + length);  // MAP_FIXED over an old region
+  HostScope host;
+  std::lock_guard<std::mutex> lock(regions_mutex);
+  Regions().push_back({module, start, start + length});
+  return address;
+}
+
+std::vector<Owned> Take(ModuleId id) {
+  HostScope host;
+  std::lock_guard<std::mutex> lock(regions_mutex);
+  std::vector<Owned> taken;
+  auto& all = Regions();
+  for (const Owned& r : all) {
+    if (r.module == id) taken.push_back(r);
+  }
+  all.erase(std::remove_if(all.begin(), all.end(), [id](const Owned& r) { return r.module == id; }), all.end());
+  return taken;
+}
+
+}  // namespace
+
+std::vector<Region> Live(ModuleId id) {
+  HostScope host;
+  std::lock_guard<std::mutex> lock(regions_mutex);
+  std::vector<Region> live;
+  for (const Owned& r : Regions()) {
+    if (r.module == id) live.push_back({r.start, r.end - r.start});
+  }
+  return live;
+}
+
+size_t UnmapAll(ModuleId id) {
+  size_t bytes = 0;
+  for (const Owned& r : Take(id)) {
+    if (RealMunmap()(reinterpret_cast<void*>(r.start), r.end - r.start) == 0) bytes += r.end - r.start;
+  }
+  return bytes;
+}
+
+void Forget(ModuleId id) { Take(id); }
+
+}  // namespace relib::agent::maps
+
+extern "C" void* mmap(void* address, size_t length, int prot, int flags, int fd, off_t offset) noexcept {
+  using namespace relib::agent::maps;
+  return Track(RealMmap()(address, length, prot, flags, fd, offset), length, flags);
+}
+
+extern "C" void* mmap64(void* address, size_t length, int prot, int flags, int fd, off_t offset) noexcept {
+  using namespace relib::agent::maps;
+  return Track(RealMmap()(address, length, prot, flags, fd, offset), length, flags);
+}
+
+extern "C" int munmap(void* address, size_t length) noexcept {
+  using namespace relib::agent::maps;
+  int rc = RealMunmap()(address, length);
+  if (rc == 0) {
+    auto start = reinterpret_cast<uintptr_t>(address);
+    Remove(start, start + length);
+  }
+  return rc;
+}

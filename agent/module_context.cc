@@ -1,0 +1,77 @@
+#include "agent/module_context.h"
+
+#include <link.h>
+
+#include <atomic>
+#include <cstring>
+
+namespace relib::agent {
+namespace internal {
+thread_local ModuleId current_module __attribute__((tls_model("initial-exec"))) = kHost;
+}  // namespace internal
+
+namespace {
+
+std::atomic<bool> used[kMaxModules];
+struct Range {
+  std::atomic<uintptr_t> start{0};
+  std::atomic<uintptr_t> end{0};
+};
+Range ranges[kMaxModules];
+
+std::atomic<uintptr_t> loader_start{0};
+std::atomic<uintptr_t> loader_end{0};
+
+int FindLoader(dl_phdr_info* info, size_t, void*) {
+  if (info->dlpi_name == nullptr || std::strstr(info->dlpi_name, "/ld-linux") == nullptr) return 0;
+  uintptr_t start = UINTPTR_MAX, end = 0;
+  for (int i = 0; i < info->dlpi_phnum; ++i) {
+    const auto& ph = info->dlpi_phdr[i];
+    if (ph.p_type != PT_LOAD) continue;
+    start = std::min<uintptr_t>(start, info->dlpi_addr + ph.p_vaddr);
+    end = std::max<uintptr_t>(end, info->dlpi_addr + ph.p_vaddr + ph.p_memsz);
+  }
+  loader_start = start;
+  loader_end = end;
+  return 1;
+}
+
+}  // namespace
+
+ModuleId AcquireModuleId() {
+  if (loader_end.load(std::memory_order_relaxed) == 0) dl_iterate_phdr(&FindLoader, nullptr);
+  for (ModuleId id = 1; id < kMaxModules; ++id) {
+    bool expected = false;
+    if (used[id].compare_exchange_strong(expected, true)) return id;
+  }
+  return kHost;
+}
+
+void ReleaseModuleId(ModuleId id) {
+  if (id == kHost || id >= kMaxModules) return;
+  ranges[id].start = 0;
+  ranges[id].end = 0;
+  used[id] = false;
+}
+
+void SetModuleRange(ModuleId id, uintptr_t start, uintptr_t end) {
+  if (id == kHost || id >= kMaxModules) return;
+  ranges[id].end = end;
+  ranges[id].start = start;
+}
+
+ModuleId ModuleOfAddress(const void* address) {
+  auto a = reinterpret_cast<uintptr_t>(address);
+  for (ModuleId id = 1; id < kMaxModules; ++id) {
+    uintptr_t start = ranges[id].start.load(std::memory_order_relaxed);
+    if (start != 0 && a >= start && a < ranges[id].end.load(std::memory_order_relaxed)) return id;
+  }
+  return kHost;
+}
+
+bool IsInDynamicLoader(const void* address) {
+  auto a = reinterpret_cast<uintptr_t>(address);
+  return a >= loader_start.load(std::memory_order_relaxed) && a < loader_end.load(std::memory_order_relaxed);
+}
+
+}  // namespace relib::agent

@@ -1,0 +1,63 @@
+// Which module the calling thread is running code for. Every tracker in the
+// worker (heap, threads, thread-locals, fds, keys, mappings) attributes what
+// it sees to this id.
+//
+// Why global state: malloc, pthread_create and friends are interposed
+// process-wide and cannot be handed a context object; the thread-local id is
+// the only channel. Ids are small integers (slots) so the hot paths can index
+// fixed arrays without locks.
+#ifndef RELIB_AGENT_MODULE_CONTEXT_H_
+#define RELIB_AGENT_MODULE_CONTEXT_H_
+
+#include <cstdint>
+
+namespace relib::agent {
+
+// 0 means "the host" (agent, worker main, libraries): nothing is attributed.
+using ModuleId = uint32_t;
+inline constexpr ModuleId kHost = 0;
+inline constexpr ModuleId kMaxModules = 256;  // ids are 1..kMaxModules-1
+
+namespace internal {
+// initial-exec: readable from inside malloc without calling malloc.
+extern thread_local ModuleId current_module __attribute__((tls_model("initial-exec")));
+}  // namespace internal
+
+inline ModuleId CurrentModule() { return internal::current_module; }
+
+// Sets the calling thread's module for the scope's lifetime. Nestable.
+class ModuleScope {
+ public:
+  explicit ModuleScope(ModuleId id) : previous_(internal::current_module) { internal::current_module = id; }
+  ~ModuleScope() { internal::current_module = previous_; }
+  ModuleScope(const ModuleScope&) = delete;
+  ModuleScope& operator=(const ModuleScope&) = delete;
+
+ private:
+  ModuleId previous_;
+};
+
+// Host code inside an interposed call made by a module (bookkeeping
+// allocations must never be attributed to the module).
+class HostScope : public ModuleScope {
+ public:
+  HostScope() : ModuleScope(kHost) {}
+};
+
+// Hands out module ids. Thread-safe. Returns 0 when all are taken.
+ModuleId AcquireModuleId();
+void ReleaseModuleId(ModuleId id);
+
+// Address range [start, end) of a loaded module's mapped segments, so that
+// addresses (TLS dso handles, allocation sites) can be mapped to modules.
+void SetModuleRange(ModuleId id, uintptr_t start, uintptr_t end);
+// The module whose range contains `address`, or kHost.
+ModuleId ModuleOfAddress(const void* address);
+
+// The dynamic loader's own text range: allocations it makes (link maps, TLS
+// blocks) are never attributed to a module even inside module scope.
+bool IsInDynamicLoader(const void* address);
+
+}  // namespace relib::agent
+
+#endif  // RELIB_AGENT_MODULE_CONTEXT_H_

@@ -1,0 +1,165 @@
+#include "agent/thread_tracker.h"
+
+#include <cxxabi.h>
+#include <dlfcn.h>
+#include <pthread.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <list>
+#include <mutex>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+
+namespace relib::agent::threads {
+namespace {
+
+struct Record {
+  ModuleId module;
+  std::atomic<pid_t> tid{0};
+  void* (*routine)(void*);
+  void* arg;
+};
+
+std::mutex registry_mutex;
+// std::list: records keep their address while threads point at them.
+std::list<Record>* registry = nullptr;  // created on first use, never destroyed
+
+std::list<Record>& Registry() {
+  if (registry == nullptr) registry = new std::list<Record>();
+  return *registry;
+}
+
+struct Start {
+  Record* record;
+  void* (*routine)(void*);
+  void* arg;
+};
+
+void* Trampoline(void* raw) {
+  Start start = *static_cast<Start*>(raw);
+  {
+    HostScope host;
+    delete static_cast<Start*>(raw);
+  }
+  start.record->tid = static_cast<pid_t>(::gettid());
+  internal::current_module = start.record->module;
+  return start.routine(start.arg);
+}
+
+using PthreadCreate = int (*)(pthread_t*, const pthread_attr_t*, void* (*)(void*), void*);
+PthreadCreate RealPthreadCreate() {
+  static PthreadCreate real = [] {
+    HostScope host;
+    return reinterpret_cast<PthreadCreate>(::dlsym(RTLD_NEXT, "pthread_create"));
+  }();
+  return real;
+}
+
+bool TaskExists(pid_t tid) {
+  struct stat st;
+  return ::stat(absl::StrCat("/proc/self/task/", tid).c_str(), &st) == 0;
+}
+
+std::string Symbolize(const void* address) {
+  Dl_info info;
+  if (::dladdr(address, &info) == 0 || info.dli_sname == nullptr) {
+    return absl::StrCat("0x", absl::Hex(reinterpret_cast<uintptr_t>(address)));
+  }
+  int status = 0;
+  char* demangled = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
+  std::string name = status == 0 && demangled ? demangled : info.dli_sname;
+  std::free(demangled);
+  return name;
+}
+
+std::string DescribeRoutine(const Record& record) {
+  std::string name = Symbolize(reinterpret_cast<const void*>(record.routine));
+  // std::thread: the routine is libstdc++'s; its argument is a _State whose
+  // vtable names the callable.
+  if (name.find("execute_native_thread_routine") != std::string::npos && record.arg != nullptr) {
+    const void* vtable = *static_cast<void* const*>(record.arg);
+    return absl::StrCat("std::thread running ", Symbolize(vtable));
+  }
+  return name;
+}
+
+LiveThread Describe(const Record& record) {
+  LiveThread thread;
+  thread.tid = record.tid.load();
+  if (thread.tid != 0) {
+    std::ifstream comm(absl::StrCat("/proc/self/task/", thread.tid, "/comm"));
+    std::getline(comm, thread.name);
+  }
+  thread.start_routine = DescribeRoutine(record);
+  return thread;
+}
+
+}  // namespace
+
+std::vector<LiveThread> Live(ModuleId id) {
+  HostScope host;
+  std::vector<LiveThread> live;
+  std::lock_guard<std::mutex> lock(registry_mutex);
+  auto& records = Registry();
+  for (auto it = records.begin(); it != records.end();) {
+    pid_t tid = it->tid.load();
+    // tid 0: created but not yet running its trampoline; still counts.
+    bool alive = tid == 0 || TaskExists(tid);
+    if (!alive) {
+      it = records.erase(it);
+      continue;
+    }
+    if (it->module == id) live.push_back(Describe(*it));
+    ++it;
+  }
+  return live;
+}
+
+std::vector<LiveThread> WaitForExit(ModuleId id, std::chrono::milliseconds grace) {
+  auto deadline = std::chrono::steady_clock::now() + grace;
+  for (;;) {
+    std::vector<LiveThread> live = Live(id);
+    if (live.empty() || std::chrono::steady_clock::now() >= deadline) return live;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
+
+void Forget(ModuleId id) {
+  HostScope host;
+  std::lock_guard<std::mutex> lock(registry_mutex);
+  Registry().remove_if([id](const Record& record) { return record.module == id; });
+}
+
+}  // namespace relib::agent::threads
+
+extern "C" int pthread_create(pthread_t* thread, const pthread_attr_t* attr, void* (*routine)(void*), void* arg) {
+  using namespace relib::agent;
+  ModuleId module = CurrentModule();
+  auto real = threads::RealPthreadCreate();
+  if (module == kHost) return real(thread, attr, routine, arg);
+  threads::Start* start;
+  threads::Record* record;
+  {
+    HostScope host;
+    std::lock_guard<std::mutex> lock(threads::registry_mutex);
+    record = &threads::Registry().emplace_back();
+    record->module = module;
+    record->routine = routine;
+    record->arg = arg;
+    start = new threads::Start{record, routine, arg};
+  }
+  int rc = real(thread, attr, &threads::Trampoline, start);
+  if (rc != 0) {
+    HostScope host;
+    delete start;
+    std::lock_guard<std::mutex> lock(threads::registry_mutex);
+    threads::Registry().remove_if([record](const threads::Record& r) { return &r == record; });
+  }
+  return rc;
+}

@@ -1,0 +1,43 @@
+// Thread-local destructors of modules. glibc pins a library in memory for as
+// long as a thread_local destructor it registered is pending
+// (__cxa_thread_atexit_impl). The worker defines that function: registrations
+// whose dso_handle lies in a module are kept here instead (other
+// registrations go to glibc unchanged), so the module stays unloadable.
+//
+// What runs where:
+//  - a thread that exits runs its own pending module destructors, in reverse
+//    order of registration, as glibc would;
+//  - at unload, the unloading thread runs its own pending destructors of that
+//    module (before dlclose, in module scope);
+//  - pending destructors of that module on any other live thread cannot be
+//    run safely from here (they would touch that thread's objects while it
+//    runs); they are discarded and counted. The unload checks refuse while a
+//    module thread is alive, so this concerns only host threads that called
+//    into the module.
+#ifndef RELIB_AGENT_TLS_TRACKER_H_
+#define RELIB_AGENT_TLS_TRACKER_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "agent/module_context.h"
+
+namespace relib::agent::tls {
+
+struct Outcome {
+  int64_t run = 0;        // destructors run on the unloading thread
+  int64_t discarded = 0;  // pending on other threads, dropped
+  std::vector<pid_t> discarded_on;  // those threads
+};
+
+// REQUIRES: called on the unloading thread before dlclose of `id`.
+Outcome RunOrDiscard(ModuleId id);
+
+// Destructors of `id` pending on any thread.
+int64_t Pending(ModuleId id);
+
+}  // namespace relib::agent::tls
+
+#endif  // RELIB_AGENT_TLS_TRACKER_H_
