@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/output.h"
+#include "common/api_metadata.h"
 #include "grpcpp/grpcpp.h"
 #include "relib/v1/relibd.grpc.pb.h"
 
@@ -51,6 +52,33 @@ int Fail(const std::string& what, const grpc::Status& status) {
   return kExitModuleError;
 }
 
+// A refused or partial unload's report, if the daemon attached one.
+int FailWithReport(const ClientOptions& options, const std::string& what, const grpc::ClientContext& context,
+                   const grpc::Status& status) {
+  int rc = Fail(what, status);
+  const auto& trailers = context.GetServerTrailingMetadata();
+  auto it = trailers.find(common::kUnloadReportMetadataKey);
+  v1::UnloadReport report;
+  if (it != trailers.end() && report.ParseFromString(std::string(it->second.data(), it->second.size()))) {
+    if (options.json) {
+      std::cout << ToJson(report) << "\n";
+    } else {
+      std::cerr << FormatReport(report);
+    }
+  }
+  return rc;
+}
+
+v1::ModuleOptions ToProto(const ModuleFlags& flags) {
+  v1::ModuleOptions options;
+  options.set_thread_grace_ms(flags.thread_grace_ms);
+  options.set_leak_policy(flags.leak_policy == "free" ? v1::LEAK_POLICY_FREE : v1::LEAK_POLICY_REPORT);
+  options.set_fd_policy(flags.fd_policy == "close" ? v1::FD_POLICY_CLOSE : v1::FD_POLICY_REPORT);
+  options.set_mapping_policy(flags.mapping_policy == "unmap" ? v1::MAPPING_POLICY_UNMAP : v1::MAPPING_POLICY_REPORT);
+  options.set_capture_sites(flags.capture_sites);
+  return options;
+}
+
 std::string AbsolutePath(const std::string& path) {
   if (path.empty()) return path;
   std::error_code error;
@@ -69,12 +97,14 @@ void Print(const ClientOptions& options, const Message& message, const std::stri
 
 }  // namespace
 
-int RunLoad(const ClientOptions& options, const std::string& name, const std::string& path) {
+int RunLoad(const ClientOptions& options, const std::string& name, const std::string& path,
+            const ModuleFlags& flags) {
   auto stub = Connect(options);
   if (!stub) return kExitUnreachable;
   v1::LoadRequest request;
   request.set_name(name);
   request.set_path(AbsolutePath(path));
+  *request.mutable_options() = ToProto(flags);
   v1::LoadResponse response;
   grpc::ClientContext context;
   grpc::Status status = stub->Load(&context, request, &response);
@@ -83,17 +113,19 @@ int RunLoad(const ClientOptions& options, const std::string& name, const std::st
   return kExitOk;
 }
 
-int RunReload(const ClientOptions& options, const std::string& name, const std::string& path, bool force) {
+int RunReload(const ClientOptions& options, const std::string& name, const std::string& path, bool force,
+              const ModuleFlags& flags) {
   auto stub = Connect(options);
   if (!stub) return kExitUnreachable;
   v1::ReloadRequest request;
   request.set_name(name);
   request.set_path(AbsolutePath(path));
   request.set_force(force);
+  if (flags.set) *request.mutable_options() = ToProto(flags);
   v1::ReloadResponse response;
   grpc::ClientContext context;
   grpc::Status status = stub->Reload(&context, request, &response);
-  if (!status.ok()) return Fail("reload " + name, status);
+  if (!status.ok()) return FailWithReport(options, "reload " + name, context, status);
   std::string text = absl::StrCat("reloaded ", FormatModule(response.module()));
   if (response.has_report()) absl::StrAppend(&text, FormatReport(response.report()));
   Print(options, response, text);
@@ -109,7 +141,7 @@ int RunUnload(const ClientOptions& options, const std::string& name, bool force)
   v1::UnloadResponse response;
   grpc::ClientContext context;
   grpc::Status status = stub->Unload(&context, request, &response);
-  if (!status.ok()) return Fail("unload " + name, status);
+  if (!status.ok()) return FailWithReport(options, "unload " + name, context, status);
   Print(options, response, FormatReport(response.report()));
   return kExitOk;
 }

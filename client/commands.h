@@ -3,6 +3,7 @@
 #ifndef RELIB_CLIENT_COMMANDS_H_
 #define RELIB_CLIENT_COMMANDS_H_
 
+#include <cstdint>
 #include <string>
 
 namespace relib::client {
@@ -19,8 +20,22 @@ struct ClientOptions {
   int connect_timeout_ms = 3000;
 };
 
-int RunLoad(const ClientOptions& options, const std::string& name, const std::string& path);
-int RunReload(const ClientOptions& options, const std::string& name, const std::string& path, bool force);
+// Unload checks and policies given on the command line (see ModuleOptions in
+// relibd.proto). `set` tells whether any was given (reload keeps the module's
+// options otherwise).
+struct ModuleFlags {
+  bool set = false;
+  uint32_t thread_grace_ms = 0;
+  std::string leak_policy = "report";     // report | free
+  std::string fd_policy = "report";       // report | close
+  std::string mapping_policy = "report";  // report | unmap
+  bool capture_sites = false;
+};
+
+int RunLoad(const ClientOptions& options, const std::string& name, const std::string& path,
+            const ModuleFlags& flags);
+int RunReload(const ClientOptions& options, const std::string& name, const std::string& path, bool force,
+              const ModuleFlags& flags);
 int RunUnload(const ClientOptions& options, const std::string& name, bool force);
 // `input` "-" reads standard input. Output bytes go to stdout unchanged.
 int RunCall(const ClientOptions& options, const std::string& name, const std::string& export_name,

@@ -51,17 +51,64 @@ std::string FormatModule(const v1::ModuleInfo& module) {
 }
 
 std::string FormatReport(const v1::UnloadReport& report) {
-  std::string out = absl::StrFormat("unload report: module %s version %d (%s)\n  unmapped: %s\n", report.name(),
-                                    report.version(), report.path(), report.unmapped() ? "yes" : "NO");
-  for (const auto& line : report.remaining_mappings()) absl::StrAppend(&out, "    still mapped: ", line, "\n");
+  std::string out = absl::StrFormat("unload report: module %s version %d (%s)\n", report.name(), report.version(),
+                                    report.path());
+  if (report.refused()) {
+    absl::StrAppend(&out, "  REFUSED: ", report.live_threads_size(),
+                    " module thread(s) still running; the version keeps running\n");
+  } else {
+    absl::StrAppend(&out, "  unmapped: ", report.unmapped() ? "yes" : "NO", "\n");
+    for (const auto& reason : report.pin_reasons()) absl::StrAppend(&out, "    why: ", reason, "\n");
+    for (const auto& line : report.remaining_mappings()) absl::StrAppend(&out, "    still mapped: ", line, "\n");
+  }
+  for (const auto& thread : report.live_threads()) {
+    absl::StrAppend(&out, "  live thread: tid ", thread.tid(), " '", thread.name(), "' ", thread.start_routine(), "\n");
+  }
   if (report.before_unload_missing()) {
     absl::StrAppend(&out, "  before_unload: none\n");
   } else if (!report.before_unload_error().empty()) {
-    absl::StrAppend(&out, "  before_unload: FAILED (", report.before_unload_error(), "), unload forced\n");
+    absl::StrAppend(&out, "  before_unload: FAILED (", report.before_unload_error(), ")\n");
   } else {
     absl::StrAppend(&out, "  before_unload: ok (", report.before_unload_micros(), " us)\n");
   }
-  absl::StrAppend(&out, "  dlclose + checks: ", report.unload_micros(), " us\n");
+  if (report.refused()) return out;
+  const v1::HeapReport& heap = report.heap();
+  if (!heap.tracking_enabled()) {
+    absl::StrAppend(&out, "  heap: not tracked in this build\n");
+  } else if (heap.leaked_blocks() == 0) {
+    absl::StrAppend(&out, "  heap: no leaks\n");
+  } else {
+    absl::StrAppend(&out, "  heap: leaked ", heap.leaked_bytes(), " bytes in ", heap.leaked_blocks(), " block(s)",
+                    heap.freed() ? ", freed" : ", left allocated", "\n");
+    for (const auto& site : heap.top_sites()) {
+      absl::StrAppend(&out, "    ", site.bytes(), " bytes in ", site.blocks(), " block(s) at ", site.location(), "\n");
+    }
+  }
+  const v1::TlsReport& tls = report.tls();
+  if (tls.destructors_run() + tls.destructors_discarded() > 0) {
+    absl::StrAppend(&out, "  thread_local destructors: ", tls.destructors_run(), " run on the unloading thread",
+                    tls.destructors_discarded() > 0 ? absl::StrCat(", ", tls.destructors_discarded(),
+                                                                  " discarded (other threads)")
+                                                    : "",
+                    "\n");
+  }
+  if (report.open_fds_size() > 0) {
+    absl::StrAppend(&out, "  fds left open: ", report.open_fds_size(), report.fds_closed() ? " (closed)" : "", "\n");
+    for (const auto& fd : report.open_fds()) {
+      absl::StrAppend(&out, "    fd ", fd.fd(), " ", fd.kind(), " ", fd.description(), "\n");
+    }
+  }
+  if (report.pthread_keys_deleted() > 0) {
+    absl::StrAppend(&out, "  pthread keys deleted: ", report.pthread_keys_deleted(), "\n");
+  }
+  if (report.mappings_size() > 0) {
+    absl::StrAppend(&out, "  anonymous mappings left: ", report.mappings_size(),
+                    report.mappings_unmapped() ? " (unmapped)" : "", "\n");
+    for (const auto& m : report.mappings()) {
+      absl::StrAppend(&out, absl::StrFormat("    0x%x, %d bytes\n", m.address(), m.length()));
+    }
+  }
+  absl::StrAppend(&out, "  checks + dlclose: ", report.unload_micros(), " us\n");
   return out;
 }
 
@@ -69,13 +116,15 @@ std::string FormatStatus(const v1::StatusResponse& status) {
   std::string out = absl::StrFormat("relibd pid %d, %d module(s), %d worker(s)\n", status.daemon_pid(),
                                     status.modules_size(), status.workers_size());
   if (status.modules_size() > 0) {
-    absl::StrAppend(&out, absl::StrFormat("%-20s %-8s %-8s %-8s %-8s %s\n", "NAME", "VERSION", "STATE", "WORKER",
-                                          "CALLS", "PATH"));
+    absl::StrAppend(&out, absl::StrFormat("%-16s %-7s %-7s %-7s %-6s %-10s %-7s %-7s %-4s %s\n", "NAME", "VERSION",
+                                          "STATE", "WORKER", "CALLS", "HEAP", "BLOCKS", "THREADS", "FDS", "PATH"));
   }
   for (const auto& module : status.modules()) {
-    absl::StrAppend(&out, absl::StrFormat("%-20s %-8d %-8s %-8d %-8d %s\n", module.name(), module.version(),
-                                          StateName(module.state()), module.worker_pid(), module.stats().calls(),
-                                          module.path()));
+    const v1::ModuleStats& stats = module.stats();
+    absl::StrAppend(&out, absl::StrFormat("%-16s %-7d %-7s %-7d %-6d %-10d %-7d %-7d %-4d %s\n", module.name(),
+                                          module.version(), StateName(module.state()), module.worker_pid(),
+                                          stats.calls(), stats.heap_bytes(), stats.heap_blocks(), stats.threads(),
+                                          stats.open_fds(), module.path()));
     for (const auto& warning : module.warnings()) absl::StrAppend(&out, "    warning: ", warning, "\n");
     if (!module.last_error().empty()) absl::StrAppend(&out, "    last error: ", module.last_error(), "\n");
   }

@@ -21,16 +21,37 @@ int main(int argc, char** argv) {
   int count = 0;
   int exit_code = kExitOk;
 
+  ModuleFlags flags;
+  auto add_module_flags = [&](CLI::App* sub) {
+    sub->add_option("--thread-grace-ms", flags.thread_grace_ms,
+                    "how long unload waits for the module's threads to exit (default 1000)");
+    sub->add_option("--leak-policy", flags.leak_policy, "heap blocks left at unload: report or free")
+        ->check(CLI::IsMember({"report", "free"}));
+    sub->add_option("--fd-policy", flags.fd_policy, "fds left open at unload: report or close")
+        ->check(CLI::IsMember({"report", "close"}));
+    sub->add_option("--mapping-policy", flags.mapping_policy, "anonymous mappings left at unload: report or unmap")
+        ->check(CLI::IsMember({"report", "unmap"}));
+    sub->add_flag("--capture-sites", flags.capture_sites, "record allocation sites for leak reports");
+  };
+
   auto* load = app.add_subcommand("load", "load a module under NAME from PATH");
   load->add_option("NAME", name)->required();
   load->add_option("PATH", path)->required();
-  load->callback([&] { exit_code = RunLoad(options, name, path); });
+  add_module_flags(load);
+  load->callback([&] { exit_code = RunLoad(options, name, path, flags); });
 
   auto* reload = app.add_subcommand("reload", "replace NAME with a new build (from PATH or its current path)");
   reload->add_option("NAME", name)->required();
   reload->add_option("PATH", path);
   reload->add_flag("--force", force, "unload even if before_unload fails");
-  reload->callback([&] { exit_code = RunReload(options, name, path, force); });
+  add_module_flags(reload);
+  reload->callback([&] {
+    for (const char* flag : {"--thread-grace-ms", "--leak-policy", "--fd-policy", "--mapping-policy",
+                             "--capture-sites"}) {
+      flags.set = flags.set || reload->count(flag) > 0;
+    }
+    exit_code = RunReload(options, name, path, force, flags);
+  });
 
   auto* unload = app.add_subcommand("unload", "unload NAME and print the unload report");
   unload->add_option("NAME", name)->required();

@@ -1,5 +1,7 @@
 #include "daemon/rpc_service.h"
 
+#include "common/api_metadata.h"
+
 namespace relib::daemon {
 namespace {
 
@@ -8,27 +10,43 @@ grpc::Status ToGrpc(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
+// A refused or partial unload still has a report: it travels as binary
+// trailing metadata next to the error status.
+void AttachReport(grpc::ServerContext* context, const v1::UnloadReport& report) {
+  if (report.name().empty()) return;
+  context->AddTrailingMetadata(std::string(common::kUnloadReportMetadataKey), report.SerializeAsString());
+}
+
 }  // namespace
 
 grpc::Status RpcService::Load(grpc::ServerContext*, const v1::LoadRequest* request, v1::LoadResponse* response) {
-  auto info = supervisor_.Load(request->name(), request->path());
+  auto info = supervisor_.Load(request->name(), request->path(), request->options());
   if (!info.ok()) return ToGrpc(info.status());
   *response->mutable_module() = std::move(info).value();
   return grpc::Status::OK;
 }
 
-grpc::Status RpcService::Reload(grpc::ServerContext*, const v1::ReloadRequest* request,
+grpc::Status RpcService::Reload(grpc::ServerContext* context, const v1::ReloadRequest* request,
                                 v1::ReloadResponse* response) {
-  auto result = supervisor_.Reload(request->name(), request->path(), request->force());
-  if (!result.ok()) return ToGrpc(result.status());
+  v1::UnloadReport failure_report;
+  auto result = supervisor_.Reload(request->name(), request->path(), request->force(),
+                                   request->has_options() ? &request->options() : nullptr, &failure_report);
+  if (!result.ok()) {
+    AttachReport(context, failure_report);
+    return ToGrpc(result.status());
+  }
   *response = std::move(result).value();
   return grpc::Status::OK;
 }
 
-grpc::Status RpcService::Unload(grpc::ServerContext*, const v1::UnloadRequest* request,
+grpc::Status RpcService::Unload(grpc::ServerContext* context, const v1::UnloadRequest* request,
                                 v1::UnloadResponse* response) {
-  auto report = supervisor_.Unload(request->name(), request->force());
-  if (!report.ok()) return ToGrpc(report.status());
+  v1::UnloadReport failure_report;
+  auto report = supervisor_.Unload(request->name(), request->force(), &failure_report);
+  if (!report.ok()) {
+    AttachReport(context, failure_report);
+    return ToGrpc(report.status());
+  }
   *response->mutable_report() = std::move(report).value();
   return grpc::Status::OK;
 }

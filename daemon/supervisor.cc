@@ -81,6 +81,7 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker() {
   WorkerHandle::Callbacks callbacks;
   callbacks.on_exit = [this](pid_t pid, const std::string& reason) { OnWorkerExit(pid, reason); };
   callbacks.on_log = [this](pid_t pid, const v1::link::Log& log) { OnWorkerLog(pid, log); };
+  callbacks.on_usage = [this](pid_t pid, const v1::link::Usage& usage) { OnWorkerUsage(pid, usage); };
   auto worker = WorkerHandle::Start(io_, options_.worker, std::move(callbacks));
   if (!worker.ok()) {
     spdlog::error("phase=spawn cannot start worker {}: {}", options_.worker.worker_path,
@@ -96,6 +97,21 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker() {
 void Supervisor::OnWorkerLog(pid_t pid, const v1::link::Log& log) {
   auto level = static_cast<spdlog::level::level_enum>(std::clamp(log.level(), 0, 5));
   spdlog::log(level, "module={} worker pid={} {}", log.module(), pid, log.text());
+}
+
+void Supervisor::OnWorkerUsage(pid_t pid, const v1::link::Usage& usage) {
+  int64_t now = NowUnixMs();
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const auto& module : usage.modules()) {
+    auto it = modules_.find(module.name());
+    if (it == modules_.end() || it->second->info.worker_pid() != pid) continue;
+    auto* stats = it->second->info.mutable_stats();
+    stats->set_heap_bytes(module.heap_bytes());
+    stats->set_heap_blocks(module.heap_blocks());
+    stats->set_threads(module.threads());
+    stats->set_open_fds(module.open_fds());
+    stats->set_usage_unix_ms(now);
+  }
 }
 
 void Supervisor::OnWorkerExit(pid_t pid, const std::string& reason) {
@@ -120,7 +136,8 @@ void Supervisor::OnWorkerExit(pid_t pid, const std::string& reason) {
   }
 }
 
-absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const std::string& path) {
+absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const std::string& path,
+                                                 const v1::ModuleOptions& options) {
   if (absl::Status status = ValidateName(name); !status.ok()) return status;
   if (absl::Status status = ValidatePath(path); !status.ok()) return status;
   auto record = std::make_shared<Record>();
@@ -139,6 +156,7 @@ absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const s
     record->info.set_name(name);
     record->info.set_path(path);
     record->info.set_state(v1::MODULE_STATE_LOADING);
+    *record->info.mutable_options() = options;
     modules_[name] = record;
   }
   auto fail = [&](const absl::Status& status) {
@@ -156,6 +174,7 @@ absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const s
   command.mutable_load()->set_name(name);
   command.mutable_load()->set_path(path);
   command.mutable_load()->set_version(1);
+  *command.mutable_load()->mutable_options() = options;
   auto reply = (*worker)->Request(std::move(command), absl::StrCat("load of module '", name, "'"),
                                   options_.deadlines.load);
   if (!reply.ok()) return fail(reply.status());
@@ -175,7 +194,8 @@ absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const s
 }
 
 absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, const std::string& new_path,
-                                                      bool force) {
+                                                      bool force, const v1::ModuleOptions* new_options,
+                                                      v1::UnloadReport* failure_report) {
   auto record = Find(name);
   if (!record) return absl::NotFoundError(absl::StrCat("no module named '", name, "'"));
   std::unique_lock<std::mutex> operation(record->operation);
@@ -191,6 +211,7 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
   if (absl::Status status = ValidatePath(path); !status.ok()) return status;
   uint64_t version = before.version() + 1;
   bool fresh = before.state() != v1::MODULE_STATE_LOADED;
+  const v1::ModuleOptions& options = new_options ? *new_options : before.options();
 
   auto fail = [&](const absl::Status& status, bool module_gone) {
     {
@@ -204,7 +225,8 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
       }
     }
     spdlog::error("module={} version={} path={} phase=reload {}", name, version, path, std::string(status.message()));
-    Publish(v1::EVENT_KIND_FAILED, name, before.version(), before.worker_pid(), std::string(status.message()));
+    Publish(v1::EVENT_KIND_FAILED, name, before.version(), before.worker_pid(), std::string(status.message()),
+            failure_report && !failure_report->name().empty() ? failure_report : nullptr);
     return status;
   };
 
@@ -216,12 +238,14 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
     command.mutable_load()->set_name(name);
     command.mutable_load()->set_path(path);
     command.mutable_load()->set_version(version);
+    *command.mutable_load()->mutable_options() = options;
   } else {
     auto* reload = command.mutable_reload();
     reload->set_name(name);
     reload->set_path(path);
     reload->set_version(version);
     reload->set_force(force);
+    *reload->mutable_options() = options;
     deadline += options_.deadlines.unload;
   }
   auto reply = (*worker)->Request(std::move(command), absl::StrCat("reload of module '", name, "'"), deadline);
@@ -230,6 +254,7 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
   v1::ReloadResponse response;
   if (absl::Status status = ReplyStatus(*reply); !status.ok()) {
     bool gone = !fresh && !reply->reload().old_version_loaded();
+    if (failure_report && reply->reload().has_report()) *failure_report = reply->reload().report();
     return fail(status, gone);
   }
   {
@@ -240,6 +265,7 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
     info.set_path(path);
     info.set_worker_pid((*worker)->pid());
     info.clear_last_error();
+    *info.mutable_options() = options;
     ApplyLoadResult(fresh ? reply->load() : reply->reload().load(), info);
     *response.mutable_module() = info;
   }
@@ -251,7 +277,8 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
   return response;
 }
 
-absl::StatusOr<v1::UnloadReport> Supervisor::Unload(const std::string& name, bool force) {
+absl::StatusOr<v1::UnloadReport> Supervisor::Unload(const std::string& name, bool force,
+                                                     v1::UnloadReport* failure_report) {
   auto record = Find(name);
   if (!record) return absl::NotFoundError(absl::StrCat("no module named '", name, "'"));
   std::unique_lock<std::mutex> operation(record->operation);
@@ -287,8 +314,10 @@ absl::StatusOr<v1::UnloadReport> Supervisor::Unload(const std::string& name, boo
                                     options_.deadlines.unload);
     absl::Status status = reply.ok() ? ReplyStatus(*reply) : reply.status();
     if (!status.ok()) {
+      const v1::UnloadReport* partial = reply.ok() && reply->has_unload() ? &reply->unload() : nullptr;
+      if (partial && failure_report) *failure_report = *partial;
       spdlog::error("module={} version={} phase=unload {}", name, info.version(), std::string(status.message()));
-      Publish(v1::EVENT_KIND_FAILED, name, info.version(), info.worker_pid(), std::string(status.message()));
+      Publish(v1::EVENT_KIND_FAILED, name, info.version(), info.worker_pid(), std::string(status.message()), partial);
       return status;
     }
     report = reply->unload();

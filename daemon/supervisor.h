@@ -42,11 +42,17 @@ class Supervisor {
   // Errors: INVALID_ARGUMENT (bad name or relative path), ALREADY_EXISTS,
   // and whatever the worker reports (see ModuleLoader::Load), DEADLINE_EXCEEDED
   // or UNAVAILABLE if the worker hung or died.
-  absl::StatusOr<v1::ModuleInfo> Load(const std::string& name, const std::string& path);
-  // `path` empty = reload from the current path. A FAILED module is loaded
-  // afresh. Errors as Load plus NOT_FOUND (unknown name).
-  absl::StatusOr<v1::ReloadResponse> Reload(const std::string& name, const std::string& path, bool force);
-  absl::StatusOr<v1::UnloadReport> Unload(const std::string& name, bool force);
+  absl::StatusOr<v1::ModuleInfo> Load(const std::string& name, const std::string& path,
+                                      const v1::ModuleOptions& options);
+  // `path` empty = reload from the current path; `options` non-null replaces
+  // the module's options. A FAILED module is loaded afresh. Errors as Load
+  // plus NOT_FOUND (unknown name). When the old version's unload was refused
+  // or failed part-way, `failure_report` receives its report.
+  absl::StatusOr<v1::ReloadResponse> Reload(const std::string& name, const std::string& path, bool force,
+                                            const v1::ModuleOptions* options, v1::UnloadReport* failure_report);
+  // Errors: NOT_FOUND, FAILED_PRECONDITION (before_unload failed without
+  // force, or module threads still running: `failure_report` says which).
+  absl::StatusOr<v1::UnloadReport> Unload(const std::string& name, bool force, v1::UnloadReport* failure_report);
   absl::StatusOr<v1::CallResponse> Call(const std::string& name, const std::string& export_name,
                                         const std::string& input);
   v1::StatusResponse Status() const;
@@ -65,6 +71,7 @@ class Supervisor {
   std::shared_ptr<Record> Find(const std::string& name) const;
   void OnWorkerExit(pid_t pid, const std::string& reason);
   void OnWorkerLog(pid_t pid, const v1::link::Log& log);
+  void OnWorkerUsage(pid_t pid, const v1::link::Usage& usage);
   void Publish(v1::EventKind kind, const std::string& module, uint64_t version, int32_t pid,
                const std::string& message, const v1::UnloadReport* report = nullptr);
 

@@ -115,6 +115,9 @@ void WorkerHandle::Dispatch(const v1::link::FromWorker& message) {
     case v1::link::FromWorker::kLog:
       if (callbacks_.on_log) callbacks_.on_log(pid_, message.log());
       return;
+    case v1::link::FromWorker::kUsage:
+      if (callbacks_.on_usage) callbacks_.on_usage(pid_, message.usage());
+      return;
     case v1::link::FromWorker::kReply: {
       auto it = pending_.find(message.reply().id());
       if (it == pending_.end()) return;  // answered after its deadline fired

@@ -38,6 +38,8 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   struct Callbacks {
     // A log line a module sent through the host API (io thread).
     std::function<void(pid_t, const v1::link::Log&)> on_log;
+    // Live resources per module (io thread).
+    std::function<void(pid_t, const v1::link::Usage&)> on_usage;
     // The process ended and has been reaped; `reason` describes how and what
     // it was doing (io thread). Called exactly once.
     std::function<void(pid_t, const std::string& reason)> on_exit;
