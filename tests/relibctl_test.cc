@@ -98,6 +98,34 @@ TEST_F(RelibctlTest, UnreachableDaemonExitsThree) {
   EXPECT_THAT(r.err, HasSubstr("cannot reach relibd"));
 }
 
+TEST_F(RelibctlTest, RefusedUnloadPrintsTheLiveThreads) {
+  ASSERT_EQ(relibd_->Ctl({"load", "t", k_threads, "--thread-grace-ms", "200"}).exit_code, 0);
+  ASSERT_EQ(relibd_->Ctl({"call", "t", "spawn_forever"}).exit_code, 0);
+  CommandResult r = relibd_->Ctl({"unload", "t"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, AllOf(HasSubstr("[FAILED_PRECONDITION]"), HasSubstr("REFUSED"), HasSubstr("live thread: tid"),
+                           HasSubstr("'forever'")));
+  r = relibd_->Ctl({"--json", "unload", "t"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.out, AllOf(HasSubstr("\"refused\":true"), HasSubstr("\"name\":\"forever\"")));
+}
+
+TEST_F(RelibctlTest, UnloadReportShowsLeftovers) {
+  ASSERT_EQ(relibd_->Ctl({"load", "f", k_fds, "--fd-policy", "close"}).exit_code, 0);
+  ASSERT_EQ(relibd_->Ctl({"load", "l", k_leaks, "--capture-sites"}).exit_code, 0);
+  ASSERT_EQ(relibd_->Ctl({"call", "f", "listen"}).exit_code, 0);
+  ASSERT_EQ(relibd_->Ctl({"call", "l", "leak_malloc", "4096"}).exit_code, 0);
+  CommandResult r = relibd_->Ctl({"unload", "f"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, AllOf(HasSubstr("unmapped: yes"), HasSubstr("fds left open: 1 (closed)"),
+                           HasSubstr("socket tcp 127.0.0.1:")));
+  r = relibd_->Ctl({"unload", "l"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, AllOf(HasSubstr("heap: leaked 4096 bytes in 1 block(s), left allocated"),
+                           HasSubstr("4096 bytes in 1 block(s) at")));
+  EXPECT_EQ(relibd_->Ctl({"load", "x", k_leaks, "--leak-policy", "maybe"}).exit_code, 2);
+}
+
 TEST_F(RelibctlTest, EventsFollowsTheStream) {
   ASSERT_EQ(relibd_->Ctl({"load", "hello", kHelloPath}).exit_code, 0);
   // The stream only shows events from its start on: keep reloading until

@@ -10,7 +10,7 @@
 
 #include "common/proc_maps.h"
 #include "grpcpp/grpcpp.h"
-#include "tests/relibd_process.h"
+#include "tests/relibd_fixture.h"
 #include "tests/test_paths.h"
 #include "tests/testing.h"
 
@@ -19,97 +19,6 @@ namespace {
 
 using ::testing::AllOf;
 using ::testing::HasSubstr;
-
-class RelibdTest : public ::testing::Test {
- protected:
-  void StartDaemon(const std::vector<std::string>& args = {}) {
-    auto relibd = RelibdProcess::Start(args);
-    ASSERT_THAT(relibd, IsOk());
-    relibd_ = std::move(relibd).value();
-  }
-  void SetUp() override { StartDaemon(); }
-  void TearDown() override {
-    if (HasFailure() && relibd_) std::cerr << "---- relibd log ----\n" << relibd_->Log();
-  }
-
-  grpc::Status Load(const std::string& name, const std::string& path, v1::LoadResponse* out = nullptr) {
-    v1::LoadRequest request;
-    request.set_name(name);
-    request.set_path(path);
-    v1::LoadResponse response;
-    grpc::ClientContext context;
-    grpc::Status status = relibd_->stub().Load(&context, request, &response);
-    if (out) *out = response;
-    return status;
-  }
-  grpc::Status Reload(const std::string& name, const std::string& path, v1::ReloadResponse* out = nullptr,
-                      bool force = false) {
-    v1::ReloadRequest request;
-    request.set_name(name);
-    request.set_path(path);
-    request.set_force(force);
-    v1::ReloadResponse response;
-    grpc::ClientContext context;
-    grpc::Status status = relibd_->stub().Reload(&context, request, &response);
-    if (out) *out = response;
-    return status;
-  }
-  grpc::Status Unload(const std::string& name, v1::UnloadResponse* out = nullptr, bool force = false) {
-    v1::UnloadRequest request;
-    request.set_name(name);
-    request.set_force(force);
-    v1::UnloadResponse response;
-    grpc::ClientContext context;
-    grpc::Status status = relibd_->stub().Unload(&context, request, &response);
-    if (out) *out = response;
-    return status;
-  }
-  // The export's output, or "<error CODE: message>".
-  std::string Call(const std::string& name, const std::string& export_name, const std::string& input = "",
-                   grpc::Status* status_out = nullptr) {
-    v1::CallRequest request;
-    request.set_name(name);
-    request.set_export_name(export_name);
-    request.set_input(input);
-    v1::CallResponse response;
-    grpc::ClientContext context;
-    grpc::Status status = relibd_->stub().Call(&context, request, &response);
-    if (status_out) *status_out = status;
-    if (!status.ok()) return "<error " + std::to_string(status.error_code()) + ": " + status.error_message() + ">";
-    return response.output();
-  }
-  v1::StatusResponse Status() {
-    v1::StatusResponse response;
-    grpc::ClientContext context;
-    EXPECT_TRUE(relibd_->stub().Status(&context, v1::StatusRequest(), &response).ok());
-    return response;
-  }
-  const v1::ModuleInfo* FindModule(const v1::StatusResponse& status, const std::string& name) {
-    for (const auto& module : status.modules()) {
-      if (module.name() == name) return &module;
-    }
-    return nullptr;
-  }
-  // Mappings in `pid` of module copies in this test's run dir.
-  std::vector<std::string> ModuleMappings(pid_t pid, const std::string& needle = "") {
-    std::vector<std::string> found;
-    auto mappings = common::ReadMappings(pid);
-    EXPECT_THAT(mappings, IsOk());
-    if (!mappings.ok()) return found;
-    for (const auto& m : *mappings) {
-      if (m.path.rfind(relibd_->dir(), 0) == 0 && m.path.find(needle) != std::string::npos) found.push_back(m.line);
-    }
-    return found;
-  }
-  std::string Copy(const char* from, const std::string& name) {
-    std::string to = relibd_->dir() + "/" + name;
-    std::filesystem::remove(to);
-    std::filesystem::copy_file(from, to);
-    return to;
-  }
-
-  std::unique_ptr<RelibdProcess> relibd_;
-};
 
 TEST_F(RelibdTest, ReloadSwapsBehaviourAndUnmapsOldVersion) {
   std::string path = Copy(k_versioned_v1, "mod.so");

@@ -1,0 +1,87 @@
+// Threads a module leaves behind, in every shape the thread checks must see.
+#include <pthread.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include "relib/module.hpp"
+
+namespace {
+
+std::atomic<bool> stop{false};
+
+void* ForeverLoop(void*) {
+  pthread_setname_np(pthread_self(), "forever");
+  for (;;) ::usleep(10000);
+  return nullptr;
+}
+
+// Runs until before_unload, then lingers 100 ms and leaves through pthread_exit.
+void* StoppingLoop(void*) {
+  pthread_setname_np(pthread_self(), "stopping");
+  while (!stop) ::usleep(5000);
+  ::usleep(100000);
+  pthread_exit(nullptr);
+}
+
+// Its destructor runs after the thread's start routine has returned.
+struct SlowToDie {
+  ~SlowToDie() { ::usleep(300000); }
+};
+thread_local SlowToDie slow;
+
+std::string Detached(void* (*routine)(void*)) {
+  pthread_t thread;
+  if (pthread_create(&thread, nullptr, routine, nullptr) != 0) throw relib::Error("pthread_create failed");
+  pthread_detach(thread);
+  return "started";
+}
+
+std::string SpawnForever(std::string_view) { return Detached(&ForeverLoop); }
+std::string SpawnStopping(std::string_view) { return Detached(&StoppingLoop); }
+
+// A std::thread that starts another thread (nested attribution) and both stop on request.
+std::string SpawnNested(std::string_view) {
+  std::thread([] {
+    std::thread inner([] {
+      while (!stop) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    });
+    inner.join();
+  }).detach();
+  return "started";
+}
+
+// std::async with a task that keeps running until before_unload.
+std::future<void> pending;
+std::string SpawnAsync(std::string_view) {
+  pending = std::async(std::launch::async, [] {
+    while (!stop) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  });
+  return "started";
+}
+
+// A thread whose only lingering work is a thread_local destructor.
+std::string SpawnSlowTls(std::string_view) {
+  std::thread([] { (void)&slow; }).detach();
+  return "started";
+}
+
+std::string Ping(std::string_view) { return "pong"; }
+
+void BeforeUnload() {
+  stop = true;
+  // The std::async future must not block here forever: only wait if valid.
+  if (pending.valid()) pending.wait();
+}
+
+}  // namespace
+
+RELIB_MODULE("threads", nullptr, BeforeUnload, relib::Export<SpawnForever>("spawn_forever"),
+             relib::Export<SpawnStopping>("spawn_stopping"), relib::Export<SpawnNested>("spawn_nested"),
+             relib::Export<SpawnAsync>("spawn_async"), relib::Export<SpawnSlowTls>("spawn_slow_tls"),
+             relib::Export<Ping>("ping"));
