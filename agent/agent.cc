@@ -87,11 +87,14 @@ void SetStatus(const absl::Status& status, v1::link::Reply& reply) {
 
 }  // namespace
 
-Agent::Agent(DaemonLink& link, std::string scratch_dir)
+Agent::Agent(DaemonLink& link, std::string scratch_dir, common::FlightRecorder* recorder)
     : link_(link),
+      recorder_(recorder),
       loader_(std::move(scratch_dir), [this](int level, const std::string& module, std::string_view text) {
         ForwardModuleLog(level, module, text);
-      }) {}
+      }) {
+  loader_.set_flight_recorder(recorder);
+}
 
 void Agent::ForwardModuleLog(int level, const std::string& module, std::string_view text) {
   v1::link::FromWorker message;
@@ -138,6 +141,7 @@ absl::Status Agent::Run() {
     v1::link::Reply& reply = *answer.mutable_reply();
     reply.set_id(command.id());
     Execute(command, reply);
+    if (recorder_ != nullptr) recorder_->LeaveToIdle();
     // Usage first: a client that sees the reply then asks for Status finds it current.
     if (absl::Status status = SendUsage(); !status.ok()) return status;
     if (absl::Status status = link_.Send(answer); !status.ok()) return status;
@@ -148,7 +152,7 @@ void Agent::Execute(const v1::link::ToWorker& command, v1::link::Reply& reply) {
   switch (command.command_case()) {
     case v1::link::ToWorker::kLoad: {
       const auto& load = command.load();
-      auto info = loader_.Load(load.name(), load.path(), load.version(), FromProto(load.options()));
+      auto info = loader_.Load(load.name(), load.path(), load.version(), FromProto(load.options()), load.display_path());
       SetStatus(info.status(), reply);
       if (info.ok()) FillLoadResult(*info, *reply.mutable_load());
       return;
@@ -166,7 +170,7 @@ void Agent::Execute(const v1::link::ToWorker& command, v1::link::Reply& reply) {
       UnloadReport report;
       ModuleOptions options = FromProto(reload.options());
       auto info = loader_.Reload(reload.name(), reload.path(), reload.version(), reload.force(),
-                                 reload.has_options() ? &options : nullptr, report);
+                                 reload.has_options() ? &options : nullptr, report, reload.display_path());
       SetStatus(info.status(), reply);
       auto* result = reply.mutable_reload();
       if (!report.name.empty()) FillReport(report, *result->mutable_report());

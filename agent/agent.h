@@ -18,8 +18,9 @@ namespace relib::agent {
 
 class Agent {
  public:
-  // `link` must outlive the agent. Module copies go to `scratch_dir`.
-  Agent(DaemonLink& link, std::string scratch_dir);
+  // `link` (and `recorder`, if not null) must outlive the agent. Module
+  // copies go to `scratch_dir`.
+  Agent(DaemonLink& link, std::string scratch_dir, common::FlightRecorder* recorder = nullptr);
 
   // Sends Hello, then executes commands one at a time until the daemon closes
   // the link (returns OK) or the link fails (returns the error).
@@ -31,6 +32,7 @@ class Agent {
   absl::Status SendUsage();
 
   DaemonLink& link_;
+  common::FlightRecorder* recorder_;
   ModuleLoader loader_;
 };
 

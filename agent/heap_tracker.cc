@@ -137,7 +137,7 @@ void Release(void* user) {
   __libc_free(static_cast<char*>(user) - tail->offset);
 }
 
-void* Reallocate(void* user, size_t size, const void* site) {
+[[maybe_unused]] void* Reallocate(void* user, size_t size, const void* site) {
   if (user == nullptr) return Allocate(size, 16, site, false);
   if (size == 0) {
     Release(user);
@@ -163,9 +163,9 @@ void* Reallocate(void* user, size_t size, const void* site) {
   return moved;
 }
 
-bool IsPowerOfTwo(size_t x) { return x != 0 && (x & (x - 1)) == 0; }
+[[maybe_unused]] bool IsPowerOfTwo(size_t x) { return x != 0 && (x & (x - 1)) == 0; }
 
-void* NewOrThrow(size_t size, size_t align, const void* site) {
+[[maybe_unused]] void* NewOrThrow(size_t size, size_t align, const void* site) {
   if (size == 0) size = 1;
   for (;;) {
     void* p = Allocate(size, align, site, false);

@@ -19,6 +19,8 @@ struct Range {
 };
 Range ranges[kMaxModules];
 
+char names[kMaxModules][64];
+
 std::atomic<uintptr_t> loader_start{0};
 std::atomic<uintptr_t> loader_end{0};
 
@@ -53,6 +55,15 @@ void ReleaseModuleId(ModuleId id) {
   ranges[id].end = 0;
   used[id] = false;
 }
+
+void SetModuleName(ModuleId id, const char* name) {
+  if (id == kHost || id >= kMaxModules) return;
+  size_t n = 0;
+  for (; name[n] && n + 1 < sizeof(names[id]); ++n) names[id][n] = name[n];
+  names[id][n] = '\0';
+}
+
+const char* ModuleName(ModuleId id) { return id < kMaxModules ? names[id] : ""; }
 
 void SetModuleRange(ModuleId id, uintptr_t start, uintptr_t end) {
   if (id == kHost || id >= kMaxModules) return;

@@ -54,6 +54,11 @@ void SetModuleRange(ModuleId id, uintptr_t start, uintptr_t end);
 // The module whose range contains `address`, or kHost.
 ModuleId ModuleOfAddress(const void* address);
 
+// Human name of a module id, readable from a signal handler (NUL-terminated,
+// at most 63 characters; "" for unknown ids).
+void SetModuleName(ModuleId id, const char* name);
+const char* ModuleName(ModuleId id);
+
 // The dynamic loader's own text range: allocations it makes (link maps, TLS
 // blocks) are never attributed to a module even inside module scope.
 bool IsInDynamicLoader(const void* address);

@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "agent/elf_file.h"
 #include "agent/heap_tracker.h"
 #include "agent/host_buffer.h"
@@ -121,10 +122,18 @@ ModuleLoader::~ModuleLoader() {
   }
 }
 
+void ModuleLoader::EnterPhase(common::Phase phase, const Module& module, const std::string& detail) {
+  if (recorder_ != nullptr) recorder_->EnterPhase(phase, module.name, detail);
+}
+
 absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const std::string& name,
-                                                                         const std::string& path, uint64_t version,
-                                                                         const ModuleOptions& options) {
-  RELIB_RETURN_IF_ERROR(CheckSharedObject(path));
+                                                                         const std::string& file, uint64_t version,
+                                                                         const ModuleOptions& options,
+                                                                         const std::string& display_path) {
+  const std::string& path = display_path.empty() ? file : display_path;  // what messages show
+  if (absl::Status checked = CheckSharedObject(file); !checked.ok()) {
+    return absl::Status(checked.code(), absl::StrReplaceAll(checked.message(), {{file, path}}));
+  }
   auto module = std::make_unique<Module>();
   module->name = name;
   module->version = version;
@@ -132,7 +141,7 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
   module->options = options;
   module->copy_path = absl::StrCat(scratch_dir_, "/", name, ".v", version, ".", next_copy_id_++, ".so");
   std::error_code error;
-  std::filesystem::copy_file(path, module->copy_path, std::filesystem::copy_options::overwrite_existing, error);
+  std::filesystem::copy_file(file, module->copy_path, std::filesystem::copy_options::overwrite_existing, error);
   if (error) {
     return absl::InternalError(absl::StrCat("cannot copy ", path, " to ", module->copy_path, ": ", error.message()));
   }
@@ -148,6 +157,8 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
     return absl::ResourceExhaustedError(absl::StrCat("cannot load ", path, ": too many modules in this worker"));
   }
   heap::StartTracking(module->id, options.capture_sites);
+  SetModuleName(module->id, name.c_str());
+  EnterPhase(common::Phase::kLoad, *module);
   absl::StatusOr<SharedLibrary> library = absl::UnknownError("not opened");
   {
     // Static constructors run in module scope: what they allocate is the module's.
@@ -200,6 +211,7 @@ absl::Status ModuleLoader::RunOnLoad(Module& module) {
   if (module.descriptor->on_load == nullptr) return absl::OkStatus();
   HostBuffer error;
   int rc;
+  EnterPhase(common::Phase::kOnLoad, module);
   {
     ModuleScope scope(module.id);
     rc = module.descriptor->on_load(&module.host_api, error.abi());
@@ -240,10 +252,10 @@ LoadInfo Describe(const relib_module_descriptor& descriptor, const PinningFacts&
 }  // namespace
 
 absl::StatusOr<LoadInfo> ModuleLoader::Load(const std::string& name, const std::string& path, uint64_t version,
-                                            const ModuleOptions& options) {
+                                            const ModuleOptions& options, const std::string& display_path) {
   if (IsLoaded(name)) return absl::AlreadyExistsError(absl::StrCat("module '", name, "' is already loaded"));
   auto start = std::chrono::steady_clock::now();
-  RELIB_ASSIGN_OR_RETURN(std::unique_ptr<Module> module, Open(name, path, version, options));
+  RELIB_ASSIGN_OR_RETURN(std::unique_ptr<Module> module, Open(name, path, version, options, display_path));
   if (absl::Status status = RunOnLoad(*module); !status.ok()) {
     std::string note;
     Discard(std::move(module), &note);
@@ -268,6 +280,7 @@ absl::Status ModuleLoader::RunBeforeUnload(Module& module, bool force, UnloadRep
   auto start = std::chrono::steady_clock::now();
   HostBuffer error;
   int rc;
+  EnterPhase(common::Phase::kBeforeUnload, module);
   {
     ModuleScope scope(module.id);
     rc = module.descriptor->before_unload(error.abi());
@@ -288,6 +301,7 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
   report.version = module.version;
   report.path = module.source_path;
   const ModuleId id = module.id;
+  EnterPhase(common::Phase::kUnloadChecks, module);
 
   // Code a thread is running must never be unmapped.
   report.live_threads = threads::WaitForExit(id, module.options.thread_grace);
@@ -401,14 +415,15 @@ absl::Status ModuleLoader::Unload(const std::string& name, bool force, UnloadRep
 }
 
 absl::StatusOr<LoadInfo> ModuleLoader::Reload(const std::string& name, const std::string& path, uint64_t version,
-                                              bool force, const ModuleOptions* options, UnloadReport& report) {
+                                              bool force, const ModuleOptions* options, UnloadReport& report,
+                                              const std::string& display_path) {
   auto it = modules_.find(name);
   if (it == modules_.end()) return absl::NotFoundError(absl::StrCat("module '", name, "' is not loaded"));
   std::unique_ptr<Module>& current = it->second;
   auto start = std::chrono::steady_clock::now();
   // A file that cannot even be opened never disturbs the running version.
   RELIB_ASSIGN_OR_RETURN(std::unique_ptr<Module> next,
-                         Open(name, path, version, options ? *options : current->options));
+                         Open(name, path, version, options ? *options : current->options, display_path));
   std::string ignored;
   if (absl::Status status = RunBeforeUnload(*current, force, report); !status.ok()) {
     Discard(std::move(next), &ignored);
@@ -424,11 +439,10 @@ absl::StatusOr<LoadInfo> ModuleLoader::Reload(const std::string& name, const std
     Discard(std::move(next), &note);
     // Roll back: load the previous version again from its private copy.
     std::string old_copy = current->copy_path;
-    auto previous = Open(name, old_copy, current->version, current->options);
+    auto previous = Open(name, old_copy, current->version, current->options, current->source_path);
     RemoveFile(old_copy);
     absl::Status restored = previous.ok() ? RunOnLoad(**previous) : previous.status();
     if (restored.ok()) {
-      (*previous)->source_path = current->source_path;
       current = std::move(previous).value();
       return absl::Status(status.code(), absl::StrCat(status.message(), note, "; version ", current->version,
                                                       " was loaded again"));
@@ -463,6 +477,7 @@ absl::StatusOr<std::string> ModuleLoader::Call(const std::string& name, const st
     }
     HostBuffer out;
     int rc;
+    EnterPhase(common::Phase::kCall, module, export_name);
     {
       ModuleScope scope(module.id);
       rc = entry.fn(input.data(), input.size(), out.abi());

@@ -20,6 +20,7 @@
 #include "agent/fd_tracker.h"
 #include "agent/mmap_tracker.h"
 #include "agent/thread_tracker.h"
+#include "common/flight_recorder.h"
 
 namespace relib::agent {
 
@@ -110,8 +111,10 @@ class ModuleLoader {
   // (not an ELF shared object, dlopen failure, no descriptor),
   // FAILED_PRECONDITION (ABI mismatch, on_load failed), RESOURCE_EXHAUSTED
   // (too many modules). Nothing stays loaded on error.
+  // `display_path` (default: `path`) is what messages and reports show when
+  // `path` is relibd's private copy of the file.
   absl::StatusOr<LoadInfo> Load(const std::string& name, const std::string& path, uint64_t version,
-                                const ModuleOptions& options);
+                                const ModuleOptions& options, const std::string& display_path = "");
 
   // before_unload, then the checks, dlclose, unmap verification. `report` is
   // filled as far as the unload got. Errors: NOT_FOUND (not loaded);
@@ -127,7 +130,8 @@ class ModuleLoader {
   // `report` receives the old version's unload report. `options` replace the
   // module's options when non-null.
   absl::StatusOr<LoadInfo> Reload(const std::string& name, const std::string& path, uint64_t version, bool force,
-                                  const ModuleOptions* options, UnloadReport& report);
+                                  const ModuleOptions* options, UnloadReport& report,
+                                  const std::string& display_path = "");
 
   // Calls an export. Errors: NOT_FOUND (module or export), UNKNOWN (the
   // export returned an error code; the message holds its text).
@@ -139,12 +143,16 @@ class ModuleLoader {
   // Live resources of every loaded module.
   std::vector<ModuleUsage> Usage() const;
 
+  // Where to publish the current module and phase (may stay null, e.g. in
+  // tests). Must outlive the loader.
+  void set_flight_recorder(common::FlightRecorder* recorder) { recorder_ = recorder; }
+
  private:
   struct Module;
 
   // Copy + dlopen + descriptor + ABI checks, no on_load.
   absl::StatusOr<std::unique_ptr<Module>> Open(const std::string& name, const std::string& path, uint64_t version,
-                                               const ModuleOptions& options);
+                                               const ModuleOptions& options, const std::string& display_path);
   absl::Status RunOnLoad(Module& module);
   // before_unload (fills report); FAILED_PRECONDITION if it failed and !force.
   absl::Status RunBeforeUnload(Module& module, bool force, UnloadReport& report);
@@ -156,8 +164,11 @@ class ModuleLoader {
   // threads keep it alive, park it for good (its code must stay mapped).
   void Discard(std::unique_ptr<Module> module, std::string* note);
 
+  void EnterPhase(common::Phase phase, const Module& module, const std::string& detail = "");
+
   std::string scratch_dir_;
   ModuleLogFn log_;
+  common::FlightRecorder* recorder_ = nullptr;
   uint64_t next_copy_id_ = 1;
   std::map<std::string, std::unique_ptr<Module>> modules_;
   // Versions that could not be unloaded (threads still running after a failed

@@ -1,16 +1,46 @@
 // relib-worker: hosts modules for relibd. Started by relibd only; speaks the
 // worker link on the fd given by --link-fd.
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <optional>
 #include <string>
+
+#include <atomic>
+#include <thread>
 
 #include "CLI/CLI.hpp"
 #include "agent/agent.h"
 #include "agent/daemon_link.h"
+#include "agent/module_context.h"
+#include "common/flight_recorder.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
+
+namespace {
+
+// Read by the fatal-signal handler, which can take no context.
+relib::common::FlightRecord* crash_record = nullptr;
+
+// Notes which module the crashing thread was running, then dies of the same
+// signal with the default action.
+void OnFatalSignal(int signal) {
+  relib::common::FlightRecorder::RecordCrash(crash_record, signal,
+                                             relib::agent::ModuleName(relib::agent::CurrentModule()));
+  ::raise(signal);  // SA_RESETHAND restored the default; delivered on return
+}
+
+void InstallCrashHandlers() {
+  struct sigaction action {};
+  action.sa_handler = &OnFatalSignal;
+  action.sa_flags = SA_RESETHAND;
+  sigemptyset(&action.sa_mask);
+  for (int signal : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT}) ::sigaction(signal, &action, nullptr);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app("relib-worker: module host process started by relibd");
@@ -20,6 +50,8 @@ int main(int argc, char** argv) {
   app.add_option("--link-fd", link_fd, "fd of the socket connected to relibd")->required();
   app.add_option("--scratch-dir", scratch_dir, "private directory for module copies")->required();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
+  std::string recorder_name;
+  app.add_option("--flight-recorder", recorder_name, "shared-memory flight recorder created by relibd");
   CLI11_PARSE(app, argc, argv);
 
   // A dead daemon must not kill the worker mid-write; the failed write ends it.
@@ -29,8 +61,30 @@ int main(int argc, char** argv) {
   logger->set_level(spdlog::level::from_str(log_level));
   spdlog::set_default_logger(logger);
 
+  // Module code may fork and exec: the link must not leak into children.
+  ::fcntl(link_fd, F_SETFD, FD_CLOEXEC);
+
+  std::optional<relib::common::FlightRecorder> recorder;
+  if (!recorder_name.empty()) {
+    auto opened = relib::common::FlightRecorder::Open(recorder_name);
+    if (!opened.ok()) {
+      spdlog::error("phase=startup {}", opened.status().ToString());
+      return 1;
+    }
+    recorder.emplace(std::move(opened).value());
+    crash_record = recorder->record();
+    InstallCrashHandlers();
+    // The heartbeat tells relibd "alive and scheduled" apart from "frozen".
+    std::thread([record = recorder->record()] {
+      for (;;) {
+        record->heartbeat.fetch_add(1, std::memory_order_relaxed);
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    }).detach();
+  }
+
   relib::agent::DaemonLink link{relib::common::UniqueFd(link_fd)};
-  relib::agent::Agent agent(link, scratch_dir);
+  relib::agent::Agent agent(link, scratch_dir, recorder ? &*recorder : nullptr);
   absl::Status status = agent.Run();
   if (!status.ok()) {
     spdlog::error("phase=link {}", status.ToString());

@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <future>
+#include <mutex>
 #include <optional>
 #include <thread>
 
@@ -58,14 +59,31 @@ int main(int argc, char** argv) {
   std::string worker_path = DefaultWorkerPath();
   std::string run_dir;
   std::string log_level = "info";
-  int load_ms = 10000, call_ms = 10000, unload_ms = 10000;
+  relib::daemon::SupervisorOptions options;
+  int load_ms = 10000, on_load_ms = 10000, call_ms = 10000, before_unload_ms = 10000, unload_ms = 10000;
+  int restart_window_s = 60, backoff_ms = 100, term_grace_ms = 200;
   app.add_option("--socket", socket_path, "Unix socket to serve the API on")->capture_default_str();
   app.add_option("--worker", worker_path, "relib-worker executable")->capture_default_str();
   app.add_option("--run-dir", run_dir, "parent directory for worker scratch dirs (default: a new temp dir)");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
-  app.add_option("--load-deadline-ms", load_ms, "deadline of a load (copy, dlopen, on_load)")->capture_default_str();
-  app.add_option("--call-deadline-ms", call_ms, "deadline of one export call")->capture_default_str();
-  app.add_option("--unload-deadline-ms", unload_ms, "deadline of before_unload + dlclose + checks")
+  app.add_option("--load-deadline-ms", load_ms, "default deadline of copy + dlopen + static constructors")
+      ->capture_default_str();
+  app.add_option("--on-load-deadline-ms", on_load_ms, "default deadline of on_load")->capture_default_str();
+  app.add_option("--call-deadline-ms", call_ms, "default deadline of one export call")->capture_default_str();
+  app.add_option("--before-unload-deadline-ms", before_unload_ms, "default deadline of before_unload")
+      ->capture_default_str();
+  app.add_option("--unload-deadline-ms", unload_ms, "default deadline of the unload checks + dlclose (plus the thread grace)")
+      ->capture_default_str();
+  app.add_option("--term-grace-ms", term_grace_ms, "SIGTERM to SIGKILL delay when a deadline kills a worker")
+      ->capture_default_str();
+  app.add_option("--max-restarts", options.restart.max_restarts,
+                 "a module crashing its worker more often than this within the window is marked failed")
+      ->capture_default_str();
+  app.add_option("--restart-window-s", restart_window_s, "window of the restart limits")->capture_default_str();
+  app.add_option("--daemon-max-restarts", options.restart.daemon_max_restarts,
+                 "more worker deaths than this within the window make relibd exit with code 3")
+      ->capture_default_str();
+  app.add_option("--restart-backoff-ms", backoff_ms, "first restart delay; doubles per failed restart, up to 5 s")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
@@ -96,13 +114,24 @@ int main(int argc, char** argv) {
   boost::asio::io_context io;
   auto work = boost::asio::make_work_guard(io);
   relib::daemon::EventBus events;
-  relib::daemon::SupervisorOptions options;
   options.worker.worker_path = worker_path;
   options.worker.run_dir = run_dir;
   options.worker.log_level = log_level;
+  options.worker.term_grace = std::chrono::milliseconds(term_grace_ms);
   options.deadlines.load = std::chrono::milliseconds(load_ms);
+  options.deadlines.on_load = std::chrono::milliseconds(on_load_ms);
   options.deadlines.call = std::chrono::milliseconds(call_ms);
+  options.deadlines.before_unload = std::chrono::milliseconds(before_unload_ms);
   options.deadlines.unload = std::chrono::milliseconds(unload_ms);
+  options.restart.window = std::chrono::seconds(restart_window_s);
+  options.restart.backoff_initial = std::chrono::milliseconds(backoff_ms);
+  options.good_dir = run_dir + "/good";
+
+  // Stops main: a signal number, or -1 when supervision gives up.
+  std::promise<int> stop_signal;
+  std::once_flag stop_once;
+  auto stop = [&](int why) { std::call_once(stop_once, [&] { stop_signal.set_value(why); }); };
+  options.on_fatal = [&](const std::string&) { stop(-1); };
   relib::daemon::Supervisor supervisor(io, options, events);
   relib::daemon::RpcService service(supervisor, events);
 
@@ -116,16 +145,19 @@ int main(int argc, char** argv) {
   }
   ::chmod(socket_path.c_str(), 0660);
 
-  std::promise<int> stop_signal;
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](const boost::system::error_code& ec, int signal) {
-    if (!ec) stop_signal.set_value(signal);
+    if (!ec) stop(signal);
   });
   std::thread io_thread([&] { io.run(); });
   spdlog::info("phase=startup listening on unix:{} worker={} run-dir={}", socket_path, worker_path, run_dir);
 
   int signal = stop_signal.get_future().get();
-  spdlog::info("phase=shutdown signal {} received", signal);
+  if (signal < 0) {
+    spdlog::critical("phase=shutdown workers keep dying; exiting so the service manager can take over");
+  } else {
+    spdlog::info("phase=shutdown signal {} received", signal);
+  }
   // Workers first: RPCs waiting on them then fail fast instead of holding up
   // the server's shutdown; event streams end; idle client channels are not
   // waited for beyond a short grace.
@@ -138,5 +170,5 @@ int main(int argc, char** argv) {
   std::error_code ignored;
   std::filesystem::remove(socket_path, ignored);
   spdlog::info("phase=shutdown stopped");
-  return 0;
+  return signal < 0 ? 3 : 0;
 }

@@ -20,7 +20,7 @@ void AttachReport(grpc::ServerContext* context, const v1::UnloadReport& report) 
 }  // namespace
 
 grpc::Status RpcService::Load(grpc::ServerContext*, const v1::LoadRequest* request, v1::LoadResponse* response) {
-  auto info = supervisor_.Load(request->name(), request->path(), request->options());
+  auto info = supervisor_.Load(request->name(), request->path(), request->options(), request->worker());
   if (!info.ok()) return ToGrpc(info.status());
   *response->mutable_module() = std::move(info).value();
   return grpc::Status::OK;
@@ -30,7 +30,8 @@ grpc::Status RpcService::Reload(grpc::ServerContext* context, const v1::ReloadRe
                                 v1::ReloadResponse* response) {
   v1::UnloadReport failure_report;
   auto result = supervisor_.Reload(request->name(), request->path(), request->force(),
-                                   request->has_options() ? &request->options() : nullptr, &failure_report);
+                                   request->has_options() ? &request->options() : nullptr, request->staged(),
+                                   &failure_report);
   if (!result.ok()) {
     AttachReport(context, failure_report);
     return ToGrpc(result.status());

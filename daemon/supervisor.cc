@@ -2,29 +2,34 @@
 
 #include <unistd.h>
 
-#include <thread>
+#include <algorithm>
+#include <filesystem>
+#include <system_error>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "spdlog/spdlog.h"
 
 namespace relib::daemon {
 namespace {
+
+constexpr char kDefaultGroup[] = "default";
+constexpr char kSelfTestExport[] = "self_test";
+// Added to the sum of a command's phase deadlines: the watchdog enforces the
+// phases precisely; this only catches a worker that stops answering between them.
+constexpr std::chrono::milliseconds kCommandSlack{2000};
 
 int64_t NowUnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
-absl::Status ValidateName(const std::string& name) {
+absl::Status ValidateName(const std::string& name, const char* what) {
   bool ok = !name.empty() && name.size() <= 64;
-  for (char c : name) {
-    ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.');
-  }
+  for (char c : name) ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.');
   if (!ok) {
     return absl::InvalidArgumentError(
-        absl::StrCat("invalid module name '", name, "': use 1-64 characters from [A-Za-z0-9_.-]"));
+        absl::StrCat("invalid ", what, " name '", name, "': use 1-64 characters from [A-Za-z0-9_.-]"));
   }
   return absl::OkStatus();
 }
@@ -49,10 +54,32 @@ void ApplyLoadResult(const v1::link::LoadResult& result, v1::ModuleInfo& info) {
   info.mutable_stats()->set_load_micros(result.load_micros());
 }
 
+void RemoveFile(const std::string& path) {
+  if (path.empty()) return;
+  std::error_code ignored;
+  std::filesystem::remove(path, ignored);
+}
+
+v1::link::ToWorker LoadCommand(const std::string& name, const std::string& file, const std::string& path,
+                               uint64_t version, const v1::ModuleOptions& options) {
+  v1::link::ToWorker command;
+  auto* load = command.mutable_load();
+  load->set_name(name);
+  load->set_path(file);
+  load->set_display_path(path);
+  load->set_version(version);
+  *load->mutable_options() = options;
+  return command;
+}
+
 }  // namespace
 
 Supervisor::Supervisor(boost::asio::io_context& io, SupervisorOptions options, EventBus& events)
-    : io_(io), options_(std::move(options)), events_(events) {}
+    : io_(io), options_(std::move(options)), events_(events) {
+  std::error_code ignored;
+  std::filesystem::create_directories(options_.good_dir, ignored);
+  restarter_ = std::thread([this] { RestartLoop(); });
+}
 
 Supervisor::~Supervisor() { Shutdown(); }
 
@@ -74,24 +101,75 @@ std::shared_ptr<Supervisor::Record> Supervisor::Find(const std::string& name) co
   return it == modules_.end() ? nullptr : it->second;
 }
 
-absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker() {
+std::chrono::milliseconds Supervisor::PhaseDeadline(const v1::ModuleOptions& options, common::Phase phase) const {
+  auto pick = [](uint32_t ms, std::chrono::milliseconds fallback) {
+    return ms > 0 ? std::chrono::milliseconds(ms) : fallback;
+  };
+  const Deadlines& d = options_.deadlines;
+  switch (phase) {
+    case common::Phase::kLoad: return pick(options.load_deadline_ms(), d.load);
+    case common::Phase::kOnLoad: return pick(options.on_load_deadline_ms(), d.on_load);
+    case common::Phase::kCall: return pick(options.call_deadline_ms(), d.call);
+    case common::Phase::kBeforeUnload: return pick(options.before_unload_deadline_ms(), d.before_unload);
+    case common::Phase::kUnloadChecks:
+      return pick(options.unload_deadline_ms(), d.unload) +
+             std::chrono::milliseconds(options.thread_grace_ms() > 0 ? options.thread_grace_ms() : 1000);
+    case common::Phase::kIdle: break;
+  }
+  return std::chrono::milliseconds(0);
+}
+
+std::chrono::milliseconds Supervisor::PhaseDeadlineOf(const std::string& module, common::Phase phase) const {
+  v1::ModuleOptions options;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = modules_.find(module);
+    if (it != modules_.end()) options = it->second->info.options();
+  }
+  return PhaseDeadline(options, phase);
+}
+
+std::chrono::milliseconds Supervisor::CommandDeadline(const v1::ModuleOptions& options,
+                                                      std::initializer_list<common::Phase> phases) const {
+  std::chrono::milliseconds total = kCommandSlack;
+  for (common::Phase phase : phases) total += PhaseDeadline(options, phase);
+  return total;
+}
+
+absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker(const std::string& group) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (shut_down_) return absl::UnavailableError("relibd is shutting down");
-  if (worker_ && worker_->alive()) return worker_;
+  Group& g = groups_[group];
+  if (g.worker && g.worker->alive()) return g.worker;
   WorkerHandle::Callbacks callbacks;
-  callbacks.on_exit = [this](pid_t pid, const std::string& reason) { OnWorkerExit(pid, reason); };
+  callbacks.on_exit = [this, group](pid_t pid, const WorkerExit& exit) { OnWorkerExit(group, pid, exit); };
   callbacks.on_log = [this](pid_t pid, const v1::link::Log& log) { OnWorkerLog(pid, log); };
   callbacks.on_usage = [this](pid_t pid, const v1::link::Usage& usage) { OnWorkerUsage(pid, usage); };
-  auto worker = WorkerHandle::Start(io_, options_.worker, std::move(callbacks));
+  callbacks.phase_deadline = [this](const std::string& module, common::Phase phase) {
+    return PhaseDeadlineOf(module, phase);
+  };
+  auto worker = WorkerHandle::Start(io_, options_.worker, group, std::move(callbacks));
   if (!worker.ok()) {
-    spdlog::error("phase=spawn cannot start worker {}: {}", options_.worker.worker_path,
+    spdlog::error("group={} phase=spawn cannot start worker {}: {}", group, options_.worker.worker_path,
                   worker.status().ToString());
     return absl::UnavailableError(absl::StrCat("cannot start relib-worker: ", worker.status().message()));
   }
-  worker_ = *worker;
-  spdlog::info("worker pid={} started", worker_->pid());
-  Publish(v1::EVENT_KIND_WORKER_STARTED, "", 0, worker_->pid(), "");
-  return worker_;
+  g.worker = *worker;
+  spdlog::info("worker pid={} group={} started", g.worker->pid(), group);
+  Publish(v1::EVENT_KIND_WORKER_STARTED, "", 0, g.worker->pid(), group);
+  return g.worker;
+}
+
+absl::StatusOr<std::string> Supervisor::StageCopy(const std::string& name, uint64_t version,
+                                                  const std::string& path) {
+  std::error_code error;
+  if (!std::filesystem::exists(path, error)) {
+    return absl::NotFoundError(absl::StrCat("module file ", path, " does not exist"));
+  }
+  std::string copy = absl::StrCat(options_.good_dir, "/", name, ".v", version, ".so");
+  std::filesystem::copy_file(path, copy, std::filesystem::copy_options::overwrite_existing, error);
+  if (error) return absl::FailedPreconditionError(absl::StrCat("cannot read ", path, ": ", error.message()));
+  return copy;
 }
 
 void Supervisor::OnWorkerLog(pid_t pid, const v1::link::Log& log) {
@@ -114,31 +192,145 @@ void Supervisor::OnWorkerUsage(pid_t pid, const v1::link::Usage& usage) {
   }
 }
 
-void Supervisor::OnWorkerExit(pid_t pid, const std::string& reason) {
-  std::vector<std::pair<std::string, uint64_t>> failed;
+void Supervisor::OnWorkerExit(const std::string& group, pid_t pid, const WorkerExit& exit) {
+  struct Change {
+    std::string name;
+    uint64_t version;
+    bool gave_up;
+    std::string message;
+  };
+  std::vector<Change> changes;
+  std::string fatal;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (shut_down_) return;  // an orderly stop, not a failure
-    if (worker_ && worker_->pid() == pid) worker_.reset();
+    Group& g = groups_[group];
+    if (g.worker && g.worker->pid() == pid) g.worker.reset();
+    const auto now = Clock::now();
+    const RestartPolicy& policy = options_.restart;
+    worker_deaths_.push_back(now);
+    while (!worker_deaths_.empty() && now - worker_deaths_.front() > policy.window) worker_deaths_.pop_front();
+    if (static_cast<int>(worker_deaths_.size()) > policy.daemon_max_restarts) {
+      fatal = absl::StrCat(worker_deaths_.size(), " worker deaths within ", policy.window.count(),
+                           " s exceed the daemon limit of ", policy.daemon_max_restarts, "; last: ", exit.reason);
+    }
+    bool restart = false;
     for (auto& [name, record] : modules_) {
       v1::ModuleInfo& info = record->info;
-      if (info.worker_pid() != pid) continue;
-      info.set_state(v1::MODULE_STATE_FAILED);
+      if (info.worker_pid() != pid || info.state() != v1::MODULE_STATE_LOADED) continue;
+      if (name == exit.blamed_module) record->crashes.push_back(now);
+      while (!record->crashes.empty() && now - record->crashes.front() > policy.window) record->crashes.pop_front();
+      info.set_recent_crashes(static_cast<uint32_t>(record->crashes.size()));
       info.set_worker_pid(0);
-      info.set_last_error(reason);
-      failed.emplace_back(name, info.version());
+      bool gave_up = static_cast<int>(record->crashes.size()) > policy.max_restarts;
+      std::string message =
+          gave_up ? absl::StrCat("gave up: crashed its worker ", record->crashes.size(), " times within ",
+                                 policy.window.count(), " s (limit ", policy.max_restarts, "); last: ", exit.reason)
+                  : absl::StrCat("restarting: ", exit.reason);
+      info.set_state(gave_up ? v1::MODULE_STATE_FAILED : v1::MODULE_STATE_RESTARTING);
+      info.set_last_error(message);
+      restart = restart || !gave_up;
+      changes.push_back({name, info.version(), gave_up, message});
+    }
+    if (restart && fatal.empty()) {
+      auto backoff = std::min(options_.restart.backoff_max,
+                              options_.restart.backoff_initial * (1 << std::min(g.consecutive_restarts, 16)));
+      ++g.consecutive_restarts;
+      restart_queue_.emplace_back(now + backoff, group);
     }
   }
-  Publish(v1::EVENT_KIND_WORKER_EXITED, "", 0, pid, reason);
-  for (const auto& [name, version] : failed) {
-    spdlog::error("module={} version={} worker pid={} phase=worker-exit {}", name, version, pid, reason);
-    Publish(v1::EVENT_KIND_FAILED, name, version, pid, reason);
+  restart_wakeup_.notify_all();
+  Publish(v1::EVENT_KIND_WORKER_EXITED, "", 0, pid, exit.reason);
+  for (const Change& change : changes) {
+    spdlog::error("module={} version={} worker pid={} phase=worker-exit {}", change.name, change.version, pid,
+                  change.message);
+    Publish(v1::EVENT_KIND_FAILED, change.name, change.version, pid, change.message);
+  }
+  if (!fatal.empty()) {
+    spdlog::critical("phase=supervise {}", fatal);
+    if (options_.on_fatal) options_.on_fatal(fatal);
+  }
+}
+
+void Supervisor::RestartLoop() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  while (!shut_down_) {
+    if (restart_queue_.empty()) {
+      restart_wakeup_.wait(lock);
+      continue;
+    }
+    auto next = std::min_element(restart_queue_.begin(), restart_queue_.end());
+    if (next->first > Clock::now()) {
+      restart_wakeup_.wait_until(lock, next->first);
+      continue;
+    }
+    std::string group = next->second;
+    restart_queue_.erase(next);
+    lock.unlock();
+    RestartGroup(group);
+    lock.lock();
+  }
+}
+
+void Supervisor::RestartGroup(const std::string& group) {
+  std::vector<std::string> names;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& [name, record] : modules_) {
+      if (record->info.worker() == group && record->info.state() == v1::MODULE_STATE_RESTARTING) names.push_back(name);
+    }
+  }
+  if (names.empty()) return;
+  auto worker = EnsureWorker(group);
+  if (!worker.ok()) return;
+  bool all_restored = true;
+  for (const std::string& name : names) {
+    auto record = Find(name);
+    if (!record) continue;
+    std::lock_guard<std::mutex> operation(record->operation);
+    v1::ModuleInfo info;
+    std::string good_copy;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (record->info.state() != v1::MODULE_STATE_RESTARTING) continue;  // the user got there first
+      info = record->info;
+      good_copy = record->good_copy;
+    }
+    auto reply = (*worker)->Request(LoadCommand(name, good_copy, info.path(), info.version(), info.options()),
+                                    absl::StrCat("restore of module '", name, "'"),
+                                    CommandDeadline(info.options(), {common::Phase::kLoad, common::Phase::kOnLoad}));
+    if (!reply.ok()) {
+      all_restored = false;
+      break;  // the new worker died as well: OnWorkerExit has scheduled the next attempt
+    }
+    absl::Status status = ReplyStatus(*reply);
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (status.ok()) {
+      record->info.set_state(v1::MODULE_STATE_LOADED);
+      record->info.set_worker_pid((*worker)->pid());
+      ApplyLoadResult(reply->load(), record->info);
+      spdlog::info("module={} version={} worker pid={} phase=restore restored", name, info.version(),
+                   (*worker)->pid());
+      Publish(v1::EVENT_KIND_RESTARTED, name, info.version(), (*worker)->pid(),
+              absl::StrCat("version ", info.version(), " restored after: ", info.last_error()));
+    } else {
+      all_restored = false;
+      record->info.set_state(v1::MODULE_STATE_FAILED);
+      record->info.set_last_error(absl::StrCat("restore failed: ", status.message()));
+      Publish(v1::EVENT_KIND_FAILED, name, info.version(), (*worker)->pid(), record->info.last_error());
+    }
+  }
+  if (all_restored) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    groups_[group].consecutive_restarts = 0;
   }
 }
 
 absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const std::string& path,
-                                                 const v1::ModuleOptions& options) {
-  if (absl::Status status = ValidateName(name); !status.ok()) return status;
+                                                 const v1::ModuleOptions& options, const std::string& group_in) {
+  const std::string group = group_in.empty() ? kDefaultGroup : group_in;
+  if (absl::Status status = ValidateName(name, "module"); !status.ok()) return status;
+  if (absl::Status status = ValidateName(group, "worker"); !status.ok()) return status;
   if (absl::Status status = ValidatePath(path); !status.ok()) return status;
   auto record = std::make_shared<Record>();
   std::unique_lock<std::mutex> operation(record->operation);
@@ -155,28 +347,30 @@ absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const s
     }
     record->info.set_name(name);
     record->info.set_path(path);
+    record->info.set_worker(group);
     record->info.set_state(v1::MODULE_STATE_LOADING);
     *record->info.mutable_options() = options;
     modules_[name] = record;
   }
+  std::string candidate;
   auto fail = [&](const absl::Status& status) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       modules_.erase(name);
     }
+    RemoveFile(candidate);
     spdlog::error("module={} path={} phase=load {}", name, path, std::string(status.message()));
     Publish(v1::EVENT_KIND_FAILED, name, 0, 0, std::string(status.message()));
     return status;
   };
-  auto worker = EnsureWorker();
+  auto staged = StageCopy(name, 1, path);
+  if (!staged.ok()) return fail(staged.status());
+  candidate = *staged;
+  auto worker = EnsureWorker(group);
   if (!worker.ok()) return fail(worker.status());
-  v1::link::ToWorker command;
-  command.mutable_load()->set_name(name);
-  command.mutable_load()->set_path(path);
-  command.mutable_load()->set_version(1);
-  *command.mutable_load()->mutable_options() = options;
-  auto reply = (*worker)->Request(std::move(command), absl::StrCat("load of module '", name, "'"),
-                                  options_.deadlines.load);
+  auto reply = (*worker)->Request(LoadCommand(name, candidate, path, 1, options),
+                                  absl::StrCat("load of module '", name, "'"),
+                                  CommandDeadline(options, {common::Phase::kLoad, common::Phase::kOnLoad}));
   if (!reply.ok()) return fail(reply.status());
   if (absl::Status status = ReplyStatus(*reply); !status.ok()) return fail(status);
   v1::ModuleInfo info;
@@ -185,42 +379,84 @@ absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const s
     record->info.set_state(v1::MODULE_STATE_LOADED);
     record->info.set_version(1);
     record->info.set_worker_pid((*worker)->pid());
+    record->good_copy = candidate;
     ApplyLoadResult(reply->load(), record->info);
     info = record->info;
   }
-  spdlog::info("module={} version=1 worker pid={} phase=load loaded from {}", name, info.worker_pid(), path);
+  spdlog::info("module={} version=1 worker pid={} group={} phase=load loaded from {}", name, info.worker_pid(), group,
+               path);
   Publish(v1::EVENT_KIND_LOADED, name, 1, info.worker_pid(), path);
   return info;
 }
 
+absl::Status Supervisor::TryInScratchWorker(const std::string& name, const std::string& candidate,
+                                            const std::string& path, uint64_t version,
+                                            const v1::ModuleOptions& options) {
+  WorkerHandle::Callbacks callbacks;
+  callbacks.on_log = [this](pid_t pid, const v1::link::Log& log) { OnWorkerLog(pid, log); };
+  callbacks.phase_deadline = [this, options](const std::string&, common::Phase phase) {
+    return PhaseDeadline(options, phase);
+  };
+  auto scratch = WorkerHandle::Start(io_, options_.worker, "staging-" + name, std::move(callbacks));
+  if (!scratch.ok()) return scratch.status();
+  auto prefix = [&](const absl::Status& status) {
+    return absl::Status(status.code(), absl::StrCat("staged reload of module '", name, "' failed in scratch worker pid ",
+                                                    (*scratch)->pid(), ", production untouched: ", status.message()));
+  };
+  auto reply = (*scratch)->Request(LoadCommand(name, candidate, path, version, options),
+                                   absl::StrCat("staged load of module '", name, "'"),
+                                   CommandDeadline(options, {common::Phase::kLoad, common::Phase::kOnLoad}));
+  absl::Status status = reply.ok() ? ReplyStatus(*reply) : reply.status();
+  if (status.ok()) {
+    const auto& exports = reply->load().exports();
+    if (std::find(exports.begin(), exports.end(), kSelfTestExport) != exports.end()) {
+      v1::link::ToWorker command;
+      command.mutable_call()->set_name(name);
+      command.mutable_call()->set_export_name(kSelfTestExport);
+      auto tested = (*scratch)->Request(std::move(command), absl::StrCat("self_test of module '", name, "'"),
+                                        CommandDeadline(options, {common::Phase::kCall}));
+      status = tested.ok() ? ReplyStatus(*tested) : tested.status();
+    }
+  }
+  (*scratch)->Stop(std::chrono::milliseconds(1000));
+  if (!status.ok()) return prefix(status);
+  spdlog::info("module={} version={} phase=staged passed in scratch worker pid={}", name, version, (*scratch)->pid());
+  return absl::OkStatus();
+}
+
 absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, const std::string& new_path,
-                                                      bool force, const v1::ModuleOptions* new_options,
+                                                      bool force, const v1::ModuleOptions* new_options, bool staged,
                                                       v1::UnloadReport* failure_report) {
   auto record = Find(name);
   if (!record) return absl::NotFoundError(absl::StrCat("no module named '", name, "'"));
   std::unique_lock<std::mutex> operation(record->operation);
   v1::ModuleInfo before;
+  std::string old_good_copy;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (modules_.count(name) == 0 || modules_[name] != record) {
+    auto it = modules_.find(name);
+    if (it == modules_.end() || it->second != record) {
       return absl::NotFoundError(absl::StrCat("no module named '", name, "'"));
     }
     before = record->info;
+    old_good_copy = record->good_copy;
   }
   std::string path = new_path.empty() ? before.path() : new_path;
   if (absl::Status status = ValidatePath(path); !status.ok()) return status;
   uint64_t version = before.version() + 1;
   bool fresh = before.state() != v1::MODULE_STATE_LOADED;
-  const v1::ModuleOptions& options = new_options ? *new_options : before.options();
+  const v1::ModuleOptions options = new_options ? *new_options : before.options();
+  std::string candidate;
 
   auto fail = [&](const absl::Status& status, bool module_gone) {
+    RemoveFile(candidate);
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (module_gone && record->info.state() != v1::MODULE_STATE_FAILED) {
+      if (module_gone && record->info.state() == v1::MODULE_STATE_LOADED) {
         record->info.set_state(v1::MODULE_STATE_FAILED);
         record->info.set_worker_pid(0);
         record->info.set_last_error(std::string(status.message()));
-      } else if (fresh) {
+      } else if (fresh && record->info.state() == v1::MODULE_STATE_FAILED) {
         record->info.set_last_error(std::string(status.message()));
       }
     }
@@ -230,26 +466,34 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
     return status;
   };
 
-  auto worker = EnsureWorker();
+  auto copy = StageCopy(name, version, path);
+  if (!copy.ok()) return fail(copy.status(), false);
+  candidate = *copy;
+  if (staged) {
+    if (absl::Status status = TryInScratchWorker(name, candidate, path, version, options); !status.ok()) {
+      return fail(status, false);
+    }
+  }
+  auto worker = EnsureWorker(before.worker());
   if (!worker.ok()) return fail(worker.status(), false);
   v1::link::ToWorker command;
-  std::chrono::milliseconds deadline = options_.deadlines.load;
+  std::chrono::milliseconds deadline;
   if (fresh) {
-    command.mutable_load()->set_name(name);
-    command.mutable_load()->set_path(path);
-    command.mutable_load()->set_version(version);
-    *command.mutable_load()->mutable_options() = options;
+    command = LoadCommand(name, candidate, path, version, options);
+    deadline = CommandDeadline(options, {common::Phase::kLoad, common::Phase::kOnLoad});
   } else {
     auto* reload = command.mutable_reload();
     reload->set_name(name);
-    reload->set_path(path);
+    reload->set_path(candidate);
+    reload->set_display_path(path);
     reload->set_version(version);
     reload->set_force(force);
     *reload->mutable_options() = options;
-    deadline += options_.deadlines.unload;
+    deadline = CommandDeadline(options, {common::Phase::kLoad, common::Phase::kBeforeUnload,
+                                         common::Phase::kUnloadChecks, common::Phase::kOnLoad});
   }
   auto reply = (*worker)->Request(std::move(command), absl::StrCat("reload of module '", name, "'"), deadline);
-  // A dead or killed worker already marked the module FAILED (OnWorkerExit).
+  // A dead or killed worker already marked the module RESTARTING or FAILED (OnWorkerExit).
   if (!reply.ok()) return fail(reply.status(), true);
   v1::ReloadResponse response;
   if (absl::Status status = ReplyStatus(*reply); !status.ok()) {
@@ -268,7 +512,9 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
     *info.mutable_options() = options;
     ApplyLoadResult(fresh ? reply->load() : reply->reload().load(), info);
     *response.mutable_module() = info;
+    record->good_copy = candidate;
   }
+  RemoveFile(old_good_copy);
   if (!fresh) *response.mutable_report() = reply->reload().report();
   spdlog::info("module={} version={}->{} worker pid={} phase=reload unmapped={}", name, before.version(), version,
                response.module().worker_pid(), response.report().unmapped());
@@ -278,11 +524,12 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
 }
 
 absl::StatusOr<v1::UnloadReport> Supervisor::Unload(const std::string& name, bool force,
-                                                     v1::UnloadReport* failure_report) {
+                                                    v1::UnloadReport* failure_report) {
   auto record = Find(name);
   if (!record) return absl::NotFoundError(absl::StrCat("no module named '", name, "'"));
   std::unique_lock<std::mutex> operation(record->operation);
   v1::ModuleInfo info;
+  std::string good_copy;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = modules_.find(name);
@@ -290,6 +537,7 @@ absl::StatusOr<v1::UnloadReport> Supervisor::Unload(const std::string& name, boo
       return absl::NotFoundError(absl::StrCat("no module named '", name, "'"));
     }
     info = record->info;
+    good_copy = record->good_copy;
     if (info.state() != v1::MODULE_STATE_LOADED) {
       // Its worker is gone, so is its code: forgetting the name is all there is to do.
       modules_.erase(it);
@@ -302,16 +550,19 @@ absl::StatusOr<v1::UnloadReport> Supervisor::Unload(const std::string& name, boo
     report.set_path(info.path());
     report.set_unmapped(true);
   } else {
-    auto worker = EnsureWorker();
-    if (!worker.ok()) return worker.status();
-    if ((*worker)->pid() != info.worker_pid()) {
-      return absl::UnavailableError(absl::StrCat("worker of module '", name, "' is gone"));
+    std::shared_ptr<WorkerHandle> worker;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto& group = groups_[info.worker()];
+      if (group.worker && group.worker->pid() == info.worker_pid()) worker = group.worker;
     }
+    if (!worker) return absl::UnavailableError(absl::StrCat("worker of module '", name, "' is gone"));
     v1::link::ToWorker command;
     command.mutable_unload()->set_name(name);
     command.mutable_unload()->set_force(force);
-    auto reply = (*worker)->Request(std::move(command), absl::StrCat("unload of module '", name, "'"),
-                                    options_.deadlines.unload);
+    auto reply = worker->Request(std::move(command), absl::StrCat("unload of module '", name, "'"),
+                                 CommandDeadline(info.options(),
+                                                 {common::Phase::kBeforeUnload, common::Phase::kUnloadChecks}));
     absl::Status status = reply.ok() ? ReplyStatus(*reply) : reply.status();
     if (!status.ok()) {
       const v1::UnloadReport* partial = reply.ok() && reply->has_unload() ? &reply->unload() : nullptr;
@@ -324,6 +575,7 @@ absl::StatusOr<v1::UnloadReport> Supervisor::Unload(const std::string& name, boo
     std::lock_guard<std::mutex> lock(mutex_);
     modules_.erase(name);
   }
+  RemoveFile(good_copy);
   spdlog::info("module={} version={} phase=unload unmapped={}", name, info.version(), report.unmapped());
   Publish(v1::EVENT_KIND_UNLOADED, name, info.version(), info.worker_pid(), "", &report);
   return report;
@@ -335,26 +587,28 @@ absl::StatusOr<v1::CallResponse> Supervisor::Call(const std::string& name, const
   if (!record) return absl::NotFoundError(absl::StrCat("no module named '", name, "'"));
   std::shared_ptr<WorkerHandle> worker;
   uint64_t version = 0;
+  v1::ModuleOptions options;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     const v1::ModuleInfo& info = record->info;
     if (info.state() != v1::MODULE_STATE_LOADED) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "module '", name, "' is not loaded",
-          info.state() == v1::MODULE_STATE_FAILED ? absl::StrCat(" (failed: ", info.last_error(), ")")
-                                                  : " (load in progress)"));
+      std::string why = info.state() == v1::MODULE_STATE_FAILED       ? absl::StrCat(" (failed: ", info.last_error(), ")")
+                        : info.state() == v1::MODULE_STATE_RESTARTING ? absl::StrCat(" (", info.last_error(), ")")
+                                                                       : " (load in progress)";
+      return absl::FailedPreconditionError(absl::StrCat("module '", name, "' is not loaded", why));
     }
-    if (worker_ && worker_->pid() == info.worker_pid()) worker = worker_;
+    auto& group = groups_[info.worker()];
+    if (group.worker && group.worker->pid() == info.worker_pid()) worker = group.worker;
     version = info.version();
+    options = info.options();
   }
   if (!worker) return absl::UnavailableError(absl::StrCat("worker of module '", name, "' is gone"));
   v1::link::ToWorker command;
   command.mutable_call()->set_name(name);
   command.mutable_call()->set_export_name(export_name);
   command.mutable_call()->set_input(input);
-  auto reply = worker->Request(std::move(command),
-                               absl::StrCat("call '", export_name, "' of module '", name, "'"),
-                               options_.deadlines.call);
+  auto reply = worker->Request(std::move(command), absl::StrCat("call '", export_name, "' of module '", name, "'"),
+                               CommandDeadline(options, {common::Phase::kCall}));
   absl::Status status = reply.ok() ? ReplyStatus(*reply) : reply.status();
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -365,7 +619,8 @@ absl::StatusOr<v1::CallResponse> Supervisor::Call(const std::string& name, const
     }
   }
   if (!status.ok()) {
-    spdlog::warn("module={} version={} phase=call export={} {}", name, version, export_name, std::string(status.message()));
+    spdlog::warn("module={} version={} phase=call export={} {}", name, version, export_name,
+                 std::string(status.message()));
     return status;
   }
   v1::CallResponse response;
@@ -379,29 +634,36 @@ v1::StatusResponse Supervisor::Status() const {
   response.set_daemon_pid(::getpid());
   std::lock_guard<std::mutex> lock(mutex_);
   for (const auto& [name, record] : modules_) *response.add_modules() = record->info;
-  if (worker_ && worker_->alive()) {
+  for (const auto& [group, g] : groups_) {
+    if (!g.worker || !g.worker->alive()) continue;
     auto* worker = response.add_workers();
-    worker->set_pid(worker_->pid());
-    worker->set_started_at_unix_ms(worker_->started_at_unix_ms());
+    worker->set_name(group);
+    worker->set_pid(g.worker->pid());
+    worker->set_started_at_unix_ms(g.worker->started_at_unix_ms());
     for (const auto& [name, record] : modules_) {
-      if (record->info.worker_pid() == worker_->pid()) worker->add_modules(name);
+      if (record->info.worker_pid() == g.worker->pid()) worker->add_modules(name);
     }
   }
   return response;
 }
 
 void Supervisor::Shutdown() {
-  std::shared_ptr<WorkerHandle> worker;
+  std::vector<std::shared_ptr<WorkerHandle>> workers;
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (shut_down_ && !restarter_.joinable()) return;
     shut_down_ = true;
-    worker = std::move(worker_);
+    for (auto& [group, g] : groups_) {
+      if (g.worker) workers.push_back(std::move(g.worker));
+    }
   }
-  if (!worker) return;
-  worker->Stop(std::chrono::milliseconds(2000));
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
-  while (worker->alive() && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  // Workers first: a restore in progress then fails fast and the restarter exits.
+  for (auto& worker : workers) worker->Stop(std::chrono::milliseconds(2000));
+  restart_wakeup_.notify_all();
+  if (restarter_.joinable()) restarter_.join();
+  auto deadline = Clock::now() + std::chrono::seconds(3);
+  for (auto& worker : workers) {
+    while (worker->alive() && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
 }
 

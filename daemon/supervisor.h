@@ -1,14 +1,22 @@
-// The daemon's domain logic: which modules exist, which worker hosts them,
-// and every load / reload / unload / call, with deadlines and worker-death
-// handling. The RPC layer only translates to and from this class.
+// The daemon's domain logic: which modules exist, which worker (isolation
+// group) hosts them, every load / reload / unload / call with per-phase
+// deadlines, and what happens when a worker dies: restart with backoff, the
+// last good version of every module loaded again (automatic rollback), a
+// restart-intensity limit per module, and a daemon-wide limit past which
+// relibd gives up so systemd can take over. The RPC layer only translates to
+// and from this class.
 #ifndef RELIB_DAEMON_SUPERVISOR_H_
 #define RELIB_DAEMON_SUPERVISOR_H_
 
 #include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
@@ -19,37 +27,61 @@
 
 namespace relib::daemon {
 
+// Defaults for modules whose options leave a deadline at 0.
 struct Deadlines {
-  std::chrono::milliseconds load{10000};    // copy + dlopen + on_load
-  std::chrono::milliseconds call{10000};    // one export call
-  std::chrono::milliseconds unload{10000};  // before_unload + dlclose + checks
+  std::chrono::milliseconds load{10000};           // copy, dlopen, static constructors
+  std::chrono::milliseconds on_load{10000};
+  std::chrono::milliseconds call{10000};
+  std::chrono::milliseconds before_unload{10000};
+  std::chrono::milliseconds unload{10000};         // checks + dlclose, on top of the thread grace
+};
+
+struct RestartPolicy {
+  // A module that crashed its worker more than `max_restarts` times within
+  // `window` is marked failed and not loaded again.
+  int max_restarts = 3;
+  std::chrono::seconds window{60};
+  // Delay before restarting a group's worker: doubles per consecutive failed
+  // restart, up to the maximum.
+  std::chrono::milliseconds backoff_initial{100};
+  std::chrono::milliseconds backoff_max{5000};
+  // More worker deaths than this within `window`, across all groups: relibd
+  // gives up (on_fatal) rather than crash-loop silently.
+  int daemon_max_restarts = 20;
 };
 
 struct SupervisorOptions {
   WorkerOptions worker;
   Deadlines deadlines;
+  RestartPolicy restart;
+  // Where relibd keeps its own copy of each module's last good version.
+  std::string good_dir;
+  // Called (from the io thread) when the daemon-wide restart limit is hit.
+  std::function<void(const std::string& why)> on_fatal;
 };
 
 // Thread-safe: RPC threads call the public methods concurrently. Operations
-// that change one module (load, reload, unload) are serialized per module;
-// calls are not. The blocking methods must not run on the io thread, which
-// delivers worker replies.
+// that change one module (load, reload, unload, restore) are serialized per
+// module; calls are not. The blocking methods must not run on the io thread.
 class Supervisor {
  public:
   Supervisor(boost::asio::io_context& io, SupervisorOptions options, EventBus& events);
   ~Supervisor();
 
-  // Errors: INVALID_ARGUMENT (bad name or relative path), ALREADY_EXISTS,
-  // and whatever the worker reports (see ModuleLoader::Load), DEADLINE_EXCEEDED
-  // or UNAVAILABLE if the worker hung or died.
+  // Errors: INVALID_ARGUMENT (bad name, group or relative path),
+  // ALREADY_EXISTS, NOT_FOUND (missing file), whatever the worker reports
+  // (see ModuleLoader::Load), DEADLINE_EXCEEDED or UNAVAILABLE if the worker
+  // hung or died.
   absl::StatusOr<v1::ModuleInfo> Load(const std::string& name, const std::string& path,
-                                      const v1::ModuleOptions& options);
+                                      const v1::ModuleOptions& options, const std::string& group);
   // `path` empty = reload from the current path; `options` non-null replaces
-  // the module's options. A FAILED module is loaded afresh. Errors as Load
-  // plus NOT_FOUND (unknown name). When the old version's unload was refused
+  // the module's options. A FAILED or RESTARTING module is loaded afresh.
+  // `staged`: try the new version in a scratch worker (load + `self_test`)
+  // before touching the live one. When the old version's unload was refused
   // or failed part-way, `failure_report` receives its report.
   absl::StatusOr<v1::ReloadResponse> Reload(const std::string& name, const std::string& path, bool force,
-                                            const v1::ModuleOptions* options, v1::UnloadReport* failure_report);
+                                            const v1::ModuleOptions* options, bool staged,
+                                            v1::UnloadReport* failure_report);
   // Errors: NOT_FOUND, FAILED_PRECONDITION (before_unload failed without
   // force, or module threads still running: `failure_report` says which).
   absl::StatusOr<v1::UnloadReport> Unload(const std::string& name, bool force, v1::UnloadReport* failure_report);
@@ -57,21 +89,39 @@ class Supervisor {
                                         const std::string& input);
   v1::StatusResponse Status() const;
 
-  // Stops the worker(s) and waits (a few seconds at most) for them to exit;
-  // every later request fails with UNAVAILABLE. Not on the io thread.
+  // Stops restarts and the workers, waiting a few seconds at most; later
+  // requests fail with UNAVAILABLE.
   void Shutdown();
 
  private:
   struct Record {
-    std::mutex operation;  // held for the whole of a load / reload / unload
-    v1::ModuleInfo info ABSL_GUARDED_BY(Supervisor::mutex_);
+    std::mutex operation;  // held for the whole of a load / reload / unload / restore
+    v1::ModuleInfo info;             // guarded by mutex_
+    std::string good_copy;           // relibd's copy of the current version; guarded by mutex_
+    std::deque<std::chrono::steady_clock::time_point> crashes;  // guarded by mutex_
   };
+  struct Group {
+    std::shared_ptr<WorkerHandle> worker;
+    int consecutive_restarts = 0;
+  };
+  using Clock = std::chrono::steady_clock;
 
-  absl::StatusOr<std::shared_ptr<WorkerHandle>> EnsureWorker();
+  absl::StatusOr<std::shared_ptr<WorkerHandle>> EnsureWorker(const std::string& group);
   std::shared_ptr<Record> Find(const std::string& name) const;
-  void OnWorkerExit(pid_t pid, const std::string& reason);
+  // Copies `path` to good_dir as the candidate of `version`.
+  absl::StatusOr<std::string> StageCopy(const std::string& name, uint64_t version, const std::string& path);
+  // Loads the candidate in a throwaway worker and runs `self_test` there.
+  absl::Status TryInScratchWorker(const std::string& name, const std::string& candidate,
+                                  const std::string& path, uint64_t version, const v1::ModuleOptions& options);
+  std::chrono::milliseconds PhaseDeadline(const v1::ModuleOptions& options, common::Phase phase) const;
+  std::chrono::milliseconds PhaseDeadlineOf(const std::string& module, common::Phase phase) const;
+  std::chrono::milliseconds CommandDeadline(const v1::ModuleOptions& options,
+                                            std::initializer_list<common::Phase> phases) const;
+  void OnWorkerExit(const std::string& group, pid_t pid, const WorkerExit& exit);
   void OnWorkerLog(pid_t pid, const v1::link::Log& log);
   void OnWorkerUsage(pid_t pid, const v1::link::Usage& usage);
+  void RestartLoop();
+  void RestartGroup(const std::string& group);
   void Publish(v1::EventKind kind, const std::string& module, uint64_t version, int32_t pid,
                const std::string& message, const v1::UnloadReport* report = nullptr);
 
@@ -81,8 +131,12 @@ class Supervisor {
 
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<Record>> modules_ ABSL_GUARDED_BY(mutex_);
-  std::shared_ptr<WorkerHandle> worker_ ABSL_GUARDED_BY(mutex_);
+  std::map<std::string, Group> groups_ ABSL_GUARDED_BY(mutex_);
+  std::deque<Clock::time_point> worker_deaths_ ABSL_GUARDED_BY(mutex_);
+  std::deque<std::pair<Clock::time_point, std::string>> restart_queue_ ABSL_GUARDED_BY(mutex_);
+  std::condition_variable restart_wakeup_;
   bool shut_down_ ABSL_GUARDED_BY(mutex_) = false;
+  std::thread restarter_;
 };
 
 }  // namespace relib::daemon

@@ -18,18 +18,26 @@ namespace asio = boost::asio;
 
 namespace {
 
+constexpr std::chrono::milliseconds kWatchInterval{20};
+// A heartbeat older than this means the worker is not being scheduled.
+constexpr int64_t kHeartbeatStallNs = 1'000'000'000;
+
 int64_t NowUnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
+std::atomic<uint64_t> next_recorder_serial{1};
+
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<WorkerHandle>> WorkerHandle::Start(asio::io_context& io,
-                                                                  const WorkerOptions& options,
-                                                                  Callbacks callbacks) {
+absl::StatusOr<std::shared_ptr<WorkerHandle>> WorkerHandle::Start(asio::io_context& io, const WorkerOptions& options,
+                                                                  std::string group, Callbacks callbacks) {
   auto scratch = common::TempDir::Create(options.run_dir, "worker-");
   if (!scratch.ok()) return scratch.status();
+  auto recorder = common::FlightRecorder::Create(
+      absl::StrCat("relibd.", ::getpid(), ".", next_recorder_serial.fetch_add(1)));
+  if (!recorder.ok()) return recorder.status();
   int fds[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
     return absl::ErrnoToStatus(errno, "socketpair for the worker link");
@@ -37,29 +45,34 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> WorkerHandle::Start(asio::io_conte
   common::UniqueFd daemon_end(fds[0]);
   common::UniqueFd worker_end(fds[1]);
   common::SpawnOptions spawn;
-  spawn.argv = {options.worker_path, "--link-fd", "3", "--scratch-dir", scratch->path(),
-                "--log-level", options.log_level};
+  spawn.argv = {options.worker_path, "--link-fd", "3", "--scratch-dir", scratch->path(), "--log-level",
+                options.log_level, "--flight-recorder", recorder->name()};
   spawn.fds = {{worker_end.get(), 3}};
   auto process = common::ChildProcess::Spawn(spawn);
   if (!process.ok()) return process.status();
   worker_end.Reset();
-  auto handle = std::shared_ptr<WorkerHandle>(new WorkerHandle(io, std::move(process).value(),
-                                                               std::move(scratch).value(),
-                                                               daemon_end.Release(), std::move(callbacks)));
+  auto handle = std::shared_ptr<WorkerHandle>(
+      new WorkerHandle(io, std::move(process).value(), std::move(scratch).value(), std::move(recorder).value(),
+                       daemon_end.Release(), std::move(group), options, std::move(callbacks)));
   asio::post(io, [handle] { handle->StartIo(); });
   return handle;
 }
 
 WorkerHandle::WorkerHandle(asio::io_context& io, common::ChildProcess process, common::TempDir scratch,
-                           int link_fd, Callbacks callbacks)
+                           common::FlightRecorder recorder, int link_fd, std::string group,
+                           const WorkerOptions& options, Callbacks callbacks)
     : io_(io),
       process_(std::move(process)),
       scratch_(std::move(scratch)),
+      recorder_(std::move(recorder)),
+      group_(std::move(group)),
+      options_(options),
       callbacks_(std::move(callbacks)),
       pid_(process_.pid()),
       started_at_unix_ms_(NowUnixMs()),
       link_(io, asio::local::stream_protocol(), link_fd),
-      pidfd_watch_(io, ::dup(process_.pidfd())) {}
+      pidfd_watch_(io, ::dup(process_.pidfd())),
+      watchdog_(io) {}
 
 WorkerHandle::~WorkerHandle() = default;
 
@@ -69,15 +82,50 @@ void WorkerHandle::StartIo() {
     if (ec == asio::error::operation_aborted) return;
     self->OnProcessExit();
   });
+  heartbeat_changed_ns_ = common::MonotonicNanos();
+  Watch();
   ReadHeader();
+}
+
+void WorkerHandle::Watch() {
+  auto self = shared_from_this();
+  watchdog_.expires_after(kWatchInterval);
+  watchdog_.async_wait([self](const boost::system::error_code& ec) {
+    if (ec || !self->alive_) return;
+    common::FlightSnapshot snapshot = self->recorder_.Read();
+    int64_t now = common::MonotonicNanos();
+    if (snapshot.heartbeat != self->last_heartbeat_) {
+      self->last_heartbeat_ = snapshot.heartbeat;
+      self->heartbeat_changed_ns_ = now;
+    }
+    if (snapshot.phase != common::Phase::kIdle && self->callbacks_.phase_deadline && !self->kill_reason_) {
+      std::chrono::milliseconds deadline = self->callbacks_.phase_deadline(snapshot.module, snapshot.phase);
+      int64_t elapsed_ms = (now - snapshot.phase_started_ns) / 1'000'000;
+      if (deadline.count() > 0 && elapsed_ms > deadline.count()) {
+        bool stalled = now - self->heartbeat_changed_ns_ > kHeartbeatStallNs;
+        self->Terminate(
+            absl::StrCat("module '", snapshot.module, "' exceeded its ", common::PhaseName(snapshot.phase),
+                         " deadline of ", deadline.count(), " ms",
+                         snapshot.detail.empty() ? "" : absl::StrCat(" (export '", snapshot.detail, "')"),
+                         stalled ? "; the worker's heartbeat had stopped too (process frozen or stopped)"
+                                 : "; the worker was alive, the module's code busy or hung"),
+            snapshot.module);
+      }
+    }
+    self->Watch();
+  });
 }
 
 void WorkerHandle::ReadHeader() {
   auto self = shared_from_this();
   asio::async_read(link_, asio::buffer(header_), [self](const boost::system::error_code& ec, size_t) {
     if (ec) {
-      // EOF or error: the worker is exiting or broken; the pidfd tells how.
-      if (self->alive_ && !self->stopping_) self->OnLinkClosed(ec);
+      self->link_eof_ = true;
+      if (self->exit_status_) {
+        self->Finish();
+      } else if (self->alive_ && !self->stopping_) {
+        self->OnLinkClosed(ec);
+      }
       return;
     }
     uint32_t length = common::DecodeFrameHeader(self->header_);
@@ -94,7 +142,12 @@ void WorkerHandle::ReadPayload(uint32_t length) {
   auto self = shared_from_this();
   asio::async_read(link_, asio::buffer(payload_), [self](const boost::system::error_code& ec, size_t) {
     if (ec) {
-      if (self->alive_ && !self->stopping_) self->OnLinkClosed(ec);
+      self->link_eof_ = true;
+      if (self->exit_status_) {
+        self->Finish();
+      } else if (self->alive_ && !self->stopping_) {
+        self->OnLinkClosed(ec);
+      }
       return;
     }
     v1::link::FromWorker message;
@@ -110,7 +163,7 @@ void WorkerHandle::ReadPayload(uint32_t length) {
 void WorkerHandle::Dispatch(const v1::link::FromWorker& message) {
   switch (message.message_case()) {
     case v1::link::FromWorker::kHello:
-      spdlog::info("worker pid={} ready abi={}", pid_, message.hello().abi_version());
+      spdlog::info("worker pid={} group={} ready abi={}", pid_, group_, message.hello().abi_version());
       return;
     case v1::link::FromWorker::kLog:
       if (callbacks_.on_log) callbacks_.on_log(pid_, message.log());
@@ -137,7 +190,7 @@ void WorkerHandle::Send(v1::link::ToWorker command, std::string what, std::chron
   auto self = shared_from_this();
   asio::post(io_, [self, command = std::move(command), what = std::move(what), deadline,
                    done = std::move(done)]() mutable {
-    if (!self->alive_) {
+    if (!self->alive_ || self->kill_reason_) {
       done(absl::UnavailableError(absl::StrCat("worker pid ", self->pid_, " is not running")));
       return;
     }
@@ -170,28 +223,22 @@ absl::StatusOr<v1::link::Reply> WorkerHandle::Request(v1::link::ToWorker command
 
 void WorkerHandle::WriteNext() {
   auto self = shared_from_this();
-  asio::async_write(link_, asio::buffer(write_queue_.front()),
-                    [self](const boost::system::error_code& ec, size_t) {
-                      if (ec) {
-                        self->write_queue_.clear();
-                        if (self->alive_) self->Kill(absl::StrCat("write to worker link failed: ", ec.message()));
-                        return;
-                      }
-                      self->write_queue_.pop_front();
-                      if (!self->write_queue_.empty()) self->WriteNext();
-                    });
+  asio::async_write(link_, asio::buffer(write_queue_.front()), [self](const boost::system::error_code& ec, size_t) {
+    if (ec) {
+      self->write_queue_.clear();
+      if (self->alive_ && !self->stopping_) self->Kill(absl::StrCat("write to worker link failed: ", ec.message()));
+      return;
+    }
+    self->write_queue_.pop_front();
+    if (!self->write_queue_.empty()) self->WriteNext();
+  });
 }
 
 void WorkerHandle::OnDeadline(uint64_t id) {
   auto it = pending_.find(id);
-  if (it == pending_.end()) return;
-  Pending pending = std::move(it->second);
-  pending_.erase(it);
-  std::string reason = absl::StrCat(pending.what, " did not finish within its deadline; worker pid ", pid_,
-                                    " was killed");
-  spdlog::error("worker pid={} phase=deadline {}", pid_, reason);
-  Kill(reason);
-  pending.done(absl::DeadlineExceededError(reason));
+  if (it == pending_.end() || kill_reason_) return;
+  common::FlightSnapshot snapshot = recorder_.Read();
+  Terminate(absl::StrCat(it->second.what, " did not finish within its deadline"), snapshot.module);
 }
 
 void WorkerHandle::OnLinkClosed(const boost::system::error_code& ec) {
@@ -202,6 +249,20 @@ void WorkerHandle::OnLinkClosed(const boost::system::error_code& ec) {
   link_closed_timer_ = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(500));
   link_closed_timer_->async_wait([self, ec](const boost::system::error_code& timer_ec) {
     if (!timer_ec && self->alive_) self->Kill("worker closed its link: " + ec.message());
+  });
+}
+
+void WorkerHandle::Terminate(const std::string& why, const std::string& blamed_module) {
+  if (kill_reason_ || !alive_) return;
+  kill_reason_ = why;
+  killed_by_deadline_ = true;
+  blamed_module_ = blamed_module;
+  spdlog::error("worker pid={} group={} phase=deadline {}; sending SIGTERM", pid_, group_, why);
+  process_.Signal(SIGTERM).IgnoreError();
+  auto self = shared_from_this();
+  kill_timer_ = std::make_unique<asio::steady_timer>(io_, options_.term_grace);
+  kill_timer_->async_wait([self](const boost::system::error_code& ec) {
+    if (!ec && self->alive_) self->process_.Signal(SIGKILL).IgnoreError();
   });
 }
 
@@ -216,7 +277,7 @@ void WorkerHandle::Stop(std::chrono::milliseconds grace) {
     if (!self->alive_) return;
     self->stopping_ = true;
     boost::system::error_code ignored;
-    self->link_.shutdown(asio::socket_base::shutdown_both, ignored);
+    self->link_.shutdown(asio::socket_base::shutdown_send, ignored);
     self->stop_timer_ = std::make_unique<asio::steady_timer>(self->io_, grace);
     self->stop_timer_->async_wait([self](const boost::system::error_code& ec) {
       if (!ec && self->alive_) self->Kill("daemon is stopping");
@@ -226,30 +287,67 @@ void WorkerHandle::Stop(std::chrono::milliseconds grace) {
 
 void WorkerHandle::OnProcessExit() {
   auto status = process_.Wait();
+  exit_status_ = status.ok() ? *status : common::ExitStatus{};
   alive_ = false;
-  std::string how = status.ok() ? status->ToString() : std::string(status.status().message());
-  std::string during;
-  if (!pending_.empty()) during = absl::StrCat(" during ", pending_.begin()->second.what);
-  std::string reason = kill_reason_ ? absl::StrCat("worker pid ", pid_, " ", how, " (", *kill_reason_, ")")
-                                    : absl::StrCat("worker pid ", pid_, " ", how, during);
-  spdlog::log(stopping_ ? spdlog::level::info : spdlog::level::warn, "worker pid={} phase=exit {}", pid_, reason);
+  if (link_eof_) {
+    Finish();
+    return;
+  }
+  // Read what the worker wrote before it died (logs, usage) before closing.
+  auto self = shared_from_this();
+  drain_timer_ = std::make_unique<asio::steady_timer>(io_, std::chrono::milliseconds(200));
+  drain_timer_->async_wait([self](const boost::system::error_code& ec) {
+    if (!ec) self->Finish();
+  });
+}
+
+void WorkerHandle::Finish() {
+  if (finished_) return;
+  finished_ = true;
+  common::FlightSnapshot snapshot = recorder_.Read();
+  std::string how = exit_status_->ToString();
+  std::string reason;
+  WorkerExit exit;
+  if (kill_reason_) {
+    reason = absl::StrCat("worker pid ", pid_, " ", how, " (", *kill_reason_, ")");
+    exit.blamed_module = blamed_module_;
+  } else {
+    std::string during;
+    if (!pending_.empty()) {
+      during = absl::StrCat(" during ", pending_.begin()->second.what);
+    } else if (snapshot.phase != common::Phase::kIdle) {
+      during = absl::StrCat(" during ", common::PhaseName(snapshot.phase), " of module '", snapshot.module, "'");
+    }
+    std::string where;
+    if (snapshot.crash_signal != 0 && !snapshot.crash_module.empty()) {
+      where = absl::StrCat(" in code of module '", snapshot.crash_module, "'");
+    }
+    reason = absl::StrCat("worker pid ", pid_, " ", how, where, during);
+    exit.blamed_module = snapshot.crash_signal != 0 ? snapshot.crash_module : snapshot.module;
+  }
+  exit.reason = reason;
+  spdlog::log(stopping_ ? spdlog::level::info : spdlog::level::warn, "worker pid={} group={} phase=exit {}", pid_,
+              group_, reason);
   boost::system::error_code ignored;
   link_.close(ignored);
   pidfd_watch_.close(ignored);
-  if (stop_timer_) stop_timer_->cancel();
-  if (link_closed_timer_) link_closed_timer_->cancel();
-  // The supervisor marks the modules failed before any waiting caller learns
-  // of the death, so the caller's next request sees the new state.
-  if (callbacks_.on_exit) callbacks_.on_exit(pid_, reason);
+  watchdog_.cancel();
+  for (auto* timer : {stop_timer_.get(), link_closed_timer_.get(), kill_timer_.get(), drain_timer_.get()}) {
+    if (timer) timer->cancel();
+  }
+  // The supervisor marks the modules first, so a caller woken below already
+  // sees the new state.
+  if (callbacks_.on_exit) callbacks_.on_exit(pid_, exit);
   FailAllPending(reason);
 }
 
 void WorkerHandle::FailAllPending(const std::string& reason) {
   auto pending = std::move(pending_);
   pending_.clear();
+  absl::StatusCode code = killed_by_deadline_ ? absl::StatusCode::kDeadlineExceeded : absl::StatusCode::kUnavailable;
   for (auto& [id, entry] : pending) {
     entry.timer->cancel();
-    entry.done(absl::UnavailableError(reason));
+    entry.done(absl::Status(code, reason));
   }
 }
 

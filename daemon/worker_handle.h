@@ -21,6 +21,7 @@
 #include "boost/asio/posix/stream_descriptor.hpp"
 #include "boost/asio/steady_timer.hpp"
 #include "common/child_process.h"
+#include "common/flight_recorder.h"
 #include "common/temp_dir.h"
 #include "relib/v1/worker_link.pb.h"
 
@@ -30,6 +31,14 @@ struct WorkerOptions {
   std::string worker_path;  // the relib-worker executable
   std::string run_dir;      // parent of the worker's private scratch directory
   std::string log_level = "info";
+  // SIGTERM first, SIGKILL this much later, when a deadline kills a worker.
+  std::chrono::milliseconds term_grace{200};
+};
+
+// How a worker ended, for the supervisor's restart decisions.
+struct WorkerExit {
+  std::string reason;          // human-readable, names signal/code, module and phase
+  std::string blamed_module;   // module whose code was running (crash or overrun), or ""
 };
 
 class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
@@ -40,14 +49,16 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
     std::function<void(pid_t, const v1::link::Log&)> on_log;
     // Live resources per module (io thread).
     std::function<void(pid_t, const v1::link::Usage&)> on_usage;
-    // The process ended and has been reaped; `reason` describes how and what
-    // it was doing (io thread). Called exactly once.
-    std::function<void(pid_t, const std::string& reason)> on_exit;
+    // The process ended and has been reaped (io thread). Called exactly once.
+    std::function<void(pid_t, const WorkerExit&)> on_exit;
+    // Deadline of `phase` for `module` (io thread); zero = none.
+    std::function<std::chrono::milliseconds(const std::string& module, common::Phase phase)> phase_deadline;
   };
 
   // Spawns the worker with no inherited fds but its end of the link.
+  // `group` names the isolation group (for logs and status).
   static absl::StatusOr<std::shared_ptr<WorkerHandle>> Start(boost::asio::io_context& io,
-                                                             const WorkerOptions& options,
+                                                             const WorkerOptions& options, std::string group,
                                                              Callbacks callbacks);
   ~WorkerHandle();
 
@@ -68,6 +79,7 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   void Stop(std::chrono::milliseconds grace);
 
   pid_t pid() const { return pid_; }
+  const std::string& group() const { return group_; }
   bool alive() const { return alive_.load(); }
   int64_t started_at_unix_ms() const { return started_at_unix_ms_; }
 
@@ -79,7 +91,8 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   };
 
   WorkerHandle(boost::asio::io_context& io, common::ChildProcess process, common::TempDir scratch,
-               int link_fd, Callbacks callbacks);
+               common::FlightRecorder recorder, int link_fd, std::string group, const WorkerOptions& options,
+               Callbacks callbacks);
 
   // All below run on the io thread.
   void StartIo();
@@ -91,11 +104,18 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   void OnLinkClosed(const boost::system::error_code& ec);
   void Kill(const std::string& why);
   void OnProcessExit();
+  void Finish();
+  void Watch();
+  // SIGTERM now, SIGKILL after the grace.
+  void Terminate(const std::string& why, const std::string& blamed_module);
   void FailAllPending(const std::string& reason);
 
   boost::asio::io_context& io_;
   common::ChildProcess process_;
   common::TempDir scratch_;
+  common::FlightRecorder recorder_;
+  const std::string group_;
+  const WorkerOptions options_;
   Callbacks callbacks_;
   const pid_t pid_;
   const int64_t started_at_unix_ms_;
@@ -114,6 +134,17 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   bool stopping_ = false;
   std::unique_ptr<boost::asio::steady_timer> stop_timer_;
   std::unique_ptr<boost::asio::steady_timer> link_closed_timer_;
+  boost::asio::steady_timer watchdog_;
+  std::unique_ptr<boost::asio::steady_timer> kill_timer_;
+  std::unique_ptr<boost::asio::steady_timer> drain_timer_;
+  // Set once the process is reaped; Finish() runs when the link is drained.
+  std::optional<common::ExitStatus> exit_status_;
+  bool link_eof_ = false;
+  bool finished_ = false;
+  bool killed_by_deadline_ = false;
+  std::string blamed_module_;
+  uint64_t last_heartbeat_ = 0;
+  int64_t heartbeat_changed_ns_ = 0;
 };
 
 }  // namespace relib::daemon

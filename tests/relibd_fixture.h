@@ -107,6 +107,19 @@ class RelibdTest : public ::testing::Test {
     }
     return stats;
   }
+  // Waits (up to 10 s) until module `name` is in `state`; returns its info.
+  v1::ModuleInfo WaitForState(const std::string& name, v1::ModuleState state) {
+    v1::ModuleInfo info;
+    for (int i = 0; i < 400; ++i) {
+      v1::StatusResponse status = Status();
+      if (const v1::ModuleInfo* found = FindModule(status, name)) {
+        info = *found;
+        if (info.state() == state) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    return info;
+  }
   const v1::ModuleInfo* FindModule(const v1::StatusResponse& status, const std::string& name) {
     for (const auto& module : status.modules()) {
       if (module.name() == name) return &module;

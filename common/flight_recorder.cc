@@ -1,0 +1,140 @@
+#include "common/flight_recorder.h"
+
+#include <time.h>
+
+#include <cstring>
+#include <new>
+
+#include "boost/interprocess/mapped_region.hpp"
+#include "boost/interprocess/shared_memory_object.hpp"
+
+namespace relib::common {
+namespace bip = boost::interprocess;
+
+struct FlightRecorder::Mapping {
+  bip::shared_memory_object object;
+  bip::mapped_region region;
+};
+
+namespace {
+
+void CopyName(char (&to)[64], const char* from) {
+  size_t n = 0;
+  for (; from && from[n] && n + 1 < sizeof(to); ++n) to[n] = from[n];
+  to[n] = '\0';
+}
+
+}  // namespace
+
+const char* PhaseName(Phase phase) {
+  switch (phase) {
+    case Phase::kIdle: return "idle";
+    case Phase::kLoad: return "load";
+    case Phase::kOnLoad: return "on_load";
+    case Phase::kCall: return "call";
+    case Phase::kBeforeUnload: return "before_unload";
+    case Phase::kUnloadChecks: return "unload";
+  }
+  return "unknown";
+}
+
+int64_t MonotonicNanos() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+}
+
+FlightRecorder::FlightRecorder(std::string name, bool owner, std::unique_ptr<Mapping> mapping)
+    : name_(std::move(name)), owner_(owner), mapping_(std::move(mapping)) {}
+
+FlightRecorder::FlightRecorder(FlightRecorder&& other) noexcept
+    : name_(std::move(other.name_)), owner_(std::exchange(other.owner_, false)), mapping_(std::move(other.mapping_)) {}
+
+FlightRecorder& FlightRecorder::operator=(FlightRecorder&& other) noexcept {
+  if (this != &other) {
+    FlightRecorder discard(std::move(*this));
+    name_ = std::move(other.name_);
+    owner_ = std::exchange(other.owner_, false);
+    mapping_ = std::move(other.mapping_);
+  }
+  return *this;
+}
+
+FlightRecorder::~FlightRecorder() {
+  mapping_.reset();
+  if (owner_) bip::shared_memory_object::remove(name_.c_str());
+}
+
+absl::StatusOr<FlightRecorder> FlightRecorder::Create(const std::string& name) {
+  try {
+    bip::shared_memory_object::remove(name.c_str());
+    auto mapping = std::make_unique<Mapping>();
+    mapping->object = bip::shared_memory_object(bip::create_only, name.c_str(), bip::read_write);
+    mapping->object.truncate(sizeof(FlightRecord));
+    mapping->region = bip::mapped_region(mapping->object, bip::read_write);
+    auto* record = new (mapping->region.get_address()) FlightRecord();
+    record->magic = FlightRecord::kMagic;
+    return FlightRecorder(name, true, std::move(mapping));
+  } catch (const bip::interprocess_exception& e) {
+    return absl::InternalError(std::string("cannot create flight recorder ") + name + ": " + e.what());
+  }
+}
+
+absl::StatusOr<FlightRecorder> FlightRecorder::Open(const std::string& name) {
+  try {
+    auto mapping = std::make_unique<Mapping>();
+    mapping->object = bip::shared_memory_object(bip::open_only, name.c_str(), bip::read_write);
+    mapping->region = bip::mapped_region(mapping->object, bip::read_write);
+    if (mapping->region.get_size() < sizeof(FlightRecord) ||
+        static_cast<FlightRecord*>(mapping->region.get_address())->magic != FlightRecord::kMagic) {
+      return absl::InvalidArgumentError("flight recorder " + name + " has the wrong layout");
+    }
+    return FlightRecorder(name, false, std::move(mapping));
+  } catch (const bip::interprocess_exception& e) {
+    return absl::InternalError(std::string("cannot open flight recorder ") + name + ": " + e.what());
+  }
+}
+
+FlightRecord* FlightRecorder::record() const {
+  return mapping_ ? static_cast<FlightRecord*>(mapping_->region.get_address()) : nullptr;
+}
+
+void FlightRecorder::EnterPhase(Phase phase, const std::string& module, const std::string& detail) {
+  FlightRecord* r = record();
+  r->sequence.fetch_add(1, std::memory_order_acq_rel);  // odd: writing
+  CopyName(r->module, module.c_str());
+  CopyName(r->detail, detail.c_str());
+  r->phase_started_ns.store(MonotonicNanos(), std::memory_order_relaxed);
+  r->phase.store(static_cast<uint32_t>(phase), std::memory_order_relaxed);
+  r->sequence.fetch_add(1, std::memory_order_acq_rel);  // even: stable
+}
+
+void FlightRecorder::LeaveToIdle() { EnterPhase(Phase::kIdle, "", ""); }
+
+void FlightRecorder::RecordCrash(FlightRecord* record, int signal, const char* module) {
+  if (record == nullptr) return;
+  CopyName(record->crash_module, module);
+  record->crash_signal.store(signal, std::memory_order_release);
+}
+
+FlightSnapshot FlightRecorder::Read() const {
+  FlightSnapshot snapshot;
+  FlightRecord* r = record();
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    uint32_t before = r->sequence.load(std::memory_order_acquire);
+    if (before & 1) continue;
+    snapshot.phase = static_cast<Phase>(r->phase.load(std::memory_order_relaxed));
+    snapshot.phase_started_ns = r->phase_started_ns.load(std::memory_order_relaxed);
+    snapshot.module.assign(r->module, strnlen(r->module, sizeof(r->module)));
+    snapshot.detail.assign(r->detail, strnlen(r->detail, sizeof(r->detail)));
+    if (r->sequence.load(std::memory_order_acquire) == before) break;
+  }
+  snapshot.heartbeat = r->heartbeat.load(std::memory_order_relaxed);
+  snapshot.crash_signal = r->crash_signal.load(std::memory_order_acquire);
+  if (snapshot.crash_signal != 0) {
+    snapshot.crash_module.assign(r->crash_module, strnlen(r->crash_module, sizeof(r->crash_module)));
+  }
+  return snapshot;
+}
+
+}  // namespace relib::common

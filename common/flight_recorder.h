@@ -1,0 +1,90 @@
+// The flight recorder: a small shared-memory record the worker keeps current
+// (which module, which phase, since when, a heartbeat, and the module a fatal
+// signal hit) so relibd knows what a dead or hung worker was doing — the dead
+// cannot report themselves. relibd creates and owns the segment; the worker
+// only writes plain atomics into it, so a worker dying mid-write never leaves
+// a lock held.
+#ifndef RELIB_COMMON_FLIGHT_RECORDER_H_
+#define RELIB_COMMON_FLIGHT_RECORDER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace relib::common {
+
+enum class Phase : uint32_t {
+  kIdle = 0,
+  kLoad = 1,          // copy, dlopen, static constructors, descriptor checks
+  kOnLoad = 2,
+  kCall = 3,
+  kBeforeUnload = 4,
+  kUnloadChecks = 5,  // thread grace, TLS destructors, fds, dlclose, unmap proof
+};
+const char* PhaseName(Phase phase);
+
+// Layout in shared memory. Strings are guarded by a seqlock (`sequence` odd
+// while the worker writes them).
+struct FlightRecord {
+  static constexpr uint32_t kMagic = 0x52454c42;  // "RELB"
+  std::atomic<uint32_t> magic;
+  std::atomic<uint32_t> sequence;
+  std::atomic<uint64_t> heartbeat;          // advanced every 10 ms by a worker thread
+  std::atomic<uint32_t> phase;              // Phase
+  std::atomic<int64_t> phase_started_ns;    // CLOCK_MONOTONIC
+  char module[64];                          // module of the current phase
+  char detail[64];                          // export name for kCall
+  std::atomic<int32_t> crash_signal;        // set by the worker's fatal-signal handler
+  char crash_module[64];                    // module the crashing thread was running
+};
+
+struct FlightSnapshot {
+  uint64_t heartbeat = 0;
+  Phase phase = Phase::kIdle;
+  int64_t phase_started_ns = 0;
+  std::string module;
+  std::string detail;
+  int crash_signal = 0;
+  std::string crash_module;
+};
+
+int64_t MonotonicNanos();
+
+// One mapping of a flight record segment. Move-only.
+class FlightRecorder {
+ public:
+  // relibd: creates a new named segment (removed when this object dies).
+  static absl::StatusOr<FlightRecorder> Create(const std::string& name);
+  // The worker: maps an existing segment.
+  static absl::StatusOr<FlightRecorder> Open(const std::string& name);
+
+  FlightRecorder(FlightRecorder&&) noexcept;
+  FlightRecorder& operator=(FlightRecorder&&) noexcept;
+  ~FlightRecorder();
+
+  FlightRecord* record() const;
+  const std::string& name() const { return name_; }
+
+  // Worker side. Not async-signal-safe except RecordCrash.
+  void EnterPhase(Phase phase, const std::string& module, const std::string& detail);
+  void LeaveToIdle();
+  // Async-signal-safe.
+  static void RecordCrash(FlightRecord* record, int signal, const char* module);
+
+  // Daemon side: a consistent copy.
+  FlightSnapshot Read() const;
+
+ private:
+  struct Mapping;
+  FlightRecorder(std::string name, bool owner, std::unique_ptr<Mapping> mapping);
+  std::string name_;
+  bool owner_ = false;
+  std::unique_ptr<Mapping> mapping_;
+};
+
+}  // namespace relib::common
+
+#endif  // RELIB_COMMON_FLIGHT_RECORDER_H_
