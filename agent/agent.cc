@@ -1,7 +1,11 @@
 #include "agent/agent.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
+
+#include "agent/fd_tracker.h"
 #include "relib/module.h"
 #include "relib/v1/worker_link.pb.h"
 #include "spdlog/spdlog.h"
@@ -90,9 +94,10 @@ void SetStatus(const absl::Status& status, v1::link::Reply& reply) {
 Agent::Agent(DaemonLink& link, std::string scratch_dir, common::FlightRecorder* recorder)
     : link_(link),
       recorder_(recorder),
-      loader_(std::move(scratch_dir), [this](int level, const std::string& module, std::string_view text) {
-        ForwardModuleLog(level, module, text);
-      }) {
+      loader_(
+          std::move(scratch_dir),
+          [this](int level, const std::string& module, std::string_view text) { ForwardModuleLog(level, module, text); },
+          this) {
   loader_.set_flight_recorder(recorder);
 }
 
@@ -105,6 +110,81 @@ void Agent::ForwardModuleLog(int level, const std::string& module, std::string_v
   if (!link_.Send(message).ok()) {
     spdlog::log(static_cast<spdlog::level::level_enum>(level), "module={} {}", module, text);
   }
+}
+
+absl::Status Agent::SaveState(const std::string& module, const std::string& key, std::string_view value) {
+  {
+    std::lock_guard<std::mutex> lock(resources_mutex_);
+    state_[module][key] = std::string(value);
+  }
+  v1::link::FromWorker message;
+  auto* save = message.mutable_save_state();
+  save->set_module(module);
+  save->set_key(key);
+  save->set_value(std::string(value));
+  return link_.Send(message);
+}
+
+std::optional<std::string> Agent::LoadState(const std::string& module, const std::string& key) {
+  std::lock_guard<std::mutex> lock(resources_mutex_);
+  auto m = state_.find(module);
+  if (m == state_.end()) return std::nullopt;
+  auto k = m->second.find(key);
+  if (k == m->second.end()) return std::nullopt;
+  return k->second;
+}
+
+absl::Status Agent::StoreFd(const std::string& module, const std::string& key, int fd) {
+  common::UniqueFd copy(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+  if (!copy.valid()) return absl::ErrnoToStatus(errno, "dup of a stored fd");
+  fds::AdoptAsHost(copy.get());
+  v1::link::FromWorker message;
+  message.mutable_store_fd()->set_module(module);
+  message.mutable_store_fd()->set_key(key);
+  if (absl::Status sent = link_.SendWithFd(message, copy.get()); !sent.ok()) {
+    fds::ForgetHost(copy.get());
+    return sent;
+  }
+  std::lock_guard<std::mutex> lock(resources_mutex_);
+  common::UniqueFd& slot = fds_[module][key];
+  if (slot.valid()) fds::ForgetHost(slot.get());
+  slot = std::move(copy);
+  return absl::OkStatus();
+}
+
+int Agent::TakeFd(const std::string& module, const std::string& key) {
+  std::lock_guard<std::mutex> lock(resources_mutex_);
+  auto m = fds_.find(module);
+  if (m == fds_.end()) return -1;
+  auto k = m->second.find(key);
+  if (k == m->second.end() || !k->second.valid()) return -1;
+  return ::fcntl(k->second.get(), F_DUPFD_CLOEXEC, 0);
+}
+
+template <typename Command>
+absl::Status Agent::AcceptResources(const std::string& module, const Command& command) {
+  std::map<std::string, std::string> state(command.state().begin(), command.state().end());
+  std::map<std::string, common::UniqueFd> fds;
+  for (const std::string& key : command.fd_keys()) {
+    auto fd = link_.ReceiveFd();
+    if (!fd.ok()) return fd.status();
+    fds::AdoptAsHost(fd->get());
+    fds[key] = std::move(fd).value();
+  }
+  DropResources(module);
+  std::lock_guard<std::mutex> lock(resources_mutex_);
+  state_[module] = std::move(state);
+  fds_[module] = std::move(fds);
+  return absl::OkStatus();
+}
+
+void Agent::DropResources(const std::string& module) {
+  std::lock_guard<std::mutex> lock(resources_mutex_);
+  state_.erase(module);
+  auto it = fds_.find(module);
+  if (it == fds_.end()) return;
+  for (auto& [key, fd] : it->second) fds::ForgetHost(fd.get());
+  fds_.erase(it);
 }
 
 absl::Status Agent::SendUsage() {
@@ -152,6 +232,10 @@ void Agent::Execute(const v1::link::ToWorker& command, v1::link::Reply& reply) {
   switch (command.command_case()) {
     case v1::link::ToWorker::kLoad: {
       const auto& load = command.load();
+      if (absl::Status accepted = AcceptResources(load.name(), load); !accepted.ok()) {
+        SetStatus(accepted, reply);
+        return;
+      }
       auto info = loader_.Load(load.name(), load.path(), load.version(), FromProto(load.options()), load.display_path());
       SetStatus(info.status(), reply);
       if (info.ok()) FillLoadResult(*info, *reply.mutable_load());
@@ -163,10 +247,15 @@ void Agent::Execute(const v1::link::ToWorker& command, v1::link::Reply& reply) {
       absl::Status status = loader_.Unload(unload.name(), unload.force(), report);
       SetStatus(status, reply);
       if (!report.name.empty()) FillReport(report, *reply.mutable_unload());
+      if (status.ok()) DropResources(unload.name());
       return;
     }
     case v1::link::ToWorker::kReload: {
       const auto& reload = command.reload();
+      if (absl::Status accepted = AcceptResources(reload.name(), reload); !accepted.ok()) {
+        SetStatus(accepted, reply);
+        return;
+      }
       UnloadReport report;
       ModuleOptions options = FromProto(reload.options());
       auto info = loader_.Reload(reload.name(), reload.path(), reload.version(), reload.force(),

@@ -3,10 +3,14 @@
 #ifndef RELIB_AGENT_AGENT_H_
 #define RELIB_AGENT_AGENT_H_
 
+#include <map>
+#include <mutex>
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
 #include "agent/daemon_link.h"
+#include "agent/host_services.h"
 #include "agent/module_loader.h"
 
 namespace relib::v1::link {
@@ -16,7 +20,7 @@ class Reply;
 
 namespace relib::agent {
 
-class Agent {
+class Agent : public HostServices {
  public:
   // `link` (and `recorder`, if not null) must outlive the agent. Module
   // copies go to `scratch_dir`.
@@ -26,13 +30,28 @@ class Agent {
   // the link (returns OK) or the link fails (returns the error).
   absl::Status Run();
 
+  // HostServices: state and fds are cached here for the modules (filled by
+  // each load command) and every change is forwarded to relibd, which owns
+  // the real stores.
+  absl::Status SaveState(const std::string& module, const std::string& key, std::string_view value) override;
+  std::optional<std::string> LoadState(const std::string& module, const std::string& key) override;
+  absl::Status StoreFd(const std::string& module, const std::string& key, int fd) override;
+  int TakeFd(const std::string& module, const std::string& key) override;
+
  private:
   void Execute(const v1::link::ToWorker& command, v1::link::Reply& reply);
+  // Takes a load command's state and fds into the caches for `module`.
+  template <typename Command>
+  absl::Status AcceptResources(const std::string& module, const Command& command);
+  void DropResources(const std::string& module);
   void ForwardModuleLog(int level, const std::string& module, std::string_view text);
   absl::Status SendUsage();
 
   DaemonLink& link_;
   common::FlightRecorder* recorder_;
+  std::mutex resources_mutex_;
+  std::map<std::string, std::map<std::string, std::string>> state_;      // guarded by resources_mutex_
+  std::map<std::string, std::map<std::string, common::UniqueFd>> fds_;  // guarded by resources_mutex_
   ModuleLoader loader_;
 };
 

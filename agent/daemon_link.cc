@@ -4,6 +4,7 @@
 
 #include <cerrno>
 
+#include "common/fd_passing.h"
 #include "common/frame_io.h"
 #include "relib/v1/worker_link.pb.h"
 
@@ -12,6 +13,18 @@ namespace relib::agent {
 absl::Status DaemonLink::Send(const v1::link::FromWorker& message) {
   std::lock_guard<std::mutex> lock(send_mutex_);
   return common::WriteFrame(fd_.get(), message);
+}
+
+absl::Status DaemonLink::SendWithFd(const v1::link::FromWorker& message, int fd) {
+  if (!fd_channel_.valid()) return absl::FailedPreconditionError("no fd channel to relibd");
+  std::lock_guard<std::mutex> lock(send_mutex_);
+  if (absl::Status sent = common::SendFd(fd_channel_.get(), fd); !sent.ok()) return sent;
+  return common::WriteFrame(fd_.get(), message);
+}
+
+absl::StatusOr<common::UniqueFd> DaemonLink::ReceiveFd() {
+  if (!fd_channel_.valid()) return absl::FailedPreconditionError("no fd channel to relibd");
+  return common::ReceiveFd(fd_channel_.get(), /*blocking=*/true);
 }
 
 absl::StatusOr<bool> DaemonLink::WaitReadable(int timeout_ms) {

@@ -19,10 +19,17 @@ namespace relib::agent {
 
 class DaemonLink {
  public:
-  explicit DaemonLink(common::UniqueFd fd) : fd_(std::move(fd)) {}
+  // `fd_channel` may be invalid (then fds cannot be passed).
+  DaemonLink(common::UniqueFd fd, common::UniqueFd fd_channel)
+      : fd_(std::move(fd)), fd_channel_(std::move(fd_channel)) {}
 
   // Thread-safe; any thread (module log calls included) may send.
   absl::Status Send(const v1::link::FromWorker& message);
+  // Sends a duplicate of `fd` on the fd channel, then `message` announcing
+  // it, atomically with respect to other senders.
+  absl::Status SendWithFd(const v1::link::FromWorker& message, int fd);
+  // Blocks for the next fd relibd passes (command thread only).
+  absl::StatusOr<common::UniqueFd> ReceiveFd();
   // Blocks for the next command. UNAVAILABLE when relibd closed the link.
   // Only the command thread calls it.
   absl::Status Receive(v1::link::ToWorker* command);
@@ -31,6 +38,7 @@ class DaemonLink {
 
  private:
   common::UniqueFd fd_;
+  common::UniqueFd fd_channel_;
   std::mutex send_mutex_;
 };
 

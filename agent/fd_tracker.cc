@@ -167,6 +167,16 @@ void SnapshotHostFds() {
   });
 }
 
+void AdoptAsHost(int fd) {
+  if (fd < 0 || fd >= kMaxTrackedFd) return;
+  Unclaim(fd);
+  host_fd[fd] = true;
+}
+
+void ForgetHost(int fd) {
+  if (fd >= 0 && fd < kMaxTrackedFd) host_fd[fd] = false;
+}
+
 void ClaimUnowned(ModuleId id) {
   if (id == kHost) return;
   HostScope host;

@@ -23,6 +23,11 @@ struct OpenFd {
 // Records the fds open now (stdio, the link, ...) as the host's own.
 void SnapshotHostFds();
 
+// The agent's own fds created later (the fd store's duplicates): never
+// attributed to a module. ForgetHost before closing them.
+void AdoptAsHost(int fd);
+void ForgetHost(int fd);
+
 // Attributes every open fd that has no owner yet to `id` (call right after
 // module code ran on the calling thread).
 void ClaimUnowned(ModuleId id);

@@ -99,6 +99,7 @@ struct ModuleLoader::Module {
   // Handed to on_load; must stay at a fixed address while loaded.
   relib_host_api host_api{};
   ModuleLogFn* log = nullptr;
+  HostServices* services = nullptr;
 
   static void Log(void* context, int level, const char* text, size_t len) noexcept {
     auto* self = static_cast<Module*>(context);
@@ -108,10 +109,55 @@ struct ModuleLoader::Module {
     } catch (...) {
     }
   }
+  static int SaveState(void* context, const char* key, const void* data, size_t len) noexcept {
+    auto* self = static_cast<Module*>(context);
+    HostScope host;
+    try {
+      if (!self->services || key == nullptr) return RELIB_ERROR;
+      return self->services->SaveState(self->name, key, std::string_view(static_cast<const char*>(data), len)).ok()
+                 ? RELIB_OK
+                 : RELIB_ERROR;
+    } catch (...) {
+      return RELIB_ERROR;
+    }
+  }
+  static int LoadState(void* context, const char* key, relib_buffer* out) noexcept {
+    auto* self = static_cast<Module*>(context);
+    std::optional<std::string> value;
+    {
+      HostScope host;
+      try {
+        if (!self->services || key == nullptr) return RELIB_ERROR;
+        value = self->services->LoadState(self->name, key);
+      } catch (...) {
+        return RELIB_ERROR;
+      }
+    }
+    if (!value) return RELIB_NOT_FOUND;
+    return out->append(out, value->data(), value->size());
+  }
+  static int StoreFd(void* context, const char* key, int fd) noexcept {
+    auto* self = static_cast<Module*>(context);
+    HostScope host;
+    try {
+      if (!self->services || key == nullptr) return RELIB_ERROR;
+      return self->services->StoreFd(self->name, key, fd).ok() ? RELIB_OK : RELIB_ERROR;
+    } catch (...) {
+      return RELIB_ERROR;
+    }
+  }
+  static int TakeFd(void* context, const char* key) noexcept {
+    auto* self = static_cast<Module*>(context);
+    try {
+      return self->services && key ? self->services->TakeFd(self->name, key) : -1;
+    } catch (...) {
+      return -1;
+    }
+  }
 };
 
-ModuleLoader::ModuleLoader(std::string scratch_dir, ModuleLogFn log)
-    : scratch_dir_(std::move(scratch_dir)), log_(std::move(log)) {
+ModuleLoader::ModuleLoader(std::string scratch_dir, ModuleLogFn log, HostServices* services)
+    : scratch_dir_(std::move(scratch_dir)), log_(std::move(log)), services_(services) {
   fds::SnapshotHostFds();
 }
 
@@ -204,6 +250,11 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
   module->host_api.abi_version = RELIB_ABI_VERSION;
   module->host_api.host_context = module.get();
   module->host_api.log = &Module::Log;
+  module->host_api.save_state = &Module::SaveState;
+  module->host_api.load_state = &Module::LoadState;
+  module->host_api.store_fd = &Module::StoreFd;
+  module->host_api.take_fd = &Module::TakeFd;
+  module->services = services_;
   return module;
 }
 

@@ -18,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "agent/fd_tracker.h"
+#include "agent/host_services.h"
 #include "agent/mmap_tracker.h"
 #include "agent/thread_tracker.h"
 #include "common/flight_recorder.h"
@@ -102,7 +103,9 @@ using ModuleLogFn = std::function<void(int level, const std::string& module, std
 // ABI's promise to modules), and that thread runs all module hooks.
 class ModuleLoader {
  public:
-  ModuleLoader(std::string scratch_dir, ModuleLogFn log);
+  // `services` (may be null: modules then get errors from the stores) must
+  // outlive the loader.
+  ModuleLoader(std::string scratch_dir, ModuleLogFn log, HostServices* services = nullptr);
   ~ModuleLoader();  // dlcloses what is still loaded, without checks
   ModuleLoader(const ModuleLoader&) = delete;
   ModuleLoader& operator=(const ModuleLoader&) = delete;
@@ -168,6 +171,7 @@ class ModuleLoader {
 
   std::string scratch_dir_;
   ModuleLogFn log_;
+  HostServices* services_;
   common::FlightRecorder* recorder_ = nullptr;
   uint64_t next_copy_id_ = 1;
   std::map<std::string, std::unique_ptr<Module>> modules_;

@@ -51,6 +51,8 @@ int main(int argc, char** argv) {
   app.add_option("--scratch-dir", scratch_dir, "private directory for module copies")->required();
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error");
   std::string recorder_name;
+  int fd_channel = -1;
+  app.add_option("--fd-channel-fd", fd_channel, "fd of the socket relibd passes file descriptors on");
   app.add_option("--flight-recorder", recorder_name, "shared-memory flight recorder created by relibd");
   CLI11_PARSE(app, argc, argv);
 
@@ -63,6 +65,7 @@ int main(int argc, char** argv) {
 
   // Module code may fork and exec: the link must not leak into children.
   ::fcntl(link_fd, F_SETFD, FD_CLOEXEC);
+  if (fd_channel >= 0) ::fcntl(fd_channel, F_SETFD, FD_CLOEXEC);
 
   std::optional<relib::common::FlightRecorder> recorder;
   if (!recorder_name.empty()) {
@@ -83,7 +86,7 @@ int main(int argc, char** argv) {
     }).detach();
   }
 
-  relib::agent::DaemonLink link{relib::common::UniqueFd(link_fd)};
+  relib::agent::DaemonLink link{relib::common::UniqueFd(link_fd), relib::common::UniqueFd(fd_channel)};
   relib::agent::Agent agent(link, scratch_dir, recorder ? &*recorder : nullptr);
   absl::Status status = agent.Run();
   if (!status.ok()) {

@@ -19,6 +19,7 @@
 #include "common/temp_dir.h"
 #include "daemon/event_bus.h"
 #include "daemon/rpc_service.h"
+#include "daemon/state_store.h"
 #include "daemon/supervisor.h"
 #include "grpcpp/grpcpp.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -58,6 +59,7 @@ int main(int argc, char** argv) {
   std::string socket_path = relib::common::DefaultSocketPath();
   std::string worker_path = DefaultWorkerPath();
   std::string run_dir;
+  std::string state_dir;
   std::string log_level = "info";
   relib::daemon::SupervisorOptions options;
   int load_ms = 10000, on_load_ms = 10000, call_ms = 10000, before_unload_ms = 10000, unload_ms = 10000;
@@ -65,6 +67,8 @@ int main(int argc, char** argv) {
   app.add_option("--socket", socket_path, "Unix socket to serve the API on")->capture_default_str();
   app.add_option("--worker", worker_path, "relib-worker executable")->capture_default_str();
   app.add_option("--run-dir", run_dir, "parent directory for worker scratch dirs (default: a new temp dir)");
+  app.add_option("--state-dir", state_dir,
+                 "keep module state (host API save_state) in this directory so it survives relibd restarts");
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
   app.add_option("--load-deadline-ms", load_ms, "default deadline of copy + dlopen + static constructors")
       ->capture_default_str();
@@ -126,6 +130,12 @@ int main(int argc, char** argv) {
   options.restart.window = std::chrono::seconds(restart_window_s);
   options.restart.backoff_initial = std::chrono::milliseconds(backoff_ms);
   options.good_dir = run_dir + "/good";
+  auto state_store = relib::daemon::StateStore::Open(state_dir, 64u << 20);
+  if (!state_store.ok()) {
+    spdlog::critical("phase=startup {}", state_store.status().ToString());
+    return 1;
+  }
+  options.state_store = state_store->get();
 
   // Stops main: a signal number, or -1 when supervision gives up.
   std::promise<int> stop_signal;
@@ -150,7 +160,8 @@ int main(int argc, char** argv) {
     if (!ec) stop(signal);
   });
   std::thread io_thread([&] { io.run(); });
-  spdlog::info("phase=startup listening on unix:{} worker={} run-dir={}", socket_path, worker_path, run_dir);
+  spdlog::info("phase=startup listening on unix:{} worker={} run-dir={} state={}", socket_path, worker_path, run_dir,
+               (*state_store)->location());
 
   int signal = stop_signal.get_future().get();
   if (signal < 0) {

@@ -60,18 +60,6 @@ void RemoveFile(const std::string& path) {
   std::filesystem::remove(path, ignored);
 }
 
-v1::link::ToWorker LoadCommand(const std::string& name, const std::string& file, const std::string& path,
-                               uint64_t version, const v1::ModuleOptions& options) {
-  v1::link::ToWorker command;
-  auto* load = command.mutable_load();
-  load->set_name(name);
-  load->set_path(file);
-  load->set_display_path(path);
-  load->set_version(version);
-  *load->mutable_options() = options;
-  return command;
-}
-
 }  // namespace
 
 Supervisor::Supervisor(boost::asio::io_context& io, SupervisorOptions options, EventBus& events)
@@ -93,6 +81,26 @@ void Supervisor::Publish(v1::EventKind kind, const std::string& module, uint64_t
   event.set_message(message);
   if (report != nullptr) *event.mutable_report() = *report;
   events_.Publish(std::move(event));
+}
+
+v1::link::ToWorker Supervisor::LoadCommand(const std::string& name, const std::string& file, const std::string& path,
+                                           uint64_t version, const v1::ModuleOptions& options, bool without_fds,
+                                           std::vector<common::UniqueFd>& fds) const {
+  v1::link::ToWorker command;
+  auto* load = command.mutable_load();
+  load->set_name(name);
+  load->set_path(file);
+  load->set_display_path(path);
+  load->set_version(version);
+  *load->mutable_options() = options;
+  for (auto& [key, value] : options_.state_store->Get(name)) (*load->mutable_state())[key] = value;
+  if (!without_fds) {
+    for (auto& [key, fd] : fd_store_.Duplicates(name)) {
+      load->add_fd_keys(key);
+      fds.push_back(std::move(fd));
+    }
+  }
+  return command;
 }
 
 std::shared_ptr<Supervisor::Record> Supervisor::Find(const std::string& name) const {
@@ -145,6 +153,15 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker(const std
   callbacks.on_exit = [this, group](pid_t pid, const WorkerExit& exit) { OnWorkerExit(group, pid, exit); };
   callbacks.on_log = [this](pid_t pid, const v1::link::Log& log) { OnWorkerLog(pid, log); };
   callbacks.on_usage = [this](pid_t pid, const v1::link::Usage& usage) { OnWorkerUsage(pid, usage); };
+  callbacks.on_save_state = [this](pid_t pid, const v1::link::SaveState& save) {
+    if (absl::Status saved = options_.state_store->Put(save.module(), save.key(), save.value()); !saved.ok()) {
+      spdlog::error("module={} worker pid={} phase=save-state {}", save.module(), pid, saved.ToString());
+    }
+  };
+  callbacks.on_store_fd = [this](pid_t pid, const v1::link::StoreFd& store, common::UniqueFd fd) {
+    spdlog::debug("module={} worker pid={} phase=store-fd key={}", store.module(), pid, store.key());
+    fd_store_.Put(store.module(), store.key(), std::move(fd));
+  };
   callbacks.phase_deadline = [this](const std::string& module, common::Phase phase) {
     return PhaseDeadlineOf(module, phase);
   };
@@ -296,9 +313,11 @@ void Supervisor::RestartGroup(const std::string& group) {
       info = record->info;
       good_copy = record->good_copy;
     }
-    auto reply = (*worker)->Request(LoadCommand(name, good_copy, info.path(), info.version(), info.options()),
-                                    absl::StrCat("restore of module '", name, "'"),
-                                    CommandDeadline(info.options(), {common::Phase::kLoad, common::Phase::kOnLoad}));
+    std::vector<common::UniqueFd> fds;
+    auto command = LoadCommand(name, good_copy, info.path(), info.version(), info.options(), false, fds);
+    auto reply = (*worker)->Request(std::move(command), absl::StrCat("restore of module '", name, "'"),
+                                    CommandDeadline(info.options(), {common::Phase::kLoad, common::Phase::kOnLoad}),
+                                    std::move(fds));
     if (!reply.ok()) {
       all_restored = false;
       break;  // the new worker died as well: OnWorkerExit has scheduled the next attempt
@@ -368,9 +387,11 @@ absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const s
   candidate = *staged;
   auto worker = EnsureWorker(group);
   if (!worker.ok()) return fail(worker.status());
-  auto reply = (*worker)->Request(LoadCommand(name, candidate, path, 1, options),
-                                  absl::StrCat("load of module '", name, "'"),
-                                  CommandDeadline(options, {common::Phase::kLoad, common::Phase::kOnLoad}));
+  std::vector<common::UniqueFd> fds;
+  auto command = LoadCommand(name, candidate, path, 1, options, false, fds);
+  auto reply = (*worker)->Request(std::move(command), absl::StrCat("load of module '", name, "'"),
+                                  CommandDeadline(options, {common::Phase::kLoad, common::Phase::kOnLoad}),
+                                  std::move(fds));
   if (!reply.ok()) return fail(reply.status());
   if (absl::Status status = ReplyStatus(*reply); !status.ok()) return fail(status);
   v1::ModuleInfo info;
@@ -403,7 +424,10 @@ absl::Status Supervisor::TryInScratchWorker(const std::string& name, const std::
     return absl::Status(status.code(), absl::StrCat("staged reload of module '", name, "' failed in scratch worker pid ",
                                                     (*scratch)->pid(), ", production untouched: ", status.message()));
   };
-  auto reply = (*scratch)->Request(LoadCommand(name, candidate, path, version, options),
+  // A copy of the state, no fds: the trial must not serve production traffic,
+  // and its saves are ignored (no callbacks).
+  std::vector<common::UniqueFd> no_fds;
+  auto reply = (*scratch)->Request(LoadCommand(name, candidate, path, version, options, true, no_fds),
                                    absl::StrCat("staged load of module '", name, "'"),
                                    CommandDeadline(options, {common::Phase::kLoad, common::Phase::kOnLoad}));
   absl::Status status = reply.ok() ? ReplyStatus(*reply) : reply.status();
@@ -476,12 +500,14 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
   }
   auto worker = EnsureWorker(before.worker());
   if (!worker.ok()) return fail(worker.status(), false);
-  v1::link::ToWorker command;
+  std::vector<common::UniqueFd> fds;
+  v1::link::ToWorker command = LoadCommand(name, candidate, path, version, options, false, fds);
   std::chrono::milliseconds deadline;
   if (fresh) {
-    command = LoadCommand(name, candidate, path, version, options);
     deadline = CommandDeadline(options, {common::Phase::kLoad, common::Phase::kOnLoad});
   } else {
+    // Same fields as a load, plus force.
+    v1::link::LoadCommand load = command.load();
     auto* reload = command.mutable_reload();
     reload->set_name(name);
     reload->set_path(candidate);
@@ -489,10 +515,13 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
     reload->set_version(version);
     reload->set_force(force);
     *reload->mutable_options() = options;
+    *reload->mutable_state() = load.state();
+    *reload->mutable_fd_keys() = load.fd_keys();
     deadline = CommandDeadline(options, {common::Phase::kLoad, common::Phase::kBeforeUnload,
                                          common::Phase::kUnloadChecks, common::Phase::kOnLoad});
   }
-  auto reply = (*worker)->Request(std::move(command), absl::StrCat("reload of module '", name, "'"), deadline);
+  auto reply = (*worker)->Request(std::move(command), absl::StrCat("reload of module '", name, "'"), deadline,
+                                  std::move(fds));
   // A dead or killed worker already marked the module RESTARTING or FAILED (OnWorkerExit).
   if (!reply.ok()) return fail(reply.status(), true);
   v1::ReloadResponse response;
@@ -576,6 +605,7 @@ absl::StatusOr<v1::UnloadReport> Supervisor::Unload(const std::string& name, boo
     modules_.erase(name);
   }
   RemoveFile(good_copy);
+  fd_store_.Drop(name);
   spdlog::info("module={} version={} phase=unload unmapped={}", name, info.version(), report.unmapped());
   Publish(v1::EVENT_KIND_UNLOADED, name, info.version(), info.worker_pid(), "", &report);
   return report;

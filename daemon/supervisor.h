@@ -17,11 +17,14 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "boost/asio/io_context.hpp"
 #include "daemon/event_bus.h"
+#include "daemon/fd_store.h"
+#include "daemon/state_store.h"
 #include "daemon/worker_handle.h"
 #include "relib/v1/relibd.pb.h"
 
@@ -56,6 +59,9 @@ struct SupervisorOptions {
   RestartPolicy restart;
   // Where relibd keeps its own copy of each module's last good version.
   std::string good_dir;
+  // Module state (host API save_state / load_state). REQUIRES: not null,
+  // outlives the supervisor.
+  StateStore* state_store = nullptr;
   // Called (from the io thread) when the daemon-wide restart limit is hit.
   std::function<void(const std::string& why)> on_fatal;
 };
@@ -107,6 +113,11 @@ class Supervisor {
   using Clock = std::chrono::steady_clock;
 
   absl::StatusOr<std::shared_ptr<WorkerHandle>> EnsureWorker(const std::string& group);
+  // A load command for `name` carrying its saved state and (unless
+  // `without_fds`) its stored fds, which go in `fds`.
+  v1::link::ToWorker LoadCommand(const std::string& name, const std::string& file, const std::string& path,
+                                 uint64_t version, const v1::ModuleOptions& options, bool without_fds,
+                                 std::vector<common::UniqueFd>& fds) const;
   std::shared_ptr<Record> Find(const std::string& name) const;
   // Copies `path` to good_dir as the candidate of `version`.
   absl::StatusOr<std::string> StageCopy(const std::string& name, uint64_t version, const std::string& path);
@@ -134,6 +145,7 @@ class Supervisor {
   std::map<std::string, Group> groups_ ABSL_GUARDED_BY(mutex_);
   std::deque<Clock::time_point> worker_deaths_ ABSL_GUARDED_BY(mutex_);
   std::deque<std::pair<Clock::time_point, std::string>> restart_queue_ ABSL_GUARDED_BY(mutex_);
+  FdStore fd_store_;
   std::condition_variable restart_wakeup_;
   bool shut_down_ ABSL_GUARDED_BY(mutex_) = false;
   std::thread restarter_;

@@ -10,6 +10,7 @@
 #include "boost/asio/post.hpp"
 #include "boost/asio/read.hpp"
 #include "boost/asio/write.hpp"
+#include "common/fd_passing.h"
 #include "common/frame_io.h"
 #include "spdlog/spdlog.h"
 
@@ -44,23 +45,30 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> WorkerHandle::Start(asio::io_conte
   }
   common::UniqueFd daemon_end(fds[0]);
   common::UniqueFd worker_end(fds[1]);
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
+    return absl::ErrnoToStatus(errno, "socketpair for the fd channel");
+  }
+  common::UniqueFd daemon_channel(fds[0]);
+  common::UniqueFd worker_channel(fds[1]);
   common::SpawnOptions spawn;
-  spawn.argv = {options.worker_path, "--link-fd", "3", "--scratch-dir", scratch->path(), "--log-level",
-                options.log_level, "--flight-recorder", recorder->name()};
-  spawn.fds = {{worker_end.get(), 3}};
+  spawn.argv = {options.worker_path, "--link-fd", "3", "--fd-channel-fd", "4", "--scratch-dir", scratch->path(),
+                "--log-level", options.log_level, "--flight-recorder", recorder->name()};
+  spawn.fds = {{worker_end.get(), 3}, {worker_channel.get(), 4}};
   auto process = common::ChildProcess::Spawn(spawn);
   if (!process.ok()) return process.status();
   worker_end.Reset();
+  worker_channel.Reset();
   auto handle = std::shared_ptr<WorkerHandle>(
       new WorkerHandle(io, std::move(process).value(), std::move(scratch).value(), std::move(recorder).value(),
-                       daemon_end.Release(), std::move(group), options, std::move(callbacks)));
+                       daemon_end.Release(), std::move(daemon_channel), std::move(group), options,
+                       std::move(callbacks)));
   asio::post(io, [handle] { handle->StartIo(); });
   return handle;
 }
 
 WorkerHandle::WorkerHandle(asio::io_context& io, common::ChildProcess process, common::TempDir scratch,
-                           common::FlightRecorder recorder, int link_fd, std::string group,
-                           const WorkerOptions& options, Callbacks callbacks)
+                           common::FlightRecorder recorder, int link_fd, common::UniqueFd fd_channel,
+                           std::string group, const WorkerOptions& options, Callbacks callbacks)
     : io_(io),
       process_(std::move(process)),
       scratch_(std::move(scratch)),
@@ -71,6 +79,7 @@ WorkerHandle::WorkerHandle(asio::io_context& io, common::ChildProcess process, c
       pid_(process_.pid()),
       started_at_unix_ms_(NowUnixMs()),
       link_(io, asio::local::stream_protocol(), link_fd),
+      fd_channel_(std::move(fd_channel)),
       pidfd_watch_(io, ::dup(process_.pidfd())),
       watchdog_(io) {}
 
@@ -171,6 +180,20 @@ void WorkerHandle::Dispatch(const v1::link::FromWorker& message) {
     case v1::link::FromWorker::kUsage:
       if (callbacks_.on_usage) callbacks_.on_usage(pid_, message.usage());
       return;
+    case v1::link::FromWorker::kSaveState:
+      if (callbacks_.on_save_state) callbacks_.on_save_state(pid_, message.save_state());
+      return;
+    case v1::link::FromWorker::kStoreFd: {
+      // The worker sent the fd before this message.
+      auto fd = common::ReceiveFd(fd_channel_.get(), /*blocking=*/false);
+      if (!fd.ok()) {
+        spdlog::error("worker pid={} phase=fd-store module={} key={}: {}", pid_, message.store_fd().module(),
+                      message.store_fd().key(), fd.status().ToString());
+        return;
+      }
+      if (callbacks_.on_store_fd) callbacks_.on_store_fd(pid_, message.store_fd(), std::move(fd).value());
+      return;
+    }
     case v1::link::FromWorker::kReply: {
       auto it = pending_.find(message.reply().id());
       if (it == pending_.end()) return;  // answered after its deadline fired
@@ -186,13 +209,20 @@ void WorkerHandle::Dispatch(const v1::link::FromWorker& message) {
 }
 
 void WorkerHandle::Send(v1::link::ToWorker command, std::string what, std::chrono::milliseconds deadline,
-                        ReplyCallback done) {
+                        ReplyCallback done, std::vector<common::UniqueFd> fds) {
   auto self = shared_from_this();
-  asio::post(io_, [self, command = std::move(command), what = std::move(what), deadline,
-                   done = std::move(done)]() mutable {
+  auto passed = std::make_shared<std::vector<common::UniqueFd>>(std::move(fds));
+  asio::post(io_, [self, command = std::move(command), what = std::move(what), deadline, done = std::move(done),
+                   passed]() mutable {
     if (!self->alive_ || self->kill_reason_) {
       done(absl::UnavailableError(absl::StrCat("worker pid ", self->pid_, " is not running")));
       return;
+    }
+    for (const common::UniqueFd& fd : *passed) {
+      if (absl::Status sent = common::SendFd(self->fd_channel_.get(), fd.get()); !sent.ok()) {
+        done(sent);
+        return;
+      }
     }
     uint64_t id = self->next_id_++;
     command.set_id(id);
@@ -213,11 +243,13 @@ void WorkerHandle::Send(v1::link::ToWorker command, std::string what, std::chron
 }
 
 absl::StatusOr<v1::link::Reply> WorkerHandle::Request(v1::link::ToWorker command, std::string what,
-                                                      std::chrono::milliseconds deadline) {
+                                                      std::chrono::milliseconds deadline,
+                                                      std::vector<common::UniqueFd> fds) {
   auto promise = std::make_shared<std::promise<absl::StatusOr<v1::link::Reply>>>();
   auto future = promise->get_future();
-  Send(std::move(command), std::move(what), deadline,
-       [promise](absl::StatusOr<v1::link::Reply> reply) { promise->set_value(std::move(reply)); });
+  Send(
+      std::move(command), std::move(what), deadline,
+      [promise](absl::StatusOr<v1::link::Reply> reply) { promise->set_value(std::move(reply)); }, std::move(fds));
   return future.get();
 }
 

@@ -14,6 +14,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "boost/asio/io_context.hpp"
@@ -49,6 +50,10 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
     std::function<void(pid_t, const v1::link::Log&)> on_log;
     // Live resources per module (io thread).
     std::function<void(pid_t, const v1::link::Usage&)> on_usage;
+    // A module's state checkpoint (io thread).
+    std::function<void(pid_t, const v1::link::SaveState&)> on_save_state;
+    // A module handed over an fd (io thread).
+    std::function<void(pid_t, const v1::link::StoreFd&, common::UniqueFd)> on_store_fd;
     // The process ended and has been reaped (io thread). Called exactly once.
     std::function<void(pid_t, const WorkerExit&)> on_exit;
     // Deadline of `phase` for `module` (io thread); zero = none.
@@ -67,12 +72,15 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   // `deadline` (the worker is then killed: a hung worker cannot be trusted),
   // or with UNAVAILABLE if the worker died first. `what` names the command
   // for error messages ("call 'greet' of module 'hello'").
-  void Send(v1::link::ToWorker command, std::string what, std::chrono::milliseconds deadline,
-            ReplyCallback done);
+  // `fds` go to the worker on the fd channel right before the command, in
+  // order (the command's fd_keys name them).
+  void Send(v1::link::ToWorker command, std::string what, std::chrono::milliseconds deadline, ReplyCallback done,
+            std::vector<common::UniqueFd> fds = {});
 
   // Blocking form of Send for threads other than the io thread.
   absl::StatusOr<v1::link::Reply> Request(v1::link::ToWorker command, std::string what,
-                                          std::chrono::milliseconds deadline);
+                                          std::chrono::milliseconds deadline,
+                                          std::vector<common::UniqueFd> fds = {});
 
   // Thread-safe. Closes the link so the worker exits on its own; SIGKILL if it
   // is still alive after `grace`.
@@ -91,8 +99,8 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   };
 
   WorkerHandle(boost::asio::io_context& io, common::ChildProcess process, common::TempDir scratch,
-               common::FlightRecorder recorder, int link_fd, std::string group, const WorkerOptions& options,
-               Callbacks callbacks);
+               common::FlightRecorder recorder, int link_fd, common::UniqueFd fd_channel, std::string group,
+               const WorkerOptions& options, Callbacks callbacks);
 
   // All below run on the io thread.
   void StartIo();
@@ -122,6 +130,7 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   std::atomic<bool> alive_{true};
 
   boost::asio::local::stream_protocol::socket link_;
+  common::UniqueFd fd_channel_;
   boost::asio::posix::stream_descriptor pidfd_watch_;
   unsigned char header_[4];
   std::string payload_;

@@ -35,6 +35,7 @@ extern "C" {
 #define RELIB_OK 0
 #define RELIB_ERROR 1
 #define RELIB_ERROR_EXCEPTION 2 /* the C++ SDK caught an exception */
+#define RELIB_NOT_FOUND 3       /* load_state: no such key */
 
 /* Log levels, equal to spdlog's. */
 #define RELIB_LOG_TRACE 0
@@ -59,6 +60,21 @@ typedef struct relib_host_api {
   /* Logs one line through the worker's logger, tagged with the module name;
    * relibd re-logs it. `text` need not be NUL-terminated. */
   void (*log)(void* host_context, int level, const char* text, size_t len);
+  /* State store, per module name. relibd keeps it in memory it owns, so it
+   * survives reloads, crashes of the worker and, with relibd --state-dir,
+   * restarts of relibd. save_state may be called at any time from any thread
+   * (a checkpoint); the next version reads it in on_load. Keys are
+   * NUL-terminated. */
+  int (*save_state)(void* host_context, const char* key, const void* data, size_t len);
+  /* Appends the bytes saved under `key` to `out`; RELIB_NOT_FOUND if none. */
+  int (*load_state)(void* host_context, const char* key, relib_buffer* out);
+  /* fd store, per module name: hands a duplicate of `fd` to relibd under
+   * `key` (the module keeps its own fd). relibd keeps it across reloads and
+   * worker restarts until the module is unloaded: a listening socket stays
+   * bound and keeps queueing connections while versions are swapped. */
+  int (*store_fd)(void* host_context, const char* key, int fd);
+  /* A new fd (the caller owns it) for `key`, or -1 if none is stored. */
+  int (*take_fd)(void* host_context, const char* key);
 } relib_host_api;
 
 /* One callable export: reads `in_len` bytes at `in`, appends its result to

@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <exception>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -48,6 +49,31 @@ class Host {
   void Info(std::string_view text) const { Log(RELIB_LOG_INFO, text); }
   void Warn(std::string_view text) const { Log(RELIB_LOG_WARN, text); }
   void Error(std::string_view text) const { Log(RELIB_LOG_ERROR, text); }
+
+  // State store (see relib_host_api): survives reloads and worker crashes.
+  bool SaveState(const std::string& key, std::string_view bytes) const {
+    return api_ != nullptr && api_->save_state != nullptr &&
+           api_->save_state(api_->host_context, key.c_str(), bytes.data(), bytes.size()) == RELIB_OK;
+  }
+  // The saved bytes, or std::nullopt if nothing was saved under `key`.
+  std::optional<std::string> LoadState(const std::string& key) const {
+    if (api_ == nullptr || api_->load_state == nullptr) return std::nullopt;
+    std::string bytes;
+    relib_buffer out{&bytes, [](relib_buffer* self, const void* data, size_t len) noexcept -> int {
+                       static_cast<std::string*>(self->host_context)->append(static_cast<const char*>(data), len);
+                       return RELIB_OK;
+                     }};
+    if (api_->load_state(api_->host_context, key.c_str(), &out) != RELIB_OK) return std::nullopt;
+    return bytes;
+  }
+  // fd store (see relib_host_api).
+  bool StoreFd(const std::string& key, int fd) const {
+    return api_ != nullptr && api_->store_fd != nullptr && api_->store_fd(api_->host_context, key.c_str(), fd) == RELIB_OK;
+  }
+  // A new fd the caller owns, or -1.
+  int TakeFd(const std::string& key) const {
+    return api_ != nullptr && api_->take_fd != nullptr ? api_->take_fd(api_->host_context, key.c_str()) : -1;
+  }
 
  private:
   const relib_host_api* api_;

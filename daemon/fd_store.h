@@ -1,0 +1,33 @@
+// File descriptors modules handed to relibd (host API store_fd): relibd keeps
+// its own duplicate, so a listening socket stays open across reloads and
+// worker restarts and is passed to each new version.
+#ifndef RELIB_DAEMON_FD_STORE_H_
+#define RELIB_DAEMON_FD_STORE_H_
+
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/unique_fd.h"
+
+namespace relib::daemon {
+
+// Thread-safe.
+class FdStore {
+ public:
+  void Put(const std::string& module, const std::string& key, common::UniqueFd fd);
+  // Duplicates of the module's fds, keyed, in key order.
+  std::vector<std::pair<std::string, common::UniqueFd>> Duplicates(const std::string& module) const;
+  // Closes the module's fds (on unload).
+  void Drop(const std::string& module);
+
+ private:
+  mutable std::mutex mutex_;
+  std::map<std::string, std::map<std::string, common::UniqueFd>> fds_;
+};
+
+}  // namespace relib::daemon
+
+#endif  // RELIB_DAEMON_FD_STORE_H_
