@@ -76,6 +76,11 @@ v1::ModuleOptions ToProto(const ModuleFlags& flags) {
   options.set_fd_policy(flags.fd_policy == "close" ? v1::FD_POLICY_CLOSE : v1::FD_POLICY_REPORT);
   options.set_mapping_policy(flags.mapping_policy == "unmap" ? v1::MAPPING_POLICY_UNMAP : v1::MAPPING_POLICY_REPORT);
   options.set_capture_sites(flags.capture_sites);
+  options.set_load_deadline_ms(flags.load_deadline_ms);
+  options.set_on_load_deadline_ms(flags.on_load_deadline_ms);
+  options.set_call_deadline_ms(flags.call_deadline_ms);
+  options.set_before_unload_deadline_ms(flags.before_unload_deadline_ms);
+  options.set_unload_deadline_ms(flags.unload_deadline_ms);
   return options;
 }
 
@@ -98,13 +103,14 @@ void Print(const ClientOptions& options, const Message& message, const std::stri
 }  // namespace
 
 int RunLoad(const ClientOptions& options, const std::string& name, const std::string& path,
-            const ModuleFlags& flags) {
+            const ModuleFlags& flags, const std::string& worker) {
   auto stub = Connect(options);
   if (!stub) return kExitUnreachable;
   v1::LoadRequest request;
   request.set_name(name);
   request.set_path(AbsolutePath(path));
   *request.mutable_options() = ToProto(flags);
+  request.set_worker(worker);
   v1::LoadResponse response;
   grpc::ClientContext context;
   grpc::Status status = stub->Load(&context, request, &response);
@@ -114,13 +120,14 @@ int RunLoad(const ClientOptions& options, const std::string& name, const std::st
 }
 
 int RunReload(const ClientOptions& options, const std::string& name, const std::string& path, bool force,
-              const ModuleFlags& flags) {
+              bool staged, const ModuleFlags& flags) {
   auto stub = Connect(options);
   if (!stub) return kExitUnreachable;
   v1::ReloadRequest request;
   request.set_name(name);
   request.set_path(AbsolutePath(path));
   request.set_force(force);
+  request.set_staged(staged);
   if (flags.set) *request.mutable_options() = ToProto(flags);
   v1::ReloadResponse response;
   grpc::ClientContext context;

@@ -30,12 +30,18 @@ struct ModuleFlags {
   std::string fd_policy = "report";       // report | close
   std::string mapping_policy = "report";  // report | unmap
   bool capture_sites = false;
+  uint32_t load_deadline_ms = 0;
+  uint32_t on_load_deadline_ms = 0;
+  uint32_t call_deadline_ms = 0;
+  uint32_t before_unload_deadline_ms = 0;
+  uint32_t unload_deadline_ms = 0;
 };
 
+// `worker` names the isolation group ("" = default).
 int RunLoad(const ClientOptions& options, const std::string& name, const std::string& path,
-            const ModuleFlags& flags);
+            const ModuleFlags& flags, const std::string& worker);
 int RunReload(const ClientOptions& options, const std::string& name, const std::string& path, bool force,
-              const ModuleFlags& flags);
+              bool staged, const ModuleFlags& flags);
 int RunUnload(const ClientOptions& options, const std::string& name, bool force);
 // `input` "-" reads standard input. Output bytes go to stdout unchanged.
 int RunCall(const ClientOptions& options, const std::string& name, const std::string& export_name,

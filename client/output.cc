@@ -13,6 +13,7 @@ std::string StateName(v1::ModuleState state) {
     case v1::MODULE_STATE_LOADING: return "loading";
     case v1::MODULE_STATE_LOADED: return "loaded";
     case v1::MODULE_STATE_FAILED: return "failed";
+    case v1::MODULE_STATE_RESTARTING: return "restarting";
     default: return "unknown";
   }
 }
@@ -25,6 +26,7 @@ std::string KindName(v1::EventKind kind) {
     case v1::EVENT_KIND_FAILED: return "failed";
     case v1::EVENT_KIND_WORKER_STARTED: return "worker-started";
     case v1::EVENT_KIND_WORKER_EXITED: return "worker-exited";
+    case v1::EVENT_KIND_RESTARTED: return "restarted";
     default: return "unknown";
   }
 }
@@ -41,8 +43,8 @@ std::string ToJson(const google::protobuf::Message& message) {
 }
 
 std::string FormatModule(const v1::ModuleInfo& module) {
-  std::string out = absl::StrFormat("module %s version %d (%s) in worker pid %d\n  path: %s\n  exports: %s\n",
-                                    module.name(), module.version(), StateName(module.state()),
+  std::string out = absl::StrFormat("module %s version %d (%s) in worker '%s' pid %d\n  path: %s\n  exports: %s\n",
+                                    module.name(), module.version(), StateName(module.state()), module.worker(),
                                     module.worker_pid(), module.path(),
                                     module.exports().empty() ? "none" : absl::StrJoin(module.exports(), ", "));
   for (const auto& warning : module.warnings()) absl::StrAppend(&out, "  warning: ", warning, "\n");
@@ -115,6 +117,10 @@ std::string FormatReport(const v1::UnloadReport& report) {
 std::string FormatStatus(const v1::StatusResponse& status) {
   std::string out = absl::StrFormat("relibd pid %d, %d module(s), %d worker(s)\n", status.daemon_pid(),
                                     status.modules_size(), status.workers_size());
+  for (const auto& worker : status.workers()) {
+    absl::StrAppend(&out, absl::StrFormat("  worker '%s' pid %d: %s\n", worker.name(), worker.pid(),
+                                          absl::StrJoin(worker.modules(), ", ")));
+  }
   if (status.modules_size() > 0) {
     absl::StrAppend(&out, absl::StrFormat("%-16s %-7s %-7s %-7s %-6s %-10s %-7s %-7s %-4s %s\n", "NAME", "VERSION",
                                           "STATE", "WORKER", "CALLS", "HEAP", "BLOCKS", "THREADS", "FDS", "PATH"));

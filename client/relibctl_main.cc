@@ -32,25 +32,35 @@ int main(int argc, char** argv) {
     sub->add_option("--mapping-policy", flags.mapping_policy, "anonymous mappings left at unload: report or unmap")
         ->check(CLI::IsMember({"report", "unmap"}));
     sub->add_flag("--capture-sites", flags.capture_sites, "record allocation sites for leak reports");
+    sub->add_option("--load-deadline-ms", flags.load_deadline_ms, "deadline of copy + dlopen (0: relibd's default)");
+    sub->add_option("--on-load-deadline-ms", flags.on_load_deadline_ms, "deadline of on_load");
+    sub->add_option("--call-deadline-ms", flags.call_deadline_ms, "deadline of one export call");
+    sub->add_option("--before-unload-deadline-ms", flags.before_unload_deadline_ms, "deadline of before_unload");
+    sub->add_option("--unload-deadline-ms", flags.unload_deadline_ms, "deadline of the unload checks");
   };
+  std::string worker;
+  bool staged = false;
 
   auto* load = app.add_subcommand("load", "load a module under NAME from PATH");
   load->add_option("NAME", name)->required();
   load->add_option("PATH", path)->required();
   add_module_flags(load);
-  load->callback([&] { exit_code = RunLoad(options, name, path, flags); });
+  load->add_option("--worker", worker, "isolation group: modules in different groups run in different workers");
+  load->callback([&] { exit_code = RunLoad(options, name, path, flags, worker); });
 
   auto* reload = app.add_subcommand("reload", "replace NAME with a new build (from PATH or its current path)");
   reload->add_option("NAME", name)->required();
   reload->add_option("PATH", path);
   reload->add_flag("--force", force, "unload even if before_unload fails");
   add_module_flags(reload);
+  reload->add_flag("--staged", staged, "try the new version in a scratch worker (load + self_test) first");
   reload->callback([&] {
-    for (const char* flag : {"--thread-grace-ms", "--leak-policy", "--fd-policy", "--mapping-policy",
-                             "--capture-sites"}) {
+    for (const char* flag : {"--thread-grace-ms", "--leak-policy", "--fd-policy", "--mapping-policy", "--capture-sites",
+                             "--load-deadline-ms", "--on-load-deadline-ms", "--call-deadline-ms",
+                             "--before-unload-deadline-ms", "--unload-deadline-ms"}) {
       flags.set = flags.set || reload->count(flag) > 0;
     }
-    exit_code = RunReload(options, name, path, force, flags);
+    exit_code = RunReload(options, name, path, force, staged, flags);
   });
 
   auto* unload = app.add_subcommand("unload", "unload NAME and print the unload report");

@@ -85,7 +85,8 @@ TEST_F(ModuleLoaderTest, LoadCallUnloadLeavesNothingMapped) {
   ASSERT_THAT(report, IsOk());
   EXPECT_TRUE(report->unmapped);
   EXPECT_TRUE(report->remaining_mappings.empty());
-  EXPECT_TRUE(report->before_unload_missing);
+  EXPECT_FALSE(report->before_unload_missing);
+  EXPECT_TRUE(report->before_unload_error.empty());
   EXPECT_EQ(report->path, paths::k_versioned_v1);
   EXPECT_EQ(ScratchMappings(), 0u);
   EXPECT_FALSE(loader_->IsLoaded("m"));
@@ -189,6 +190,14 @@ TEST_F(ModuleLoaderTest, FailingBeforeUnloadRefusesUnlessForced) {
   EXPECT_THAT(report->before_unload_error, HasSubstr("still flushing"));
   EXPECT_TRUE(report->unmapped);
   EXPECT_FALSE(loader_->IsLoaded("m"));
+}
+
+TEST_F(ModuleLoaderTest, ModuleWithoutHooksIsReportedSo) {
+  ASSERT_THAT(Load("u", paths::k_unique_sdk, 1), IsOk());
+  auto report = Unload("u", false);
+  ASSERT_THAT(report, IsOk());
+  EXPECT_TRUE(report->before_unload_missing);
+  EXPECT_TRUE(report->unmapped);
 }
 
 TEST_F(ModuleLoaderTest, CModuleWorks) {
