@@ -171,10 +171,13 @@ absl::Status Agent::AcceptResources(const std::string& module, const Command& co
     fds::AdoptAsHost(fd->get());
     fds[key] = std::move(fd).value();
   }
-  DropResources(module);
+  bool running = loader_.IsLoaded(module);
   std::lock_guard<std::mutex> lock(resources_mutex_);
-  state_[module] = std::move(state);
+  for (auto& [key, fd] : fds_[module]) fds::ForgetHost(fd.get());
   fds_[module] = std::move(fds);
+  // While a version runs here, this cache is newer than relibd's snapshot
+  // (the running version may have saved since the command was built).
+  if (!running || state_.count(module) == 0) state_[module] = std::move(state);
   return absl::OkStatus();
 }
 

@@ -345,10 +345,10 @@ void WorkerHandle::Finish() {
     exit.blamed_module = blamed_module_;
   } else {
     std::string during;
-    if (!pending_.empty()) {
-      during = absl::StrCat(" during ", pending_.begin()->second.what);
-    } else if (snapshot.phase != common::Phase::kIdle) {
-      during = absl::StrCat(" during ", common::PhaseName(snapshot.phase), " of module '", snapshot.module, "'");
+    if (!pending_.empty()) during = absl::StrCat(" during ", pending_.begin()->second.what);
+    if (snapshot.phase != common::Phase::kIdle) {
+      absl::StrAppend(&during, " (phase ", common::PhaseName(snapshot.phase), " of module '", snapshot.module, "'",
+                      snapshot.detail.empty() ? "" : absl::StrCat(", export '", snapshot.detail, "'"), ")");
     }
     std::string where;
     if (snapshot.crash_signal != 0 && !snapshot.crash_module.empty()) {

@@ -31,11 +31,12 @@ class RelibdTest : public ::testing::Test {
   }
 
   grpc::Status Load(const std::string& name, const std::string& path, v1::LoadResponse* out = nullptr,
-                    const v1::ModuleOptions& options = {}) {
+                    const v1::ModuleOptions& options = {}, const std::string& worker = "") {
     v1::LoadRequest request;
     request.set_name(name);
     request.set_path(path);
     *request.mutable_options() = options;
+    request.set_worker(worker);
     v1::LoadResponse response;
     grpc::ClientContext context;
     grpc::Status status = relibd_->stub().Load(&context, request, &response);
