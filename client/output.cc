@@ -49,6 +49,7 @@ std::string FormatModule(const v1::ModuleInfo& module) {
                                     module.exports().empty() ? "none" : absl::StrJoin(module.exports(), ", "));
   for (const auto& warning : module.warnings()) absl::StrAppend(&out, "  warning: ", warning, "\n");
   if (!module.last_error().empty()) absl::StrAppend(&out, "  last error: ", module.last_error(), "\n");
+  if (module.recent_crashes() > 0) absl::StrAppend(&out, "  recent crashes: ", module.recent_crashes(), "\n");
   return out;
 }
 

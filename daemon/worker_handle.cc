@@ -354,6 +354,9 @@ void WorkerHandle::Finish() {
     if (snapshot.crash_signal != 0 && !snapshot.crash_module.empty()) {
       where = absl::StrCat(" in code of module '", snapshot.crash_module, "'");
     }
+    if (exit_status_->kind == common::ExitStatus::Kind::kSignaled && exit_status_->code == SIGKILL) {
+      where += " (not sent by relibd: the OOM killer or an operator)";
+    }
     reason = absl::StrCat("worker pid ", pid_, " ", how, where, during);
     exit.blamed_module = snapshot.crash_signal != 0 ? snapshot.crash_module : snapshot.module;
   }
