@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -159,6 +160,44 @@ TEST_F(SupervisionTest, HangInOnLoadHitsItsDeadline) {
   options.set_on_load_deadline_ms(300);
   Run({k_versioned_v1, options, [&] { return Reload("m", k_hang_on_load); }, grpc::StatusCode::DEADLINE_EXCEEDED,
        {"exceeded its on_load deadline of 300 ms"}, "v1"});
+}
+
+TEST_F(SupervisionTest, ExternalSigkillIsReportedAndModulesComeBack) {
+  v1::LoadResponse loaded;
+  ASSERT_TRUE(Load("m", k_versioned_v1, &loaded).ok());
+  ASSERT_EQ(Call("m", "save", "kept"), "saved");
+  EventLog events(relibd_->stub());
+  ASSERT_EQ(::kill(loaded.module().worker_pid(), SIGKILL), 0);  // what the OOM killer does
+  int exited = -1;
+  for (int i = 0; i < 500 && exited < 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    exited = events.Find([](const v1::Event& e) { return e.kind() == v1::EVENT_KIND_RESTARTED; });
+  }
+  ASSERT_GE(exited, 0) << "no restart";
+  exited = events.Find([](const v1::Event& e) { return e.kind() == v1::EVENT_KIND_WORKER_EXITED; });
+  ASSERT_GE(exited, 0);
+  v1::ModuleInfo m = WaitForState("m", v1::MODULE_STATE_LOADED);
+  EXPECT_NE(m.worker_pid(), loaded.module().worker_pid());
+  EXPECT_EQ(Call("m", "load"), "kept");
+  EXPECT_THAT(events.Events()[exited].message(), AllOf(HasSubstr("SIGKILL"), HasSubstr("not sent by relibd")));
+  EXPECT_EQ(m.recent_crashes(), 0u);  // nobody's code was running: no module is blamed
+}
+
+TEST_F(SupervisionTest, FrozenWorkerIsToldApartFromBusyModuleCode) {
+  v1::ModuleOptions options;
+  options.set_call_deadline_ms(1500);
+  v1::LoadResponse loaded;
+  ASSERT_TRUE(Load("m", k_versioned_v1, &loaded, options).ok());
+  std::thread freezer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    ::kill(loaded.module().worker_pid(), SIGSTOP);
+  });
+  grpc::Status status = CallStatus("m", "hang");
+  freezer.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_THAT(status.error_message(), AllOf(HasSubstr("call deadline of 1500 ms"), HasSubstr("heartbeat had stopped")));
+  EXPECT_EQ(WaitForState("m", v1::MODULE_STATE_LOADED).state(), v1::MODULE_STATE_LOADED);
+  EXPECT_EQ(Call("m", "version"), "v1");
 }
 
 TEST_F(SupervisionTest, VersionThatCrashesOnEveryLoadEndsFailedAfterRTries) {
