@@ -223,50 +223,36 @@ using relib::agent::fds::Real;
 using relib::agent::fds::Track;
 using relib::agent::fds::TrackPair;
 
+// open(2) takes a mode only with O_CREAT or O_TMPFILE.
+#define RELIB_OPEN_MODE_ARG(flags, mode)   \
+  mode_t mode = 0;                         \
+  if ((flags) & (O_CREAT | O_TMPFILE)) {   \
+    va_list args;                          \
+    va_start(args, flags);                 \
+    mode = va_arg(args, mode_t);           \
+    va_end(args);                          \
+  }
+
 extern "C" {
 
 int open(const char* path, int flags, ...) {
   static auto real = Real<int (*)(const char*, int, ...)>("open");
-  mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) {
-    va_list args;
-    va_start(args, flags);
-    mode = va_arg(args, mode_t);
-    va_end(args);
-  }
+  RELIB_OPEN_MODE_ARG(flags, mode);
   return Track(real(path, flags, mode));
 }
 int open64(const char* path, int flags, ...) {
   static auto real = Real<int (*)(const char*, int, ...)>("open64");
-  mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) {
-    va_list args;
-    va_start(args, flags);
-    mode = va_arg(args, mode_t);
-    va_end(args);
-  }
+  RELIB_OPEN_MODE_ARG(flags, mode);
   return Track(real(path, flags, mode));
 }
 int openat(int dir, const char* path, int flags, ...) {
   static auto real = Real<int (*)(int, const char*, int, ...)>("openat");
-  mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) {
-    va_list args;
-    va_start(args, flags);
-    mode = va_arg(args, mode_t);
-    va_end(args);
-  }
+  RELIB_OPEN_MODE_ARG(flags, mode);
   return Track(real(dir, path, flags, mode));
 }
 int openat64(int dir, const char* path, int flags, ...) {
   static auto real = Real<int (*)(int, const char*, int, ...)>("openat64");
-  mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) {
-    va_list args;
-    va_start(args, flags);
-    mode = va_arg(args, mode_t);
-    va_end(args);
-  }
+  RELIB_OPEN_MODE_ARG(flags, mode);
   return Track(real(dir, path, flags, mode));
 }
 int creat(const char* path, mode_t mode) {
