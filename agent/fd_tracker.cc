@@ -223,10 +223,10 @@ using relib::agent::fds::Real;
 using relib::agent::fds::Track;
 using relib::agent::fds::TrackPair;
 
-// open(2) takes a mode only with O_CREAT or O_TMPFILE.
+// open(2) takes a mode only with O_CREAT or O_TMPFILE (which includes the O_DIRECTORY bit).
 #define RELIB_OPEN_MODE_ARG(flags, mode)   \
   mode_t mode = 0;                         \
-  if ((flags) & (O_CREAT | O_TMPFILE)) {   \
+  if (((flags) & O_CREAT) || ((flags) & O_TMPFILE) == O_TMPFILE) { \
     va_list args;                          \
     va_start(args, flags);                 \
     mode = va_arg(args, mode_t);           \

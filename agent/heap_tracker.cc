@@ -86,6 +86,10 @@ void* Allocate(size_t size, size_t align, const void* site, bool zero) {
   if (module != kHost && (!modules[module].active.load(std::memory_order_relaxed) || IsInDynamicLoader(site))) {
     module = kHost;
   }
+  if (align > (size_t{1} << 31)) {  // the header keeps the padding in 32 bits
+    errno = EINVAL;
+    return nullptr;
+  }
   size_t header = module == kHost ? kHostHeader : kModuleHeader;
   size_t pad = align <= 16 ? header : (header + align - 1) / align * align;
   if (size > SIZE_MAX - pad) {

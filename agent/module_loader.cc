@@ -211,8 +211,23 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
     ModuleScope scope(module->id);
     library = SharedLibrary::Open(module->copy_path);
   }
-  auto fail = [&](absl::Status status) {
+  auto fail = [&](absl::Status status) -> absl::Status {
+    if (module->library) {
+      // Static constructors may have started threads: their code must stay mapped.
+      auto live = threads::WaitForExit(module->id, module->options.thread_grace);
+      if (!live.empty()) {
+        std::string note = absl::StrCat("; its static constructors left ", live.size(), " thread(s) running (",
+                                        DescribeThreads(live), "), so its code stays mapped in this worker");
+        spdlog::error("module={} version={} phase=load{}", module->name, module->version, note);
+        parked_.push_back(std::move(module));
+        return absl::Status(status.code(), absl::StrCat(status.message(), note));
+      }
+      tls::RunOrDiscard(module->id);
+      keys::DeleteAll(module->id);
+    }
     module->library.reset();
+    tls::Discard(module->id);
+    keys::DeleteAll(module->id);
     heap::Detach(module->id);
     threads::Forget(module->id);
     fds::Forget(module->id);
@@ -435,6 +450,10 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
     }
   }
 
+  // Static destructors run by dlclose may have registered more; none may
+  // ever run now that the code is gone.
+  tls::Discard(id);
+  keys::DeleteAll(id);
   threads::Forget(id);
   fds::Forget(id);
   maps::Forget(id);
@@ -548,7 +567,7 @@ std::vector<ModuleUsage> ModuleLoader::Usage() const {
   std::vector<ModuleUsage> usage;
   for (const auto& [name, module] : modules_) {
     heap::Usage heap = heap::LiveUsage(module->id);
-    usage.push_back({name, heap.bytes, heap.blocks, static_cast<int>(threads::Live(module->id).size()),
+    usage.push_back({name, heap.bytes, heap.blocks, static_cast<int>(threads::Count(module->id)),
                      static_cast<int>(fds::Open(module->id).size())});
   }
   return usage;

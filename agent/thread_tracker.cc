@@ -23,7 +23,9 @@ struct Record {
   ModuleId module;
   std::atomic<pid_t> tid{0};
   void* (*routine)(void*);
-  void* arg;
+  // For std::thread: the vtable of its state object, read at creation (the
+  // object itself is freed once the callable returns).
+  const void* callable_vtable = nullptr;
 };
 
 std::mutex registry_mutex;
@@ -78,33 +80,36 @@ std::string Symbolize(const void* address) {
   return name;
 }
 
-std::string DescribeRoutine(const Record& record) {
-  std::string name = Symbolize(reinterpret_cast<const void*>(record.routine));
-  // std::thread: the routine is libstdc++'s; its argument is a _State whose
-  // vtable names the callable.
-  if (name.find("execute_native_thread_routine") != std::string::npos && record.arg != nullptr) {
-    const void* vtable = *static_cast<void* const*>(record.arg);
-    return absl::StrCat("std::thread running ", Symbolize(vtable));
-  }
-  return name;
-}
+// What Live() copies out of the registry, so describing (dladdr takes the
+// dynamic loader's lock) happens without holding registry_mutex.
+struct Seen {
+  pid_t tid;
+  void* (*routine)(void*);
+  const void* callable_vtable;
+};
 
-LiveThread Describe(const Record& record) {
+LiveThread Describe(const Seen& seen) {
   LiveThread thread;
-  thread.tid = record.tid.load();
+  thread.tid = seen.tid;
   if (thread.tid != 0) {
     std::ifstream comm(absl::StrCat("/proc/self/task/", thread.tid, "/comm"));
     std::getline(comm, thread.name);
   }
-  thread.start_routine = DescribeRoutine(record);
+  thread.start_routine = Symbolize(reinterpret_cast<const void*>(seen.routine));
+  // std::thread: the routine is libstdc++'s; the state's vtable names the callable.
+  if (seen.callable_vtable != nullptr &&
+      thread.start_routine.find("execute_native_thread_routine") != std::string::npos) {
+    thread.start_routine = absl::StrCat("std::thread running ", Symbolize(seen.callable_vtable));
+  }
   return thread;
 }
 
 }  // namespace
 
-std::vector<LiveThread> Live(ModuleId id) {
-  HostScope host;
-  std::vector<LiveThread> live;
+namespace {
+
+std::vector<Seen> Alive(ModuleId id) {
+  std::vector<Seen> seen;
   std::lock_guard<std::mutex> lock(registry_mutex);
   auto& records = Registry();
   for (auto it = records.begin(); it != records.end();) {
@@ -115,19 +120,32 @@ std::vector<LiveThread> Live(ModuleId id) {
       it = records.erase(it);
       continue;
     }
-    if (it->module == id) live.push_back(Describe(*it));
+    if (it->module == id) seen.push_back({tid, it->routine, it->callable_vtable});
     ++it;
   }
+  return seen;
+}
+
+}  // namespace
+
+std::vector<LiveThread> Live(ModuleId id) {
+  HostScope host;
+  std::vector<LiveThread> live;
+  for (const Seen& seen : Alive(id)) live.push_back(Describe(seen));
   return live;
+}
+
+size_t Count(ModuleId id) {
+  HostScope host;
+  return Alive(id).size();
 }
 
 std::vector<LiveThread> WaitForExit(ModuleId id, std::chrono::milliseconds grace) {
   auto deadline = std::chrono::steady_clock::now() + grace;
-  for (;;) {
-    std::vector<LiveThread> live = Live(id);
-    if (live.empty() || std::chrono::steady_clock::now() >= deadline) return live;
+  while (Count(id) > 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
+  return Live(id);
 }
 
 void Forget(ModuleId id) {
@@ -151,7 +169,8 @@ extern "C" int pthread_create(pthread_t* thread, const pthread_attr_t* attr, voi
     record = &threads::Registry().emplace_back();
     record->module = module;
     record->routine = routine;
-    record->arg = arg;
+    // libstdc++ passes its _State object, whose first word is the vtable.
+    record->callable_vtable = arg != nullptr ? *static_cast<void* const*>(arg) : nullptr;
     start = new threads::Start{record, routine, arg};
   }
   int rc = real(thread, attr, &threads::Trampoline, start);

@@ -26,9 +26,13 @@ struct LiveThread {
 // Threads of `id` still alive now. Thread-safe.
 std::vector<LiveThread> Live(ModuleId id);
 
+// How many threads of `id` are alive (cheaper than Live: no symbolization).
+size_t Count(ModuleId id);
+
 // Waits up to `grace` for every thread of `id` to exit; returns those still
 // alive afterwards (empty = all gone).
 std::vector<LiveThread> WaitForExit(ModuleId id, std::chrono::milliseconds grace);
+
 
 // Forgets all records of `id` (after a successful unload).
 void Forget(ModuleId id);

@@ -104,6 +104,16 @@ Outcome RunOrDiscard(ModuleId id) {
   return outcome;
 }
 
+int64_t Discard(ModuleId id) {
+  HostScope host;
+  std::lock_guard<std::mutex> lock(entries_mutex);
+  auto& all = Entries();
+  auto kept = std::remove_if(all.begin(), all.end(), [id](const Entry& e) { return e.module == id; });
+  int64_t dropped = all.end() - kept;
+  all.erase(kept, all.end());
+  return dropped;
+}
+
 int64_t Pending(ModuleId id) {
   HostScope host;
   std::lock_guard<std::mutex> lock(entries_mutex);

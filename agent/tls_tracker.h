@@ -35,6 +35,11 @@ struct Outcome {
 // REQUIRES: called on the unloading thread before dlclose of `id`.
 Outcome RunOrDiscard(ModuleId id);
 
+// Drops every pending destructor of `id` without running it (for
+// registrations made while the module's code was being unmapped). Returns
+// how many.
+int64_t Discard(ModuleId id);
+
 // Destructors of `id` pending on any thread.
 int64_t Pending(ModuleId id);
 

@@ -1,6 +1,8 @@
 // relibd: the supervisor daemon. Parses flags, wires the Asio loop, the
 // Supervisor and the gRPC server together, and shuts down on SIGINT/SIGTERM.
 #include <signal.h>
+#include <cerrno>
+#include <cstdlib>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -50,6 +52,19 @@ bool PrepareSocketPath(const std::string& path) {
   }
   std::filesystem::remove(path, error);
   return true;
+}
+
+// Segments of relibd processes that died without cleaning up (SIGKILL,
+// crash): flight recorders and anonymous state stores, named relibd.<pid>.*.
+void RemoveStaleSegments() {
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm", error)) {
+    std::string name = entry.path().filename().string();
+    if (name.rfind("relibd.", 0) != 0) continue;
+    pid_t owner = std::atoi(name.c_str() + 7);
+    if (owner <= 0 || owner == ::getpid() || ::kill(owner, 0) == 0 || errno != ESRCH) continue;
+    std::filesystem::remove(entry.path(), error);
+  }
 }
 
 }  // namespace
@@ -114,6 +129,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   if (!PrepareSocketPath(socket_path)) return 1;
+  RemoveStaleSegments();
 
   boost::asio::io_context io;
   auto work = boost::asio::make_work_guard(io);

@@ -234,7 +234,14 @@ void Supervisor::OnWorkerExit(const std::string& group, pid_t pid, const WorkerE
     bool restart = false;
     for (auto& [name, record] : modules_) {
       v1::ModuleInfo& info = record->info;
-      if (info.worker_pid() != pid || info.state() != v1::MODULE_STATE_LOADED) continue;
+      // Modules it hosted, and modules it was restoring when it died.
+      bool hosted = info.worker_pid() == pid && info.state() == v1::MODULE_STATE_LOADED;
+      bool restoring = info.worker() == group && info.state() == v1::MODULE_STATE_RESTARTING;
+      if (!hosted && !restoring) continue;
+      if (restoring && name != exit.blamed_module) {
+        restart = true;
+        continue;
+      }
       if (name == exit.blamed_module) record->crashes.push_back(now);
       while (!record->crashes.empty() && now - record->crashes.front() > policy.window) record->crashes.pop_front();
       info.set_recent_crashes(static_cast<uint32_t>(record->crashes.size()));
@@ -299,7 +306,12 @@ void Supervisor::RestartGroup(const std::string& group) {
   }
   if (names.empty()) return;
   auto worker = EnsureWorker(group);
-  if (!worker.ok()) return;
+  if (!worker.ok()) {
+    // Try again later (fork or mkdtemp may fail transiently).
+    std::lock_guard<std::mutex> lock(mutex_);
+    restart_queue_.emplace_back(Clock::now() + options_.restart.backoff_max, group);
+    return;
+  }
   bool all_restored = true;
   for (const std::string& name : names) {
     auto record = Find(name);
@@ -377,6 +389,7 @@ absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const s
       std::lock_guard<std::mutex> lock(mutex_);
       modules_.erase(name);
     }
+    fd_store_.Drop(name);
     RemoveFile(candidate);
     spdlog::error("module={} path={} phase=load {}", name, path, std::string(status.message()));
     Publish(v1::EVENT_KIND_FAILED, name, 0, 0, std::string(status.message()));
@@ -517,8 +530,10 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
     *reload->mutable_options() = options;
     *reload->mutable_state() = load.state();
     *reload->mutable_fd_keys() = load.fd_keys();
+    // Worst case: a failed on_load, its cleanup and the rollback to the old version.
     deadline = CommandDeadline(options, {common::Phase::kLoad, common::Phase::kBeforeUnload,
-                                         common::Phase::kUnloadChecks, common::Phase::kOnLoad});
+                                         common::Phase::kUnloadChecks, common::Phase::kOnLoad,
+                                         common::Phase::kUnloadChecks, common::Phase::kLoad, common::Phase::kOnLoad});
   }
   auto reply = (*worker)->Request(std::move(command), absl::StrCat("reload of module '", name, "'"), deadline,
                                   std::move(fds));
@@ -695,6 +710,9 @@ void Supervisor::Shutdown() {
   for (auto& worker : workers) {
     while (worker->alive() && Clock::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
+  // The good copies only matter to this run of relibd.
+  std::error_code ignored;
+  std::filesystem::remove_all(options_.good_dir, ignored);
 }
 
 }  // namespace relib::daemon

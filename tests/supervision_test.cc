@@ -229,6 +229,19 @@ TEST_F(SupervisionTest, VersionThatCrashesOnEveryLoadEndsFailedAfterRTries) {
   EXPECT_EQ(Call("m", "version"), "v2");
 }
 
+TEST_F(SupervisionTest, RestoreThatCrashesEveryTimeEndsFailed) {
+  ASSERT_TRUE(Load("peer", k_versioned_v2).ok());
+  ASSERT_TRUE(Load("m", k_versioned_v1).ok());
+  ASSERT_EQ(Call("m", "save", "crash-on-load"), "saved");  // its next on_load will crash
+  CallStatus("m", "crash");
+  v1::ModuleInfo m = WaitForState("m", v1::MODULE_STATE_FAILED);
+  ASSERT_EQ(m.state(), v1::MODULE_STATE_FAILED) << m.last_error();
+  EXPECT_THAT(m.last_error(), AllOf(HasSubstr("gave up"), HasSubstr("phase on_load")));
+  EXPECT_EQ(m.recent_crashes(), 4u);  // the call, then three restores
+  EXPECT_EQ(WaitForState("peer", v1::MODULE_STATE_LOADED).state(), v1::MODULE_STATE_LOADED);
+  EXPECT_EQ(Call("peer", "version"), "v2");
+}
+
 TEST_F(SupervisionTest, DaemonExitsNonZeroWhenWorkersKeepDying) {
   relibd_.reset();
   StartDaemon({"--restart-backoff-ms", "50", "--daemon-max-restarts", "2", "--max-restarts", "100"});

@@ -58,6 +58,8 @@ std::string SelfTest(std::string_view) {
 
 void OnLoad(relib::Host host) {
   host.Info("versioned v" STR(VERSION) " loaded");
+  // Lets a test make the restore of a good version crash, through its state.
+  if (host.LoadState("saved") == "crash-on-load") ::raise(SIGSEGV);
 #ifdef CRASH_ON_LOAD
   ::raise(SIGSEGV);
 #endif
