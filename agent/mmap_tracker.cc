@@ -1,6 +1,7 @@
 #include "agent/mmap_tracker.h"
 
 #include <dlfcn.h>
+#include <stdarg.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -114,6 +115,42 @@ extern "C" void* mmap(void* address, size_t length, int prot, int flags, int fd,
 extern "C" void* mmap64(void* address, size_t length, int prot, int flags, int fd, off_t offset) noexcept {
   using namespace relib::agent::maps;
   return Track(RealMmap()(address, length, prot, flags, fd, offset), length, flags);
+}
+
+extern "C" void* mremap(void* old_address, size_t old_size, size_t new_size, int flags, ...) noexcept {
+  using namespace relib::agent;
+  using namespace relib::agent::maps;
+  static auto real = [] {
+    HostScope host;
+    return reinterpret_cast<void* (*)(void*, size_t, size_t, int, ...)>(::dlsym(RTLD_NEXT, "mremap"));
+  }();
+  void* new_address = nullptr;
+  if (flags & MREMAP_FIXED) {
+    va_list args;
+    va_start(args, flags);
+    new_address = va_arg(args, void*);
+    va_end(args);
+  }
+  void* moved = real(old_address, old_size, new_size, flags, new_address);
+  if (moved == MAP_FAILED) return moved;
+  // The record follows the mapping, owned by whoever owned the old range.
+  auto start = reinterpret_cast<uintptr_t>(old_address);
+  ModuleId owner = kHost;
+  {
+    HostScope host;
+    std::lock_guard<std::mutex> lock(regions_mutex);
+    for (const Owned& r : Regions()) {
+      if (r.start <= start && start < r.end) owner = r.module;
+    }
+  }
+  if (owner == kHost) return moved;
+  Remove(start, start + old_size);
+  auto to = reinterpret_cast<uintptr_t>(moved);
+  Remove(to, to + new_size);
+  HostScope host;
+  std::lock_guard<std::mutex> lock(regions_mutex);
+  Regions().push_back({owner, to, to + new_size});
+  return moved;
 }
 
 extern "C" int munmap(void* address, size_t length) noexcept {

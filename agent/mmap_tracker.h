@@ -1,5 +1,5 @@
-// Anonymous mappings made in module scope. The worker defines mmap, mmap64
-// and munmap; what a module mapped and did not unmap is reported at unload
+// Anonymous mappings made in module scope. The worker defines mmap, mmap64,
+// mremap and munmap; what a module mapped and did not unmap is reported at unload
 // and, with the unmap policy, unmapped. (malloc's own mappings are made inside
 // libc and never pass through here.)
 #ifndef RELIB_AGENT_MMAP_TRACKER_H_

@@ -431,16 +431,23 @@ absl::Status Supervisor::TryInScratchWorker(const std::string& name, const std::
   callbacks.phase_deadline = [this, options](const std::string&, common::Phase phase) {
     return PhaseDeadline(options, phase);
   };
-  auto scratch = WorkerHandle::Start(io_, options_.worker, "staging-" + name, std::move(callbacks));
-  if (!scratch.ok()) return scratch.status();
+  std::shared_ptr<WorkerHandle> handle;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (shut_down_) return absl::UnavailableError("relibd is shutting down");
+    auto started = WorkerHandle::Start(io_, options_.worker, "staging-" + name, std::move(callbacks));
+    if (!started.ok()) return started.status();
+    handle = *started;
+    scratch_workers_.push_back(handle);
+  }
   auto prefix = [&](const absl::Status& status) {
     return absl::Status(status.code(), absl::StrCat("staged reload of module '", name, "' failed in scratch worker pid ",
-                                                    (*scratch)->pid(), ", production untouched: ", status.message()));
+                                                    handle->pid(), ", production untouched: ", status.message()));
   };
   // A copy of the state, no fds: the trial must not serve production traffic,
   // and its saves are ignored (no callbacks).
   std::vector<common::UniqueFd> no_fds;
-  auto reply = (*scratch)->Request(LoadCommand(name, candidate, path, version, options, true, no_fds),
+  auto reply = handle->Request(LoadCommand(name, candidate, path, version, options, true, no_fds),
                                    absl::StrCat("staged load of module '", name, "'"),
                                    CommandDeadline(options, {common::Phase::kLoad, common::Phase::kOnLoad}));
   absl::Status status = reply.ok() ? ReplyStatus(*reply) : reply.status();
@@ -450,14 +457,18 @@ absl::Status Supervisor::TryInScratchWorker(const std::string& name, const std::
       v1::link::ToWorker command;
       command.mutable_call()->set_name(name);
       command.mutable_call()->set_export_name(kSelfTestExport);
-      auto tested = (*scratch)->Request(std::move(command), absl::StrCat("self_test of module '", name, "'"),
+      auto tested = handle->Request(std::move(command), absl::StrCat("self_test of module '", name, "'"),
                                         CommandDeadline(options, {common::Phase::kCall}));
       status = tested.ok() ? ReplyStatus(*tested) : tested.status();
     }
   }
-  (*scratch)->Stop(std::chrono::milliseconds(1000));
+  handle->Stop(std::chrono::milliseconds(1000));
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::erase(scratch_workers_, handle);
+  }
   if (!status.ok()) return prefix(status);
-  spdlog::info("module={} version={} phase=staged passed in scratch worker pid={}", name, version, (*scratch)->pid());
+  spdlog::info("module={} version={} phase=staged passed in scratch worker pid={}", name, version, handle->pid());
   return absl::OkStatus();
 }
 
@@ -701,6 +712,7 @@ void Supervisor::Shutdown() {
     for (auto& [group, g] : groups_) {
       if (g.worker) workers.push_back(std::move(g.worker));
     }
+    for (auto& scratch : scratch_workers_) workers.push_back(scratch);
   }
   // Workers first: a restore in progress then fails fast and the restarter exits.
   for (auto& worker : workers) worker->Stop(std::chrono::milliseconds(2000));

@@ -143,6 +143,8 @@ class Supervisor {
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<Record>> modules_ ABSL_GUARDED_BY(mutex_);
   std::map<std::string, Group> groups_ ABSL_GUARDED_BY(mutex_);
+  // Throwaway workers of staged reloads in progress (stopped on shutdown too).
+  std::vector<std::shared_ptr<WorkerHandle>> scratch_workers_ ABSL_GUARDED_BY(mutex_);
   std::deque<Clock::time_point> worker_deaths_ ABSL_GUARDED_BY(mutex_);
   std::deque<std::pair<Clock::time_point, std::string>> restart_queue_ ABSL_GUARDED_BY(mutex_);
   FdStore fd_store_;
