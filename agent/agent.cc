@@ -161,8 +161,7 @@ int Agent::TakeFd(const std::string& module, const std::string& key) {
   return ::fcntl(k->second.get(), F_DUPFD_CLOEXEC, 0);
 }
 
-template <typename Command>
-absl::Status Agent::AcceptResources(const std::string& module, const Command& command) {
+absl::Status Agent::AcceptResources(const std::string& module, const v1::link::LoadCommand& command) {
   std::map<std::string, std::string> state(command.state().begin(), command.state().end());
   std::map<std::string, common::UniqueFd> fds;
   for (const std::string& key : command.fd_keys()) {
@@ -254,22 +253,22 @@ void Agent::Execute(const v1::link::ToWorker& command, v1::link::Reply& reply) {
       return;
     }
     case v1::link::ToWorker::kReload: {
-      const auto& reload = command.reload();
-      if (absl::Status accepted = AcceptResources(reload.name(), reload); !accepted.ok()) {
+      const auto& load = command.reload().load();
+      if (absl::Status accepted = AcceptResources(load.name(), load); !accepted.ok()) {
         SetStatus(accepted, reply);
         return;
       }
       UnloadReport report;
-      ModuleOptions options = FromProto(reload.options());
-      auto info = loader_.Reload(reload.name(), reload.path(), reload.version(), reload.force(),
-                                 reload.has_options() ? &options : nullptr, report, reload.display_path());
+      ModuleOptions options = FromProto(load.options());
+      auto info = loader_.Reload(load.name(), load.path(), load.version(), command.reload().force(), &options, report,
+                                 load.display_path());
       SetStatus(info.status(), reply);
       auto* result = reply.mutable_reload();
       if (!report.name.empty()) FillReport(report, *result->mutable_report());
       if (info.ok()) {
         FillLoadResult(*info, *result->mutable_load());
       } else {
-        result->set_old_version_loaded(loader_.IsLoaded(reload.name()));
+        result->set_old_version_loaded(loader_.IsLoaded(load.name()));
       }
       return;
     }

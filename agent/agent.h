@@ -14,6 +14,7 @@
 #include "agent/module_loader.h"
 
 namespace relib::v1::link {
+class LoadCommand;
 class ToWorker;
 class Reply;
 }  // namespace relib::v1::link
@@ -41,8 +42,7 @@ class Agent : public HostServices {
  private:
   void Execute(const v1::link::ToWorker& command, v1::link::Reply& reply);
   // Takes a load command's state and fds into the caches for `module`.
-  template <typename Command>
-  absl::Status AcceptResources(const std::string& module, const Command& command);
+  absl::Status AcceptResources(const std::string& module, const v1::link::LoadCommand& command);
   void DropResources(const std::string& module);
   void ForwardModuleLog(int level, const std::string& module, std::string_view text);
   absl::Status SendUsage();

@@ -530,17 +530,10 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
   if (fresh) {
     deadline = CommandDeadline(options, {common::Phase::kLoad, common::Phase::kOnLoad});
   } else {
-    // Same fields as a load, plus force.
-    v1::link::LoadCommand load = command.load();
+    v1::link::LoadCommand load = std::move(*command.mutable_load());
     auto* reload = command.mutable_reload();
-    reload->set_name(name);
-    reload->set_path(candidate);
-    reload->set_display_path(path);
-    reload->set_version(version);
+    *reload->mutable_load() = std::move(load);
     reload->set_force(force);
-    *reload->mutable_options() = options;
-    *reload->mutable_state() = load.state();
-    *reload->mutable_fd_keys() = load.fd_keys();
     // Worst case: a failed on_load, its cleanup and the rollback to the old version.
     deadline = CommandDeadline(options, {common::Phase::kLoad, common::Phase::kBeforeUnload,
                                          common::Phase::kUnloadChecks, common::Phase::kOnLoad,
