@@ -129,6 +129,22 @@ TEST_F(RelibctlTest, UnloadReportShowsLeftovers) {
   EXPECT_EQ(relibd_->Ctl({"load", "x", k_leaks, "--leak-policy", "maybe"}).exit_code, 2);
 }
 
+TEST_F(RelibctlTest, WorkerGroupsAndStagedReload) {
+  ASSERT_EQ(relibd_->Ctl({"load", "a", kHelloPath, "--worker", "alpha"}).exit_code, 0);
+  ASSERT_EQ(relibd_->Ctl({"load", "b", kHelloCPath}).exit_code, 0);
+  CommandResult r = relibd_->Ctl({"status"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, AllOf(HasSubstr("worker 'alpha' pid"), HasSubstr("worker 'default' pid")));
+  r = relibd_->Ctl({"reload", "a", k_crash_on_load, "--staged"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, AllOf(HasSubstr("scratch worker"), HasSubstr("production untouched")));
+  r = relibd_->Ctl({"call", "a", "greet", "x"});
+  EXPECT_EQ(r.out, "Hello, x!");
+  r = relibd_->Ctl({"reload", "a", "--staged"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_THAT(r.out, HasSubstr("version 2"));
+}
+
 TEST_F(RelibctlTest, EventsFollowsTheStream) {
   ASSERT_EQ(relibd_->Ctl({"load", "hello", kHelloPath}).exit_code, 0);
   // The stream only shows events from its start on: keep reloading until

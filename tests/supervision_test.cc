@@ -294,6 +294,17 @@ TEST_F(SupervisionTest, StagedReloadNeverTouchesProduction) {
   EXPECT_EQ(Call("m", "version"), "v2");
 }
 
+TEST_F(SupervisionTest, StateSavedInBeforeUnloadReachesTheNextVersion) {
+  ASSERT_TRUE(Load("m", k_versioned_v1).ok());
+  EXPECT_EQ(Call("m", "farewell"), "<none>");
+  ASSERT_TRUE(Reload("m", k_versioned_v2).ok());
+  EXPECT_EQ(Call("m", "farewell"), "from v1");
+  // relibd has it too: a crash of the new version brings it back.
+  CallStatus("m", "crash");
+  ASSERT_EQ(WaitForState("m", v1::MODULE_STATE_LOADED).state(), v1::MODULE_STATE_LOADED);
+  EXPECT_EQ(Call("m", "farewell"), "from v1");
+}
+
 TEST_F(SupervisionTest, StateSurvivesReloadAndDaemonRestartWithStateDir) {
   std::string state_dir = relibd_->dir() + "/state";
   relibd_.reset();

@@ -48,6 +48,7 @@ std::string Save(std::string_view input) {
   return "saved";
 }
 std::string Load(std::string_view) { return relib::ThisHost().LoadState("saved").value_or("<none>"); }
+std::string Farewell(std::string_view) { return relib::ThisHost().LoadState("farewell").value_or("<none>"); }
 std::string SelfTest(std::string_view) {
 #ifdef FAIL_SELF_TEST
   throw relib::Error("self test: database schema too new");
@@ -69,6 +70,7 @@ void OnLoad(relib::Host host) {
 }
 
 void BeforeUnload() {
+  relib::ThisHost().SaveState("farewell", "from v" STR(VERSION));  // the last checkpoint
 #ifdef CRASH_BEFORE_UNLOAD
   ::raise(SIGSEGV);
 #endif
@@ -83,5 +85,5 @@ void BeforeUnload() {
 RELIB_MODULE("versioned", OnLoad, BeforeUnload, relib::Export<Version>("version"), relib::Export<Echo>("echo"),
              relib::Export<Count>("count"), relib::Export<Fail>("fail"), relib::Export<Crash>("crash"),
              relib::Export<Hang>("hang"), relib::Export<Exit>("exit"), relib::Export<Abort>("abort"),
-             relib::Export<Deadlock>("deadlock"), relib::Export<Save>("save"), relib::Export<Load>("load"),
+             relib::Export<Deadlock>("deadlock"), relib::Export<Save>("save"), relib::Export<Load>("load"), relib::Export<Farewell>("farewell"),
              relib::Export<SelfTest>("self_test"));
