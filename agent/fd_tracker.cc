@@ -28,11 +28,16 @@ struct Owner {
 };
 Owner owners[kMaxTrackedFd];
 std::atomic<bool> host_fd[kMaxTrackedFd];
+// Highest fd ever claimed: bounds the walks below (fds are small integers).
+std::atomic<int> highest_claimed{-1};
 
 void Claim(int fd, ModuleId module) {
   if (fd < 0 || fd >= kMaxTrackedFd || module == kHost) return;
   struct stat st;
   if (::fstat(fd, &st) != 0) return;
+  int highest = highest_claimed.load(std::memory_order_relaxed);
+  while (fd > highest && !highest_claimed.compare_exchange_weak(highest, fd)) {
+  }
   owners[fd].dev = st.st_dev;
   owners[fd].ino = st.st_ino;
   owners[fd].module = module;
@@ -187,18 +192,30 @@ void ClaimUnowned(ModuleId id) {
   });
 }
 
-std::vector<OpenFd> Open(ModuleId id) {
-  HostScope host;
-  std::vector<OpenFd> open;
-  for (int fd = 0; fd < kMaxTrackedFd; ++fd) {
+template <typename F>
+void ForEachOwned(ModuleId id, F f) {
+  int highest = highest_claimed.load(std::memory_order_relaxed);
+  for (int fd = 0; fd <= highest; ++fd) {
     if (owners[fd].module.load(std::memory_order_relaxed) != id) continue;
     if (!StillSame(fd)) {
       Unclaim(fd);
       continue;
     }
-    open.push_back(Describe(fd));
+    f(fd);
   }
+}
+
+std::vector<OpenFd> Open(ModuleId id) {
+  HostScope host;
+  std::vector<OpenFd> open;
+  ForEachOwned(id, [&](int fd) { open.push_back(Describe(fd)); });
   return open;
+}
+
+int Count(ModuleId id) {
+  int count = 0;
+  ForEachOwned(id, [&](int) { ++count; });
+  return count;
 }
 
 int CloseAll(ModuleId id) {
@@ -211,7 +228,8 @@ int CloseAll(ModuleId id) {
 }
 
 void Forget(ModuleId id) {
-  for (int fd = 0; fd < kMaxTrackedFd; ++fd) {
+  int highest = highest_claimed.load(std::memory_order_relaxed);
+  for (int fd = 0; fd <= highest; ++fd) {
     if (owners[fd].module.load(std::memory_order_relaxed) == id) Unclaim(fd);
   }
 }

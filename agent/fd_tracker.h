@@ -35,6 +35,9 @@ void ClaimUnowned(ModuleId id);
 // Open fds of `id` (stale records of fds closed behind our back are dropped).
 std::vector<OpenFd> Open(ModuleId id);
 
+// How many fds of `id` are open (no description: cheap enough per command).
+int Count(ModuleId id);
+
 // Closes every fd of `id`; returns how many.
 int CloseAll(ModuleId id);
 

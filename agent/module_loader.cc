@@ -568,7 +568,7 @@ std::vector<ModuleUsage> ModuleLoader::Usage() const {
   for (const auto& [name, module] : modules_) {
     heap::Usage heap = heap::LiveUsage(module->id);
     usage.push_back({name, heap.bytes, heap.blocks, static_cast<int>(threads::Count(module->id)),
-                     static_cast<int>(fds::Open(module->id).size())});
+                     fds::Count(module->id)});
   }
   return usage;
 }
