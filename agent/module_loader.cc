@@ -1,6 +1,5 @@
 #include "agent/module_loader.h"
 
-#include <cxxabi.h>
 #include <dlfcn.h>
 #include <link.h>
 #include <unistd.h>
@@ -20,6 +19,7 @@
 #include "agent/module_context.h"
 #include "agent/pthread_key_tracker.h"
 #include "agent/shared_library.h"
+#include "agent/symbolize.h"
 #include "agent/tls_tracker.h"
 #include "common/proc_maps.h"
 #include "common/status_macros.h"
@@ -55,24 +55,6 @@ int FindRange(dl_phdr_info* info, size_t, void* data) {
     query->end = std::max<uintptr_t>(query->end, info->dlpi_addr + ph.p_vaddr + ph.p_memsz);
   }
   return 1;
-}
-
-std::string Symbolize(const void* address) {
-  if (address == nullptr) return "(site not captured)";
-  Dl_info info;
-  if (::dladdr(address, &info) == 0) return absl::StrCat("0x", absl::Hex(reinterpret_cast<uintptr_t>(address)));
-  std::string file = info.dli_fname ? std::filesystem::path(info.dli_fname).filename().string() : "?";
-  if (info.dli_sname == nullptr) {
-    return absl::StrCat(file, "+0x",
-                        absl::Hex(reinterpret_cast<uintptr_t>(address) - reinterpret_cast<uintptr_t>(info.dli_fbase)));
-  }
-  int status = 0;
-  char* demangled = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
-  std::string name = status == 0 && demangled ? demangled : info.dli_sname;
-  std::free(demangled);
-  return absl::StrCat(name, "+0x",
-                      absl::Hex(reinterpret_cast<uintptr_t>(address) - reinterpret_cast<uintptr_t>(info.dli_saddr)),
-                      " (", file, ")");
 }
 
 std::string DescribeThreads(const std::vector<threads::LiveThread>& live) {
@@ -404,7 +386,9 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
   std::vector<std::string> site_names;
   if (module.options.capture_sites) {
     sites = heap::TopSites(id, 10);
-    for (const auto& site : sites) site_names.push_back(Symbolize(site.address));
+    for (const auto& site : sites) {
+      site_names.push_back(site.address ? Symbolize(site.address) : "(site not captured)");
+    }
   }
 
   absl::Status closed = module.library->Close();

@@ -1,6 +1,5 @@
 #include "agent/thread_tracker.h"
 
-#include <cxxabi.h>
 #include <dlfcn.h>
 #include <pthread.h>
 #include <sys/stat.h>
@@ -15,6 +14,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "agent/symbolize.h"
 
 namespace relib::agent::threads {
 namespace {
@@ -66,18 +66,6 @@ PthreadCreate RealPthreadCreate() {
 bool TaskExists(pid_t tid) {
   struct stat st;
   return ::stat(absl::StrCat("/proc/self/task/", tid).c_str(), &st) == 0;
-}
-
-std::string Symbolize(const void* address) {
-  Dl_info info;
-  if (::dladdr(address, &info) == 0 || info.dli_sname == nullptr) {
-    return absl::StrCat("0x", absl::Hex(reinterpret_cast<uintptr_t>(address)));
-  }
-  int status = 0;
-  char* demangled = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
-  std::string name = status == 0 && demangled ? demangled : info.dli_sname;
-  std::free(demangled);
-  return name;
 }
 
 // What Live() copies out of the registry, so describing (dladdr takes the
