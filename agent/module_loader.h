@@ -80,11 +80,6 @@ struct UnloadReport {
   bool mappings_unmapped = false;
 };
 
-struct ReloadOutcome {
-  UnloadReport report;
-  LoadInfo load;
-};
-
 struct ModuleUsage {
   std::string name;
   int64_t heap_bytes = 0;

@@ -23,12 +23,6 @@ KeyDelete RealDelete() {
 
 }  // namespace
 
-int Live(ModuleId id) {
-  int count = 0;
-  for (unsigned key = 0; key < kMaxKeys; ++key) count += owner[key].load() == id;
-  return count;
-}
-
 int DeleteAll(ModuleId id) {
   int deleted = 0;
   for (unsigned key = 0; key < kMaxKeys; ++key) {

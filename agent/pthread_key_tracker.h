@@ -9,9 +9,6 @@
 
 namespace relib::agent::keys {
 
-// Keys of `id` not deleted yet.
-int Live(ModuleId id);
-
 // Deletes every remaining key of `id`; returns how many.
 int DeleteAll(ModuleId id);
 

@@ -114,12 +114,6 @@ int64_t Discard(ModuleId id) {
   return dropped;
 }
 
-int64_t Pending(ModuleId id) {
-  HostScope host;
-  std::lock_guard<std::mutex> lock(entries_mutex);
-  return std::count_if(Entries().begin(), Entries().end(), [id](const Entry& e) { return e.module == id; });
-}
-
 }  // namespace relib::agent::tls
 
 extern "C" int __cxa_thread_atexit_impl(void (*dtor)(void*), void* object, void* dso_handle) {

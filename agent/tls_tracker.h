@@ -40,9 +40,6 @@ Outcome RunOrDiscard(ModuleId id);
 // how many.
 int64_t Discard(ModuleId id);
 
-// Destructors of `id` pending on any thread.
-int64_t Pending(ModuleId id);
-
 }  // namespace relib::agent::tls
 
 #endif  // RELIB_AGENT_TLS_TRACKER_H_
