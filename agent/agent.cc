@@ -23,6 +23,8 @@ ModuleOptions FromProto(const v1::ModuleOptions& proto) {
   options.fds = proto.fd_policy() == v1::FD_POLICY_CLOSE ? FdPolicy::kClose : FdPolicy::kReport;
   options.mappings = proto.mapping_policy() == v1::MAPPING_POLICY_UNMAP ? MappingPolicy::kUnmap
                                                                         : MappingPolicy::kReport;
+  options.signals = proto.signal_policy() == v1::SIGNAL_POLICY_REFUSE ? SignalPolicy::kRefuse : SignalPolicy::kRestore;
+  options.libraries = proto.dlopen_policy() == v1::DLOPEN_POLICY_CLOSE ? DlopenPolicy::kClose : DlopenPolicy::kReport;
   options.capture_sites = proto.capture_sites();
   return options;
 }
@@ -82,6 +84,18 @@ void FillReport(const UnloadReport& report, v1::UnloadReport& out) {
     m->set_length(region.length);
   }
   out.set_mappings_unmapped(report.mappings_unmapped);
+  for (const auto& reference : report.code_references) {
+    auto* r = out.add_code_references();
+    r->set_kind(reference.kind);
+    r->set_description(reference.description);
+    r->set_action(reference.action);
+  }
+  for (const auto& library : report.libraries) {
+    auto* l = out.add_libraries();
+    l->set_path(library.path);
+    l->set_references(library.references);
+  }
+  out.set_libraries_closed(report.libraries_closed);
 }
 
 void SetStatus(const absl::Status& status, v1::link::Reply& reply) {

@@ -80,6 +80,13 @@ ModuleId ModuleOfAddress(const void* address) {
   return kHost;
 }
 
+bool InModule(ModuleId id, const void* address) {
+  if (id == kHost || id >= kMaxModules) return false;
+  auto a = reinterpret_cast<uintptr_t>(address);
+  uintptr_t start = ranges[id].start.load(std::memory_order_relaxed);
+  return start != 0 && a >= start && a < ranges[id].end.load(std::memory_order_relaxed);
+}
+
 bool IsInDynamicLoader(const void* address) {
   auto a = reinterpret_cast<uintptr_t>(address);
   return a >= loader_start.load(std::memory_order_relaxed) && a < loader_end.load(std::memory_order_relaxed);

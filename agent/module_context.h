@@ -53,6 +53,8 @@ void ReleaseModuleId(ModuleId id);
 void SetModuleRange(ModuleId id, uintptr_t start, uintptr_t end);
 // The module whose range contains `address`, or kHost.
 ModuleId ModuleOfAddress(const void* address);
+// True if `address` lies in the range of module `id`.
+bool InModule(ModuleId id, const void* address);
 
 // Human name of a module id, readable from a signal handler (NUL-terminated,
 // at most 63 characters; "" for unknown ids).

@@ -14,12 +14,16 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "agent/elf_file.h"
+#include "agent/exit_handler_tracker.h"
 #include "agent/heap_tracker.h"
 #include "agent/host_buffer.h"
 #include "agent/module_context.h"
+#include "agent/process_hook_tracker.h"
 #include "agent/pthread_key_tracker.h"
 #include "agent/shared_library.h"
+#include "agent/signal_tracker.h"
 #include "agent/symbolize.h"
+#include "agent/timer_tracker.h"
 #include "agent/tls_tracker.h"
 #include "common/proc_maps.h"
 #include "common/status_macros.h"
@@ -76,6 +80,9 @@ struct ModuleLoader::Module {
   ModuleOptions options;
   ModuleId id = kHost;
   std::optional<SharedLibrary> library;
+  // Where its segments are mapped, for the last guards before dlclose.
+  uintptr_t code_start = 0;
+  uintptr_t code_end = 0;
   const relib_module_descriptor* descriptor = nullptr;
   PinningFacts pinning;
   // Handed to on_load; must stay at a fixed address while loaded.
@@ -141,12 +148,19 @@ struct ModuleLoader::Module {
 ModuleLoader::ModuleLoader(std::string scratch_dir, ModuleLogFn log, HostServices* services)
     : scratch_dir_(std::move(scratch_dir)), log_(std::move(log)), services_(services) {
   fds::SnapshotHostFds();
+  hooks::SnapshotHost();
 }
 
 ModuleLoader::~ModuleLoader() {
   for (auto& [name, module] : modules_) {
-    module->library.reset();
+    // The process is ending: what the module registered for exit runs now,
+    // while its code is mapped, and nothing is left that leads into it.
+    timers::DeleteAll(module->id, std::chrono::milliseconds(0));
+    ReleasePathsIntoCode(*module);
     RemoveFile(module->copy_path);
+    if (threads::Count(module->id) > 0) continue;  // its code stays mapped until the process is gone
+    module->library.reset();
+    ForgetPathsIntoCode(module->id);
   }
 }
 
@@ -204,10 +218,14 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
         parked_.push_back(std::move(module));
         return absl::Status(status.code(), absl::StrCat(status.message(), note));
       }
+      timers::DeleteAll(module->id, module->options.thread_grace);
       tls::RunOrDiscard(module->id);
       keys::DeleteAll(module->id);
+      ReleasePathsIntoCode(*module);
+      libraries::CloseAll(module->id);
     }
     module->library.reset();
+    ForgetPathsIntoCode(module->id);
     tls::Discard(module->id);
     keys::DeleteAll(module->id);
     heap::Detach(module->id);
@@ -224,7 +242,11 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
   module->library.emplace(std::move(library).value());
   RangeQuery range{&module->copy_path};
   dl_iterate_phdr(&FindRange, &range);
-  if (range.end > range.start) SetModuleRange(module->id, range.start, range.end);
+  if (range.end > range.start) {
+    SetModuleRange(module->id, range.start, range.end);
+    module->code_start = range.start;
+    module->code_end = range.end;
+  }
 
   const auto* descriptor =
       static_cast<const relib_module_descriptor*>(module->library->Symbol(RELIB_DESCRIPTOR_SYMBOL_NAME));
@@ -362,12 +384,42 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
         DescribeThreads(report.live_threads), "; not unloaded, this version keeps running"));
   }
 
+  // Timers next: no notification may enter the module while it is taken apart.
+  timers::Outcome timers = timers::DeleteAll(id, module.options.thread_grace);
+  report.code_references = std::move(timers.deleted);
+  if (timers.in_flight > 0) {
+    report.refused = true;
+    report.unload_micros = MicrosSince(start);
+    return absl::FailedPreconditionError(absl::StrCat(
+        "module '", module.name, "' version ", module.version, " still runs ", timers.in_flight,
+        " timer notification(s) after ", module.options.thread_grace.count(),
+        " ms; not unloaded, this version keeps running (its timers are deleted)"));
+  }
+  if (module.options.signals == SignalPolicy::kRefuse) {
+    std::vector<CodeReference> stray = signals::Guard(id, module.code_start, module.code_end, /*reset=*/false);
+    if (!stray.empty()) {
+      std::vector<std::string> names;
+      for (const CodeReference& ref : stray) names.push_back(ref.description);
+      report.code_references.insert(report.code_references.end(), stray.begin(), stray.end());
+      report.refused = true;
+      report.unload_micros = MicrosSince(start);
+      return absl::FailedPreconditionError(absl::StrCat(
+          "module '", module.name, "' version ", module.version, " left signal handler(s) into its code that it set ",
+          "behind the agent's back: ", absl::StrJoin(names, ", "),
+          "; not unloaded (signal policy refuse), this version keeps running"));
+    }
+  }
+
   tls::Outcome tls = tls::RunOrDiscard(id);
   report.tls_run = tls.run;
   report.tls_discarded = tls.discarded;
   report.tls_discarded_on = tls.discarded_on;
 
   report.pthread_keys_deleted = keys::DeleteAll(id);
+
+  // Exit handlers run now, like at exit: before their fds are closed below.
+  std::vector<CodeReference> released = ReleasePathsIntoCode(module);
+  report.code_references.insert(report.code_references.end(), released.begin(), released.end());
 
   report.open_fds = fds::Open(id);
   if (module.options.fds == FdPolicy::kClose && !report.open_fds.empty()) {
@@ -379,6 +431,12 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
   if (module.options.mappings == MappingPolicy::kUnmap && !report.mappings.empty()) {
     maps::UnmapAll(id);
     report.mappings_unmapped = true;
+  }
+
+  report.libraries = libraries::Open(id);
+  if (module.options.libraries == DlopenPolicy::kClose && !report.libraries.empty()) {
+    libraries::CloseAll(id);
+    report.libraries_closed = true;
   }
 
   // Sites must be symbolized while the module's code is still mapped.
@@ -427,6 +485,12 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
                                                 " STB_GNU_UNIQUE symbol(s); build with -fno-gnu-unique"));
     }
     if (module.pinning.nodelete) report.pin_reasons.push_back("linked with -z nodelete (DF_1_NODELETE)");
+    for (const auto& library : report.libraries) {
+      if (report.libraries_closed || library.path != module.copy_path) continue;
+      report.pin_reasons.push_back(absl::StrCat("the module dlopen'ed its own file ", library.references,
+                                                " time(s) and did not dlclose it (--dlopen-policy close drops "
+                                                "those references)"));
+    }
     if (report.pin_reasons.empty()) {
       report.pin_reasons.push_back(
           "another reference to the library remains (for example the module dlopen'ed its own file and did not "
@@ -436,6 +500,7 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
 
   // Static destructors run by dlclose may have registered more; none may
   // ever run now that the code is gone.
+  ForgetPathsIntoCode(id);
   tls::Discard(id);
   keys::DeleteAll(id);
   threads::Forget(id);
@@ -446,6 +511,28 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
   report.unload_micros = MicrosSince(start);
   if (!keep_copy) RemoveFile(module.copy_path);
   return absl::OkStatus();
+}
+
+std::vector<CodeReference> ModuleLoader::ReleasePathsIntoCode(Module& module) {
+  const ModuleId id = module.id;
+  std::vector<CodeReference> references = exits::Finalize(id);
+  auto append = [&](std::vector<CodeReference> more) {
+    references.insert(references.end(), std::make_move_iterator(more.begin()), std::make_move_iterator(more.end()));
+  };
+  append(hooks::ReleaseAll(id));
+  append(signals::RestoreAll(id));
+  // The last guards: whatever still points into the module's code, however
+  // it got there, is put back to the host's.
+  append(signals::Guard(id, module.code_start, module.code_end, /*reset=*/true));
+  append(hooks::ResetInto(module.code_start, module.code_end));
+  return references;
+}
+
+void ModuleLoader::ForgetPathsIntoCode(ModuleId id) {
+  exits::Discard(id);
+  signals::RestoreAll(id);
+  timers::DeleteAll(id, std::chrono::milliseconds(0));
+  libraries::Forget(id);
 }
 
 void ModuleLoader::Discard(std::unique_ptr<Module> module, std::string* note) {

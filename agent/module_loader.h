@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "agent/code_reference.h"
+#include "agent/dlopen_tracker.h"
 #include "agent/fd_tracker.h"
 #include "agent/host_services.h"
 #include "agent/mmap_tracker.h"
@@ -28,12 +30,18 @@ namespace relib::agent {
 enum class LeakPolicy { kReport, kFree };
 enum class FdPolicy { kReport, kClose };
 enum class MappingPolicy { kReport, kUnmap };
+enum class SignalPolicy { kRestore, kRefuse };
+enum class DlopenPolicy { kReport, kClose };
 
 struct ModuleOptions {
   std::chrono::milliseconds thread_grace{1000};
   LeakPolicy leaks = LeakPolicy::kReport;
   FdPolicy fds = FdPolicy::kReport;
   MappingPolicy mappings = MappingPolicy::kReport;
+  // For a signal handler into the module found only by the last guard (set
+  // behind the trackers' back): reset it, or refuse the unload.
+  SignalPolicy signals = SignalPolicy::kRestore;
+  DlopenPolicy libraries = DlopenPolicy::kReport;
   bool capture_sites = false;
 };
 
@@ -78,6 +86,10 @@ struct UnloadReport {
   int pthread_keys_deleted = 0;
   std::vector<maps::Region> mappings;
   bool mappings_unmapped = false;
+  // Paths back into the module's code left in process-wide state.
+  std::vector<CodeReference> code_references;
+  std::vector<libraries::OpenLibrary> libraries;
+  bool libraries_closed = false;
 };
 
 struct ModuleUsage {
@@ -101,7 +113,9 @@ class ModuleLoader {
   // `services` (may be null: modules then get errors from the stores) must
   // outlive the loader.
   ModuleLoader(std::string scratch_dir, ModuleLogFn log, HostServices* services = nullptr);
-  ~ModuleLoader();  // dlcloses what is still loaded, without checks
+  // Runs what loaded modules registered for exit and drops every path into
+  // their code, then dlcloses them (one whose threads still run stays mapped).
+  ~ModuleLoader();
   ModuleLoader(const ModuleLoader&) = delete;
   ModuleLoader& operator=(const ModuleLoader&) = delete;
 
@@ -158,6 +172,14 @@ class ModuleLoader {
   // (FAILED_PRECONDITION, report.refused) if module threads are still alive.
   // Keeps the private copy if `keep_copy` (for a rollback).
   absl::Status CheckAndClose(Module& module, UnloadReport& report, bool keep_copy);
+  // Runs or removes what the module left in process-wide state that leads
+  // back into its code (exit/fork handlers, cookie streams, printf
+  // specifiers, signal handlers, C++ and libc hook variables).
+  // REQUIRES: the module is still mapped.
+  std::vector<CodeReference> ReleasePathsIntoCode(Module& module);
+  // After dlclose: drops whatever static destructors registered meanwhile,
+  // never running it (the code is gone).
+  void ForgetPathsIntoCode(ModuleId id);
   // For a version that failed before serving: CheckAndClose, and if its
   // threads keep it alive, park it for good (its code must stay mapped).
   void Discard(std::unique_ptr<Module> module, std::string* note);

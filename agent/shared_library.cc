@@ -2,10 +2,13 @@
 
 #include <dlfcn.h>
 
+#include "agent/dlopen_tracker.h"
+
 namespace relib::agent {
 
 absl::StatusOr<SharedLibrary> SharedLibrary::Open(const std::string& path) {
-  void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  // Not ::dlopen: that is the module-attributing interposer, and this runs in module scope.
+  void* handle = libraries::OpenAsHost(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (handle == nullptr) {
     const char* error = ::dlerror();
     return absl::InvalidArgumentError(std::string("dlopen failed: ") + (error ? error : "unknown error"));

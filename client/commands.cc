@@ -75,6 +75,8 @@ v1::ModuleOptions ToProto(const ModuleFlags& flags) {
   options.set_leak_policy(flags.leak_policy == "free" ? v1::LEAK_POLICY_FREE : v1::LEAK_POLICY_REPORT);
   options.set_fd_policy(flags.fd_policy == "close" ? v1::FD_POLICY_CLOSE : v1::FD_POLICY_REPORT);
   options.set_mapping_policy(flags.mapping_policy == "unmap" ? v1::MAPPING_POLICY_UNMAP : v1::MAPPING_POLICY_REPORT);
+  options.set_signal_policy(flags.signal_policy == "refuse" ? v1::SIGNAL_POLICY_REFUSE : v1::SIGNAL_POLICY_RESTORE);
+  options.set_dlopen_policy(flags.dlopen_policy == "close" ? v1::DLOPEN_POLICY_CLOSE : v1::DLOPEN_POLICY_REPORT);
   options.set_capture_sites(flags.capture_sites);
   options.set_load_deadline_ms(flags.load_deadline_ms);
   options.set_on_load_deadline_ms(flags.on_load_deadline_ms);

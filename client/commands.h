@@ -29,6 +29,8 @@ struct ModuleFlags {
   std::string leak_policy = "report";     // report | free
   std::string fd_policy = "report";       // report | close
   std::string mapping_policy = "report";  // report | unmap
+  std::string signal_policy = "restore";  // restore | refuse
+  std::string dlopen_policy = "report";   // report | close
   bool capture_sites = false;
   uint32_t load_deadline_ms = 0;
   uint32_t on_load_deadline_ms = 0;

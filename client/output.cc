@@ -111,6 +111,19 @@ std::string FormatReport(const v1::UnloadReport& report) {
       absl::StrAppend(&out, absl::StrFormat("    0x%x, %d bytes\n", m.address(), m.length()));
     }
   }
+  if (report.code_references_size() > 0) {
+    absl::StrAppend(&out, "  paths back into its code: ", report.code_references_size(), "\n");
+    for (const auto& ref : report.code_references()) {
+      absl::StrAppend(&out, "    ", ref.kind(), " ", ref.description(), " (", ref.action(), ")\n");
+    }
+  }
+  if (report.libraries_size() > 0) {
+    absl::StrAppend(&out, "  dlopen'ed libraries left open: ", report.libraries_size(),
+                    report.libraries_closed() ? " (closed)" : "", "\n");
+    for (const auto& library : report.libraries()) {
+      absl::StrAppend(&out, "    ", library.path(), " (", library.references(), " reference(s))\n");
+    }
+  }
   absl::StrAppend(&out, "  checks + dlclose: ", report.unload_micros(), " us\n");
   return out;
 }

@@ -31,6 +31,11 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"report", "close"}));
     sub->add_option("--mapping-policy", flags.mapping_policy, "anonymous mappings left at unload: report or unmap")
         ->check(CLI::IsMember({"report", "unmap"}));
+    sub->add_option("--signal-policy", flags.signal_policy,
+                    "a signal handler into the module set behind the agent's back: restore or refuse the unload")
+        ->check(CLI::IsMember({"restore", "refuse"}));
+    sub->add_option("--dlopen-policy", flags.dlopen_policy, "libraries the module dlopen'ed and kept: report or close")
+        ->check(CLI::IsMember({"report", "close"}));
     sub->add_flag("--capture-sites", flags.capture_sites, "record allocation sites for leak reports");
     sub->add_option("--load-deadline-ms", flags.load_deadline_ms, "deadline of copy + dlopen (0: relibd's default)");
     sub->add_option("--on-load-deadline-ms", flags.on_load_deadline_ms, "deadline of on_load");
@@ -55,7 +60,8 @@ int main(int argc, char** argv) {
   add_module_flags(reload);
   reload->add_flag("--staged", staged, "try the new version in a scratch worker (load + self_test) first");
   reload->callback([&] {
-    for (const char* flag : {"--thread-grace-ms", "--leak-policy", "--fd-policy", "--mapping-policy", "--capture-sites",
+    for (const char* flag : {"--thread-grace-ms", "--leak-policy", "--fd-policy", "--mapping-policy", "--signal-policy",
+                             "--dlopen-policy", "--capture-sites",
                              "--load-deadline-ms", "--on-load-deadline-ms", "--call-deadline-ms",
                              "--before-unload-deadline-ms", "--unload-deadline-ms"}) {
       flags.set = flags.set || reload->count(flag) > 0;
