@@ -51,3 +51,11 @@ extern "C" int pthread_key_delete(pthread_key_t key) noexcept {
   if (key < keys::kMaxKeys) keys::owner[key] = kHost;
   return keys::RealDelete()(key);
 }
+
+// C11 thread-specific storage: glibc creates these keys without calling
+// pthread_key_create, so they are routed through the interposers above.
+extern "C" int tss_create(unsigned int* key, void (*destructor)(void*)) noexcept {
+  return pthread_key_create(key, destructor) == 0 ? 0 /* thrd_success */ : 2 /* thrd_error */;
+}
+
+extern "C" void tss_delete(unsigned int key) noexcept { pthread_key_delete(key); }

@@ -250,6 +250,14 @@ TEST_F(UnloadChecksTest, ClosePolicyClosesLeftoverFds) {
   ::close(client);
 }
 
+TEST_F(UnloadChecksTest, C11ThreadSpecificKeysAreDeletedToo) {
+  LoadOrDie("k", k_keys_maps);
+  Call("k", "create_c11_key");
+  v1::UnloadResponse response;
+  ASSERT_TRUE(Unload("k", &response).ok());
+  EXPECT_EQ(response.report().pthread_keys_deleted(), 1);
+}
+
 TEST_F(UnloadChecksTest, PthreadKeysDeletedAndMappingsUnmapped) {
   v1::ModuleOptions options;
   options.set_mapping_policy(v1::MAPPING_POLICY_UNMAP);
