@@ -23,6 +23,7 @@ ModuleOptions FromProto(const v1::ModuleOptions& proto) {
   options.fds = proto.fd_policy() == v1::FD_POLICY_CLOSE ? FdPolicy::kClose : FdPolicy::kReport;
   options.mappings = proto.mapping_policy() == v1::MAPPING_POLICY_UNMAP ? MappingPolicy::kUnmap
                                                                         : MappingPolicy::kReport;
+  options.children = proto.child_policy() == v1::CHILD_POLICY_KILL ? ChildPolicy::kKill : ChildPolicy::kReport;
   options.capture_sites = proto.capture_sites();
   return options;
 }
@@ -82,6 +83,13 @@ void FillReport(const UnloadReport& report, v1::UnloadReport& out) {
     m->set_length(region.length);
   }
   out.set_mappings_unmapped(report.mappings_unmapped);
+  for (const auto& child : report.children) {
+    auto* c = out.add_children();
+    c->set_pid(child.pid);
+    c->set_command_line(child.command_line);
+    c->set_parent_pid(child.parent);
+  }
+  out.set_children_killed(report.children_killed);
 }
 
 void SetStatus(const absl::Status& status, v1::link::Reply& reply) {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "agent/child_tracker.h"
 #include "agent/fd_tracker.h"
 #include "agent/host_services.h"
 #include "agent/mmap_tracker.h"
@@ -28,12 +29,14 @@ namespace relib::agent {
 enum class LeakPolicy { kReport, kFree };
 enum class FdPolicy { kReport, kClose };
 enum class MappingPolicy { kReport, kUnmap };
+enum class ChildPolicy { kReport, kKill };
 
 struct ModuleOptions {
   std::chrono::milliseconds thread_grace{1000};
   LeakPolicy leaks = LeakPolicy::kReport;
   FdPolicy fds = FdPolicy::kReport;
   MappingPolicy mappings = MappingPolicy::kReport;
+  ChildPolicy children = ChildPolicy::kReport;
   bool capture_sites = false;
 };
 
@@ -78,6 +81,8 @@ struct UnloadReport {
   int pthread_keys_deleted = 0;
   std::vector<maps::Region> mappings;
   bool mappings_unmapped = false;
+  std::vector<children::Child> children;  // alive at unload, with their descendants
+  bool children_killed = false;
 };
 
 struct ModuleUsage {

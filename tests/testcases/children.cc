@@ -19,6 +19,20 @@ extern char** environ;
 
 namespace {
 
+// A forked child runs worker code until it execs: wait until it is the
+// sleep, so its command line is what the caller expects.
+std::string Execed(pid_t pid) {
+  std::string path = "/proc/" + std::to_string(pid) + "/cmdline";
+  for (int i = 0; i < 500; ++i) {
+    std::ifstream file(path);
+    std::string argv0;
+    std::getline(file, argv0, '\0');
+    if (argv0 == "sleep") return std::to_string(pid);
+    ::usleep(2000);
+  }
+  throw relib::Error("pid " + std::to_string(pid) + " did not exec sleep");
+}
+
 std::string ForkSleep(std::string_view) {
   pid_t pid = ::fork();
   if (pid < 0) throw relib::Error("fork failed");
@@ -26,7 +40,7 @@ std::string ForkSleep(std::string_view) {
     ::execl("/bin/sleep", "sleep", "1000", static_cast<char*>(nullptr));
     ::_exit(127);
   }
-  return std::to_string(pid);
+  return Execed(pid);
 }
 
 std::string SpawnSleep(std::string_view) {
@@ -45,7 +59,7 @@ std::string SystemSleep(std::string_view input) {
   std::ifstream file(path);
   std::string pid;
   file >> pid;
-  return pid;
+  return Execed(std::atoi(pid.c_str()));
 }
 
 // The classic daemon: fork, setsid, fork again, the middle process exits.
@@ -71,7 +85,7 @@ std::string Daemonize(std::string_view) {
   (void)!::read(fds[0], &daemon, sizeof(daemon));
   ::close(fds[0]);
   ::waitpid(middle, nullptr, 0);
-  return std::to_string(daemon);
+  return Execed(daemon);
 }
 
 FILE* piped = nullptr;
@@ -83,7 +97,7 @@ std::string PopenSleep(std::string_view) {
   if (piped == nullptr) throw relib::Error("popen failed");
   char line[32] = {};
   if (std::fgets(line, sizeof(line), piped) == nullptr) throw relib::Error("popen'ed shell said nothing");
-  return std::to_string(std::atoi(line));
+  return Execed(std::atoi(line));
 }
 
 // pclose's view of its child: "exited N", "signal N", or "error" if somebody
