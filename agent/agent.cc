@@ -25,6 +25,7 @@ ModuleOptions FromProto(const v1::ModuleOptions& proto) {
                                                                         : MappingPolicy::kReport;
   options.signals = proto.signal_policy() == v1::SIGNAL_POLICY_REFUSE ? SignalPolicy::kRefuse : SignalPolicy::kRestore;
   options.libraries = proto.dlopen_policy() == v1::DLOPEN_POLICY_CLOSE ? DlopenPolicy::kClose : DlopenPolicy::kReport;
+  options.children = proto.child_policy() == v1::CHILD_POLICY_KILL ? ChildPolicy::kKill : ChildPolicy::kReport;
   options.capture_sites = proto.capture_sites();
   return options;
 }
@@ -96,6 +97,13 @@ void FillReport(const UnloadReport& report, v1::UnloadReport& out) {
     l->set_references(library.references);
   }
   out.set_libraries_closed(report.libraries_closed);
+  for (const auto& child : report.children) {
+    auto* c = out.add_children();
+    c->set_pid(child.pid);
+    c->set_command_line(child.command_line);
+    c->set_parent_pid(child.parent);
+  }
+  out.set_children_killed(report.children_killed);
 }
 
 void SetStatus(const absl::Status& status, v1::link::Reply& reply) {

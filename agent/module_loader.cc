@@ -287,6 +287,7 @@ absl::Status ModuleLoader::RunOnLoad(Module& module) {
     rc = module.descriptor->on_load(&module.host_api, error.abi());
   }
   fds::ClaimUnowned(module.id);
+  children::ClaimUnowned(module.id);
   if (rc != RELIB_OK) {
     return absl::FailedPreconditionError(absl::StrCat("on_load of module '", module.name, "' (",
                                                       module.source_path, ") failed with code ", rc,
@@ -356,6 +357,7 @@ absl::Status ModuleLoader::RunBeforeUnload(Module& module, bool force, UnloadRep
     rc = module.descriptor->before_unload(error.abi());
   }
   fds::ClaimUnowned(module.id);
+  children::ClaimUnowned(module.id);
   report.before_unload_micros = MicrosSince(start);
   if (rc == RELIB_OK) return absl::OkStatus();
   report.before_unload_error = absl::StrCat("code ", rc, error.data().empty() ? "" : ": ", error.data());
@@ -425,6 +427,14 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
   if (module.options.fds == FdPolicy::kClose && !report.open_fds.empty()) {
     fds::CloseAll(id);
     report.fds_closed = true;
+  }
+
+  // Processes the module started; they never outlive the worker anyway
+  // (relibd kills its process group and what it adopted when it exits).
+  report.children = children::Live(id);
+  if (module.options.children == ChildPolicy::kKill && !report.children.empty()) {
+    children::KillAll(id);
+    report.children_killed = true;
   }
 
   for (const maps::Region& region : maps::Live(id)) report.mappings.push_back(region);
@@ -505,6 +515,7 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
   keys::DeleteAll(id);
   threads::Forget(id);
   fds::Forget(id);
+  children::Forget(id);
   maps::Forget(id);
   ReleaseModuleId(id);
   module.id = kHost;
@@ -624,6 +635,7 @@ absl::StatusOr<std::string> ModuleLoader::Call(const std::string& name, const st
       rc = entry.fn(input.data(), input.size(), out.abi());
     }
     fds::ClaimUnowned(module.id);
+    children::ClaimUnowned(module.id);
     if (rc != RELIB_OK) {
       return absl::UnknownError(absl::StrCat("export '", export_name, "' of module '", name, "' failed with code ", rc,
                                              out.data().empty() ? "" : ": ", out.data()));

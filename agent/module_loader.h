@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "agent/code_reference.h"
 #include "agent/dlopen_tracker.h"
+#include "agent/child_tracker.h"
 #include "agent/fd_tracker.h"
 #include "agent/host_services.h"
 #include "agent/mmap_tracker.h"
@@ -32,6 +33,7 @@ enum class FdPolicy { kReport, kClose };
 enum class MappingPolicy { kReport, kUnmap };
 enum class SignalPolicy { kRestore, kRefuse };
 enum class DlopenPolicy { kReport, kClose };
+enum class ChildPolicy { kReport, kKill };
 
 struct ModuleOptions {
   std::chrono::milliseconds thread_grace{1000};
@@ -42,6 +44,7 @@ struct ModuleOptions {
   // behind the trackers' back): reset it, or refuse the unload.
   SignalPolicy signals = SignalPolicy::kRestore;
   DlopenPolicy libraries = DlopenPolicy::kReport;
+  ChildPolicy children = ChildPolicy::kReport;
   bool capture_sites = false;
 };
 
@@ -90,6 +93,8 @@ struct UnloadReport {
   std::vector<CodeReference> code_references;
   std::vector<libraries::OpenLibrary> libraries;
   bool libraries_closed = false;
+  std::vector<children::Child> children;  // alive at unload, with their descendants
+  bool children_killed = false;
 };
 
 struct ModuleUsage {

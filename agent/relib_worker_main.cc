@@ -4,7 +4,9 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <string>
 
@@ -13,6 +15,7 @@
 
 #include "CLI/CLI.hpp"
 #include "agent/agent.h"
+#include "agent/child_tracker.h"
 #include "agent/daemon_link.h"
 #include "agent/module_context.h"
 #include "common/flight_recorder.h"
@@ -62,6 +65,11 @@ int main(int argc, char** argv) {
   logger->set_pattern(fmt::format("%Y-%m-%dT%H:%M:%S.%e %^%l%$ relib-worker[{}] %v", ::getpid()));
   logger->set_level(spdlog::level::from_str(log_level));
   spdlog::set_default_logger(logger);
+
+  // Orphaned descendants of module children stay in the worker's tree.
+  if (!relib::agent::children::AdoptOrphans()) {
+    spdlog::warn("phase=startup cannot become a child subreaper: {}", std::strerror(errno));
+  }
 
   // Module code may fork and exec: the link must not leak into children.
   ::fcntl(link_fd, F_SETFD, FD_CLOEXEC);

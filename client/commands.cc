@@ -74,6 +74,7 @@ v1::ModuleOptions ToProto(const ModuleFlags& flags) {
   options.set_thread_grace_ms(flags.thread_grace_ms);
   options.set_leak_policy(flags.leak_policy == "free" ? v1::LEAK_POLICY_FREE : v1::LEAK_POLICY_REPORT);
   options.set_fd_policy(flags.fd_policy == "close" ? v1::FD_POLICY_CLOSE : v1::FD_POLICY_REPORT);
+  options.set_child_policy(flags.child_policy == "kill" ? v1::CHILD_POLICY_KILL : v1::CHILD_POLICY_REPORT);
   options.set_mapping_policy(flags.mapping_policy == "unmap" ? v1::MAPPING_POLICY_UNMAP : v1::MAPPING_POLICY_REPORT);
   options.set_signal_policy(flags.signal_policy == "refuse" ? v1::SIGNAL_POLICY_REFUSE : v1::SIGNAL_POLICY_RESTORE);
   options.set_dlopen_policy(flags.dlopen_policy == "close" ? v1::DLOPEN_POLICY_CLOSE : v1::DLOPEN_POLICY_REPORT);

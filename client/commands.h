@@ -28,6 +28,7 @@ struct ModuleFlags {
   uint32_t thread_grace_ms = 0;
   std::string leak_policy = "report";     // report | free
   std::string fd_policy = "report";       // report | close
+  std::string child_policy = "report";    // report | kill
   std::string mapping_policy = "report";  // report | unmap
   std::string signal_policy = "restore";  // restore | refuse
   std::string dlopen_policy = "report";   // report | close

@@ -101,6 +101,15 @@ std::string FormatReport(const v1::UnloadReport& report) {
       absl::StrAppend(&out, "    fd ", fd.fd(), " ", fd.kind(), " ", fd.description(), "\n");
     }
   }
+  if (report.children_size() > 0) {
+    absl::StrAppend(&out, "  child processes left running: ", report.children_size(),
+                    report.children_killed() ? " (killed)" : "", "\n");
+    for (const auto& child : report.children()) {
+      bool own = child.parent_pid() == report.worker_pid();
+      absl::StrAppend(&out, "    pid ", child.pid(), own ? "" : absl::StrCat(" (child of ", child.parent_pid(), ")"), ": ",
+                      child.command_line(), "\n");
+    }
+  }
   if (report.pthread_keys_deleted() > 0) {
     absl::StrAppend(&out, "  pthread keys deleted: ", report.pthread_keys_deleted(), "\n");
   }

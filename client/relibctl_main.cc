@@ -29,6 +29,8 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"report", "free"}));
     sub->add_option("--fd-policy", flags.fd_policy, "fds left open at unload: report or close")
         ->check(CLI::IsMember({"report", "close"}));
+    sub->add_option("--child-policy", flags.child_policy, "child processes left running at unload: report or kill")
+        ->check(CLI::IsMember({"report", "kill"}));
     sub->add_option("--mapping-policy", flags.mapping_policy, "anonymous mappings left at unload: report or unmap")
         ->check(CLI::IsMember({"report", "unmap"}));
     sub->add_option("--signal-policy", flags.signal_policy,
@@ -61,7 +63,7 @@ int main(int argc, char** argv) {
   reload->add_flag("--staged", staged, "try the new version in a scratch worker (load + self_test) first");
   reload->callback([&] {
     for (const char* flag : {"--thread-grace-ms", "--leak-policy", "--fd-policy", "--mapping-policy", "--signal-policy",
-                             "--dlopen-policy", "--capture-sites",
+                             "--dlopen-policy", "--capture-sites", "--child-policy",
                              "--load-deadline-ms", "--on-load-deadline-ms", "--call-deadline-ms",
                              "--before-unload-deadline-ms", "--unload-deadline-ms"}) {
       flags.set = flags.set || reload->count(flag) > 0;

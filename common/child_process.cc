@@ -9,13 +9,25 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <mutex>
+#include <set>
 
 #include "absl/strings/str_cat.h"
+#include "common/proc_tree.h"
 
 extern char** environ;
 
 namespace relib::common {
 namespace {
+
+// Pids of the unreaped children ChildProcess owns, process-wide: a process
+// has one set of children whatever object spawned them. Held across fork so a
+// listing never sees a child that is not registered yet.
+std::mutex owned_mutex;
+std::set<pid_t>& Owned() {
+  static auto* owned = new std::set<pid_t>();  // never freed: used until exit
+  return *owned;
+}
 
 int PidfdOpen(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
 
@@ -28,6 +40,7 @@ int PidfdSendSignal(int pidfd, int signal) {
 // forks from short-lived RPC threads. Children learn of their parent's death
 // from their own link (a worker exits on EOF).
 [[noreturn]] void ExecChild(const SpawnOptions& options, char* const* argv, char* const* envp) {
+  if (options.new_process_group) ::setpgid(0, 0);
   // Reset signal dispositions and mask the parent may have changed.
   sigset_t empty;
   sigemptyset(&empty);
@@ -86,14 +99,24 @@ absl::StatusOr<ChildProcess> ChildProcess::Spawn(const SpawnOptions& options) {
   for (const auto& entry : options.extra_env) envp.push_back(const_cast<char*>(entry.c_str()));
   envp.push_back(nullptr);
 
-  pid_t pid = ::fork();
-  if (pid < 0) return absl::ErrnoToStatus(errno, "fork");
-  if (pid == 0) ExecChild(options, argv.data(), envp.data());
+  pid_t pid;
+  {
+    std::lock_guard<std::mutex> lock(owned_mutex);
+    pid = ::fork();
+    if (pid < 0) return absl::ErrnoToStatus(errno, "fork");
+    if (pid == 0) ExecChild(options, argv.data(), envp.data());
+    Owned().insert(pid);
+  }
+  // Also here, so the group exists before anyone signals it (the child may
+  // not have run yet); EACCES once it has exec'd is fine: it did it itself.
+  if (options.new_process_group) ::setpgid(pid, pid);
   int pidfd = PidfdOpen(pid);
   if (pidfd < 0) {
     int saved = errno;
     ::kill(pid, SIGKILL);
     ::waitpid(pid, nullptr, 0);
+    std::lock_guard<std::mutex> lock(owned_mutex);
+    Owned().erase(pid);
     return absl::ErrnoToStatus(saved, "pidfd_open");
   }
   ::fcntl(pidfd, F_SETFD, FD_CLOEXEC);
@@ -149,6 +172,10 @@ absl::StatusOr<std::optional<ExitStatus>> ChildProcess::Reap(bool block) {
     status.core_dumped = info.si_code == CLD_DUMPED;
   }
   exit_status_ = status;
+  {
+    std::lock_guard<std::mutex> lock(owned_mutex);
+    Owned().erase(pid_);
+  }
   return exit_status_;
 }
 
@@ -158,6 +185,15 @@ absl::StatusOr<ExitStatus> ChildProcess::Wait() {
   auto status = Reap(true);
   if (!status.ok()) return status.status();
   return **status;
+}
+
+std::vector<ProcStat> ChildProcess::ForeignChildren() {
+  std::lock_guard<std::mutex> lock(owned_mutex);
+  std::vector<ProcStat> foreign;
+  for (const ProcStat& child : ChildrenOf(::getpid())) {
+    if (Owned().count(child.pid) == 0) foreign.push_back(child);
+  }
+  return foreign;
 }
 
 ExitStatus ChildProcess::Terminate(int grace_ms) {

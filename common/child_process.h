@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/proc_tree.h"
 #include "common/unique_fd.h"
 
 namespace relib::common {
@@ -33,6 +34,9 @@ struct SpawnOptions {
   std::vector<std::pair<int, int>> fds;
   // Extra environment entries "K=V" added to the parent's environment.
   std::vector<std::string> extra_env;
+  // Put the child in a new process group of its own (pgid = its pid), so
+  // that it and whatever it starts can be signalled together.
+  bool new_process_group = false;
 };
 
 // Owns a child process. Unless already reaped, the destructor sends SIGKILL
@@ -64,6 +68,12 @@ class ChildProcess {
   absl::StatusOr<ExitStatus> Wait();
   // SIGTERM, wait up to `grace_ms`, then SIGKILL; always reaps.
   ExitStatus Terminate(int grace_ms);
+
+  // Direct children of this process that no ChildProcess owns (unreaped):
+  // processes it adopted as a child subreaper. A child another thread is
+  // spawning is never listed (Spawn and this listing exclude each other), so
+  // the caller may kill and reap what is listed. Thread-safe.
+  static std::vector<ProcStat> ForeignChildren();
 
  private:
   ChildProcess(pid_t pid, UniqueFd pidfd) : pid_(pid), pidfd_(std::move(pidfd)) {}

@@ -20,6 +20,7 @@
 #include "common/socket_path.h"
 #include "common/temp_dir.h"
 #include "daemon/event_bus.h"
+#include "daemon/orphans.h"
 #include "daemon/rpc_service.h"
 #include "daemon/state_store.h"
 #include "daemon/supervisor.h"
@@ -130,6 +131,12 @@ int main(int argc, char** argv) {
   }
   if (!PrepareSocketPath(socket_path)) return 1;
   RemoveStaleSegments();
+  // Processes that escape a worker's process group (setsid) come back to
+  // relibd when the worker dies, to be killed (see daemon/orphans.h).
+  if (absl::Status status = relib::daemon::BecomeSubreaper(); !status.ok()) {
+    spdlog::warn("phase=startup {}; processes that leave a worker's process group may outlive it",
+                 status.ToString());
+  }
 
   boost::asio::io_context io;
   auto work = boost::asio::make_work_guard(io);
@@ -189,6 +196,7 @@ int main(int argc, char** argv) {
   // the server's shutdown; event streams end; idle client channels are not
   // waited for beyond a short grace.
   supervisor.Shutdown();
+  relib::daemon::KillAdoptedProcesses(std::chrono::milliseconds(2000));
   events.Close();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
   work.reset();

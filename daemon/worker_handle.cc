@@ -12,6 +12,7 @@
 #include "boost/asio/write.hpp"
 #include "common/fd_passing.h"
 #include "common/frame_io.h"
+#include "daemon/orphans.h"
 #include "spdlog/spdlog.h"
 
 namespace relib::daemon {
@@ -54,6 +55,8 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> WorkerHandle::Start(asio::io_conte
   spawn.argv = {options.worker_path, "--link-fd", "3", "--fd-channel-fd", "4", "--scratch-dir", scratch->path(),
                 "--log-level", options.log_level, "--flight-recorder", recorder->name()};
   spawn.fds = {{worker_end.get(), 3}, {worker_channel.get(), 4}};
+  // Everything the worker starts inherits its group: killed with it on exit.
+  spawn.new_process_group = true;
   auto process = common::ChildProcess::Spawn(spawn);
   if (!process.ok()) return process.status();
   worker_end.Reset();
@@ -318,7 +321,12 @@ void WorkerHandle::Stop(std::chrono::milliseconds grace) {
 }
 
 void WorkerHandle::OnProcessExit() {
+  // Nothing the worker started outlives it: its group now, while the zombie
+  // worker still holds the group id; then what escaped the group and came to
+  // relibd (a subreaper) when the worker died.
+  KillWorkerGroup(pid_);
   auto status = process_.Wait();
+  KillAdoptedProcesses(std::chrono::milliseconds(1000));
   exit_status_ = status.ok() ? *status : common::ExitStatus{};
   alive_ = false;
   if (link_eof_) {
