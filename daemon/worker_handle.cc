@@ -173,6 +173,8 @@ void WorkerHandle::Dispatch(const v1::link::FromWorker& message) {
   switch (message.message_case()) {
     case v1::link::FromWorker::kHello:
       spdlog::info("worker pid={} group={} ready abi={}", pid_, group_, message.hello().abi_version());
+      ready_ = true;
+      if (callbacks_.on_ready) callbacks_.on_ready(pid_);
       return;
     case v1::link::FromWorker::kLog:
       if (callbacks_.on_log) callbacks_.on_log(pid_, message.log());
@@ -361,6 +363,7 @@ void WorkerHandle::Finish() {
     exit.blamed_module = snapshot.crash_signal != 0 ? snapshot.crash_module : snapshot.module;
   }
   exit.reason = reason;
+  exit.ready = ready_;
   spdlog::log(stopping_ ? spdlog::level::info : spdlog::level::warn, "worker pid={} group={} phase=exit {}", pid_,
               group_, reason);
   boost::system::error_code ignored;
