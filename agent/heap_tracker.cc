@@ -266,10 +266,11 @@ Usage FreeAll(ModuleId id) {
   // and a large coalesced chunk trims its own arena's top (malloc_trim alone
   // trims only the main arena's top); malloc_trim then releases the free pages
   // left in the middle of every arena's heaps.
+  if (LiveUsage(id).blocks == 0) return TakeAll(id, true);  // nothing to give back
   ::mallopt(M_MXFAST, 0);
   Usage usage = TakeAll(id, true);
   ::mallopt(M_MXFAST, kDefaultMaxFast);
-  if (usage.blocks > 0) ::malloc_trim(0);
+  ::malloc_trim(0);
   return usage;
 }
 Usage Detach(ModuleId id) { return TakeAll(id, false); }

@@ -155,6 +155,7 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   bool finished_ = false;
   bool killed_by_deadline_ = false;
   bool ready_ = false;  // hello received
+  std::string exit_reason_;  // set by Finish()
   std::string blamed_module_;
   uint64_t last_heartbeat_ = 0;
   int64_t heartbeat_changed_ns_ = 0;
