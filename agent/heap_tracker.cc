@@ -1,6 +1,7 @@
 #include "agent/heap_tracker.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -38,6 +39,8 @@ static_assert(sizeof(Tail) == 16 && sizeof(Node) == 32);
 constexpr size_t kHostHeader = sizeof(Tail);
 constexpr size_t kModuleHeader = sizeof(Tail) + sizeof(Node);
 constexpr uint32_t kShards = 16;
+// glibc's default M_MXFAST (64 * sizeof(size_t) / 4), restored after FreeAll.
+constexpr int kDefaultMaxFast = 64 * sizeof(size_t) / 4;
 
 struct alignas(64) Shard {
   std::mutex mutex;
@@ -256,7 +259,20 @@ std::vector<Site> TopSites(ModuleId id, size_t n) {
   return sites;
 }
 
-Usage FreeAll(ModuleId id) { return TakeAll(id, true); }
+Usage FreeAll(ModuleId id) {
+  // free() hands pages back only from the top of a heap, and small chunks go
+  // to fastbins, which it neither coalesces nor trims: a million small blocks
+  // freed at once would stay resident. Without fastbins each free coalesces,
+  // and a large coalesced chunk trims its own arena's top (malloc_trim alone
+  // trims only the main arena's top); malloc_trim then releases the free pages
+  // left in the middle of every arena's heaps.
+  if (LiveUsage(id).blocks == 0) return TakeAll(id, true);  // nothing to give back
+  ::mallopt(M_MXFAST, 0);
+  Usage usage = TakeAll(id, true);
+  ::mallopt(M_MXFAST, kDefaultMaxFast);
+  ::malloc_trim(0);
+  return usage;
+}
 Usage Detach(ModuleId id) { return TakeAll(id, false); }
 
 }  // namespace relib::agent::heap

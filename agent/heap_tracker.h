@@ -44,8 +44,9 @@ Usage LiveUsage(ModuleId id);
 // Sites are recorded only when capture was on.
 std::vector<Site> TopSites(ModuleId id, size_t n);
 
-// Frees every live block of `id`. REQUIRES: no code holds pointers into them
-// any more (the module is unloaded and its threads are gone).
+// Frees every live block of `id` and hands the freed memory back to the
+// kernel (malloc_trim, all arenas). REQUIRES: no code holds pointers into
+// them any more (the module is unloaded and its threads are gone).
 Usage FreeAll(ModuleId id);
 
 // Stops tracking `id`: live blocks stay allocated and become host blocks.

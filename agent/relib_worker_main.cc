@@ -10,40 +10,17 @@
 #include <optional>
 #include <string>
 
-#include <atomic>
-#include <thread>
-
 #include "CLI/CLI.hpp"
 #include "agent/agent.h"
+#include "agent/alt_stack.h"
 #include "agent/child_tracker.h"
+#include "agent/crash_handler.h"
 #include "agent/daemon_link.h"
+#include "agent/heartbeat.h"
 #include "agent/module_context.h"
 #include "common/flight_recorder.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
-
-namespace {
-
-// Read by the fatal-signal handler, which can take no context.
-relib::common::FlightRecord* crash_record = nullptr;
-
-// Notes which module the crashing thread was running, then dies of the same
-// signal with the default action.
-void OnFatalSignal(int signal) {
-  relib::common::FlightRecorder::RecordCrash(crash_record, signal,
-                                             relib::agent::ModuleName(relib::agent::CurrentModule()));
-  ::raise(signal);  // SA_RESETHAND restored the default; delivered on return
-}
-
-void InstallCrashHandlers() {
-  struct sigaction action {};
-  action.sa_handler = &OnFatalSignal;
-  action.sa_flags = SA_RESETHAND;
-  sigemptyset(&action.sa_mask);
-  for (int signal : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT}) ::sigaction(signal, &action, nullptr);
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app("relib-worker: module host process started by relibd");
@@ -75,7 +52,12 @@ int main(int argc, char** argv) {
   ::fcntl(link_fd, F_SETFD, FD_CLOEXEC);
   if (fd_channel >= 0) ::fcntl(fd_channel, F_SETFD, FD_CLOEXEC);
 
+  // Commands, and so module code, run on this thread.
+  relib::agent::ScopedAltStack main_alt_stack;
+  // Declared before what writes into it: destroyed after them.
   std::optional<relib::common::FlightRecorder> recorder;
+  std::optional<relib::agent::ScopedCrashHandler> crash_handler;
+  std::optional<relib::agent::Heartbeat> heartbeat;
   if (!recorder_name.empty()) {
     auto opened = relib::common::FlightRecorder::Open(recorder_name);
     if (!opened.ok()) {
@@ -83,15 +65,8 @@ int main(int argc, char** argv) {
       return 1;
     }
     recorder.emplace(std::move(opened).value());
-    crash_record = recorder->record();
-    InstallCrashHandlers();
-    // The heartbeat tells relibd "alive and scheduled" apart from "frozen".
-    std::thread([record = recorder->record()] {
-      for (;;) {
-        record->heartbeat.fetch_add(1, std::memory_order_relaxed);
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      }
-    }).detach();
+    crash_handler.emplace(recorder->record());
+    heartbeat.emplace(recorder->record());
   }
 
   relib::agent::DaemonLink link{relib::common::UniqueFd(link_fd), relib::common::UniqueFd(fd_channel)};

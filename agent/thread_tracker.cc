@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "agent/alt_stack.h"
 #include "agent/symbolize.h"
 
 namespace relib::agent::threads {
@@ -43,14 +44,22 @@ struct Start {
   void* arg;
 };
 
+// Every thread started through the interposer runs this first. `record` is
+// null for host threads (nothing to attribute).
 void* Trampoline(void* raw) {
   Start start = *static_cast<Start*>(raw);
   {
     HostScope host;
     delete static_cast<Start*>(raw);
   }
-  start.record->tid = static_cast<pid_t>(::gettid());
-  internal::current_module = start.record->module;
+  // So the crash handler runs even when this thread overflows its stack.
+  // Freed when the routine returns and when the thread leaves through
+  // pthread_exit or cancellation (glibc unwinds this frame then).
+  ScopedAltStack alt_stack;
+  if (start.record != nullptr) {
+    start.record->tid = static_cast<pid_t>(::gettid());
+    internal::current_module = start.record->module;
+  }
   return start.routine(start.arg);
 }
 
@@ -148,9 +157,17 @@ extern "C" int pthread_create(pthread_t* thread, const pthread_attr_t* attr, voi
   using namespace relib::agent;
   ModuleId module = CurrentModule();
   auto real = threads::RealPthreadCreate();
-  if (module == kHost) return real(thread, attr, routine, arg);
   threads::Start* start;
-  threads::Record* record;
+  threads::Record* record = nullptr;
+  if (module == kHost) {
+    {
+      HostScope host;
+      start = new threads::Start{nullptr, routine, arg};
+    }
+    int rc = real(thread, attr, &threads::Trampoline, start);
+    if (rc != 0) delete start;
+    return rc;
+  }
   {
     HostScope host;
     std::lock_guard<std::mutex> lock(threads::registry_mutex);

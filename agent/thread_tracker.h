@@ -3,7 +3,9 @@
 // inside libstdc++, or by another module thread) runs in that module's scope
 // and is recorded. A thread counts as alive until the kernel says its task is
 // gone, so pthread_exit and thread-local destructors that run after the start
-// routine returns are both covered.
+// routine returns are both covered. Every thread started through it, module
+// or host, also gets an agent-owned alternate signal stack (alt_stack.h) for
+// as long as its start routine runs.
 #ifndef RELIB_AGENT_THREAD_TRACKER_H_
 #define RELIB_AGENT_THREAD_TRACKER_H_
 

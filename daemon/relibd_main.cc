@@ -79,7 +79,7 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   relib::daemon::SupervisorOptions options;
   int load_ms = 10000, on_load_ms = 10000, call_ms = 10000, before_unload_ms = 10000, unload_ms = 10000;
-  int restart_window_s = 60, backoff_ms = 100, term_grace_ms = 200;
+  int restart_window_s = 60, backoff_ms = 100, term_grace_ms = 200, stable_s = 10;
   app.add_option("--socket", socket_path, "Unix socket to serve the API on")->capture_default_str();
   app.add_option("--worker", worker_path, "relib-worker executable")->capture_default_str();
   app.add_option("--run-dir", run_dir, "parent directory for worker scratch dirs (default: a new temp dir)");
@@ -100,11 +100,17 @@ int main(int argc, char** argv) {
                  "a module crashing its worker more often than this within the window is marked failed")
       ->capture_default_str();
   app.add_option("--restart-window-s", restart_window_s, "window of the restart limits")->capture_default_str();
-  app.add_option("--daemon-max-restarts", options.restart.daemon_max_restarts,
-                 "more worker deaths than this within the window make relibd exit with code 3")
-      ->capture_default_str();
   app.add_option("--restart-backoff-ms", backoff_ms, "first restart delay; doubles per failed restart, up to 5 s")
       ->capture_default_str();
+  app.add_option("--restart-stable-s", stable_s,
+                 "a restarted worker dying sooner than this is a failed restart (the backoff grows); "
+                 "one that stays up this long resets the backoff")
+      ->capture_default_str();
+  app.add_option("--max-failed-starts", options.restart.max_failed_starts,
+                 "this many worker starts failing in a row (spawn error or exit before its hello) make relibd "
+                 "exit with code 3; a crash loop in a group never does")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
 
   ::signal(SIGPIPE, SIG_IGN);
@@ -152,6 +158,7 @@ int main(int argc, char** argv) {
   options.deadlines.unload = std::chrono::milliseconds(unload_ms);
   options.restart.window = std::chrono::seconds(restart_window_s);
   options.restart.backoff_initial = std::chrono::milliseconds(backoff_ms);
+  options.restart.stable_after = std::chrono::seconds(stable_s);
   options.good_dir = run_dir + "/good";
   auto state_store = relib::daemon::StateStore::Open(state_dir, 64u << 20);
   if (!state_store.ok()) {
@@ -160,7 +167,7 @@ int main(int argc, char** argv) {
   }
   options.state_store = state_store->get();
 
-  // Stops main: a signal number, or -1 when supervision gives up.
+  // Stops main: a signal number, or -1 when no worker can start.
   std::promise<int> stop_signal;
   std::once_flag stop_once;
   auto stop = [&](int why) { std::call_once(stop_once, [&] { stop_signal.set_value(why); }); };
@@ -188,7 +195,7 @@ int main(int argc, char** argv) {
 
   int signal = stop_signal.get_future().get();
   if (signal < 0) {
-    spdlog::critical("phase=shutdown workers keep dying; exiting so the service manager can take over");
+    spdlog::critical("phase=shutdown no relib-worker can start; exiting (code 3) so the service manager can take over");
   } else {
     spdlog::info("phase=shutdown signal {} received", signal);
   }

@@ -63,7 +63,7 @@ void RemoveFile(const std::string& path) {
 }  // namespace
 
 Supervisor::Supervisor(boost::asio::io_context& io, SupervisorOptions options, EventBus& events)
-    : io_(io), options_(std::move(options)), events_(events) {
+    : io_(io), options_(std::move(options)), events_(events), recovery_(options_.restart) {
   std::error_code ignored;
   std::filesystem::create_directories(options_.good_dir, ignored);
   restarter_ = std::thread([this] { RestartLoop(); });
@@ -145,12 +145,16 @@ std::chrono::milliseconds Supervisor::CommandDeadline(const v1::ModuleOptions& o
 }
 
 absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker(const std::string& group) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::unique_lock<std::mutex> lock(mutex_);
   if (shut_down_) return absl::UnavailableError("relibd is shutting down");
   Group& g = groups_[group];
   if (g.worker && g.worker->alive()) return g.worker;
   WorkerHandle::Callbacks callbacks;
   callbacks.on_exit = [this, group](pid_t pid, const WorkerExit& exit) { OnWorkerExit(group, pid, exit); };
+  callbacks.on_ready = [this](pid_t) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    recovery_.WorkerReady();
+  };
   callbacks.on_log = [this](pid_t pid, const v1::link::Log& log) { OnWorkerLog(pid, log); };
   callbacks.on_usage = [this](pid_t pid, const v1::link::Usage& usage) { OnWorkerUsage(pid, usage); };
   callbacks.on_save_state = [this](pid_t pid, const v1::link::SaveState& save) {
@@ -169,6 +173,10 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker(const std
   if (!worker.ok()) {
     spdlog::error("group={} phase=spawn cannot start worker {}: {}", group, options_.worker.worker_path,
                   worker.status().ToString());
+    bool give_up = recovery_.StartFailed();
+    int failed = recovery_.failed_starts();
+    lock.unlock();
+    if (give_up) GiveUp(absl::StrCat(failed, " worker starts in a row failed; last: ", worker.status().message()));
     return absl::UnavailableError(absl::StrCat("cannot start relib-worker: ", worker.status().message()));
   }
   g.worker = *worker;
@@ -213,53 +221,53 @@ void Supervisor::OnWorkerExit(const std::string& group, pid_t pid, const WorkerE
   struct Change {
     std::string name;
     uint64_t version;
-    bool gave_up;
     std::string message;
   };
   std::vector<Change> changes;
-  std::string fatal;
+  std::string give_up;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (shut_down_) return;  // an orderly stop, not a failure
     Group& g = groups_[group];
     if (g.worker && g.worker->pid() == pid) g.worker.reset();
     const auto now = Clock::now();
-    const RestartPolicy& policy = options_.restart;
-    worker_deaths_.push_back(now);
-    while (!worker_deaths_.empty() && now - worker_deaths_.front() > policy.window) worker_deaths_.pop_front();
-    if (static_cast<int>(worker_deaths_.size()) > policy.daemon_max_restarts) {
-      fatal = absl::StrCat(worker_deaths_.size(), " worker deaths within ", policy.window.count(),
-                           " s exceed the daemon limit of ", policy.daemon_max_restarts, "; last: ", exit.reason);
+    const RestartPolicy& policy = recovery_.policy();
+    if (!exit.ready && recovery_.StartFailed()) {
+      give_up = absl::StrCat(recovery_.failed_starts(), " worker starts in a row failed; last: ", exit.reason);
     }
-    bool restart = false;
+    // Modules it hosted, and modules it was restoring when it died.
+    std::vector<std::string> affected;
     for (auto& [name, record] : modules_) {
-      v1::ModuleInfo& info = record->info;
-      // Modules it hosted, and modules it was restoring when it died.
+      const v1::ModuleInfo& info = record->info;
       bool hosted = info.worker_pid() == pid && info.state() == v1::MODULE_STATE_LOADED;
       bool restoring = info.worker() == group && info.state() == v1::MODULE_STATE_RESTARTING;
-      if (!hosted && !restoring) continue;
-      if (restoring && name != exit.blamed_module) {
-        restart = true;
+      if (hosted || restoring) affected.push_back(name);
+    }
+    std::vector<std::string> charged = Recovery::Charged(affected, exit.blamed_module, exit.ready);
+    bool restart = false;
+    for (const std::string& name : affected) {
+      v1::ModuleInfo& info = modules_[name]->info;
+      bool is_charged = std::find(charged.begin(), charged.end(), name) != charged.end();
+      if (!is_charged && info.state() == v1::MODULE_STATE_RESTARTING) {
+        restart = true;  // still waiting for its restore; nothing new to say
         continue;
       }
-      if (name == exit.blamed_module) record->crashes.push_back(now);
-      while (!record->crashes.empty() && now - record->crashes.front() > policy.window) record->crashes.pop_front();
-      info.set_recent_crashes(static_cast<uint32_t>(record->crashes.size()));
+      int crashes = is_charged ? recovery_.AddCrash(name, now) : static_cast<int>(info.recent_crashes());
+      info.set_recent_crashes(static_cast<uint32_t>(crashes));
       info.set_worker_pid(0);
-      bool gave_up = static_cast<int>(record->crashes.size()) > policy.max_restarts;
+      bool gave_up = is_charged && recovery_.GivesUp(crashes);
       std::string message =
-          gave_up ? absl::StrCat("gave up: crashed its worker ", record->crashes.size(), " times within ",
-                                 policy.window.count(), " s (limit ", policy.max_restarts, "); last: ", exit.reason)
+          gave_up ? absl::StrCat("gave up: crashed its worker ", crashes, " times within ", policy.window.count(),
+                                 " s (limit ", policy.max_restarts, "); last: ", exit.reason)
                   : absl::StrCat("restarting: ", exit.reason);
       info.set_state(gave_up ? v1::MODULE_STATE_FAILED : v1::MODULE_STATE_RESTARTING);
       info.set_last_error(message);
       restart = restart || !gave_up;
-      changes.push_back({name, info.version(), gave_up, message});
+      changes.push_back({name, info.version(), message});
     }
-    if (restart && fatal.empty()) {
-      auto backoff = std::min(options_.restart.backoff_max,
-                              options_.restart.backoff_initial * (1 << std::min(g.consecutive_restarts, 16)));
-      ++g.consecutive_restarts;
+    if (restart && give_up.empty()) {
+      auto backoff = recovery_.BackoffAfterDeath(group, now);
+      spdlog::info("group={} phase=restart next worker in {} ms", group, backoff.count());
       restart_queue_.emplace_back(now + backoff, group);
     }
   }
@@ -270,10 +278,12 @@ void Supervisor::OnWorkerExit(const std::string& group, pid_t pid, const WorkerE
                   change.message);
     Publish(v1::EVENT_KIND_FAILED, change.name, change.version, pid, change.message);
   }
-  if (!fatal.empty()) {
-    spdlog::critical("phase=supervise {}", fatal);
-    if (options_.on_fatal) options_.on_fatal(fatal);
-  }
+  if (!give_up.empty()) GiveUp(give_up);
+}
+
+void Supervisor::GiveUp(const std::string& why) {
+  spdlog::critical("phase=supervise cannot start relib-worker ({}): {}", options_.worker.worker_path, why);
+  if (options_.on_fatal) options_.on_fatal(why);
 }
 
 void Supervisor::RestartLoop() {
@@ -305,6 +315,10 @@ void Supervisor::RestartGroup(const std::string& group) {
     }
   }
   if (names.empty()) return;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    recovery_.RestartBegins(group, Clock::now());
+  }
   auto worker = EnsureWorker(group);
   if (!worker.ok()) {
     // Try again later (fork or mkdtemp may fail transiently).
@@ -312,7 +326,6 @@ void Supervisor::RestartGroup(const std::string& group) {
     restart_queue_.emplace_back(Clock::now() + options_.restart.backoff_max, group);
     return;
   }
-  bool all_restored = true;
   for (const std::string& name : names) {
     auto record = Find(name);
     if (!record) continue;
@@ -330,10 +343,7 @@ void Supervisor::RestartGroup(const std::string& group) {
     auto reply = (*worker)->Request(std::move(command), absl::StrCat("restore of module '", name, "'"),
                                     CommandDeadline(info.options(), {common::Phase::kLoad, common::Phase::kOnLoad}),
                                     std::move(fds));
-    if (!reply.ok()) {
-      all_restored = false;
-      break;  // the new worker died as well: OnWorkerExit has scheduled the next attempt
-    }
+    if (!reply.ok()) break;  // the new worker died as well: OnWorkerExit has scheduled the next attempt
     absl::Status status = ReplyStatus(*reply);
     std::lock_guard<std::mutex> lock(mutex_);
     if (status.ok()) {
@@ -345,16 +355,13 @@ void Supervisor::RestartGroup(const std::string& group) {
       Publish(v1::EVENT_KIND_RESTARTED, name, info.version(), (*worker)->pid(),
               absl::StrCat("version ", info.version(), " restored after: ", info.last_error()));
     } else {
-      all_restored = false;
       record->info.set_state(v1::MODULE_STATE_FAILED);
       record->info.set_last_error(absl::StrCat("restore failed: ", status.message()));
       Publish(v1::EVENT_KIND_FAILED, name, info.version(), (*worker)->pid(), record->info.last_error());
     }
   }
-  if (all_restored) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    groups_[group].consecutive_restarts = 0;
-  }
+  // The backoff is reset by the worker staying up (Recovery::BackoffAfterDeath),
+  // not by the restores succeeding: a worker may die right after them.
 }
 
 absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const std::string& path,
@@ -376,6 +383,7 @@ absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const s
           existing.version() > 0 ? absl::StrCat(" (version ", existing.version(), " from ", existing.path(), ")")
                                  : " (load in progress)"));
     }
+    recovery_.Forget(name);  // a new module: crashes of an earlier one by that name do not count
     record->info.set_name(name);
     record->info.set_path(path);
     record->info.set_worker(group);

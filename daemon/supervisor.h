@@ -2,9 +2,9 @@
 // group) hosts them, every load / reload / unload / call with per-phase
 // deadlines, and what happens when a worker dies: restart with backoff, the
 // last good version of every module loaded again (automatic rollback), a
-// restart-intensity limit per module, and a daemon-wide limit past which
-// relibd gives up so systemd can take over. The RPC layer only translates to
-// and from this class.
+// restart-intensity limit per module (the policy itself is in recovery.h),
+// and giving up — so systemd can take over — only when no worker can start.
+// The RPC layer only translates to and from this class.
 #ifndef RELIB_DAEMON_SUPERVISOR_H_
 #define RELIB_DAEMON_SUPERVISOR_H_
 
@@ -24,6 +24,7 @@
 #include "boost/asio/io_context.hpp"
 #include "daemon/event_bus.h"
 #include "daemon/fd_store.h"
+#include "daemon/recovery.h"
 #include "daemon/state_store.h"
 #include "daemon/worker_handle.h"
 #include "relib/v1/relibd.pb.h"
@@ -39,20 +40,6 @@ struct Deadlines {
   std::chrono::milliseconds unload{10000};         // checks + dlclose, on top of the thread grace
 };
 
-struct RestartPolicy {
-  // A module that crashed its worker more than `max_restarts` times within
-  // `window` is marked failed and not loaded again.
-  int max_restarts = 3;
-  std::chrono::seconds window{60};
-  // Delay before restarting a group's worker: doubles per consecutive failed
-  // restart, up to the maximum.
-  std::chrono::milliseconds backoff_initial{100};
-  std::chrono::milliseconds backoff_max{5000};
-  // More worker deaths than this within `window`, across all groups: relibd
-  // gives up (on_fatal) rather than crash-loop silently.
-  int daemon_max_restarts = 20;
-};
-
 struct SupervisorOptions {
   WorkerOptions worker;
   Deadlines deadlines;
@@ -62,7 +49,9 @@ struct SupervisorOptions {
   // Module state (host API save_state / load_state). REQUIRES: not null,
   // outlives the supervisor.
   StateStore* state_store = nullptr;
-  // Called (from the io thread) when the daemon-wide restart limit is hit.
+  // Called when relibd cannot start workers at all (RestartPolicy::
+  // max_failed_starts), from the io thread or a thread inside Load/Reload or
+  // the restarter; must only make main stop.
   std::function<void(const std::string& why)> on_fatal;
 };
 
@@ -104,11 +93,9 @@ class Supervisor {
     std::mutex operation;  // held for the whole of a load / reload / unload / restore
     v1::ModuleInfo info;             // guarded by mutex_
     std::string good_copy;           // relibd's copy of the current version; guarded by mutex_
-    std::deque<std::chrono::steady_clock::time_point> crashes;  // guarded by mutex_
   };
   struct Group {
     std::shared_ptr<WorkerHandle> worker;
-    int consecutive_restarts = 0;
   };
   using Clock = std::chrono::steady_clock;
 
@@ -131,6 +118,8 @@ class Supervisor {
   void OnWorkerExit(const std::string& group, pid_t pid, const WorkerExit& exit);
   void OnWorkerLog(pid_t pid, const v1::link::Log& log);
   void OnWorkerUsage(pid_t pid, const v1::link::Usage& usage);
+  // Logs and reports (on_fatal) that relibd cannot start workers.
+  void GiveUp(const std::string& why);
   void RestartLoop();
   void RestartGroup(const std::string& group);
   void Publish(v1::EventKind kind, const std::string& module, uint64_t version, int32_t pid,
@@ -145,7 +134,7 @@ class Supervisor {
   std::map<std::string, Group> groups_ ABSL_GUARDED_BY(mutex_);
   // Throwaway workers of staged reloads in progress (stopped on shutdown too).
   std::vector<std::shared_ptr<WorkerHandle>> scratch_workers_ ABSL_GUARDED_BY(mutex_);
-  std::deque<Clock::time_point> worker_deaths_ ABSL_GUARDED_BY(mutex_);
+  Recovery recovery_ ABSL_GUARDED_BY(mutex_);
   std::deque<std::pair<Clock::time_point, std::string>> restart_queue_ ABSL_GUARDED_BY(mutex_);
   FdStore fd_store_;
   std::condition_variable restart_wakeup_;

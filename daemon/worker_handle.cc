@@ -176,6 +176,8 @@ void WorkerHandle::Dispatch(const v1::link::FromWorker& message) {
   switch (message.message_case()) {
     case v1::link::FromWorker::kHello:
       spdlog::info("worker pid={} group={} ready abi={}", pid_, group_, message.hello().abi_version());
+      ready_ = true;
+      if (callbacks_.on_ready) callbacks_.on_ready(pid_);
       return;
     case v1::link::FromWorker::kLog:
       if (callbacks_.on_log) callbacks_.on_log(pid_, message.log());
@@ -217,8 +219,15 @@ void WorkerHandle::Send(v1::link::ToWorker command, std::string what, std::chron
   auto passed = std::make_shared<std::vector<common::UniqueFd>>(std::move(fds));
   asio::post(io_, [self, command = std::move(command), what = std::move(what), deadline, done = std::move(done),
                    passed]() mutable {
+    if (self->finished_) {
+      done(absl::UnavailableError(self->exit_reason_));
+      return;
+    }
     if (!self->alive_ || self->kill_reason_) {
-      done(absl::UnavailableError(absl::StrCat("worker pid ", self->pid_, " is not running")));
+      // Dying: Finish() answers with how it ended (a worker that could not
+      // even start must say why, not just "not running").
+      self->pending_.emplace(self->next_id_++,
+                             Pending{std::move(done), std::move(what), std::make_unique<asio::steady_timer>(self->io_)});
       return;
     }
     for (const common::UniqueFd& fd : *passed) {
@@ -369,6 +378,8 @@ void WorkerHandle::Finish() {
     exit.blamed_module = snapshot.crash_signal != 0 ? snapshot.crash_module : snapshot.module;
   }
   exit.reason = reason;
+  exit.ready = ready_;
+  exit_reason_ = reason;
   spdlog::log(stopping_ ? spdlog::level::info : spdlog::level::warn, "worker pid={} group={} phase=exit {}", pid_,
               group_, reason);
   boost::system::error_code ignored;

@@ -40,6 +40,7 @@ struct WorkerOptions {
 struct WorkerExit {
   std::string reason;          // human-readable, names signal/code, module and phase
   std::string blamed_module;   // module whose code was running (crash or overrun), or ""
+  bool ready = false;          // the worker had said hello: it started, then died
 };
 
 class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
@@ -54,6 +55,8 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
     std::function<void(pid_t, const v1::link::SaveState&)> on_save_state;
     // A module handed over an fd (io thread).
     std::function<void(pid_t, const v1::link::StoreFd&, common::UniqueFd)> on_store_fd;
+    // The worker said hello: it is up and speaks the link (io thread).
+    std::function<void(pid_t)> on_ready;
     // The process ended and has been reaped (io thread). Called exactly once.
     std::function<void(pid_t, const WorkerExit&)> on_exit;
     // Deadline of `phase` for `module` (io thread); zero = none.
@@ -151,6 +154,8 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   bool link_eof_ = false;
   bool finished_ = false;
   bool killed_by_deadline_ = false;
+  bool ready_ = false;  // hello received
+  std::string exit_reason_;  // set by Finish()
   std::string blamed_module_;
   uint64_t last_heartbeat_ = 0;
   int64_t heartbeat_changed_ns_ = 0;

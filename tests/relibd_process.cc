@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -57,8 +58,11 @@ absl::StatusOr<std::unique_ptr<RelibdProcess>> RelibdProcess::Start(const std::v
   common::UniqueFd log_fd(::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
   common::UniqueFd null_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   common::SpawnOptions options;
-  options.argv = {kRelibdPath, "--socket", socket, "--worker", kWorkerPath, "--run-dir", dir->path(),
-                  "--log-level", "debug"};
+  options.argv = {kRelibdPath, "--socket", socket, "--run-dir", dir->path(), "--log-level", "debug"};
+  // The real worker unless the test names another.
+  if (std::find(extra_args.begin(), extra_args.end(), "--worker") == extra_args.end()) {
+    options.argv.insert(options.argv.end(), {"--worker", kWorkerPath});
+  }
   options.argv.insert(options.argv.end(), extra_args.begin(), extra_args.end());
   options.fds = {{null_fd.get(), 0}, {log_fd.get(), 1}, {log_fd.get(), 2}};
   auto process = common::ChildProcess::Spawn(options);

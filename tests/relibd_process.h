@@ -25,7 +25,8 @@ CommandResult RunCommand(const std::vector<std::string>& argv, const std::string
 
 class RelibdProcess {
  public:
-  // Starts relibd with `extra_args` and waits until it accepts connections.
+  // Starts relibd with `extra_args` (`--worker` among them replaces the real
+  // worker) and waits until it accepts connections.
   static absl::StatusOr<std::unique_ptr<RelibdProcess>> Start(const std::vector<std::string>& extra_args = {});
   // SIGTERM, then waits for it to exit.
   ~RelibdProcess();

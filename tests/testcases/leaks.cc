@@ -1,5 +1,5 @@
 // Heap a module leaves behind: malloc, new[], std::string/std::vector made in
-// a module thread, and big blocks for RSS checks.
+// a module thread, and big or many small blocks for RSS checks.
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -56,8 +56,26 @@ std::string LeakMegabytes(std::string_view input) {
   return "leaked";
 }
 
+// Leaks `input` MiB in 64-byte blocks (small enough for malloc's fastbins,
+// which free() never coalesces or trims), half on the calling thread and half
+// on a module thread (another malloc arena), every byte touched.
+void LeakSmall(size_t bytes) {
+  for (size_t done = 0; done < bytes; done += 64) {
+    void* p = std::malloc(64);
+    std::memset(p, 4, 64);
+    sink = p;
+  }
+}
+std::string LeakSmallBlocks(std::string_view input) {
+  size_t half = Size(input) << 19;
+  std::thread([half] { LeakSmall(half); }).join();
+  LeakSmall(half);
+  return "leaked";
+}
+
 }  // namespace
 
 RELIB_MODULE("leaks", nullptr, nullptr, relib::Export<LeakMalloc>("leak_malloc"),
              relib::Export<LeakNewArray>("leak_new_array"), relib::Export<LeakInThread>("leak_in_thread"),
-             relib::Export<AllocAndFree>("alloc_and_free"), relib::Export<LeakMegabytes>("leak_megabytes"));
+             relib::Export<AllocAndFree>("alloc_and_free"), relib::Export<LeakMegabytes>("leak_megabytes"),
+             relib::Export<LeakSmallBlocks>("leak_small_blocks"));
