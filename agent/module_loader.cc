@@ -173,10 +173,18 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
   if (error) {
     return absl::InternalError(absl::StrCat("cannot copy ", path, " to ", module->copy_path, ": ", error.message()));
   }
+  // The copy is what dlopen will map, so the copy is what must be complete
+  // and a module: a file cut short faults the loader, and a library that is
+  // not a module must be refused before its constructors run.
+  if (absl::Status checked = CheckModuleImage(module->copy_path, path); !checked.ok()) {
+    RemoveFile(module->copy_path);
+    return checked;
+  }
   auto pinning = InspectPinning(module->copy_path);
   if (!pinning.ok()) {
     RemoveFile(module->copy_path);
-    return pinning.status();
+    return absl::Status(pinning.status().code(),
+                        absl::StrReplaceAll(pinning.status().message(), {{module->copy_path, path}}));
   }
   module->pinning = std::move(pinning).value();
   module->id = AcquireModuleId();
@@ -219,7 +227,9 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
     return status;
   };
   if (!library.ok()) {
-    return fail(absl::InvalidArgumentError(absl::StrCat("cannot load ", path, ": ", library.status().message())));
+    // dlerror names the private copy; messages name the user's file.
+    return fail(absl::InvalidArgumentError(absl::StrCat(
+        "cannot load ", path, ": ", absl::StrReplaceAll(library.status().message(), {{module->copy_path, path}}))));
   }
   module->library.emplace(std::move(library).value());
   RangeQuery range{&module->copy_path};
