@@ -127,6 +127,10 @@ class ImageChecker {
     return reason;
   }
 
+  // After Check: true for a position-independent executable (ET_DYN too, but
+  // dlopen refuses it).
+  bool executable() const { return executable_; }
+
   // After Check: the descriptor symbol's state in the dynamic symbol table.
   enum class Descriptor { kMissing, kUndefined, kDefined };
   absl::StatusOr<Descriptor> FindDescriptor(std::string* reason);
@@ -141,6 +145,7 @@ class ImageChecker {
   Image& image_;
   Elf64_Phdr dynamic_{};
   DynamicTables tables_;
+  bool executable_ = false;
 };
 
 absl::StatusOr<std::string> ImageChecker::CheckSegments(const Elf64_Ehdr& header) {
@@ -260,6 +265,7 @@ absl::StatusOr<std::string> ImageChecker::CheckDynamic() {
       case DT_SYMENT: tables_.syment = entry.d_un.d_val; break;
       case DT_HASH: tables_.hash = entry.d_un.d_ptr; tables_.has_hash = true; break;
       case DT_GNU_HASH: tables_.gnu_hash = entry.d_un.d_ptr; tables_.has_gnu_hash = true; break;
+      case DT_FLAGS_1: executable_ = (entry.d_un.d_val & DF_1_PIE) != 0; break;
       default: break;
     }
   }
@@ -405,6 +411,10 @@ absl::Status CheckModuleImage(const std::string& path, const std::string& displa
   ImageChecker checker(image);
   RELIB_ASSIGN_OR_RETURN(std::string reason, checker.Check(header));
   if (!reason.empty()) return broken(reason);
+  if (checker.executable()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(display_path, " is a position-independent executable, not a shared object"));
+  }
   RELIB_ASSIGN_OR_RETURN(ImageChecker::Descriptor descriptor, checker.FindDescriptor(&reason));
   if (!reason.empty()) return broken(reason);
   switch (descriptor) {

@@ -539,7 +539,7 @@ absl::StatusOr<std::string> ModuleLoader::Call(const std::string& name, const st
       names.push_back(entry.name);
       continue;
     }
-    HostBuffer out;
+    HostBuffer out(output_limit_);
     int rc;
     EnterPhase(common::Phase::kCall, module, export_name);
     {
@@ -547,9 +547,24 @@ absl::StatusOr<std::string> ModuleLoader::Call(const std::string& name, const st
       rc = entry.fn(input.data(), input.size(), out.abi());
     }
     fds::ClaimUnowned(module.id);
+    // Whatever the export returned: its output is incomplete (the SDK, for
+    // one, fails the call when an append is refused).
+    if (out.overflowed()) {
+      return absl::ResourceExhaustedError(absl::StrCat("output of export '", export_name, "' of module '", name,
+                                                       "' exceeds the limit of ", out.limit(), " bytes (at least ",
+                                                       out.attempted(), " bytes); raise relibd --max-message-mb"));
+    }
     if (rc != RELIB_OK) {
+      // gRPC carries the message in size-limited metadata: keep it short.
+      constexpr size_t kMaxErrorText = 2048;
+      std::string text = std::move(out.data());
+      if (text.size() > kMaxErrorText) {
+        size_t size = text.size();
+        text.resize(kMaxErrorText);
+        absl::StrAppend(&text, "... (", size, " bytes in all)");
+      }
       return absl::UnknownError(absl::StrCat("export '", export_name, "' of module '", name, "' failed with code ", rc,
-                                             out.data().empty() ? "" : ": ", out.data()));
+                                             text.empty() ? "" : ": ", text));
     }
     return std::move(out.data());
   }
