@@ -31,6 +31,9 @@ class Agent : public HostServices {
   // the link (returns OK) or the link fails (returns the error).
   absl::Status Run();
 
+  // The most bytes one export call may output (see ModuleLoader).
+  void set_output_limit(uint64_t bytes) { loader_.set_output_limit(bytes); }
+
   // HostServices: state and fds are cached here for the modules (filled by
   // each load command) and every change is forwarded to relibd, which owns
   // the real stores.

@@ -12,14 +12,14 @@ namespace relib::agent {
 
 absl::Status DaemonLink::Send(const v1::link::FromWorker& message) {
   std::lock_guard<std::mutex> lock(send_mutex_);
-  return common::WriteFrame(fd_.get(), message);
+  return common::WriteFrame(fd_.get(), message, frame_limit_);
 }
 
 absl::Status DaemonLink::SendWithFd(const v1::link::FromWorker& message, int fd) {
   if (!fd_channel_.valid()) return absl::FailedPreconditionError("no fd channel to relibd");
   std::lock_guard<std::mutex> lock(send_mutex_);
   if (absl::Status sent = common::SendFd(fd_channel_.get(), fd); !sent.ok()) return sent;
-  return common::WriteFrame(fd_.get(), message);
+  return common::WriteFrame(fd_.get(), message, frame_limit_);
 }
 
 absl::StatusOr<common::UniqueFd> DaemonLink::ReceiveFd() {
@@ -37,6 +37,8 @@ absl::StatusOr<bool> DaemonLink::WaitReadable(int timeout_ms) {
   return rc > 0;
 }
 
-absl::Status DaemonLink::Receive(v1::link::ToWorker* command) { return common::ReadFrame(fd_.get(), command); }
+absl::Status DaemonLink::Receive(v1::link::ToWorker* command) {
+  return common::ReadFrame(fd_.get(), command, frame_limit_);
+}
 
 }  // namespace relib::agent

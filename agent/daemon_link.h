@@ -3,11 +3,13 @@
 #ifndef RELIB_AGENT_DAEMON_LINK_H_
 #define RELIB_AGENT_DAEMON_LINK_H_
 
+#include <cstdint>
 #include <mutex>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/frame_io.h"
 #include "common/unique_fd.h"
 
 namespace relib::v1::link {
@@ -19,9 +21,12 @@ namespace relib::agent {
 
 class DaemonLink {
  public:
-  // `fd_channel` may be invalid (then fds cannot be passed).
-  DaemonLink(common::UniqueFd fd, common::UniqueFd fd_channel)
-      : fd_(std::move(fd)), fd_channel_(std::move(fd_channel)) {}
+  // `fd_channel` may be invalid (then fds cannot be passed). Frames larger
+  // than `frame_limit` bytes are refused both ways (relibd uses the same
+  // limit, common::LinkFrameLimit of its --max-message-mb).
+  DaemonLink(common::UniqueFd fd, common::UniqueFd fd_channel,
+             uint64_t frame_limit = common::kMaxFramePayloadBytes)
+      : fd_(std::move(fd)), fd_channel_(std::move(fd_channel)), frame_limit_(frame_limit) {}
 
   // Thread-safe; any thread (module log calls included) may send.
   absl::Status Send(const v1::link::FromWorker& message);
@@ -39,6 +44,7 @@ class DaemonLink {
  private:
   common::UniqueFd fd_;
   common::UniqueFd fd_channel_;
+  const uint64_t frame_limit_;
   std::mutex send_mutex_;
 };
 

@@ -16,6 +16,21 @@ namespace relib::agent {
 // shared object, wrong class or machine), the errno of open/read otherwise.
 absl::Status CheckSharedObject(const std::string& path);
 
+// OK if `path`, the file the dynamic loader is about to open, is a complete
+// relib module image, checked without running any of it: a 64-bit shared
+// object for this machine whose loadable segments (PT_LOAD) lie within the
+// file with sane sizes and alignment; whose dynamic section (PT_DYNAMIC) lies
+// in the file-backed part of a PT_LOAD, ends with DT_NULL and names a string
+// table, a symbol table and a hash table that are file-backed too; whose
+// dynamic symbol table defines RELIB_DESCRIPTOR_SYMBOL_NAME; and whose section
+// headers, when present, lie within the file and are not zero-filled. This
+// catches a library that is not a relib module before its constructors run,
+// and a file cut short or with a zero-filled tail (a linker still writing it)
+// before the loader faults on it.
+// Messages name `display_path` (the user's path), never `path`.
+// Errors: INVALID_ARGUMENT with the reason; the errno of open/read otherwise.
+absl::Status CheckModuleImage(const std::string& path, const std::string& display_path);
+
 // What in a module's ELF file will keep glibc from ever unmapping it.
 struct PinningFacts {
   // Defined STB_GNU_UNIQUE symbols (g++ emits them for inline static members

@@ -187,10 +187,18 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
   if (error) {
     return absl::InternalError(absl::StrCat("cannot copy ", path, " to ", module->copy_path, ": ", error.message()));
   }
+  // The copy is what dlopen will map, so the copy is what must be complete
+  // and a module: a file cut short faults the loader, and a library that is
+  // not a module must be refused before its constructors run.
+  if (absl::Status checked = CheckModuleImage(module->copy_path, path); !checked.ok()) {
+    RemoveFile(module->copy_path);
+    return checked;
+  }
   auto pinning = InspectPinning(module->copy_path);
   if (!pinning.ok()) {
     RemoveFile(module->copy_path);
-    return pinning.status();
+    return absl::Status(pinning.status().code(),
+                        absl::StrReplaceAll(pinning.status().message(), {{module->copy_path, path}}));
   }
   module->pinning = std::move(pinning).value();
   module->id = AcquireModuleId();
@@ -237,7 +245,9 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
     return status;
   };
   if (!library.ok()) {
-    return fail(absl::InvalidArgumentError(absl::StrCat("cannot load ", path, ": ", library.status().message())));
+    // dlerror names the private copy; messages name the user's file.
+    return fail(absl::InvalidArgumentError(absl::StrCat(
+        "cannot load ", path, ": ", absl::StrReplaceAll(library.status().message(), {{module->copy_path, path}}))));
   }
   module->library.emplace(std::move(library).value());
   RangeQuery range{&module->copy_path};
@@ -627,7 +637,7 @@ absl::StatusOr<std::string> ModuleLoader::Call(const std::string& name, const st
       names.push_back(entry.name);
       continue;
     }
-    HostBuffer out;
+    HostBuffer out(output_limit_);
     int rc;
     EnterPhase(common::Phase::kCall, module, export_name);
     {
@@ -636,9 +646,24 @@ absl::StatusOr<std::string> ModuleLoader::Call(const std::string& name, const st
     }
     fds::ClaimUnowned(module.id);
     children::ClaimUnowned(module.id);
+    // Whatever the export returned: its output is incomplete (the SDK, for
+    // one, fails the call when an append is refused).
+    if (out.overflowed()) {
+      return absl::ResourceExhaustedError(absl::StrCat("output of export '", export_name, "' of module '", name,
+                                                       "' exceeds the limit of ", out.limit(), " bytes (at least ",
+                                                       out.attempted(), " bytes); raise relibd --max-message-mb"));
+    }
     if (rc != RELIB_OK) {
+      // gRPC carries the message in size-limited metadata: keep it short.
+      constexpr size_t kMaxErrorText = 2048;
+      std::string text = std::move(out.data());
+      if (text.size() > kMaxErrorText) {
+        size_t size = text.size();
+        text.resize(kMaxErrorText);
+        absl::StrAppend(&text, "... (", size, " bytes in all)");
+      }
       return absl::UnknownError(absl::StrCat("export '", export_name, "' of module '", name, "' failed with code ", rc,
-                                             out.data().empty() ? "" : ": ", out.data()));
+                                             text.empty() ? "" : ": ", text));
     }
     return std::move(out.data());
   }

@@ -25,6 +25,7 @@
 #include "agent/mmap_tracker.h"
 #include "agent/thread_tracker.h"
 #include "common/flight_recorder.h"
+#include "common/message_limits.h"
 
 namespace relib::agent {
 
@@ -151,7 +152,9 @@ class ModuleLoader {
                                   const std::string& display_path = "");
 
   // Calls an export. Errors: NOT_FOUND (module or export), UNKNOWN (the
-  // export returned an error code; the message holds its text).
+  // export returned an error code; the message holds its text, cut to a few
+  // KiB), RESOURCE_EXHAUSTED (the export's output went past output_limit();
+  // the module saw its append refused and the module stays loaded).
   absl::StatusOr<std::string> Call(const std::string& name, const std::string& export_name,
                                    std::string_view input);
 
@@ -163,6 +166,10 @@ class ModuleLoader {
   // Where to publish the current module and phase (may stay null, e.g. in
   // tests). Must outlive the loader.
   void set_flight_recorder(common::FlightRecorder* recorder) { recorder_ = recorder; }
+
+  // The most bytes one export call may output (what relibd can deliver).
+  void set_output_limit(uint64_t bytes) { output_limit_ = bytes; }
+  uint64_t output_limit() const { return output_limit_; }
 
  private:
   struct Module;
@@ -195,6 +202,7 @@ class ModuleLoader {
   ModuleLogFn log_;
   HostServices* services_;
   common::FlightRecorder* recorder_ = nullptr;
+  uint64_t output_limit_ = common::OutputLimit(common::MegabytesToBytes(common::kDefaultMaxMessageMb));
   uint64_t next_copy_id_ = 1;
   std::map<std::string, std::unique_ptr<Module>> modules_;
   // Versions that could not be unloaded (threads still running after a failed

@@ -19,6 +19,7 @@
 #include "agent/heartbeat.h"
 #include "agent/module_context.h"
 #include "common/flight_recorder.h"
+#include "common/message_limits.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
@@ -34,6 +35,9 @@ int main(int argc, char** argv) {
   int fd_channel = -1;
   app.add_option("--fd-channel-fd", fd_channel, "fd of the socket relibd passes file descriptors on");
   app.add_option("--flight-recorder", recorder_name, "shared-memory flight recorder created by relibd");
+  uint64_t max_message_bytes = relib::common::MegabytesToBytes(relib::common::kDefaultMaxMessageMb);
+  app.add_option("--max-message-bytes", max_message_bytes,
+                 "relibd's gRPC message limit: sizes the link's frames and caps export outputs");
   CLI11_PARSE(app, argc, argv);
 
   // A dead daemon must not kill the worker mid-write; the failed write ends it.
@@ -69,8 +73,10 @@ int main(int argc, char** argv) {
     heartbeat.emplace(recorder->record());
   }
 
-  relib::agent::DaemonLink link{relib::common::UniqueFd(link_fd), relib::common::UniqueFd(fd_channel)};
+  relib::agent::DaemonLink link{relib::common::UniqueFd(link_fd), relib::common::UniqueFd(fd_channel),
+                                 relib::common::LinkFrameLimit(max_message_bytes)};
   relib::agent::Agent agent(link, scratch_dir, recorder ? &*recorder : nullptr);
+  agent.set_output_limit(relib::common::OutputLimit(max_message_bytes));
   absl::Status status = agent.Run();
   if (!status.ok()) {
     spdlog::error("phase=link {}", status.ToString());

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/output.h"
 #include "common/api_metadata.h"
+#include "common/message_limits.h"
 #include "grpcpp/grpcpp.h"
 #include "relib/v1/relibd.grpc.pb.h"
 
@@ -36,7 +37,12 @@ const char* CodeName(grpc::StatusCode code) {
 
 // Connects or explains why not. Null means the caller should exit kExitUnreachable.
 std::unique_ptr<v1::Relibd::Stub> Connect(const ClientOptions& options) {
-  auto channel = grpc::CreateChannel("unix:" + options.socket, grpc::InsecureChannelCredentials());
+  grpc::ChannelArguments arguments;
+  const auto max_message_bytes = static_cast<int>(common::MegabytesToBytes(options.max_message_mb));
+  arguments.SetMaxReceiveMessageSize(max_message_bytes);
+  arguments.SetMaxSendMessageSize(max_message_bytes);
+  auto channel =
+      grpc::CreateCustomChannel("unix:" + options.socket, grpc::InsecureChannelCredentials(), arguments);
   auto deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(options.connect_timeout_ms);
   if (!channel->WaitForConnected(deadline)) {
     std::cerr << "relibctl: cannot reach relibd at " << options.socket

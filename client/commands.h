@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include "common/message_limits.h"
+
 namespace relib::client {
 
 // Exit codes shared by every subcommand.
@@ -18,6 +20,9 @@ struct ClientOptions {
   std::string socket;
   bool json = false;
   int connect_timeout_ms = 3000;
+  // Largest gRPC message sent or received; relibd has the same flag and
+  // default (common/message_limits.h).
+  int max_message_mb = common::kDefaultMaxMessageMb;
 };
 
 // Unload checks and policies given on the command line (see ModuleOptions in

@@ -4,6 +4,7 @@
 
 #include "CLI/CLI.hpp"
 #include "client/commands.h"
+#include "common/message_limits.h"
 #include "common/socket_path.h"
 
 int main(int argc, char** argv) {
@@ -15,6 +16,10 @@ int main(int argc, char** argv) {
   app.add_option("--socket", options.socket, "relibd's Unix socket")->capture_default_str();
   app.add_flag("--json", options.json, "print results as JSON");
   app.add_option("--connect-timeout-ms", options.connect_timeout_ms, "how long to wait for relibd");
+  app.add_option("--max-message-mb", options.max_message_mb,
+                 "largest message sent or received (a call's input or output); match relibd's --max-message-mb")
+      ->capture_default_str()
+      ->check(CLI::Range(1, relib::common::kMaxMaxMessageMb));
 
   std::string name, path, export_name, input;
   bool force = false;

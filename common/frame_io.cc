@@ -39,10 +39,11 @@ uint32_t DecodeFrameHeader(const unsigned char in[kFrameHeaderBytes]) {
   return length;
 }
 
-absl::Status EncodeFrame(const google::protobuf::MessageLite& message, std::string* frame) {
+absl::Status EncodeFrame(const google::protobuf::MessageLite& message, std::string* frame, uint64_t limit) {
   size_t size = message.ByteSizeLong();
-  if (size > kMaxFramePayloadBytes) {
-    return absl::ResourceExhaustedError(absl::StrCat("message of ", size, " bytes exceeds the link limit"));
+  if (size > limit) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("message of ", size, " bytes exceeds the link limit of ", limit, " bytes"));
   }
   frame->resize(kFrameHeaderBytes);
   EncodeFrameHeader(static_cast<uint32_t>(size), reinterpret_cast<unsigned char*>(frame->data()));
@@ -50,9 +51,9 @@ absl::Status EncodeFrame(const google::protobuf::MessageLite& message, std::stri
   return absl::OkStatus();
 }
 
-absl::Status WriteFrame(int fd, const google::protobuf::MessageLite& message) {
+absl::Status WriteFrame(int fd, const google::protobuf::MessageLite& message, uint64_t limit) {
   std::string frame;
-  if (absl::Status status = EncodeFrame(message, &frame); !status.ok()) return status;
+  if (absl::Status status = EncodeFrame(message, &frame, limit); !status.ok()) return status;
   size_t done = 0;
   while (done < frame.size()) {
     ssize_t n = ::write(fd, frame.data() + done, frame.size() - done);
@@ -65,15 +66,15 @@ absl::Status WriteFrame(int fd, const google::protobuf::MessageLite& message) {
   return absl::OkStatus();
 }
 
-absl::Status ReadFrame(int fd, google::protobuf::MessageLite* message) {
+absl::Status ReadFrame(int fd, google::protobuf::MessageLite* message, uint64_t limit) {
   unsigned char header[kFrameHeaderBytes];
   absl::StatusOr<size_t> got = ReadFully(fd, header, sizeof(header));
   if (!got.ok()) return got.status();
   if (*got == 0) return absl::UnavailableError("link closed");
   if (*got != sizeof(header)) return absl::DataLossError("link closed inside a frame header");
   uint32_t length = DecodeFrameHeader(header);
-  if (length > kMaxFramePayloadBytes) {
-    return absl::DataLossError(absl::StrCat("frame length ", length, " exceeds the link limit"));
+  if (length > limit) {
+    return absl::DataLossError(absl::StrCat("frame length ", length, " exceeds the link limit of ", limit, " bytes"));
   }
   std::string payload(length, '\0');
   got = ReadFully(fd, payload.data(), length);

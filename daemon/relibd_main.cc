@@ -17,9 +17,11 @@
 #include "boost/asio/executor_work_guard.hpp"
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/signal_set.hpp"
+#include "common/message_limits.h"
 #include "common/socket_path.h"
 #include "common/temp_dir.h"
 #include "daemon/event_bus.h"
+#include "daemon/module_file.h"
 #include "daemon/orphans.h"
 #include "daemon/rpc_service.h"
 #include "daemon/state_store.h"
@@ -111,6 +113,17 @@ int main(int argc, char** argv) {
                  "exit with code 3; a crash loop in a group never does")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  int max_module_size_mb = static_cast<int>(relib::daemon::kDefaultMaxModuleSizeMb);
+  app.add_option("--max-module-size-mb", max_module_size_mb,
+                 "module files larger than this are refused before they are copied")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  int max_message_mb = relib::common::kDefaultMaxMessageMb;
+  app.add_option("--max-message-mb", max_message_mb,
+                 "largest gRPC message relibd sends or receives (an export's output or input, plus a little); "
+                 "give relibctl the same value")
+      ->capture_default_str()
+      ->check(CLI::Range(1, relib::common::kMaxMaxMessageMb));
   CLI11_PARSE(app, argc, argv);
 
   ::signal(SIGPIPE, SIG_IGN);
@@ -160,6 +173,9 @@ int main(int argc, char** argv) {
   options.restart.backoff_initial = std::chrono::milliseconds(backoff_ms);
   options.restart.stable_after = std::chrono::seconds(stable_s);
   options.good_dir = run_dir + "/good";
+  options.max_module_bytes = static_cast<uint64_t>(max_module_size_mb) << 20;
+  const uint64_t max_message_bytes = relib::common::MegabytesToBytes(max_message_mb);
+  options.worker.max_message_bytes = max_message_bytes;
   auto state_store = relib::daemon::StateStore::Open(state_dir, 64u << 20);
   if (!state_store.ok()) {
     spdlog::critical("phase=startup {}", state_store.status().ToString());
@@ -178,6 +194,8 @@ int main(int argc, char** argv) {
   grpc::ServerBuilder builder;
   builder.AddListeningPort("unix:" + socket_path, grpc::InsecureServerCredentials());
   builder.RegisterService(&service);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server) {
     spdlog::critical("phase=startup cannot listen on unix:{}", socket_path);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "daemon/module_file.h"
 #include "spdlog/spdlog.h"
 
 namespace relib::daemon {
@@ -187,13 +188,8 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker(const std
 
 absl::StatusOr<std::string> Supervisor::StageCopy(const std::string& name, uint64_t version,
                                                   const std::string& path) {
-  std::error_code error;
-  if (!std::filesystem::exists(path, error)) {
-    return absl::NotFoundError(absl::StrCat("module file ", path, " does not exist"));
-  }
   std::string copy = absl::StrCat(options_.good_dir, "/", name, ".v", version, ".so");
-  std::filesystem::copy_file(path, copy, std::filesystem::copy_options::overwrite_existing, error);
-  if (error) return absl::FailedPreconditionError(absl::StrCat("cannot read ", path, ": ", error.message()));
+  if (absl::Status copied = CopyModuleFile(path, copy, options_.max_module_bytes); !copied.ok()) return copied;
   return copy;
 }
 

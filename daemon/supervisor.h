@@ -24,6 +24,7 @@
 #include "boost/asio/io_context.hpp"
 #include "daemon/event_bus.h"
 #include "daemon/fd_store.h"
+#include "daemon/module_file.h"
 #include "daemon/recovery.h"
 #include "daemon/state_store.h"
 #include "daemon/worker_handle.h"
@@ -46,6 +47,8 @@ struct SupervisorOptions {
   RestartPolicy restart;
   // Where relibd keeps its own copy of each module's last good version.
   std::string good_dir;
+  // Larger module files are refused before they are copied.
+  uint64_t max_module_bytes = kDefaultMaxModuleSizeMb << 20;
   // Module state (host API save_state / load_state). REQUIRES: not null,
   // outlives the supervisor.
   StateStore* state_store = nullptr;
@@ -63,7 +66,8 @@ class Supervisor {
   Supervisor(boost::asio::io_context& io, SupervisorOptions options, EventBus& events);
   ~Supervisor();
 
-  // Errors: INVALID_ARGUMENT (bad name, group or relative path),
+  // Errors: INVALID_ARGUMENT (bad name, group or relative path; a file that
+  // is not regular, too large, not ELF, incomplete or not a relib module),
   // ALREADY_EXISTS, NOT_FOUND (missing file), whatever the worker reports
   // (see ModuleLoader::Load), DEADLINE_EXCEEDED or UNAVAILABLE if the worker
   // hung or died.
@@ -106,7 +110,8 @@ class Supervisor {
                                  uint64_t version, const v1::ModuleOptions& options, bool without_fds,
                                  std::vector<common::UniqueFd>& fds) const;
   std::shared_ptr<Record> Find(const std::string& name) const;
-  // Copies `path` to good_dir as the candidate of `version`.
+  // Copies `path` to good_dir as the candidate of `version`, refusing what
+  // cannot be a module before copying (see CopyModuleFile).
   absl::StatusOr<std::string> StageCopy(const std::string& name, uint64_t version, const std::string& path);
   // Loads the candidate in a throwaway worker and runs `self_test` there.
   absl::Status TryInScratchWorker(const std::string& name, const std::string& candidate,

@@ -53,7 +53,8 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> WorkerHandle::Start(asio::io_conte
   common::UniqueFd worker_channel(fds[1]);
   common::SpawnOptions spawn;
   spawn.argv = {options.worker_path, "--link-fd", "3", "--fd-channel-fd", "4", "--scratch-dir", scratch->path(),
-                "--log-level", options.log_level, "--flight-recorder", recorder->name()};
+                "--log-level", options.log_level, "--flight-recorder", recorder->name(),
+                "--max-message-bytes", std::to_string(options.max_message_bytes)};
   spawn.fds = {{worker_end.get(), 3}, {worker_channel.get(), 4}};
   // Everything the worker starts inherits its group: killed with it on exit.
   spawn.new_process_group = true;
@@ -141,7 +142,7 @@ void WorkerHandle::ReadHeader() {
       return;
     }
     uint32_t length = common::DecodeFrameHeader(self->header_);
-    if (length > common::kMaxFramePayloadBytes) {
+    if (length > common::LinkFrameLimit(self->options_.max_message_bytes)) {
       self->Kill(absl::StrCat("worker sent a frame of ", length, " bytes (protocol error)"));
       return;
     }
@@ -239,7 +240,8 @@ void WorkerHandle::Send(v1::link::ToWorker command, std::string what, std::chron
     uint64_t id = self->next_id_++;
     command.set_id(id);
     std::string frame;
-    if (absl::Status status = common::EncodeFrame(command, &frame); !status.ok()) {
+    const uint64_t limit = common::LinkFrameLimit(self->options_.max_message_bytes);
+    if (absl::Status status = common::EncodeFrame(command, &frame, limit); !status.ok()) {
       done(status);
       return;
     }

@@ -23,6 +23,7 @@
 #include "boost/asio/steady_timer.hpp"
 #include "common/child_process.h"
 #include "common/flight_recorder.h"
+#include "common/message_limits.h"
 #include "common/temp_dir.h"
 #include "relib/v1/worker_link.pb.h"
 
@@ -34,6 +35,9 @@ struct WorkerOptions {
   std::string log_level = "info";
   // SIGTERM first, SIGKILL this much later, when a deadline kills a worker.
   std::chrono::milliseconds term_grace{200};
+  // relibd's gRPC message limit: the worker caps export outputs to fit it,
+  // and the link's frames are sized to carry it (common/message_limits.h).
+  uint64_t max_message_bytes = common::MegabytesToBytes(common::kDefaultMaxMessageMb);
 };
 
 // How a worker ended, for the supervisor's restart decisions.

@@ -77,6 +77,16 @@ TEST(FrameIoTest, OversizedLengthIsRejectedWithoutAllocating) {
   EXPECT_THAT(ReadFrame(pair.b.get(), &command), StatusIs(absl::StatusCode::kDataLoss, HasSubstr("limit")));
 }
 
+TEST(FrameIoTest, LimitIsEnforcedOnBothSides) {
+  SocketPair pair;
+  v1::link::ToWorker command;
+  command.mutable_call()->set_input(std::string(1000, 'i'));
+  EXPECT_THAT(WriteFrame(pair.a.get(), command, 100), StatusIs(absl::StatusCode::kResourceExhausted, HasSubstr("100")));
+  ASSERT_THAT(WriteFrame(pair.a.get(), command, 2000), IsOk());
+  v1::link::ToWorker received;
+  EXPECT_THAT(ReadFrame(pair.b.get(), &received, 100), StatusIs(absl::StatusCode::kDataLoss, HasSubstr("limit")));
+}
+
 TEST(FrameIoTest, GarbagePayloadIsDataLoss) {
   SocketPair pair;
   unsigned char header[kFrameHeaderBytes];

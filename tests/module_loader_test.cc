@@ -158,6 +158,20 @@ TEST_F(ModuleLoaderTest, ExportExceptionBecomesError) {
   EXPECT_EQ(*loader_->Call("m", "version", ""), "v1");
 }
 
+TEST_F(ModuleLoaderTest, OutputOverTheLimitFailsTheCallOnly) {
+  loader_->set_output_limit(10);
+  ASSERT_THAT(Load("m", paths::k_versioned_v1, 1), IsOk());
+  EXPECT_THAT(loader_->Call("m", "echo", std::string(11, 'a')),
+              StatusIs(absl::StatusCode::kResourceExhausted,
+                       HasSubstr("output of export 'echo' of module 'm' exceeds the limit of 10 bytes (at least 11 "
+                                 "bytes)")));
+  EXPECT_EQ(*loader_->Call("m", "echo", "0123456789"), "0123456789");
+  // An export's error text (within the limit) is cut to a few KiB for gRPC's metadata.
+  loader_->set_output_limit(1 << 20);
+  EXPECT_THAT(loader_->Call("m", "fail", std::string(5000, 'e')),
+              StatusIs(absl::StatusCode::kUnknown, HasSubstr("bytes in all)")));
+}
+
 TEST_F(ModuleLoaderTest, ReloadToBadFileKeepsOldVersion) {
   ASSERT_THAT(Load("m", paths::k_versioned_v1, 1), IsOk());
   UnloadReport report;

@@ -112,8 +112,8 @@ TEST_F(RelibdTest, FailedLoadNeverUnmapsCodeItsConstructorThreadsRun) {
   ASSERT_TRUE(Load("good", k_versioned_v1).ok());
   pid_t worker = Status().modules(0).worker_pid();
   grpc::Status status = Load("bad", k_ctor_thread);
-  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
-  EXPECT_THAT(status.error_message(), AllOf(HasSubstr("not a relib module"), HasSubstr("1 thread(s) running"),
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(status.error_message(), AllOf(HasSubstr("ABI version 99"), HasSubstr("1 thread(s) running"),
                                             HasSubstr("stays mapped")));
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   EXPECT_EQ(Call("good", "version"), "v1");  // the worker did not crash

@@ -46,7 +46,10 @@ extern "C" {
 #define RELIB_LOG_CRITICAL 5
 
 /* Host-owned growable byte buffer. `append` copies `len` bytes to the end and
- * returns RELIB_OK, or RELIB_ERROR if the host cannot take them. */
+ * returns RELIB_OK, or RELIB_ERROR if the host cannot take them: an export's
+ * output is limited to what relibd can deliver (relibd --max-message-mb);
+ * past it the append, and every later one, is refused and the call fails
+ * with RESOURCE_EXHAUSTED whatever the export returns. */
 typedef struct relib_buffer {
   void* host_context;
   int (*append)(struct relib_buffer* self, const void* data, size_t len);

@@ -84,8 +84,9 @@ inline Host ThisHost() { return Host(relib_module_host); }
 
 namespace detail {
 
-inline void Append(relib_buffer* buffer, std::string_view text) noexcept {
-  if (buffer != nullptr) buffer->append(buffer, text.data(), text.size());
+// False if the host refused the bytes (e.g. output over relibd's limit).
+inline bool Append(relib_buffer* buffer, std::string_view text) noexcept {
+  return buffer != nullptr && buffer->append(buffer, text.data(), text.size()) == RELIB_OK;
 }
 
 // Runs `body`, turning any exception into an error code plus message.
@@ -104,10 +105,13 @@ int Guarded(relib_buffer* error, Body&& body) noexcept {
 
 template <auto Fn>
 int ExportThunk(const void* in, size_t in_len, relib_buffer* out) noexcept {
-  return Guarded(out, [&] {
+  bool taken = true;
+  int rc = Guarded(out, [&] {
     std::string result = Fn(std::string_view(static_cast<const char*>(in), in_len));
-    Append(out, result);
+    taken = Append(out, result);
   });
+  // A refused output is a failed call; the host says why (its limit).
+  return rc == RELIB_OK && !taken ? RELIB_ERROR : rc;
 }
 
 template <auto Fn>

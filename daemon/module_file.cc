@@ -1,0 +1,129 @@
+#include "daemon/module_file.h"
+
+#include <elf.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "common/unique_fd.h"
+
+namespace relib::daemon {
+namespace {
+
+const char* FileKind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+  if (S_ISCHR(mode)) return "a character device";
+  if (S_ISBLK(mode)) return "a block device";
+  if (S_ISSOCK(mode)) return "a socket";
+  return "not a regular file";
+}
+
+// Reads up to `len` bytes at `offset`; returns how many (fewer only at EOF).
+ssize_t ReadAt(int fd, void* out, size_t len, off_t offset) {
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = ::pread(fd, static_cast<char*>(out) + done, len - done, offset + static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return -1;
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  return static_cast<ssize_t>(done);
+}
+
+absl::Status WriteAll(int fd, const char* data, size_t len) {
+  while (len > 0) {
+    ssize_t n = ::write(fd, data, len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return absl::ErrnoToStatus(errno, "write");
+    data += n;
+    len -= static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+// Copies `in` from offset 0 to `out`, at most `limit + 1` bytes; returns the
+// number copied (limit + 1 means "more than the limit").
+absl::StatusOr<uint64_t> CopyBounded(int in, int out, uint64_t limit) {
+  uint64_t copied = 0;
+  off_t in_offset = 0;
+  bool kernel_copy = true;
+  std::string buffer;
+  while (copied <= limit) {
+    size_t chunk = static_cast<size_t>(std::min<uint64_t>(limit + 1 - copied, 1u << 20));
+    ssize_t n;
+    if (kernel_copy) {
+      n = ::copy_file_range(in, &in_offset, out, nullptr, chunk, 0);
+      if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP)) {
+        kernel_copy = false;  // across file systems or unsupported: copy through user space
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return absl::ErrnoToStatus(errno, "copy_file_range");
+    } else {
+      buffer.resize(chunk);
+      n = ReadAt(in, buffer.data(), chunk, in_offset);
+      if (n < 0) return absl::ErrnoToStatus(errno, "read");
+      if (absl::Status written = WriteAll(out, buffer.data(), static_cast<size_t>(n)); !written.ok()) return written;
+      in_offset += n;
+    }
+    if (n == 0) break;
+    copied += static_cast<uint64_t>(n);
+  }
+  return copied;
+}
+
+}  // namespace
+
+absl::Status CopyModuleFile(const std::string& path, const std::string& destination, uint64_t max_bytes) {
+  common::UniqueFd in(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
+  if (!in.valid()) {
+    if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("module file ", path, " does not exist"));
+    return absl::ErrnoToStatus(errno, absl::StrCat("cannot open module file ", path));
+  }
+  struct stat st;
+  if (::fstat(in.get(), &st) != 0) return absl::ErrnoToStatus(errno, absl::StrCat("cannot stat module file ", path));
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("module file ", path, " is ", FileKind(st.st_mode), ", not a regular file"));
+  }
+  const auto size = static_cast<uint64_t>(st.st_size);
+  if (size > max_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("module file ", path, " is ", size,
+                                                   " bytes, over the limit of ", max_bytes,
+                                                   " bytes (relibd --max-module-size-mb)"));
+  }
+  unsigned char magic[SELFMAG];
+  ssize_t n = ReadAt(in.get(), magic, sizeof(magic), 0);
+  if (n < 0) return absl::ErrnoToStatus(errno, absl::StrCat("cannot read module file ", path));
+  if (static_cast<size_t>(n) < SELFMAG || std::memcmp(magic, ELFMAG, SELFMAG) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(path, " is not an ELF file (no ELF magic)"));
+  }
+
+  common::UniqueFd out(::open(destination.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!out.valid()) {
+    return absl::InternalError(absl::StrCat("cannot create relibd's copy of ", path, ": ", std::strerror(errno)));
+  }
+  absl::StatusOr<uint64_t> copied = CopyBounded(in.get(), out.get(), max_bytes);
+  absl::Status status;
+  if (!copied.ok()) {
+    status = absl::InternalError(absl::StrCat("cannot copy module file ", path, ": ", copied.status().message()));
+  } else if (*copied > max_bytes) {
+    status = absl::InvalidArgumentError(absl::StrCat("module file ", path, " grew past the limit of ", max_bytes,
+                                                     " bytes while it was copied (relibd --max-module-size-mb)"));
+  } else if (::close(out.Release()) != 0) {
+    status = absl::InternalError(absl::StrCat("cannot write relibd's copy of ", path, ": ", std::strerror(errno)));
+  }
+  if (!status.ok()) ::unlink(destination.c_str());
+  return status;
+}
+
+}  // namespace relib::daemon

@@ -1,0 +1,30 @@
+// relibd's intake of a user's module file: refuses what cannot be a module
+// (missing, not a regular file, too large, not ELF) before copying a byte,
+// then copies the very file it checked.
+#ifndef RELIB_DAEMON_MODULE_FILE_H_
+#define RELIB_DAEMON_MODULE_FILE_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace relib::daemon {
+
+// Default of relibd --max-module-size-mb.
+inline constexpr uint64_t kDefaultMaxModuleSizeMb = 512;
+
+// Opens `path` once (O_RDONLY | O_NONBLOCK, so a FIFO cannot block), checks
+// through that fd that it is a regular file of at most `max_bytes` bytes that
+// starts with the ELF magic, and copies from the same fd to `destination`
+// (created or replaced, mode 0600). At most `max_bytes` are copied even if the
+// file grows meanwhile. Nothing is left at `destination` on error. Thread-safe.
+// Errors name `path` and the reason: NOT_FOUND (no such file),
+// INVALID_ARGUMENT (FIFO, device, directory, socket; over the limit; no ELF
+// magic; grew past the limit while copied), the errno of open (e.g.
+// PERMISSION_DENIED), INTERNAL if `destination` cannot be written.
+absl::Status CopyModuleFile(const std::string& path, const std::string& destination, uint64_t max_bytes);
+
+}  // namespace relib::daemon
+
+#endif  // RELIB_DAEMON_MODULE_FILE_H_
