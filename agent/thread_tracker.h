@@ -1,4 +1,5 @@
-// Threads started while module code runs. The worker defines pthread_create;
+// Threads started while module code runs. The worker defines pthread_create
+// (and thrd_create, which glibc implements without it);
 // a thread created in module scope (directly, by std::thread or std::async
 // inside libstdc++, or by another module thread) runs in that module's scope
 // and is recorded. A thread counts as alive until the kernel says its task is

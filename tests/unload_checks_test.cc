@@ -49,6 +49,19 @@ class UnloadChecksTest : public RelibdTest {
   }
 };
 
+TEST_F(UnloadChecksTest, C11ThreadRefusesUnloadLikeAnyOther) {
+  v1::ModuleOptions options;
+  options.set_thread_grace_ms(200);
+  pid_t worker = LoadOrDie("t", k_threads, options);
+  ASSERT_EQ(Call("t", "spawn_c11_forever"), "started");
+  v1::UnloadResponse response;
+  grpc::Status status = Unload("t", &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(status.error_message(), AllOf(HasSubstr("1 running thread"), HasSubstr("'c11-forever'")));
+  EXPECT_FALSE(ModuleMappings(worker, "/t.v1.").empty());  // its code stays mapped under the thread
+  EXPECT_EQ(Call("t", "ping"), "pong");
+}
+
 TEST_F(UnloadChecksTest, ThreadThatNeverStopsRefusesUnloadAndOldVersionKeepsServing) {
   v1::ModuleOptions options;
   options.set_thread_grace_ms(300);

@@ -1,5 +1,6 @@
 // Threads a module leaves behind, in every shape the thread checks must see.
 #include <pthread.h>
+#include <threads.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -45,6 +46,19 @@ std::string Detached(void* (*routine)(void*)) {
 std::string SpawnForever(std::string_view) { return Detached(&ForeverLoop); }
 std::string SpawnStopping(std::string_view) { return Detached(&StoppingLoop); }
 
+// A C11 thread: glibc starts it without calling pthread_create.
+int C11Loop(void*) {
+  pthread_setname_np(pthread_self(), "c11-forever");
+  for (;;) ::usleep(10000);
+  return 0;
+}
+std::string SpawnC11Forever(std::string_view) {
+  thrd_t thread;
+  if (thrd_create(&thread, &C11Loop, nullptr) != thrd_success) throw relib::Error("thrd_create failed");
+  thrd_detach(thread);
+  return "started";
+}
+
 // A std::thread that starts another thread (nested attribution) and both stop on request.
 std::string SpawnNested(std::string_view) {
   std::thread([] {
@@ -82,6 +96,7 @@ void BeforeUnload() {
 }  // namespace
 
 RELIB_MODULE("threads", nullptr, BeforeUnload, relib::Export<SpawnForever>("spawn_forever"),
-             relib::Export<SpawnStopping>("spawn_stopping"), relib::Export<SpawnNested>("spawn_nested"),
+             relib::Export<SpawnStopping>("spawn_stopping"),
+             relib::Export<SpawnC11Forever>("spawn_c11_forever"), relib::Export<SpawnNested>("spawn_nested"),
              relib::Export<SpawnAsync>("spawn_async"), relib::Export<SpawnSlowTls>("spawn_slow_tls"),
              relib::Export<Ping>("ping"));
