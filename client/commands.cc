@@ -58,14 +58,26 @@ int Fail(const std::string& what, const grpc::Status& status) {
   return kExitModuleError;
 }
 
-// A refused or partial unload's report, if the daemon attached one.
-int FailWithReport(const ClientOptions& options, const std::string& what, const grpc::ClientContext& context,
-                   const grpc::Status& status) {
+// A refused or partial unload's report, if the daemon attached one. A report
+// cut to fit the trailing metadata is fetched whole from Status.
+int FailWithReport(const ClientOptions& options, v1::Relibd::Stub& stub, const std::string& what,
+                   const grpc::ClientContext& context, const grpc::Status& status) {
   int rc = Fail(what, status);
   const auto& trailers = context.GetServerTrailingMetadata();
   auto it = trailers.find(common::kUnloadReportMetadataKey);
   v1::UnloadReport report;
   if (it != trailers.end() && report.ParseFromString(std::string(it->second.data(), it->second.size()))) {
+    if (report.truncated()) {
+      v1::StatusRequest request;
+      request.set_with_reports(true);
+      v1::StatusResponse full;
+      grpc::ClientContext status_context;
+      if (stub.Status(&status_context, request, &full).ok()) {
+        for (const auto& module : full.modules()) {
+          if (module.name() == report.name() && module.has_last_failure_report()) report = module.last_failure_report();
+        }
+      }
+    }
     if (options.json) {
       std::cout << ToJson(report) << "\n";
     } else {
@@ -141,7 +153,7 @@ int RunReload(const ClientOptions& options, const std::string& name, const std::
   v1::ReloadResponse response;
   grpc::ClientContext context;
   grpc::Status status = stub->Reload(&context, request, &response);
-  if (!status.ok()) return FailWithReport(options, "reload " + name, context, status);
+  if (!status.ok()) return FailWithReport(options, *stub, "reload " + name, context, status);
   std::string text = absl::StrCat("reloaded ", FormatModule(response.module()));
   if (response.has_report()) absl::StrAppend(&text, FormatReport(response.report()));
   Print(options, response, text);
@@ -157,7 +169,7 @@ int RunUnload(const ClientOptions& options, const std::string& name, bool force)
   v1::UnloadResponse response;
   grpc::ClientContext context;
   grpc::Status status = stub->Unload(&context, request, &response);
-  if (!status.ok()) return FailWithReport(options, "unload " + name, context, status);
+  if (!status.ok()) return FailWithReport(options, *stub, "unload " + name, context, status);
   Print(options, response, FormatReport(response.report()));
   return kExitOk;
 }

@@ -1,20 +1,21 @@
 #include "daemon/rpc_service.h"
 
 #include "common/api_metadata.h"
+#include "daemon/report_metadata.h"
 
 namespace relib::daemon {
 namespace {
 
 grpc::Status ToGrpc(const absl::Status& status) {
   if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), CapStatusMessage(std::string(status.message())));
 }
 
 // A refused or partial unload still has a report: it travels as binary
-// trailing metadata next to the error status.
+// trailing metadata next to the error status, cut to what fits.
 void AttachReport(grpc::ServerContext* context, const v1::UnloadReport& report) {
   if (report.name().empty()) return;
-  context->AddTrailingMetadata(std::string(common::kUnloadReportMetadataKey), report.SerializeAsString());
+  context->AddTrailingMetadata(std::string(common::kUnloadReportMetadataKey), EncodeReportForMetadata(report));
 }
 
 }  // namespace
@@ -59,8 +60,9 @@ grpc::Status RpcService::Call(grpc::ServerContext*, const v1::CallRequest* reque
   return grpc::Status::OK;
 }
 
-grpc::Status RpcService::Status(grpc::ServerContext*, const v1::StatusRequest*, v1::StatusResponse* response) {
-  *response = supervisor_.Status();
+grpc::Status RpcService::Status(grpc::ServerContext*, const v1::StatusRequest* request,
+                                v1::StatusResponse* response) {
+  *response = supervisor_.Status(request->with_reports());
   return grpc::Status::OK;
 }
 

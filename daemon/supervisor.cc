@@ -511,6 +511,7 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
       } else if (fresh && record->info.state() == v1::MODULE_STATE_FAILED) {
         record->info.set_last_error(std::string(status.message()));
       }
+      if (failure_report && !failure_report->name().empty()) record->last_failure_report = *failure_report;
     }
     spdlog::error("module={} version={} path={} phase=reload {}", name, version, path, std::string(status.message()));
     Publish(v1::EVENT_KIND_FAILED, name, before.version(), before.worker_pid(), std::string(status.message()),
@@ -619,6 +620,10 @@ absl::StatusOr<v1::UnloadReport> Supervisor::Unload(const std::string& name, boo
     if (!status.ok()) {
       const v1::UnloadReport* partial = reply.ok() && reply->has_unload() ? &reply->unload() : nullptr;
       if (partial && failure_report) *failure_report = *partial;
+      if (partial) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        record->last_failure_report = *partial;
+      }
       spdlog::error("module={} version={} phase=unload {}", name, info.version(), std::string(status.message()));
       Publish(v1::EVENT_KIND_FAILED, name, info.version(), info.worker_pid(), std::string(status.message()), partial);
       return status;
@@ -682,11 +687,17 @@ absl::StatusOr<v1::CallResponse> Supervisor::Call(const std::string& name, const
   return response;
 }
 
-v1::StatusResponse Supervisor::Status() const {
+v1::StatusResponse Supervisor::Status(bool with_reports) const {
   v1::StatusResponse response;
   response.set_daemon_pid(::getpid());
   std::lock_guard<std::mutex> lock(mutex_);
-  for (const auto& [name, record] : modules_) *response.add_modules() = record->info;
+  for (const auto& [name, record] : modules_) {
+    v1::ModuleInfo* info = response.add_modules();
+    *info = record->info;
+    if (with_reports && !record->last_failure_report.name().empty()) {
+      *info->mutable_last_failure_report() = record->last_failure_report;
+    }
+  }
   for (const auto& [group, g] : groups_) {
     if (!g.worker || !g.worker->alive()) continue;
     auto* worker = response.add_workers();

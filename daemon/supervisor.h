@@ -86,7 +86,8 @@ class Supervisor {
   absl::StatusOr<v1::UnloadReport> Unload(const std::string& name, bool force, v1::UnloadReport* failure_report);
   absl::StatusOr<v1::CallResponse> Call(const std::string& name, const std::string& export_name,
                                         const std::string& input);
-  v1::StatusResponse Status() const;
+  // `with_reports`: include each module's last_failure_report.
+  v1::StatusResponse Status(bool with_reports = false) const;
 
   // Stops restarts and the workers, waiting a few seconds at most; later
   // requests fail with UNAVAILABLE.
@@ -97,6 +98,8 @@ class Supervisor {
     std::mutex operation;  // held for the whole of a load / reload / unload / restore
     v1::ModuleInfo info;             // guarded by mutex_
     std::string good_copy;           // relibd's copy of the current version; guarded by mutex_
+    // Whole report of the last refused or failed unload/reload; guarded by mutex_.
+    v1::UnloadReport last_failure_report;
   };
   struct Group {
     std::shared_ptr<WorkerHandle> worker;
