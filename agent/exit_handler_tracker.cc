@@ -68,6 +68,9 @@ void RunRecorded(void* raw, int status) {
 int RegisterExit(Kind kind, void* call, void* arg) {
   ModuleId owner = Owner(call);
   static CxaAtexit real = Real<CxaAtexit>("__cxa_atexit");
+  // glibc's lists grow with blocks it allocates: process state, never the
+  // module's heap (the leak policy would free them under glibc's feet).
+  HostScope host;
   if (owner == kHost) {
     if (kind == Kind::kOnExit) {
       static auto real_on_exit = Real<int (*)(void (*)(int, void*), void*)>("on_exit");
@@ -77,7 +80,6 @@ int RegisterExit(Kind kind, void* call, void* arg) {
   }
   Handler* handler;
   {
-    HostScope host;
     std::lock_guard<std::mutex> lock(handlers_mutex);
     handler = &Handlers().emplace_back(Handler{owner, kind, call, call, arg});
   }
@@ -152,7 +154,8 @@ int __cxa_atexit(void (*fn)(void*), void* arg, void* dso) noexcept {
   using namespace relib::agent::exits;
   if (dso != nullptr) {
     static CxaAtexit real = Real<CxaAtexit>("__cxa_atexit");
-    return real(fn, arg, dso);  // glibc drops it at that library's dlclose
+    relib::agent::HostScope host;  // glibc's list blocks are process state
+    return real(fn, arg, dso);     // glibc drops it at that library's dlclose
   }
   return RegisterExit(Kind::kExit, reinterpret_cast<void*>(fn), arg);
 }
@@ -169,6 +172,7 @@ int __cxa_at_quick_exit(void (*fn)(void*), void* dso) noexcept {
   using namespace relib::agent::exits;
   static CxaAtQuickExit real = Real<CxaAtQuickExit>("__cxa_at_quick_exit");
   relib::agent::ModuleId owner = dso == nullptr ? Owner(reinterpret_cast<const void*>(fn)) : kHost;
+  relib::agent::HostScope host;  // glibc's list blocks are process state
   if (owner == kHost) return real(fn, dso);
   int rc = real(fn, Token(owner));
   if (rc == 0) Record(owner, Kind::kQuickExit, reinterpret_cast<const void*>(fn));
@@ -184,6 +188,7 @@ int __register_atfork(void (*prepare)(), void (*parent)(), void (*child)(), void
       if (owner == kHost && fn != nullptr) owner = Owner(reinterpret_cast<const void*>(fn));
     }
   }
+  relib::agent::HostScope host;  // glibc's handler list is process state
   if (owner == kHost) return real(prepare, parent, child, dso);
   int rc = real(prepare, parent, child, Token(owner));
   if (rc == 0) {

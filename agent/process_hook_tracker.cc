@@ -147,7 +147,11 @@ extern "C" {
 int register_printf_specifier(int spec, printf_function* converter, printf_arginfo_size_function* arginfo) noexcept {
   using namespace relib::agent::hooks;
   static RegisterSpecifier real = Real<RegisterSpecifier>("register_printf_specifier");
-  int rc = real(spec, converter, arginfo);
+  int rc;
+  {
+    relib::agent::HostScope host;  // glibc allocates its specifier tables once, for the process
+    rc = real(spec, converter, arginfo);
+  }
   if (rc == 0) RecordSpecifier(spec, reinterpret_cast<const void*>(converter));
   return rc;
 }
@@ -155,7 +159,11 @@ int register_printf_specifier(int spec, printf_function* converter, printf_argin
 int register_printf_function(int spec, printf_function* converter, printf_arginfo_function* arginfo) noexcept {
   using namespace relib::agent::hooks;
   static RegisterFunction real = Real<RegisterFunction>("register_printf_function");
-  int rc = real(spec, converter, arginfo);
+  int rc;
+  {
+    relib::agent::HostScope host;  // glibc allocates its specifier tables once, for the process
+    rc = real(spec, converter, arginfo);
+  }
   if (rc == 0) RecordSpecifier(spec, reinterpret_cast<const void*>(converter));
   return rc;
 }

@@ -119,8 +119,10 @@ int64_t Discard(ModuleId id) {
 extern "C" int __cxa_thread_atexit_impl(void (*dtor)(void*), void* object, void* dso_handle) {
   using namespace relib::agent;
   ModuleId module = ModuleOfAddress(dso_handle);
-  if (module == kHost) return tls::RealAtExit()(dtor, object, dso_handle);
+  // glibc's list entry is its own until the thread exits, whoever's code
+  // registered it: never the module's heap.
   HostScope host;
+  if (module == kHost) return tls::RealAtExit()(dtor, object, dso_handle);
   if (!tls::exit_hook_registered) {
     tls::exit_hook_registered = true;
     tls::RealAtExit()(&tls::RunThreadExit, nullptr, &__dso_handle);
