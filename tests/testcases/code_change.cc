@@ -38,7 +38,8 @@ extern "C" __attribute__((noinline, visibility("hidden"))) std::string relib_cod
 namespace {
 
 [[maybe_unused]] void CheckFrames(const std::string& frames, const char* probe) {
-  if (frames.find(std::string(probe) + " ") == std::string::npos || frames.find("code_change.cc:") == std::string::npos) {
+  bool own_frame = frames.find(std::string(probe) + " ") != std::string::npos;
+  if (!own_frame || frames.find("code_change.cc:") == std::string::npos) {
     throw relib::Error(std::string("frame of ") + probe + " or code_change.cc:<line> missing from the backtrace:\n" +
                        frames);
   }
