@@ -83,6 +83,7 @@ void FillReport(const UnloadReport& report, v1::UnloadReport& out) {
     auto* m = out.add_mappings();
     m->set_address(region.address);
     m->set_length(region.length);
+    m->set_path(region.path);
   }
   out.set_mappings_unmapped(report.mappings_unmapped);
   for (const auto& reference : report.code_references) {

@@ -100,6 +100,18 @@ std::vector<OpenLibrary> Open(ModuleId id) {
   return open;
 }
 
+std::vector<Holder> HoldersOf(const std::string& path) {
+  HostScope host;
+  std::vector<Holder> holders;
+  std::lock_guard<std::mutex> lock(held_mutex);
+  for (const Held& h : All()) {
+    link_map* map = nullptr;
+    if (::dlinfo(h.handle, RTLD_DI_LINKMAP, &map) != 0 || map == nullptr || map->l_name == nullptr) continue;
+    if (path == map->l_name) holders.push_back({h.module, h.references});
+  }
+  return holders;
+}
+
 int CloseAll(ModuleId id) {
   int closed = 0;
   for (const Held& h : Take(id)) {

@@ -29,6 +29,15 @@ void* OpenAsHost(const char* path, int flags);
 // Libraries `id` holds open. Thread-safe.
 std::vector<OpenLibrary> Open(ModuleId id);
 
+struct Holder {
+  ModuleId module = kHost;
+  int references = 0;
+};
+
+// Modules holding the library whose l_name is `path` open (any module,
+// including the library's own). Thread-safe.
+std::vector<Holder> HoldersOf(const std::string& path);
+
 // dlcloses every reference `id` holds, in module scope (their destructors run
 // as the module's). Returns how many references were dropped.
 int CloseAll(ModuleId id);

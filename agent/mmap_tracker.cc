@@ -3,8 +3,10 @@
 #include <dlfcn.h>
 #include <stdarg.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <mutex>
 
 namespace relib::agent::maps {
@@ -14,6 +16,7 @@ struct Owned {
   ModuleId module;
   uintptr_t start;
   uintptr_t end;
+  std::string path;
 };
 
 std::mutex regions_mutex;
@@ -44,42 +47,60 @@ Munmap RealMunmap() {
 }
 
 // Removes [start, end) from every record, splitting records as needed.
+// Called for every munmap in the process: cheap when nothing overlaps.
 void Remove(uintptr_t start, uintptr_t end) {
   HostScope host;
   std::lock_guard<std::mutex> lock(regions_mutex);
-  if (Regions().empty()) return;
+  auto& all = Regions();
+  auto overlaps = [&](const Owned& r) { return r.start < end && start < r.end; };
+  if (std::none_of(all.begin(), all.end(), overlaps)) return;
   std::vector<Owned> kept;
-  for (const Owned& r : Regions()) {
-    if (r.end <= start || r.start >= end) {
-      kept.push_back(r);
+  kept.reserve(all.size() + 1);
+  for (Owned& r : all) {
+    if (!overlaps(r)) {
+      kept.push_back(std::move(r));
       continue;
     }
-    if (r.start < start) kept.push_back({r.module, r.start, start});
-    if (r.end > end) kept.push_back({r.module, end, r.end});
+    if (r.start < start) kept.push_back({r.module, r.start, start, r.path});
+    if (r.end > end) kept.push_back({r.module, end, r.end, r.path});
   }
-  Regions().swap(kept);
+  all.swap(kept);
 }
 
-void* Track(void* address, size_t length, int flags) {
+// The file behind `fd` as /proc names it ("" if it cannot be read).
+std::string FileOf(int fd) {
+  char link[64];
+  snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+  char target[PATH_MAX];
+  ssize_t length = ::readlink(link, target, sizeof(target));
+  return length > 0 ? std::string(target, static_cast<size_t>(length)) : std::string();
+}
+
+void* Track(void* address, size_t length, int flags, int fd) {
   ModuleId module = CurrentModule();
-  if (address == MAP_FAILED || module == kHost || !(flags & MAP_ANONYMOUS)) return address;
+  if (address == MAP_FAILED || module == kHost) return address;
   auto start = reinterpret_cast<uintptr_t>(address);
   Remove(start, start + length);  // MAP_FIXED over an old region
   HostScope host;
+  std::string path;
+  if (!(flags & MAP_ANONYMOUS)) {
+    path = FileOf(fd);
+    if (path.empty()) path = "(fd " + std::to_string(fd) + ")";
+  }
   std::lock_guard<std::mutex> lock(regions_mutex);
-  Regions().push_back({module, start, start + length});
+  Regions().push_back({module, start, start + length, std::move(path)});
   return address;
 }
 
-std::vector<Owned> Take(ModuleId id) {
+std::vector<Owned> Take(ModuleId id, const std::function<bool(const Region&)>& which) {
   HostScope host;
   std::lock_guard<std::mutex> lock(regions_mutex);
   std::vector<Owned> taken;
-  auto& all = Regions();
-  for (const Owned& r : all) {
-    if (r.module == id) taken.push_back(r);
-  }
-  all.erase(std::remove_if(all.begin(), all.end(), [id](const Owned& r) { return r.module == id; }), all.end());
+  std::erase_if(Regions(), [&](Owned& r) {
+    if (r.module != id || (which && !which(Region{r.start, r.end - r.start, r.path}))) return false;
+    taken.push_back(std::move(r));
+    return true;
+  });
   return taken;
 }
 
@@ -90,31 +111,48 @@ std::vector<Region> Live(ModuleId id) {
   std::lock_guard<std::mutex> lock(regions_mutex);
   std::vector<Region> live;
   for (const Owned& r : Regions()) {
-    if (r.module == id) live.push_back({r.start, r.end - r.start});
+    if (r.module == id) live.push_back({r.start, r.end - r.start, r.path});
   }
   return live;
 }
 
-size_t UnmapAll(ModuleId id) {
+std::vector<HeldRegion> Overlapping(uintptr_t start, uintptr_t end) {
+  HostScope host;
+  std::lock_guard<std::mutex> lock(regions_mutex);
+  std::vector<HeldRegion> held;
+  for (const Owned& r : Regions()) {
+    if (r.start < end && start < r.end) held.push_back({r.module, {r.start, r.end - r.start, r.path}});
+  }
+  return held;
+}
+
+size_t Unmap(ModuleId id, const std::function<bool(const Region&)>& which) {
   size_t bytes = 0;
-  for (const Owned& r : Take(id)) {
-    if (RealMunmap()(reinterpret_cast<void*>(r.start), r.end - r.start) == 0) bytes += r.end - r.start;
+  for (Owned& r : Take(id, which)) {
+    if (RealMunmap()(reinterpret_cast<void*>(r.start), r.end - r.start) == 0) {
+      bytes += r.end - r.start;
+      continue;
+    }
+    // Still mapped and still the module's: it stays on record.
+    HostScope host;
+    std::lock_guard<std::mutex> lock(regions_mutex);
+    Regions().push_back(std::move(r));
   }
   return bytes;
 }
 
-void Forget(ModuleId id) { Take(id); }
+void Forget(ModuleId id) { Take(id, {}); }
 
 }  // namespace relib::agent::maps
 
 extern "C" void* mmap(void* address, size_t length, int prot, int flags, int fd, off_t offset) noexcept {
   using namespace relib::agent::maps;
-  return Track(RealMmap()(address, length, prot, flags, fd, offset), length, flags);
+  return Track(RealMmap()(address, length, prot, flags, fd, offset), length, flags, fd);
 }
 
 extern "C" void* mmap64(void* address, size_t length, int prot, int flags, int fd, off_t offset) noexcept {
   using namespace relib::agent::maps;
-  return Track(RealMmap()(address, length, prot, flags, fd, offset), length, flags);
+  return Track(RealMmap()(address, length, prot, flags, fd, offset), length, flags, fd);
 }
 
 extern "C" void* mremap(void* old_address, size_t old_size, size_t new_size, int flags, ...) noexcept {
@@ -136,11 +174,15 @@ extern "C" void* mremap(void* old_address, size_t old_size, size_t new_size, int
   // The record follows the mapping, owned by whoever owned the old range.
   auto start = reinterpret_cast<uintptr_t>(old_address);
   ModuleId owner = kHost;
+  std::string path;
   {
     HostScope host;
     std::lock_guard<std::mutex> lock(regions_mutex);
     for (const Owned& r : Regions()) {
-      if (r.start <= start && start < r.end) owner = r.module;
+      if (r.start <= start && start < r.end) {
+        owner = r.module;
+        path = r.path;
+      }
     }
   }
   if (owner == kHost) return moved;
@@ -149,7 +191,7 @@ extern "C" void* mremap(void* old_address, size_t old_size, size_t new_size, int
   Remove(to, to + new_size);
   HostScope host;
   std::lock_guard<std::mutex> lock(regions_mutex);
-  Regions().push_back({owner, to, to + new_size});
+  Regions().push_back({owner, to, to + new_size, std::move(path)});
   return moved;
 }
 

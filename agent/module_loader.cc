@@ -7,7 +7,9 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <optional>
+#include <set>
 #include <system_error>
 
 #include "absl/strings/str_cat.h"
@@ -147,6 +149,10 @@ struct ModuleLoader::Module {
 
 ModuleLoader::ModuleLoader(std::string scratch_dir, ModuleLogFn log, HostServices* services)
     : scratch_dir_(std::move(scratch_dir)), log_(std::move(log)), services_(services) {
+  // As /proc/self/fd names files: symlinks resolved.
+  std::error_code error;
+  std::filesystem::path canonical = std::filesystem::weakly_canonical(scratch_dir_, error);
+  scratch_prefix_ = (error ? std::filesystem::path(scratch_dir_) : canonical).string() + "/";
   fds::SnapshotHostFds();
   hooks::SnapshotHost();
 }
@@ -447,12 +453,6 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
     report.children_killed = true;
   }
 
-  for (const maps::Region& region : maps::Live(id)) report.mappings.push_back(region);
-  if (module.options.mappings == MappingPolicy::kUnmap && !report.mappings.empty()) {
-    maps::UnmapAll(id);
-    report.mappings_unmapped = true;
-  }
-
   report.libraries = libraries::Open(id);
   if (module.options.libraries == DlopenPolicy::kClose && !report.libraries.empty()) {
     libraries::CloseAll(id);
@@ -489,33 +489,29 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
     heap::Detach(id);
   }
 
+  // What the module mapped goes after its static destructors ran (they may
+  // still read it). Views of module files (its own copy, other modules'
+  // copies: everything in the scratch directory) go under either policy: they
+  // are the module's private reads, typically a symbolizer's, and each keeps
+  // a module file mapped after that module's dlclose.
+  report.mappings = maps::Live(id);
+  if (module.options.mappings == MappingPolicy::kUnmap) {
+    maps::Unmap(id);
+    report.mappings_unmapped = !report.mappings.empty();
+  } else {
+    maps::Unmap(id, [this](const maps::Region& region) { return IsModuleFile(region.path); });
+  }
+
   auto mappings = common::ReadMappings(0);
   if (mappings.ok()) {
     auto remaining = common::MappingsOfFile(*mappings, module.copy_path);
     report.unmapped = remaining.empty();
     for (const auto& mapping : remaining) report.remaining_mappings.push_back(mapping.line);
+    if (!report.unmapped) report.pin_reasons = ExplainPins(module, remaining);
   } else {
     report.unmapped = false;
     report.remaining_mappings.push_back(
         absl::StrCat("cannot read /proc/self/maps: ", mappings.status().message()));
-  }
-  if (!report.unmapped) {
-    if (!module.pinning.unique_symbols.empty()) {
-      report.pin_reasons.push_back(absl::StrCat("defines ", module.pinning.unique_symbols.size(),
-                                                " STB_GNU_UNIQUE symbol(s); build with -fno-gnu-unique"));
-    }
-    if (module.pinning.nodelete) report.pin_reasons.push_back("linked with -z nodelete (DF_1_NODELETE)");
-    for (const auto& library : report.libraries) {
-      if (report.libraries_closed || library.path != module.copy_path) continue;
-      report.pin_reasons.push_back(absl::StrCat("the module dlopen'ed its own file ", library.references,
-                                                " time(s) and did not dlclose it (--dlopen-policy close drops "
-                                                "those references)"));
-    }
-    if (report.pin_reasons.empty()) {
-      report.pin_reasons.push_back(
-          "another reference to the library remains (for example the module dlopen'ed its own file and did not "
-          "dlclose it)");
-    }
   }
 
   // Static destructors run by dlclose may have registered more; none may
@@ -532,6 +528,67 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
   report.unload_micros = MicrosSince(start);
   if (!keep_copy) RemoveFile(module.copy_path);
   return absl::OkStatus();
+}
+
+bool ModuleLoader::IsModuleFile(const std::string& path) const {
+  return path.rfind(scratch_prefix_, 0) == 0;
+}
+
+std::vector<std::string> ModuleLoader::ExplainPins(const Module& module,
+                                                   const std::vector<common::Mapping>& remaining) const {
+  std::vector<std::string> reasons;
+  // Still in the dynamic loader's list: something holds a reference.
+  RangeQuery loader{&module.copy_path};
+  ::dl_iterate_phdr(FindRange, &loader);
+  const bool loaded = loader.end > loader.start;
+  if (loaded) {
+    if (!module.pinning.unique_symbols.empty()) {
+      reasons.push_back(absl::StrCat("defines ", module.pinning.unique_symbols.size(),
+                                     " STB_GNU_UNIQUE symbol(s); build with -fno-gnu-unique"));
+    }
+    if (module.pinning.nodelete) reasons.push_back("linked with -z nodelete (DF_1_NODELETE)");
+    for (const libraries::Holder& holder : libraries::HoldersOf(module.copy_path)) {
+      if (holder.module == module.id) {
+        reasons.push_back(absl::StrCat("the module dlopen'ed its own file ", holder.references,
+                                       " time(s) and did not dlclose it (--dlopen-policy close drops those "
+                                       "references)"));
+      } else {
+        reasons.push_back(absl::StrCat("dlopen'ed by module '", ModuleName(holder.module), "' (",
+                                       holder.references, " reference(s) it has not dlclosed)"));
+      }
+    }
+    if (reasons.empty()) {
+      reasons.push_back(
+          "the dynamic loader still holds the library through a reference the agent did not see (no module "
+          "dlopen'ed it, it has no STB_GNU_UNIQUE symbol and no DF_1_NODELETE)");
+    }
+  }
+  // Every other mapping of the file is someone's mmap of it.
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t segments_start = loader.start & ~(page - 1);
+  const uintptr_t segments_end = (loader.end + page - 1) & ~(page - 1);
+  std::map<ModuleId, int> views;  // holder -> mappings; kHost: nobody the agent tracks
+  for (const common::Mapping& m : remaining) {
+    if (loaded && m.start >= segments_start && m.end <= segments_end) continue;
+    std::vector<maps::HeldRegion> held = maps::Overlapping(m.start, m.end);
+    if (held.empty()) ++views[kHost];
+    std::set<ModuleId> holders;
+    for (const maps::HeldRegion& h : held) holders.insert(h.module);
+    for (ModuleId holder : holders) ++views[holder];
+  }
+  for (const auto& [holder, count] : views) {
+    if (holder == kHost) {
+      reasons.push_back(absl::StrCat("its file is still mapped by ", count,
+                                     " mmap(s) no module made through the agent (the host's, or raw system calls)"));
+    } else if (holder == module.id) {
+      reasons.push_back(absl::StrCat("its file is still mapped (file-backed mmap) by the module itself: ", count,
+                                     " mapping(s) that could not be unmapped"));
+    } else {
+      reasons.push_back(absl::StrCat("its file is still mapped (file-backed mmap) by module '", ModuleName(holder),
+                                     "': ", count, " mapping(s), unmapped when that module unloads"));
+    }
+  }
+  return reasons;
 }
 
 std::vector<CodeReference> ModuleLoader::ReleasePathsIntoCode(Module& module) {

@@ -1,7 +1,7 @@
 // Loads, calls and unloads relib modules inside the worker process, and runs
 // the unload checks: threads, thread-local destructors, pthread keys, fds,
-// anonymous mappings, heap leaks, and finally proof from /proc/self/maps that
-// the library is unmapped.
+// mappings (anonymous and file-backed), heap leaks, and finally proof from
+// /proc/self/maps that the library is unmapped.
 #ifndef RELIB_AGENT_MODULE_LOADER_H_
 #define RELIB_AGENT_MODULE_LOADER_H_
 
@@ -25,6 +25,7 @@
 #include "agent/mmap_tracker.h"
 #include "agent/thread_tracker.h"
 #include "common/flight_recorder.h"
+#include "common/proc_maps.h"
 #include "common/message_limits.h"
 
 namespace relib::agent {
@@ -192,6 +193,14 @@ class ModuleLoader {
   // After dlclose: drops whatever static destructors registered meanwhile,
   // never running it (the code is gone).
   void ForgetPathsIntoCode(ModuleId id);
+  // True if `path` (as /proc names it) is one of the module copies this
+  // loader makes, its own or another module's.
+  bool IsModuleFile(const std::string& path) const;
+  // Why `module`'s copy is still mapped after dlclose: every reason true. The
+  // dynamic loader still listing it means a reference (unique symbols,
+  // nodelete, a module's dlopen, or one the agent did not see); every other
+  // mapping of the file in `remaining` is someone's mmap, named by holder.
+  std::vector<std::string> ExplainPins(const Module& module, const std::vector<common::Mapping>& remaining) const;
   // For a version that failed before serving: CheckAndClose, and if its
   // threads keep it alive, park it for good (its code must stay mapped).
   void Discard(std::unique_ptr<Module> module, std::string* note);
@@ -199,6 +208,7 @@ class ModuleLoader {
   void EnterPhase(common::Phase phase, const Module& module, const std::string& detail = "");
 
   std::string scratch_dir_;
+  std::string scratch_prefix_;  // canonical scratch_dir_ + "/"
   ModuleLogFn log_;
   HostServices* services_;
   common::FlightRecorder* recorder_ = nullptr;

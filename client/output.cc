@@ -114,10 +114,13 @@ std::string FormatReport(const v1::UnloadReport& report) {
     absl::StrAppend(&out, "  pthread keys deleted: ", report.pthread_keys_deleted(), "\n");
   }
   if (report.mappings_size() > 0) {
-    absl::StrAppend(&out, "  anonymous mappings left: ", report.mappings_size(),
-                    report.mappings_unmapped() ? " (unmapped)" : "", "\n");
+    absl::StrAppend(&out, "  mappings left: ", report.mappings_size(),
+                    report.mappings_unmapped() ? " (unmapped)"
+                                               : " (views of module files unmapped, the others kept)",
+                    "\n");
     for (const auto& m : report.mappings()) {
-      absl::StrAppend(&out, absl::StrFormat("    0x%x, %d bytes\n", m.address(), m.length()));
+      absl::StrAppend(&out, absl::StrFormat("    0x%x, %d bytes, %s\n", m.address(), m.length(),
+                                            m.path().empty() ? "anonymous" : m.path()));
     }
   }
   if (report.code_references_size() > 0) {

@@ -36,7 +36,8 @@ int main(int argc, char** argv) {
         ->check(CLI::IsMember({"report", "close"}));
     sub->add_option("--child-policy", flags.child_policy, "child processes left running at unload: report or kill")
         ->check(CLI::IsMember({"report", "kill"}));
-    sub->add_option("--mapping-policy", flags.mapping_policy, "anonymous mappings left at unload: report or unmap")
+    sub->add_option("--mapping-policy", flags.mapping_policy,
+                    "mappings left at unload: report or unmap (views of module files are always unmapped)")
         ->check(CLI::IsMember({"report", "unmap"}));
     sub->add_option("--signal-policy", flags.signal_policy,
                     "a signal handler into the module set behind the agent's back: restore or refuse the unload")

@@ -68,7 +68,7 @@ TEST_F(ReportSizeTest, RelibctlPrintsTheRealErrorAndTheWholeReport) {
   CommandResult result = relibd_->Ctl({"reload", "m", k_on_load_fails});
   EXPECT_EQ(result.exit_code, 1);
   EXPECT_THAT(result.err, AllOf(HasSubstr("on_load"), HasSubstr("FAILED_PRECONDITION"),
-                                HasSubstr("anonymous mappings left: " + std::to_string(kMappings)),
+                                HasSubstr("mappings left: " + std::to_string(kMappings)),
                                 Not(HasSubstr("metadata"))));
   CommandResult json = relibd_->Ctl({"--json", "reload", "m", k_on_load_fails});
   EXPECT_EQ(json.exit_code, 1);
