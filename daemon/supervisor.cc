@@ -169,7 +169,9 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker(const std
   // keeps a refusal for the operator.
   callbacks.on_save_state = [this](pid_t pid, const v1::link::SaveState& save) {
     absl::Status saved = options_.state_store->Put(save.module(), save.key(), save.value());
-    if (!saved.ok()) spdlog::warn("module={} worker pid={} phase=save-state {}", save.module(), pid, std::string(saved.message()));
+    if (!saved.ok()) {
+      spdlog::warn("module={} worker pid={} phase=save-state {}", save.module(), pid, std::string(saved.message()));
+    }
     return saved;
   };
   callbacks.on_store_fd = [this](pid_t pid, const v1::link::StoreFd& store, common::UniqueFd fd) {
@@ -207,7 +209,8 @@ absl::StatusOr<std::string> Supervisor::StageCopy(const std::string& name, uint6
 void Supervisor::OnWorkerLog(pid_t pid, const v1::link::Log& log) {
   auto level = static_cast<spdlog::level::level_enum>(std::clamp(log.level(), 0, 5));
   // Module text is any bytes: escaped, it cannot start a line of its own.
-  spdlog::log(level, "module={} worker pid={} {}", log.module(), pid, common::EscapeForLog(log.text(), kMaxLogTextBytes));
+  spdlog::log(level, "module={} worker pid={} {}", log.module(), pid,
+              common::EscapeForLog(log.text(), kMaxLogTextBytes));
 }
 
 void Supervisor::OnWorkerUsage(pid_t pid, const v1::link::Usage& usage) {
