@@ -3,9 +3,14 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 
 #include "agent/fd_tracker.h"
+#include "absl/strings/str_cat.h"
+#include "common/log_text.h"
+#include "common/message_limits.h"
 #include "relib/module.h"
 #include "relib/v1/worker_link.pb.h"
 #include "spdlog/spdlog.h"
@@ -14,7 +19,14 @@ namespace relib::agent {
 namespace {
 
 // How often usage is sent while no command arrives.
-constexpr int kUsageIntervalMs = 250;
+constexpr std::chrono::milliseconds kUsageInterval{250};
+// How long a host request (save_state, store_fd) waits for relibd.
+constexpr std::chrono::milliseconds kHostCallTimeout{5000};
+// Module log text beyond this is cut off (and counted) before it is sent.
+constexpr size_t kMaxLogBytes = 64u << 10;
+
+// A key as it can appear in a message: escaped, at most 64 bytes of it.
+std::string ShowKey(std::string_view key) { return common::EscapeForLog(key, 64); }
 
 ModuleOptions FromProto(const v1::ModuleOptions& proto) {
   ModuleOptions options;
@@ -114,9 +126,11 @@ void SetStatus(const absl::Status& status, v1::link::Reply& reply) {
 
 }  // namespace
 
-Agent::Agent(DaemonLink& link, std::string scratch_dir, common::FlightRecorder* recorder)
+Agent::Agent(DaemonLink& link, std::string scratch_dir, common::FlightRecorder* recorder, HostLimits limits)
     : link_(link),
       recorder_(recorder),
+      limits_(limits),
+      reader_(link),
       loader_(
           std::move(scratch_dir),
           [this](int level, const std::string& module, std::string_view text) { ForwardModuleLog(level, module, text); },
@@ -125,27 +139,73 @@ Agent::Agent(DaemonLink& link, std::string scratch_dir, common::FlightRecorder* 
 }
 
 void Agent::ForwardModuleLog(int level, const std::string& module, std::string_view text) {
+  level = std::clamp(level, 0, 5);
+  std::string cut;
+  if (text.size() > kMaxLogBytes) {
+    cut = absl::StrCat(absl::string_view(text.data(), kMaxLogBytes), " [... ", text.size() - kMaxLogBytes,
+                       " more bytes]");
+    text = cut;
+  }
   v1::link::FromWorker message;
   auto* log = message.mutable_log();
   log->set_level(level);
   log->set_module(module);
-  log->set_text(std::string(text));
+  log->set_text(text.data(), text.size());
   if (!link_.Send(message).ok()) {
-    spdlog::log(static_cast<spdlog::level::level_enum>(level), "module={} {}", module, text);
+    spdlog::log(static_cast<spdlog::level::level_enum>(level), "module={} {}", module, common::EscapeForLog(text));
   }
 }
 
-absl::Status Agent::SaveState(const std::string& module, const std::string& key, std::string_view value) {
+template <typename SetId>
+absl::StatusOr<uint64_t> Agent::Request(v1::link::FromWorker& message, SetId set_id, int fd) {
+  uint64_t id;
   {
-    std::lock_guard<std::mutex> lock(resources_mutex_);
-    state_[module][key] = std::string(value);
+    std::lock_guard<std::mutex> lock(request_order_mutex_);
+    id = reader_.Expect();
+    set_id(id);
+    absl::Status sent = fd >= 0 ? link_.SendWithFd(message, fd) : link_.Send(message);
+    if (!sent.ok()) {
+      reader_.Forget(id);
+      return sent;
+    }
+  }
+  message.Clear();  // the value's copy is not needed while waiting
+  if (absl::Status answer = reader_.Await(id, kHostCallTimeout); !answer.ok()) return answer;
+  return id;
+}
+
+absl::Status Agent::SaveState(const std::string& module, const std::string& key, std::string_view value) {
+  const uint64_t size = key.size() + value.size();
+  if (size > limits_.state_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "state store cannot take it: module '", module, "' key '", ShowKey(key), "' (", value.size(),
+        " bytes) is larger than the most relibd keeps for one module, ", limits_.state_bytes,
+        " bytes (relibd --state-store-mb, --max-message-mb)"));
+  }
+  if (size + module.size() + common::kEnvelopeBytes > limits_.frame_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "state store cannot take it: module '", module, "' key '", ShowKey(key), "' (", value.size(),
+        " bytes) does not fit in a message to relibd of at most ", limits_.frame_bytes,
+        " bytes (relibd --max-message-mb)"));
   }
   v1::link::FromWorker message;
   auto* save = message.mutable_save_state();
   save->set_module(module);
   save->set_key(key);
-  save->set_value(std::string(value));
-  return link_.Send(message);
+  save->set_value(value.data(), value.size());
+  auto request = Request(message, [save](uint64_t id) { save->set_request_id(id); });
+  if (!request.ok()) {
+    return absl::Status(request.status().code(),
+                        absl::StrCat("save_state of module '", module, "' key '", ShowKey(key), "' (", value.size(),
+                                     " bytes): ", request.status().message()));
+  }
+  std::lock_guard<std::mutex> lock(resources_mutex_);
+  SavedValue& slot = state_[module][key];
+  if (*request > slot.request) {
+    slot.bytes.assign(value.data(), value.size());
+    slot.request = *request;
+  }
+  return absl::OkStatus();
 }
 
 std::optional<std::string> Agent::LoadState(const std::string& module, const std::string& key) {
@@ -154,24 +214,37 @@ std::optional<std::string> Agent::LoadState(const std::string& module, const std
   if (m == state_.end()) return std::nullopt;
   auto k = m->second.find(key);
   if (k == m->second.end()) return std::nullopt;
-  return k->second;
+  return k->second.bytes;
 }
 
 absl::Status Agent::StoreFd(const std::string& module, const std::string& key, int fd) {
+  if (key.size() + module.size() + common::kEnvelopeBytes > limits_.frame_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat("store_fd of module '", module, "': a key of ", key.size(),
+                                                     " bytes does not fit in a message to relibd"));
+  }
+  if (fd < 0) return absl::InvalidArgumentError(absl::StrCat("store_fd: ", fd, " is not a file descriptor"));
   common::UniqueFd copy(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
-  if (!copy.valid()) return absl::ErrnoToStatus(errno, "dup of a stored fd");
+  if (!copy.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("store_fd: fd ", fd, " cannot be duplicated"));
   fds::AdoptAsHost(copy.get());
   v1::link::FromWorker message;
-  message.mutable_store_fd()->set_module(module);
-  message.mutable_store_fd()->set_key(key);
-  if (absl::Status sent = link_.SendWithFd(message, copy.get()); !sent.ok()) {
+  auto* store = message.mutable_store_fd();
+  store->set_module(module);
+  store->set_key(key);
+  auto request = Request(message, [store](uint64_t id) { store->set_request_id(id); }, copy.get());
+  if (!request.ok()) {
     fds::ForgetHost(copy.get());
-    return sent;
+    return absl::Status(request.status().code(), absl::StrCat("store_fd of module '", module, "' key '",
+                                                              ShowKey(key), "': ", request.status().message()));
   }
   std::lock_guard<std::mutex> lock(resources_mutex_);
-  common::UniqueFd& slot = fds_[module][key];
-  if (slot.valid()) fds::ForgetHost(slot.get());
-  slot = std::move(copy);
+  StoredFd& slot = fds_[module][key];
+  if (*request > slot.request) {
+    if (slot.fd.valid()) fds::ForgetHost(slot.fd.get());
+    slot.fd = std::move(copy);
+    slot.request = *request;
+  } else {
+    fds::ForgetHost(copy.get());
+  }
   return absl::OkStatus();
 }
 
@@ -180,22 +253,23 @@ int Agent::TakeFd(const std::string& module, const std::string& key) {
   auto m = fds_.find(module);
   if (m == fds_.end()) return -1;
   auto k = m->second.find(key);
-  if (k == m->second.end() || !k->second.valid()) return -1;
-  return ::fcntl(k->second.get(), F_DUPFD_CLOEXEC, 0);
+  if (k == m->second.end() || !k->second.fd.valid()) return -1;
+  return ::fcntl(k->second.fd.get(), F_DUPFD_CLOEXEC, 0);
 }
 
 absl::Status Agent::AcceptResources(const std::string& module, const v1::link::LoadCommand& command) {
-  std::map<std::string, std::string> state(command.state().begin(), command.state().end());
-  std::map<std::string, common::UniqueFd> fds;
+  std::map<std::string, SavedValue> state;
+  for (const auto& entry : command.state()) state[entry.key()].bytes = entry.value();
+  std::map<std::string, StoredFd> fds;
   for (const std::string& key : command.fd_keys()) {
     auto fd = link_.ReceiveFd();
     if (!fd.ok()) return fd.status();
     fds::AdoptAsHost(fd->get());
-    fds[key] = std::move(fd).value();
+    fds[key].fd = std::move(fd).value();
   }
   bool running = loader_.IsLoaded(module);
   std::lock_guard<std::mutex> lock(resources_mutex_);
-  for (auto& [key, fd] : fds_[module]) fds::ForgetHost(fd.get());
+  for (auto& [key, stored] : fds_[module]) fds::ForgetHost(stored.fd.get());
   fds_[module] = std::move(fds);
   // While a version runs here, this cache is newer than relibd's snapshot
   // (the running version may have saved since the command was built).
@@ -208,7 +282,7 @@ void Agent::DropResources(const std::string& module) {
   state_.erase(module);
   auto it = fds_.find(module);
   if (it == fds_.end()) return;
-  for (auto& [key, fd] : it->second) fds::ForgetHost(fd.get());
+  for (auto& [key, stored] : it->second) fds::ForgetHost(stored.fd.get());
   fds_.erase(it);
 }
 
@@ -232,16 +306,14 @@ absl::Status Agent::Run() {
   hello.mutable_hello()->set_abi_version(RELIB_ABI_VERSION);
   if (absl::Status status = link_.Send(hello); !status.ok()) return status;
   while (true) {
-    absl::StatusOr<bool> ready = link_.WaitReadable(kUsageIntervalMs);
-    if (!ready.ok()) return ready.status();
-    if (!*ready) {
+    auto next = reader_.NextCommand(kUsageInterval);
+    if (absl::IsUnavailable(next.status())) return absl::OkStatus();  // relibd closed the link
+    if (!next.ok()) return next.status();
+    if (!next->has_value()) {
       if (absl::Status status = SendUsage(); !status.ok()) return status;
       continue;
     }
-    v1::link::ToWorker command;
-    absl::Status received = link_.Receive(&command);
-    if (absl::IsUnavailable(received)) return absl::OkStatus();
-    if (!received.ok()) return received;
+    const v1::link::ToWorker& command = **next;
     v1::link::FromWorker answer;
     v1::link::Reply& reply = *answer.mutable_reply();
     reply.set_id(command.id());
@@ -302,6 +374,7 @@ void Agent::Execute(const v1::link::ToWorker& command, v1::link::Reply& reply) {
       if (output.ok()) reply.mutable_call()->set_output(std::move(output).value());
       return;
     }
+    case v1::link::ToWorker::kHostCallResult:  // handled by the reader, never queued
     case v1::link::ToWorker::COMMAND_NOT_SET:
       break;
   }

@@ -9,34 +9,45 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "agent/daemon_link.h"
 #include "agent/host_services.h"
+#include "agent/link_reader.h"
 #include "agent/module_loader.h"
+#include "common/frame_io.h"
 
-namespace relib::v1::link {
-class LoadCommand;
-class ToWorker;
-class Reply;
-}  // namespace relib::v1::link
 
 namespace relib::agent {
+
+// Sizes relibd can take, passed to relib-worker by relibd.
+struct HostLimits {
+  // The link's frame limit (common::LinkFrameLimit of --max-message-mb).
+  uint64_t frame_bytes = common::kMaxFramePayloadBytes;
+  // The largest key plus value relibd's state store can ever hold for one
+  // module (its capacity, or what one load command can carry if less).
+  uint64_t state_bytes = uint64_t{64} << 20;
+};
 
 class Agent : public HostServices {
  public:
   // `link` (and `recorder`, if not null) must outlive the agent. Module
-  // copies go to `scratch_dir`.
-  Agent(DaemonLink& link, std::string scratch_dir, common::FlightRecorder* recorder = nullptr);
+  // copies go to `scratch_dir`. Starts reading the link (see LinkReader).
+  Agent(DaemonLink& link, std::string scratch_dir, common::FlightRecorder* recorder = nullptr,
+        HostLimits limits = {});
 
-  // Sends Hello, then executes commands one at a time until the daemon closes
-  // the link (returns OK) or the link fails (returns the error).
+  // Sends Hello, then executes commands one at a time on the calling thread
+  // until the daemon closes the link (returns OK) or the link fails (returns
+  // the error). Sends usage after each command and every 250 ms while idle.
   absl::Status Run();
 
   // The most bytes one export call may output (see ModuleLoader).
   void set_output_limit(uint64_t bytes) { loader_.set_output_limit(bytes); }
 
   // HostServices: state and fds are cached here for the modules (filled by
-  // each load command) and every change is forwarded to relibd, which owns
-  // the real stores.
+  // each load command); every change goes to relibd, which owns the real
+  // stores, and succeeds only once relibd answers that it holds it (waiting
+  // at most kHostCallTimeout). RESOURCE_EXHAUSTED, without asking relibd,
+  // for a save larger than HostLimits allow.
   absl::Status SaveState(const std::string& module, const std::string& key, std::string_view value) override;
   std::optional<std::string> LoadState(const std::string& module, const std::string& key) override;
   absl::Status StoreFd(const std::string& module, const std::string& key, int fd) override;
@@ -50,11 +61,31 @@ class Agent : public HostServices {
   void ForwardModuleLog(int level, const std::string& module, std::string_view text);
   absl::Status SendUsage();
 
+  // A cached value, with the request that saved it: answers may wake their
+  // callers in any order, the newest request (relibd's order) wins.
+  struct SavedValue {
+    std::string bytes;
+    uint64_t request = 0;
+  };
+  struct StoredFd {
+    common::UniqueFd fd;
+    uint64_t request = 0;
+  };
+  // Sends `message` as host request (its id set by `set_id`) and waits for
+  // relibd's answer.
+  template <typename SetId>
+  absl::StatusOr<uint64_t> Request(v1::link::FromWorker& message, SetId set_id, int fd = -1);
+
   DaemonLink& link_;
   common::FlightRecorder* recorder_;
+  const HostLimits limits_;
   std::mutex resources_mutex_;
-  std::map<std::string, std::map<std::string, std::string>> state_;      // guarded by resources_mutex_
-  std::map<std::string, std::map<std::string, common::UniqueFd>> fds_;  // guarded by resources_mutex_
+  std::map<std::string, std::map<std::string, SavedValue>> state_;  // guarded by resources_mutex_
+  std::map<std::string, std::map<std::string, StoredFd>> fds_;     // guarded by resources_mutex_
+  // Held while a host request gets its id and is sent: ids grow in the order
+  // relibd sees the requests.
+  std::mutex request_order_mutex_;
+  LinkReader reader_;
   ModuleLoader loader_;
 };
 

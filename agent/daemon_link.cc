@@ -1,8 +1,6 @@
 #include "agent/daemon_link.h"
 
-#include <poll.h>
-
-#include <cerrno>
+#include <sys/socket.h>
 
 #include "common/fd_passing.h"
 #include "common/frame_io.h"
@@ -27,18 +25,10 @@ absl::StatusOr<common::UniqueFd> DaemonLink::ReceiveFd() {
   return common::ReceiveFd(fd_channel_.get(), /*blocking=*/true);
 }
 
-absl::StatusOr<bool> DaemonLink::WaitReadable(int timeout_ms) {
-  pollfd pfd{fd_.get(), POLLIN, 0};
-  int rc = ::poll(&pfd, 1, timeout_ms);
-  if (rc < 0) {
-    if (errno == EINTR) return false;
-    return absl::ErrnoToStatus(errno, "poll on link");
-  }
-  return rc > 0;
-}
+void DaemonLink::ShutdownReading() { ::shutdown(fd_.get(), SHUT_RD); }
 
-absl::Status DaemonLink::Receive(v1::link::ToWorker* command) {
-  return common::ReadFrame(fd_.get(), command, frame_limit_);
+absl::Status DaemonLink::Receive(v1::link::ToWorker* message) {
+  return common::ReadFrame(fd_.get(), message, frame_limit_);
 }
 
 }  // namespace relib::agent

@@ -33,13 +33,14 @@ class DaemonLink {
   // Sends a duplicate of `fd` on the fd channel, then `message` announcing
   // it, atomically with respect to other senders.
   absl::Status SendWithFd(const v1::link::FromWorker& message, int fd);
-  // Blocks for the next fd relibd passes (command thread only).
+  // Blocks for the next fd relibd passes (command thread only: relibd sends
+  // fds just before the command that announces them).
   absl::StatusOr<common::UniqueFd> ReceiveFd();
-  // Blocks for the next command. UNAVAILABLE when relibd closed the link.
-  // Only the command thread calls it.
-  absl::Status Receive(v1::link::ToWorker* command);
-  // True if a command is ready to read within `timeout_ms`.
-  absl::StatusOr<bool> WaitReadable(int timeout_ms);
+  // Blocks for the next frame. UNAVAILABLE when relibd closed the link.
+  // Only the link's one reader (LinkReader) calls it.
+  absl::Status Receive(v1::link::ToWorker* message);
+  // Makes a blocked or later Receive return (UNAVAILABLE): the reader's stop.
+  void ShutdownReading();
 
  private:
   common::UniqueFd fd_;

@@ -4,10 +4,13 @@
 #include <link.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <map>
+#include <new>
 #include <optional>
 #include <set>
 #include <system_error>
@@ -92,11 +95,18 @@ struct ModuleLoader::Module {
   ModuleLogFn* log = nullptr;
   HostServices* services = nullptr;
 
+  // The host-API entries (relib_host_api). Each checks what the module
+  // passed, returns an error code with the reason kept for last_error, and
+  // lets no exception out.
   static void Log(void* context, int level, const char* text, size_t len) noexcept {
     auto* self = static_cast<Module*>(context);
     HostScope host;
     try {
-      (*self->log)(level, self->name, std::string_view(text, len));
+      if (text == nullptr && len > 0) {
+        (*self->log)(level, self->name, absl::StrCat("(log called with a null text pointer and length ", len, ")"));
+        return;
+      }
+      (*self->log)(level, self->name, std::string_view(text, text == nullptr ? 0 : len));
     } catch (...) {
     }
   }
@@ -104,12 +114,18 @@ struct ModuleLoader::Module {
     auto* self = static_cast<Module*>(context);
     HostScope host;
     try {
-      if (!self->services || key == nullptr) return RELIB_ERROR;
-      return self->services->SaveState(self->name, key, std::string_view(static_cast<const char*>(data), len)).ok()
-                 ? RELIB_OK
-                 : RELIB_ERROR;
+      if (!self->services) return Fail(RELIB_ERROR, "this host has no state store");
+      if (key == nullptr) return Fail(RELIB_ERROR, "save_state: the key is a null pointer");
+      if (data == nullptr && len > 0) {
+        return Fail(RELIB_ERROR, absl::StrCat("save_state: the data is a null pointer with a length of ", len, " bytes"));
+      }
+      std::string_view value(static_cast<const char*>(data), data == nullptr ? 0 : len);
+      return Result(self->services->SaveState(self->name, key, value));
+    } catch (const std::bad_alloc&) {
+      return Fail(RELIB_ERROR_RESOURCE_EXHAUSTED,
+                  absl::StrCat("save_state: the worker ran out of memory for a value of ", len, " bytes"));
     } catch (...) {
-      return RELIB_ERROR;
+      return Fail(RELIB_ERROR, "save_state: unexpected error in the host");
     }
   }
   static int LoadState(void* context, const char* key, relib_buffer* out) noexcept {
@@ -118,10 +134,14 @@ struct ModuleLoader::Module {
     {
       HostScope host;
       try {
-        if (!self->services || key == nullptr) return RELIB_ERROR;
+        if (!self->services) return Fail(RELIB_ERROR, "this host has no state store");
+        if (key == nullptr) return Fail(RELIB_ERROR, "load_state: the key is a null pointer");
+        if (out == nullptr || out->append == nullptr) return Fail(RELIB_ERROR, "load_state: the output buffer is a null pointer");
         value = self->services->LoadState(self->name, key);
+      } catch (const std::bad_alloc&) {
+        return Fail(RELIB_ERROR_RESOURCE_EXHAUSTED, "load_state: the worker ran out of memory");
       } catch (...) {
-        return RELIB_ERROR;
+        return Fail(RELIB_ERROR, "load_state: unexpected error in the host");
       }
     }
     if (!value) return RELIB_NOT_FOUND;
@@ -131,21 +151,49 @@ struct ModuleLoader::Module {
     auto* self = static_cast<Module*>(context);
     HostScope host;
     try {
-      if (!self->services || key == nullptr) return RELIB_ERROR;
-      return self->services->StoreFd(self->name, key, fd).ok() ? RELIB_OK : RELIB_ERROR;
+      if (!self->services) return Fail(RELIB_ERROR, "this host has no fd store");
+      if (key == nullptr) return Fail(RELIB_ERROR, "store_fd: the key is a null pointer");
+      return Result(self->services->StoreFd(self->name, key, fd));
     } catch (...) {
-      return RELIB_ERROR;
+      return Fail(RELIB_ERROR, "store_fd: unexpected error in the host");
     }
   }
   static int TakeFd(void* context, const char* key) noexcept {
     auto* self = static_cast<Module*>(context);
     try {
-      return self->services && key ? self->services->TakeFd(self->name, key) : -1;
+      if (!self->services) return Fail(-1, "this host has no fd store");
+      if (key == nullptr) return Fail(-1, "take_fd: the key is a null pointer");
+      int fd = self->services->TakeFd(self->name, key);
+      if (fd < 0) Fail(-1, "take_fd: no fd is stored under this key");
+      return fd;
     } catch (...) {
-      return -1;
+      return Fail(-1, "take_fd: unexpected error in the host");
     }
   }
+  static int LastError(void*, relib_buffer* out) noexcept {
+    if (out == nullptr || out->append == nullptr) return RELIB_ERROR;
+    return out->append(out, last_error, last_error_length);
+  }
+
+ private:
+  // Why the calling thread's last failed host-API call failed. Plain bytes:
+  // nothing to destroy when a module's thread ends.
+  static thread_local char last_error[1024];
+  static thread_local size_t last_error_length;
+
+  static int Fail(int code, std::string_view why) noexcept {
+    last_error_length = std::min(why.size(), sizeof(last_error));
+    std::memcpy(last_error, why.data(), last_error_length);
+    return code;
+  }
+  static int Result(const absl::Status& status) noexcept {
+    if (status.ok()) return RELIB_OK;
+    return Fail(absl::IsResourceExhausted(status) ? RELIB_ERROR_RESOURCE_EXHAUSTED : RELIB_ERROR, std::string_view(status.message().data(), status.message().size()));
+  }
 };
+
+thread_local char ModuleLoader::Module::last_error[1024];
+thread_local size_t ModuleLoader::Module::last_error_length = 0;
 
 ModuleLoader::ModuleLoader(std::string scratch_dir, ModuleLogFn log, HostServices* services)
     : scratch_dir_(std::move(scratch_dir)), log_(std::move(log)), services_(services) {
@@ -289,6 +337,7 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
   module->host_api.load_state = &Module::LoadState;
   module->host_api.store_fd = &Module::StoreFd;
   module->host_api.take_fd = &Module::TakeFd;
+  module->host_api.last_error = &Module::LastError;
   module->services = services_;
   return module;
 }

@@ -38,7 +38,11 @@ int main(int argc, char** argv) {
   uint64_t max_message_bytes = relib::common::MegabytesToBytes(relib::common::kDefaultMaxMessageMb);
   app.add_option("--max-message-bytes", max_message_bytes,
                  "relibd's gRPC message limit: sizes the link's frames and caps export outputs");
+  relib::agent::HostLimits limits;
+  app.add_option("--max-state-bytes", limits.state_bytes,
+                 "the largest key plus value relibd's state store can keep for one module");
   CLI11_PARSE(app, argc, argv);
+  limits.frame_bytes = relib::common::LinkFrameLimit(max_message_bytes);
 
   // A dead daemon must not kill the worker mid-write; the failed write ends it.
   ::signal(SIGPIPE, SIG_IGN);
@@ -75,7 +79,7 @@ int main(int argc, char** argv) {
 
   relib::agent::DaemonLink link{relib::common::UniqueFd(link_fd), relib::common::UniqueFd(fd_channel),
                                  relib::common::LinkFrameLimit(max_message_bytes)};
-  relib::agent::Agent agent(link, scratch_dir, recorder ? &*recorder : nullptr);
+  relib::agent::Agent agent(link, scratch_dir, recorder ? &*recorder : nullptr, limits);
   agent.set_output_limit(relib::common::OutputLimit(max_message_bytes));
   absl::Status status = agent.Run();
   if (!status.ok()) {

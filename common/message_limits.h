@@ -22,6 +22,9 @@ inline constexpr uint64_t kEnvelopeBytes = 4u << 10;
 // The link's frame limit never goes below the default frame limit: load
 // commands carry a module's saved state, which the gRPC limit does not bound.
 inline constexpr uint64_t kMinLinkFrameBytes = kMaxFramePayloadBytes;
+// Room a load command needs besides the module's saved state (name, paths,
+// options, fd keys): a module's state is limited to a link frame minus this.
+inline constexpr uint64_t kLoadEnvelopeBytes = 64u << 10;
 
 constexpr uint64_t MegabytesToBytes(int megabytes) { return static_cast<uint64_t>(megabytes) << 20; }
 

@@ -7,6 +7,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <future>
 #include <mutex>
@@ -124,6 +125,12 @@ int main(int argc, char** argv) {
                  "give relibctl the same value")
       ->capture_default_str()
       ->check(CLI::Range(1, relib::common::kMaxMaxMessageMb));
+  int state_store_mb = relib::daemon::kDefaultStateStoreMb;
+  app.add_option("--state-store-mb", state_store_mb,
+                 "size of the module state store (host API save_state), reserved at startup in /dev/shm or in "
+                 "--state-dir; a save that does not fit is refused to the module as RESOURCE_EXHAUSTED")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
   CLI11_PARSE(app, argc, argv);
 
   ::signal(SIGPIPE, SIG_IGN);
@@ -176,12 +183,16 @@ int main(int argc, char** argv) {
   options.max_module_bytes = static_cast<uint64_t>(max_module_size_mb) << 20;
   const uint64_t max_message_bytes = relib::common::MegabytesToBytes(max_message_mb);
   options.worker.max_message_bytes = max_message_bytes;
-  auto state_store = relib::daemon::StateStore::Open(state_dir, 64u << 20);
+  // One module's state travels to its worker in one load command.
+  const uint64_t max_module_state = relib::common::LinkFrameLimit(max_message_bytes) - relib::common::kLoadEnvelopeBytes;
+  auto state_store =
+      relib::daemon::StateStore::Open(state_dir, relib::common::MegabytesToBytes(state_store_mb), max_module_state);
   if (!state_store.ok()) {
     spdlog::critical("phase=startup {}", state_store.status().ToString());
     return 1;
   }
   options.state_store = state_store->get();
+  options.worker.max_state_bytes = std::min((*state_store)->capacity(), max_module_state);
 
   // Stops main: a signal number, or -1 when no worker can start.
   std::promise<int> stop_signal;
@@ -208,8 +219,8 @@ int main(int argc, char** argv) {
     if (!ec) stop(signal);
   });
   std::thread io_thread([&] { io.run(); });
-  spdlog::info("phase=startup listening on unix:{} worker={} run-dir={} state={}", socket_path, worker_path, run_dir,
-               (*state_store)->location());
+  spdlog::info("phase=startup listening on unix:{} worker={} run-dir={} state={} ({} bytes)", socket_path, worker_path,
+               run_dir, (*state_store)->location(), (*state_store)->capacity());
 
   int signal = stop_signal.get_future().get();
   if (signal < 0) {

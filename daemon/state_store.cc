@@ -1,10 +1,16 @@
 #include "daemon/state_store.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
+#include <stdexcept>
 
 #include "absl/strings/str_cat.h"
+#include "common/log_text.h"
+#include "common/unique_fd.h"
 #include "boost/interprocess/allocators/allocator.hpp"
 #include "boost/interprocess/containers/map.hpp"
 #include "boost/interprocess/containers/string.hpp"
@@ -23,6 +29,23 @@ using SegmentMap = bip::map<SegmentString, SegmentString, std::less<SegmentStrin
 
 // Keys are "<module>\0<key>" so one module's entries are contiguous.
 std::string Prefix(const std::string& module) { return module + std::string(1, '\0'); }
+
+// What one entry costs a load command besides its bytes (tags, lengths).
+constexpr uint64_t kEntryOverheadBytes = 32;
+
+// Reserves the file's blocks now: a full file system then fails the start,
+// not a later write into the mapping (SIGBUS).
+absl::Status Reserve(const std::string& location, uint64_t bytes) {
+  common::UniqueFd fd(::open(location.c_str(), O_RDWR | O_CLOEXEC));
+  if (!fd.valid()) return absl::ErrnoToStatus(errno, "open " + location);
+  int rc = ::posix_fallocate(fd.get(), 0, static_cast<off_t>(bytes));
+  if (rc != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot reserve ", bytes, " bytes for the state store ", location, ": ", std::strerror(rc),
+                     " (lower relibd --state-store-mb or free space)"));
+  }
+  return absl::OkStatus();
+}
 }  // namespace
 
 struct StateStore::Segment {
@@ -30,8 +53,12 @@ struct StateStore::Segment {
   SegmentMap* map = nullptr;
 };
 
-StateStore::StateStore(std::string location, bool remove_on_exit, std::unique_ptr<Segment> segment)
-    : location_(std::move(location)), remove_on_exit_(remove_on_exit), segment_(std::move(segment)) {}
+StateStore::StateStore(std::string location, bool remove_on_exit, std::unique_ptr<Segment> segment,
+                       uint64_t max_module_bytes)
+    : location_(std::move(location)),
+      remove_on_exit_(remove_on_exit),
+      max_module_bytes_(max_module_bytes),
+      segment_(std::move(segment)) {}
 
 StateStore::~StateStore() {
   segment_.reset();
@@ -41,7 +68,8 @@ StateStore::~StateStore() {
   }
 }
 
-absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const std::string& state_dir, size_t capacity_bytes) {
+absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const std::string& state_dir, uint64_t capacity_bytes,
+                                                             uint64_t max_module_bytes) {
   bool persistent = !state_dir.empty();
   std::string location =
       persistent ? state_dir + "/module-state.bin" : absl::StrCat("/dev/shm/relibd.", ::getpid(), ".state");
@@ -50,35 +78,81 @@ absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const std::string& 
       std::error_code error;
       std::filesystem::create_directories(state_dir, error);
       if (error) return absl::FailedPreconditionError("cannot create --state-dir " + state_dir + ": " + error.message());
+      uint64_t existing = std::filesystem::exists(location) ? std::filesystem::file_size(location) : 0;
+      if (existing > 0 && existing < capacity_bytes &&
+          !bip::managed_mapped_file::grow(location.c_str(), capacity_bytes - existing)) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("cannot grow the state store ", location, " to ", capacity_bytes, " bytes"));
+      }
     } else {
       bip::file_mapping::remove(location.c_str());
     }
     auto segment = std::make_unique<Segment>();
     segment->file = bip::managed_mapped_file(bip::open_or_create, location.c_str(), capacity_bytes);
+    if (absl::Status reserved = Reserve(location, segment->file.get_size()); !reserved.ok()) {
+      segment.reset();
+      if (!persistent) bip::file_mapping::remove(location.c_str());
+      return reserved;
+    }
     segment->map = segment->file.find_or_construct<SegmentMap>("relib-module-state")(
         std::less<SegmentString>(), segment->file.get_segment_manager());
-    return std::unique_ptr<StateStore>(new StateStore(location, !persistent, std::move(segment)));
+    return std::unique_ptr<StateStore>(new StateStore(location, !persistent, std::move(segment), max_module_bytes));
   } catch (const std::exception& e) {
     return absl::FailedPreconditionError("cannot open the state store " + location + ": " + e.what());
   }
 }
 
+uint64_t StateStore::capacity() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return segment_->file.get_size();
+}
+
 absl::Status StateStore::Put(const std::string& module, const std::string& key, const std::string& value) {
   std::lock_guard<std::mutex> lock(mutex_);
+  const uint64_t capacity = segment_->file.get_size();
+  auto describe = [&] {
+    return absl::StrCat("module '", module, "' key '", common::EscapeForLog(key, 64), "' (", value.size(), " bytes)");
+  };
   try {
+    // What the module's other entries take already.
+    const std::string prefix = Prefix(module);
     CharAllocator allocator(segment_->file.get_segment_manager());
-    SegmentString full_key((Prefix(module) + key).c_str(), Prefix(module).size() + key.size(), allocator);
+    uint64_t module_bytes = 0;
+    SegmentString start(prefix.data(), prefix.size(), allocator);
+    for (auto it = segment_->map->lower_bound(start); it != segment_->map->end(); ++it) {
+      std::string_view full(it->first.data(), it->first.size());
+      if (full.compare(0, prefix.size(), prefix) != 0) break;
+      if (full.substr(prefix.size()) == key) continue;
+      module_bytes += full.size() - prefix.size() + it->second.size() + kEntryOverheadBytes;
+    }
+    const uint64_t entry_bytes = key.size() + value.size() + kEntryOverheadBytes;
+    if (module_bytes + entry_bytes > max_module_bytes_) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "state store refuses ", describe(), ": the module's state would take ", module_bytes + entry_bytes,
+          " bytes, more than the ", max_module_bytes_,
+          " bytes one load command can carry to a worker (relibd --max-message-mb)"));
+    }
+    std::string full_key = prefix + key;
+    SegmentString segment_key(full_key.data(), full_key.size(), allocator);
     SegmentString bytes(value.data(), value.size(), allocator);
-    auto it = segment_->map->find(full_key);
+    auto it = segment_->map->find(segment_key);
     if (it != segment_->map->end()) {
-      it->second = bytes;
+      it->second.swap(bytes);  // the old bytes are freed with `bytes`
     } else {
-      segment_->map->emplace(full_key, bytes);
+      segment_->map->emplace(boost::move(segment_key), boost::move(bytes));
     }
     return absl::OkStatus();
   } catch (const bip::bad_alloc&) {
-    return absl::ResourceExhaustedError(absl::StrCat("state store full saving ", module, "/", key));
+  } catch (const std::length_error&) {
+  } catch (const std::bad_alloc&) {
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("state store error saving ", describe(), ": ", e.what()));
+  } catch (...) {
+    return absl::InternalError(absl::StrCat("state store error saving ", describe()));
   }
+  return absl::ResourceExhaustedError(absl::StrCat("state store full: ", describe(), " does not fit; capacity ",
+                                                   capacity, " bytes, ", capacity - segment_->file.get_free_memory(),
+                                                   " bytes in use (relibd --state-store-mb)"));
 }
 
 std::map<std::string, std::string> StateStore::Get(const std::string& module) const {

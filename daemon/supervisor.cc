@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/log_text.h"
 #include "daemon/module_file.h"
 #include "spdlog/spdlog.h"
 
@@ -16,6 +17,8 @@ namespace {
 
 constexpr char kDefaultGroup[] = "default";
 constexpr char kSelfTestExport[] = "self_test";
+// A module log line longer than this is cut (the worker cuts at 64 KiB already).
+constexpr size_t kMaxLogTextBytes = 80u << 10;
 // Added to the sum of a command's phase deadlines: the watchdog enforces the
 // phases precisely; this only catches a worker that stops answering between them.
 constexpr std::chrono::milliseconds kCommandSlack{2000};
@@ -94,7 +97,11 @@ v1::link::ToWorker Supervisor::LoadCommand(const std::string& name, const std::s
   load->set_display_path(path);
   load->set_version(version);
   *load->mutable_options() = options;
-  for (auto& [key, value] : options_.state_store->Get(name)) (*load->mutable_state())[key] = value;
+  for (auto& [key, value] : options_.state_store->Get(name)) {
+    auto* entry = load->add_state();
+    entry->set_key(key);
+    entry->set_value(std::move(value));
+  }
   if (!without_fds) {
     for (auto& [key, fd] : fd_store_.Duplicates(name)) {
       load->add_fd_keys(key);
@@ -158,14 +165,20 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker(const std
   };
   callbacks.on_log = [this](pid_t pid, const v1::link::Log& log) { OnWorkerLog(pid, log); };
   callbacks.on_usage = [this](pid_t pid, const v1::link::Usage& usage) { OnWorkerUsage(pid, usage); };
+  // The module learns the outcome (its save_state's answer); relibd's log
+  // keeps a refusal for the operator.
   callbacks.on_save_state = [this](pid_t pid, const v1::link::SaveState& save) {
-    if (absl::Status saved = options_.state_store->Put(save.module(), save.key(), save.value()); !saved.ok()) {
-      spdlog::error("module={} worker pid={} phase=save-state {}", save.module(), pid, saved.ToString());
+    absl::Status saved = options_.state_store->Put(save.module(), save.key(), save.value());
+    if (!saved.ok()) {
+      spdlog::warn("module={} worker pid={} phase=save-state {}", save.module(), pid, std::string(saved.message()));
     }
+    return saved;
   };
   callbacks.on_store_fd = [this](pid_t pid, const v1::link::StoreFd& store, common::UniqueFd fd) {
-    spdlog::debug("module={} worker pid={} phase=store-fd key={}", store.module(), pid, store.key());
+    spdlog::debug("module={} worker pid={} phase=store-fd key={}", store.module(), pid,
+                  common::EscapeForLog(store.key(), 64));
     fd_store_.Put(store.module(), store.key(), std::move(fd));
+    return absl::OkStatus();
   };
   callbacks.phase_deadline = [this](const std::string& module, common::Phase phase) {
     return PhaseDeadlineOf(module, phase);
@@ -195,7 +208,9 @@ absl::StatusOr<std::string> Supervisor::StageCopy(const std::string& name, uint6
 
 void Supervisor::OnWorkerLog(pid_t pid, const v1::link::Log& log) {
   auto level = static_cast<spdlog::level::level_enum>(std::clamp(log.level(), 0, 5));
-  spdlog::log(level, "module={} worker pid={} {}", log.module(), pid, log.text());
+  // Module text is any bytes: escaped, it cannot start a line of its own.
+  spdlog::log(level, "module={} worker pid={} {}", log.module(), pid,
+              common::EscapeForLog(log.text(), kMaxLogTextBytes));
 }
 
 void Supervisor::OnWorkerUsage(pid_t pid, const v1::link::Usage& usage) {
@@ -432,6 +447,10 @@ absl::Status Supervisor::TryInScratchWorker(const std::string& name, const std::
                                             const v1::ModuleOptions& options) {
   WorkerHandle::Callbacks callbacks;
   callbacks.on_log = [this](pid_t pid, const v1::link::Log& log) { OnWorkerLog(pid, log); };
+  // The trial's saves and fds stay in the trial worker (it can read them
+  // back) and go away with it: production's state is not touched.
+  callbacks.on_save_state = [](pid_t, const v1::link::SaveState&) { return absl::OkStatus(); };
+  callbacks.on_store_fd = [](pid_t, const v1::link::StoreFd&, common::UniqueFd) { return absl::OkStatus(); };
   callbacks.phase_deadline = [this, options](const std::string&, common::Phase phase) {
     return PhaseDeadline(options, phase);
   };
@@ -449,7 +468,7 @@ absl::Status Supervisor::TryInScratchWorker(const std::string& name, const std::
                                                     handle->pid(), ", production untouched: ", status.message()));
   };
   // A copy of the state, no fds: the trial must not serve production traffic,
-  // and its saves are ignored (no callbacks).
+  // and its saves are not kept (see the callbacks above).
   std::vector<common::UniqueFd> no_fds;
   auto reply = handle->Request(LoadCommand(name, candidate, path, version, options, true, no_fds),
                                    absl::StrCat("staged load of module '", name, "'"),

@@ -12,6 +12,7 @@
 #include "boost/asio/write.hpp"
 #include "common/fd_passing.h"
 #include "common/frame_io.h"
+#include "common/log_text.h"
 #include "daemon/orphans.h"
 #include "spdlog/spdlog.h"
 
@@ -54,7 +55,8 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> WorkerHandle::Start(asio::io_conte
   common::SpawnOptions spawn;
   spawn.argv = {options.worker_path, "--link-fd", "3", "--fd-channel-fd", "4", "--scratch-dir", scratch->path(),
                 "--log-level", options.log_level, "--flight-recorder", recorder->name(),
-                "--max-message-bytes", std::to_string(options.max_message_bytes)};
+                "--max-message-bytes", std::to_string(options.max_message_bytes),
+                "--max-state-bytes", std::to_string(options.max_state_bytes)};
   spawn.fds = {{worker_end.get(), 3}, {worker_channel.get(), 4}};
   // Everything the worker starts inherits its group: killed with it on exit.
   spawn.new_process_group = true;
@@ -186,18 +188,27 @@ void WorkerHandle::Dispatch(const v1::link::FromWorker& message) {
     case v1::link::FromWorker::kUsage:
       if (callbacks_.on_usage) callbacks_.on_usage(pid_, message.usage());
       return;
-    case v1::link::FromWorker::kSaveState:
-      if (callbacks_.on_save_state) callbacks_.on_save_state(pid_, message.save_state());
+    case v1::link::FromWorker::kSaveState: {
+      absl::Status saved = callbacks_.on_save_state
+                               ? callbacks_.on_save_state(pid_, message.save_state())
+                               : absl::FailedPreconditionError("relibd keeps no state saved in this worker");
+      AnswerHostCall(message.save_state().request_id(), saved);
       return;
+    }
     case v1::link::FromWorker::kStoreFd: {
       // The worker sent the fd before this message.
       auto fd = common::ReceiveFd(fd_channel_.get(), /*blocking=*/false);
+      absl::Status stored;
       if (!fd.ok()) {
         spdlog::error("worker pid={} phase=fd-store module={} key={}: {}", pid_, message.store_fd().module(),
-                      message.store_fd().key(), fd.status().ToString());
-        return;
+                      common::EscapeForLog(message.store_fd().key(), 64), fd.status().ToString());
+        stored = absl::Status(fd.status().code(), absl::StrCat("relibd did not receive the fd: ", fd.status().message()));
+      } else if (callbacks_.on_store_fd) {
+        stored = callbacks_.on_store_fd(pid_, message.store_fd(), std::move(fd).value());
+      } else {
+        stored = absl::FailedPreconditionError("relibd keeps no fds stored in this worker");
       }
-      if (callbacks_.on_store_fd) callbacks_.on_store_fd(pid_, message.store_fd(), std::move(fd).value());
+      AnswerHostCall(message.store_fd().request_id(), stored);
       return;
     }
     case v1::link::FromWorker::kReply: {
@@ -251,9 +262,29 @@ void WorkerHandle::Send(v1::link::ToWorker command, std::string what, std::chron
       if (!ec) self->OnDeadline(id);
     });
     self->pending_.emplace(id, std::move(pending));
-    self->write_queue_.push_back(std::move(frame));
-    if (self->write_queue_.size() == 1) self->WriteNext();
+    self->Write(std::move(frame));
   });
+}
+
+void WorkerHandle::AnswerHostCall(uint64_t request_id, const absl::Status& status) {
+  if (finished_ || !alive_ || stopping_) return;  // nobody left to answer, or no way to
+  v1::link::ToWorker answer;
+  auto* result = answer.mutable_host_call_result();
+  result->set_request_id(request_id);
+  result->set_code(static_cast<int>(status.code()));
+  result->set_message(std::string(status.message()));
+  std::string frame;
+  if (absl::Status encoded = common::EncodeFrame(answer, &frame, common::LinkFrameLimit(options_.max_message_bytes));
+      !encoded.ok()) {
+    spdlog::error("worker pid={} phase=link cannot answer host request {}: {}", pid_, request_id, encoded.ToString());
+    return;
+  }
+  Write(std::move(frame));
+}
+
+void WorkerHandle::Write(std::string frame) {
+  write_queue_.push_back(std::move(frame));
+  if (write_queue_.size() == 1) WriteNext();
 }
 
 absl::StatusOr<v1::link::Reply> WorkerHandle::Request(v1::link::ToWorker command, std::string what,

@@ -38,6 +38,9 @@ struct WorkerOptions {
   // relibd's gRPC message limit: the worker caps export outputs to fit it,
   // and the link's frames are sized to carry it (common/message_limits.h).
   uint64_t max_message_bytes = common::MegabytesToBytes(common::kDefaultMaxMessageMb);
+  // The largest key plus value relibd's state store can ever keep for one
+  // module: the worker refuses larger saves itself.
+  uint64_t max_state_bytes = uint64_t{64} << 20;
 };
 
 // How a worker ended, for the supervisor's restart decisions.
@@ -55,10 +58,12 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
     std::function<void(pid_t, const v1::link::Log&)> on_log;
     // Live resources per module (io thread).
     std::function<void(pid_t, const v1::link::Usage&)> on_usage;
-    // A module's state checkpoint (io thread).
-    std::function<void(pid_t, const v1::link::SaveState&)> on_save_state;
-    // A module handed over an fd (io thread).
-    std::function<void(pid_t, const v1::link::StoreFd&, common::UniqueFd)> on_store_fd;
+    // A module's state checkpoint (io thread). The status returned is the
+    // module's answer: OK only once the value is kept. Unset: the worker's
+    // saves are refused.
+    std::function<absl::Status(pid_t, const v1::link::SaveState&)> on_save_state;
+    // A module handed over an fd (io thread); answered like on_save_state.
+    std::function<absl::Status(pid_t, const v1::link::StoreFd&, common::UniqueFd)> on_store_fd;
     // The worker said hello: it is up and speaks the link (io thread).
     std::function<void(pid_t)> on_ready;
     // The process ended and has been reaped (io thread). Called exactly once.
@@ -114,6 +119,10 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   void ReadHeader();
   void ReadPayload(uint32_t length);
   void Dispatch(const v1::link::FromWorker& message);
+  // Answers the worker's host request `request_id` (save_state, store_fd).
+  void AnswerHostCall(uint64_t request_id, const absl::Status& status);
+  // Queues one frame for the worker.
+  void Write(std::string frame);
   void WriteNext();
   void OnDeadline(uint64_t id);
   void OnLinkClosed(const boost::system::error_code& ec);

@@ -9,6 +9,7 @@
 
 #include "common/child_process.h"
 #include "common/frame_io.h"
+#include "common/log_text.h"
 #include "common/proc_maps.h"
 #include "common/unique_fd.h"
 #include "relib/v1/worker_link.pb.h"
@@ -103,6 +104,17 @@ absl::StatusOr<ExitStatus> RunShell(const std::string& script) {
   auto child = ChildProcess::Spawn(options);
   if (!child.ok()) return child.status();
   return child->Wait();
+}
+
+TEST(LogTextTest, EscapesWhatCouldForgeALine) {
+  using common::EscapeForLog;
+  EXPECT_EQ(EscapeForLog("plain text"), "plain text");
+  EXPECT_EQ(EscapeForLog(std::string("a\nb\rc\td\\e\0f\x1b[1m", 15)), "a\\nb\\rc\\td\\\\e\\x00f\\x1b[1m");
+  // Valid UTF-8 stays; invalid bytes, C1 controls and U+2028 are escaped.
+  EXPECT_EQ(EscapeForLog("gr\xc3\xbc\xc3\x9f"), "gr\xc3\xbc\xc3\x9f");
+  EXPECT_EQ(EscapeForLog("\xff\xc3"), "\\xff\\xc3");
+  EXPECT_EQ(EscapeForLog("\xc2\x85|\xe2\x80\xa8"), "\\xc2\\x85|\\xe2\\x80\\xa8");
+  EXPECT_EQ(EscapeForLog(std::string(10, 'x'), 4), "xxxx [... 6 more bytes]");
 }
 
 TEST(ChildProcessTest, ClassifiesExitCode) {

@@ -36,6 +36,9 @@ extern "C" {
 #define RELIB_ERROR 1
 #define RELIB_ERROR_EXCEPTION 2 /* the C++ SDK caught an exception */
 #define RELIB_NOT_FOUND 3       /* load_state: no such key */
+/* Host API: the host has no room for it (state store full, a value larger
+ * than the store or the worker link can ever take). */
+#define RELIB_ERROR_RESOURCE_EXHAUSTED 4
 
 /* Log levels, equal to spdlog's. */
 #define RELIB_LOG_TRACE 0
@@ -56,28 +59,48 @@ typedef struct relib_buffer {
 } relib_buffer;
 
 /* Services the host offers a module. Valid from on_load until before_unload
- * returns; a module may keep the pointer for that long. Thread-safe. */
+ * returns; a module may keep the pointer for that long. Thread-safe.
+ *
+ * Every entry takes any input: a null pointer where bytes are expected (with
+ * a non-zero length), a bad fd, a key or value of any size or content. It
+ * either does its job or returns an error code (RELIB_ERROR, or
+ * RELIB_ERROR_RESOURCE_EXHAUSTED for sizes); `last_error` then says why. A
+ * failure never ends the worker or relibd, and RELIB_OK always means done. */
 typedef struct relib_host_api {
   uint32_t abi_version;
   void* host_context;
   /* Logs one line through the worker's logger, tagged with the module name;
-   * relibd re-logs it. `text` need not be NUL-terminated. */
+   * relibd re-logs it. `text` (any bytes) need not be NUL-terminated. Control
+   * characters, line breaks and invalid UTF-8 are logged escaped ("\n",
+   * "\x00"), so a module's text can never start a log line of its own; text
+   * past 64 KiB is cut off and counted ("[... N more bytes]"). */
   void (*log)(void* host_context, int level, const char* text, size_t len);
   /* State store, per module name. relibd keeps it in memory it owns, so it
    * survives reloads, crashes of the worker and, with relibd --state-dir,
    * restarts of relibd. save_state may be called at any time from any thread
    * (a checkpoint); the next version reads it in on_load. Keys are
-   * NUL-terminated. */
+   * NUL-terminated and otherwise any bytes. save_state returns RELIB_OK only
+   * once relibd holds the value (it waits for relibd, at most 5 s): a value
+   * saved is never lost to a worker crash that follows. It returns
+   * RELIB_ERROR_RESOURCE_EXHAUSTED when relibd's store (relibd
+   * --state-store-mb) or the worker link (relibd --max-message-mb) has no
+   * room for it; the previous value of the key then stays. */
   int (*save_state)(void* host_context, const char* key, const void* data, size_t len);
   /* Appends the bytes saved under `key` to `out`; RELIB_NOT_FOUND if none. */
   int (*load_state)(void* host_context, const char* key, relib_buffer* out);
   /* fd store, per module name: hands a duplicate of `fd` to relibd under
    * `key` (the module keeps its own fd). relibd keeps it across reloads and
    * worker restarts until the module is unloaded: a listening socket stays
-   * bound and keeps queueing connections while versions are swapped. */
+   * bound and keeps queueing connections while versions are swapped.
+   * RELIB_OK once relibd holds it; RELIB_ERROR for an fd that is not open. */
   int (*store_fd)(void* host_context, const char* key, int fd);
   /* A new fd (the caller owns it) for `key`, or -1 if none is stored. */
   int (*take_fd)(void* host_context, const char* key);
+  /* Appends to `out` why the calling thread's last failed host-API call
+   * failed (nothing if none failed) and returns RELIB_OK. Added after the
+   * first release of ABI version 1: a module that may meet an older host
+   * checks it for NULL. */
+  int (*last_error)(void* host_context, relib_buffer* out);
 } relib_host_api;
 
 /* One callable export: reads `in_len` bytes at `in`, appends its result to

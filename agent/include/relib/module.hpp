@@ -27,6 +27,12 @@ extern "C" __attribute__((visibility("hidden"))) const relib_host_api* relib_mod
 
 namespace relib {
 
+namespace detail {
+// Why the SDK itself refused the calling thread's last host call (the host
+// never saw it), or null. Trivial type: no destructor pins the module.
+inline thread_local const char* sdk_error = nullptr;
+}  // namespace detail
+
 // Thrown (or any std::exception) by module code to fail a hook or an export
 // with a message.
 class Error : public std::runtime_error {
@@ -51,13 +57,16 @@ class Host {
   void Error(std::string_view text) const { Log(RELIB_LOG_ERROR, text); }
 
   // State store (see relib_host_api): survives reloads and worker crashes.
+  // True once relibd holds the bytes; false if it cannot (LastError says
+  // why: a full store, a size limit). Keys are C strings: a key with a NUL
+  // inside is refused, never cut short into another key.
   bool SaveState(const std::string& key, std::string_view bytes) const {
-    return api_ != nullptr && api_->save_state != nullptr &&
+    return api_ != nullptr && api_->save_state != nullptr && ValidKey(key) &&
            api_->save_state(api_->host_context, key.c_str(), bytes.data(), bytes.size()) == RELIB_OK;
   }
   // The saved bytes, or std::nullopt if nothing was saved under `key`.
   std::optional<std::string> LoadState(const std::string& key) const {
-    if (api_ == nullptr || api_->load_state == nullptr) return std::nullopt;
+    if (api_ == nullptr || api_->load_state == nullptr || !ValidKey(key)) return std::nullopt;
     std::string bytes;
     relib_buffer out{&bytes, [](relib_buffer* self, const void* data, size_t len) noexcept -> int {
                        static_cast<std::string*>(self->host_context)->append(static_cast<const char*>(data), len);
@@ -68,14 +77,38 @@ class Host {
   }
   // fd store (see relib_host_api).
   bool StoreFd(const std::string& key, int fd) const {
-    return api_ != nullptr && api_->store_fd != nullptr && api_->store_fd(api_->host_context, key.c_str(), fd) == RELIB_OK;
+    return api_ != nullptr && api_->store_fd != nullptr && ValidKey(key) &&
+           api_->store_fd(api_->host_context, key.c_str(), fd) == RELIB_OK;
   }
   // A new fd the caller owns, or -1.
   int TakeFd(const std::string& key) const {
-    return api_ != nullptr && api_->take_fd != nullptr ? api_->take_fd(api_->host_context, key.c_str()) : -1;
+    return api_ != nullptr && api_->take_fd != nullptr && ValidKey(key) ? api_->take_fd(api_->host_context, key.c_str())
+                                                                       : -1;
+  }
+  // Why the calling thread's last failed host call failed ("" if unknown).
+  std::string LastError() const {
+    std::string text;
+    if (detail::sdk_error != nullptr) return detail::sdk_error;
+    if (api_ == nullptr || api_->last_error == nullptr) return text;
+    relib_buffer out{&text, [](relib_buffer* self, const void* data, size_t len) noexcept -> int {
+                       static_cast<std::string*>(self->host_context)->append(static_cast<const char*>(data), len);
+                       return RELIB_OK;
+                     }};
+    api_->last_error(api_->host_context, &out);
+    return text;
   }
 
  private:
+  // A key the C ABI can carry unchanged (no NUL inside).
+  static bool ValidKey(const std::string& key) {
+    if (key.find('\0') == std::string::npos) {
+      detail::sdk_error = nullptr;
+      return true;
+    }
+    detail::sdk_error = "a key with a NUL byte inside cannot be passed to the host (keys are C strings)";
+    return false;
+  }
+
   const relib_host_api* api_;
 };
 
