@@ -16,6 +16,7 @@
 #include "agent/child_tracker.h"
 #include "agent/crash_handler.h"
 #include "agent/daemon_link.h"
+#include "agent/heap_tracker.h"
 #include "agent/heartbeat.h"
 #include "agent/module_context.h"
 #include "common/flight_recorder.h"
@@ -38,7 +39,13 @@ int main(int argc, char** argv) {
   uint64_t max_message_bytes = relib::common::MegabytesToBytes(relib::common::kDefaultMaxMessageMb);
   app.add_option("--max-message-bytes", max_message_bytes,
                  "relibd's gRPC message limit: sizes the link's frames and caps export outputs");
+  std::string invalid_free = "abort";
+  app.add_option("--invalid-free", invalid_free,
+                 "when module code frees memory it does not own: abort (blamed on the module) or leak")
+      ->check(CLI::IsMember({"abort", "leak"}));
   CLI11_PARSE(app, argc, argv);
+  relib::agent::heap::SetInvalidFreePolicy(invalid_free == "leak" ? relib::agent::heap::InvalidFreePolicy::kLeak
+                                                                   : relib::agent::heap::InvalidFreePolicy::kAbort);
 
   // A dead daemon must not kill the worker mid-write; the failed write ends it.
   ::signal(SIGPIPE, SIG_IGN);

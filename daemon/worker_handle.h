@@ -38,6 +38,9 @@ struct WorkerOptions {
   // relibd's gRPC message limit: the worker caps export outputs to fit it,
   // and the link's frames are sized to carry it (common/message_limits.h).
   uint64_t max_message_bytes = common::MegabytesToBytes(common::kDefaultMaxMessageMb);
+  // What the worker does when module code frees memory it does not own:
+  // "abort" (die blamed on the module) or "leak" (refuse the free, log it).
+  std::string invalid_free = "abort";
 };
 
 // How a worker ended, for the supervisor's restart decisions.
