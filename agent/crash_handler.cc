@@ -4,6 +4,7 @@
 
 #include <atomic>
 
+#include "agent/crash_note.h"
 #include "agent/module_context.h"
 
 namespace relib::agent {
@@ -16,7 +17,7 @@ std::atomic<common::FlightRecord*> crash_record{nullptr};
 
 void OnFatalSignal(int signal) {
   common::FlightRecorder::RecordCrash(crash_record.load(std::memory_order_acquire), signal,
-                                      ModuleName(CurrentModule()));
+                                      ModuleName(CurrentModule()), CrashNote());
   ::raise(signal);  // SA_RESETHAND restored the default; delivered on return
 }
 

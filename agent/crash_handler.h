@@ -1,6 +1,7 @@
 // The worker's fatal-signal handler: when module code crashes (SIGSEGV,
 // SIGBUS, SIGILL, SIGFPE, SIGABRT), it notes in the flight recorder which
-// module the crashing thread was running, then dies of the same signal. It
+// module the crashing thread was running (and the thread's crash note, see
+// crash_note.h), then dies of the same signal. It
 // runs on the thread's alternate signal stack (see alt_stack.h), so a stack
 // overflow is recorded like any other crash.
 #ifndef RELIB_AGENT_CRASH_HANDLER_H_

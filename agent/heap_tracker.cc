@@ -5,11 +5,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <atomic>
 #include <cstring>
 #include <map>
 #include <mutex>
 #include <new>
+
+#include "agent/crash_note.h"
 
 extern "C" {
 void* __libc_malloc(size_t);
@@ -25,7 +28,7 @@ namespace {
 // Immediately before every user pointer.
 struct Tail {
   uint64_t size;    // requested size
-  uint32_t module;  // owner; 0 = host
+  uint32_t module;  // owner; 0 = host; kFreed once freed
   uint32_t offset;  // user pointer - base pointer
 };
 // Before the Tail of module blocks only: list membership for leak walks.
@@ -33,8 +36,12 @@ struct Node {
   Node* prev;
   Node* next;
   const void* site;
-  uint64_t shard;
+  uint32_t shard;
+  uint32_t check;  // CheckWord(user, module): tells a real block from bytes that look like one
 };
+constexpr uint32_t kFreed = UINT32_MAX;
+// Below this nothing is ever mapped (vm.mmap_min_addr), so no header either.
+constexpr uintptr_t kLowestBlock = 65536;
 static_assert(sizeof(Tail) == 16 && sizeof(Node) == 32);
 constexpr size_t kHostHeader = sizeof(Tail);
 constexpr size_t kModuleHeader = sizeof(Tail) + sizeof(Node);
@@ -58,6 +65,14 @@ ModuleHeap modules[kMaxModules];
 
 std::atomic<uint32_t> next_shard{0};
 thread_local uint32_t thread_shard __attribute__((tls_model("initial-exec"))) = UINT32_MAX;
+
+uint32_t CheckWord(const void* user, uint32_t module) {
+  uint64_t x = reinterpret_cast<uintptr_t>(user) ^ (uint64_t{module} << 48) ^ 0x6a09e667f3bcc909ull;
+  x ^= x >> 31;
+  x *= 0x9e3779b97f4a7c15ull;
+  x ^= x >> 29;
+  return static_cast<uint32_t>(x);
+}
 
 uint32_t ThreadShard() {
   if (thread_shard == UINT32_MAX) thread_shard = next_shard.fetch_add(1, std::memory_order_relaxed) % kShards;
@@ -117,6 +132,7 @@ void* Allocate(size_t size, size_t align, const void* site, bool zero) {
     ModuleHeap& heap = modules[module];
     node->site = heap.capture_sites.load(std::memory_order_relaxed) ? site : nullptr;
     node->shard = ThreadShard();
+    node->check = CheckWord(user, module);
     Shard& shard = heap.shards[node->shard];
     std::lock_guard<std::mutex> lock(shard.mutex);
     Link(shard, node);
@@ -126,8 +142,8 @@ void* Allocate(size_t size, size_t align, const void* site, bool zero) {
   return user;
 }
 
-void Release(void* user) {
-  if (user == nullptr) return;
+// Frees a block known to be one (validated, or freed by host code).
+void ReleaseBlock(void* user) {
   Tail* tail = TailOf(user);
   uint32_t module = __atomic_load_n(&tail->module, __ATOMIC_RELAXED);
   if (module != kHost && module < kMaxModules) {
@@ -141,13 +157,137 @@ void Release(void* user) {
       shard.blocks.fetch_sub(1, std::memory_order_relaxed);
     }
   }
+  // So a second free of this block by its module is recognised (glibc's own
+  // bookkeeping overwrites the first 16 bytes of the chunk: the Node of a
+  // module block, but the Tail only of host blocks).
+  __atomic_store_n(&tail->module, kFreed, __ATOMIC_RELAXED);
   __libc_free(static_cast<char*>(user) - tail->offset);
 }
 
-[[maybe_unused]] void* Reallocate(void* user, size_t size, const void* site) {
+// ---- Validation of frees made by module code ----
+
+std::atomic<InvalidFreePolicy> invalid_free_policy{InvalidFreePolicy::kAbort};
+
+enum class Verdict { kOwn, kHost, kOtherModule, kFreed, kNotABlock };
+
+constexpr char kUnreadableHeader[] =
+    "invalid free by module code: not a heap block (the memory before the pointer is not mapped)";
+
+// What `user`, freed by code of `module`, is. Reads the header only after
+// the cheap checks; a wild pointer can still fault there, which the crash
+// note then explains. `owner` receives the owning module of kOtherModule.
+Verdict Classify(void* user, ModuleId module, ModuleId* owner) {
+  auto address = reinterpret_cast<uintptr_t>(user);
+  // Every block this allocator hands out is 16-aligned (glibc's alignment,
+  // headers of 16 or 48 bytes, larger alignments padded to themselves).
+  if (address % 16 != 0 || address < kLowestBlock) return Verdict::kNotABlock;
+  SetCrashNote(kUnreadableHeader);
+  Tail* tail = TailOf(user);
+  uint32_t tag = __atomic_load_n(&tail->module, __ATOMIC_RELAXED);
+  uint32_t offset = tail->offset;
+  Verdict verdict = Verdict::kNotABlock;
+  if (tag == kFreed) {
+    verdict = Verdict::kFreed;
+  } else if (tag == kHost) {
+    if (offset >= kHostHeader && offset % 16 == 0) verdict = Verdict::kHost;
+  } else if (tag < kMaxModules && offset >= kModuleHeader && offset % 16 == 0 &&
+             NodeOf(user)->check == CheckWord(user, tag)) {
+    *owner = tag;
+    verdict = tag == module ? Verdict::kOwn : Verdict::kOtherModule;
+  }
+  SetCrashNote(nullptr);
+  return verdict;
+}
+
+// Appends to a fixed buffer without allocating (we are inside free()).
+class Line {
+ public:
+  Line& operator<<(const char* text) {
+    for (; text && *text && length_ + 1 < sizeof(text_); ++text) text_[length_++] = *text;
+    text_[length_] = '\0';
+    return *this;
+  }
+  Line& Number(uintptr_t value, unsigned base, const char* prefix) {
+    *this << prefix;
+    char reversed[24];
+    int n = 0;
+    do {
+      reversed[n++] = "0123456789abcdef"[value % base];
+      value /= base;
+    } while (value != 0);
+    char digits[25];
+    for (int i = 0; i < n; ++i) digits[i] = reversed[n - 1 - i];
+    digits[n] = '\0';
+    return *this << digits;
+  }
+  const char* c_str() const { return text_; }
+  size_t size() const { return length_; }
+
+ private:
+  char text_[256] = "";
+  size_t length_ = 0;
+};
+
+thread_local Line invalid_free_note __attribute__((tls_model("initial-exec")));
+
+// Handles an invalid free by `module`'s code; returns only under kLeak.
+void OnInvalidFree(void* user, ModuleId module, Verdict verdict, ModuleId owner, const char* function) {
+  Line& line = invalid_free_note;
+  line = Line();
+  line << "invalid free: module '" << ModuleName(module) << "' passed ";
+  line.Number(reinterpret_cast<uintptr_t>(user), 16, "0x") << " to " << function << ", ";
+  switch (verdict) {
+    case Verdict::kHost: line << "a block owned by the host"; break;
+    case Verdict::kOtherModule: line << "a block owned by module '" << ModuleName(owner) << "'"; break;
+    case Verdict::kFreed: line << "a block already freed"; break;
+    default: line << "not a heap block (never allocated, or an interior pointer)"; break;
+  }
+  bool leak = invalid_free_policy.load(std::memory_order_relaxed) == InvalidFreePolicy::kLeak;
+  Line out;
+  out << "relib-worker[";
+  out.Number(static_cast<uintptr_t>(::getpid()), 10, "") << "]: " << line.c_str()
+      << (leak ? "; refused (nothing freed), module keeps running\n" : "; aborting\n");
+  ssize_t ignored = ::write(STDERR_FILENO, out.c_str(), out.size());
+  (void)ignored;
+  if (leak) return;
+  SetCrashNote(line.c_str());
+  std::abort();
+}
+
+// True if `caller` (a return address) is code of the module the thread is
+// running: only such frees are validated. `module` receives the module.
+bool FromModuleCode(const void* caller, ModuleId* module) {
+  ModuleId id = CurrentModule();
+  if (id == kHost || !InModule(id, caller)) return false;
+  *module = id;
+  return true;
+}
+
+// False if `user`, freed by `caller` through `function`, must not be freed
+// (after OnInvalidFree returned under kLeak).
+bool MayFree(void* user, const void* caller, const char* function) {
+  ModuleId module;
+  if (!FromModuleCode(caller, &module)) return true;
+  ModuleId owner = kHost;
+  Verdict verdict = Classify(user, module, &owner);
+  if (verdict == Verdict::kOwn) return true;
+  OnInvalidFree(user, module, verdict, owner, function);
+  return false;
+}
+
+[[maybe_unused]] void Release(void* user, const void* caller, const char* function) {
+  if (user == nullptr || !MayFree(user, caller, function)) return;
+  ReleaseBlock(user);
+}
+
+[[maybe_unused]] void* Reallocate(void* user, size_t size, const void* site, const char* function) {
   if (user == nullptr) return Allocate(size, 16, site, false);
+  if (!MayFree(user, site, function)) {
+    errno = EINVAL;
+    return nullptr;
+  }
   if (size == 0) {
-    Release(user);
+    ReleaseBlock(user);
     return nullptr;
   }
   Tail* tail = TailOf(user);
@@ -166,7 +306,7 @@ void Release(void* user) {
   void* moved = Allocate(size, 16, site, false);
   if (moved == nullptr) return nullptr;
   std::memcpy(moved, user, std::min<size_t>(size, tail->size));
-  Release(user);
+  ReleaseBlock(user);
   return moved;
 }
 
@@ -221,6 +361,8 @@ bool Enabled() { return false; }
 #else
 bool Enabled() { return true; }
 #endif
+
+void SetInvalidFreePolicy(InvalidFreePolicy policy) { invalid_free_policy.store(policy); }
 
 void StartTracking(ModuleId id, bool capture_sites) {
   if (id == kHost || id >= kMaxModules) return;
@@ -290,7 +432,7 @@ using relib::agent::heap::TailOf;
 extern "C" {
 
 void* malloc(size_t size) { return Allocate(size, 16, __builtin_return_address(0), false); }
-void free(void* p) { Release(p); }
+void free(void* p) { Release(p, __builtin_return_address(0), "free"); }
 void* calloc(size_t count, size_t size) {
   size_t total;
   if (__builtin_mul_overflow(count, size, &total)) {
@@ -299,14 +441,14 @@ void* calloc(size_t count, size_t size) {
   }
   return Allocate(total, 16, __builtin_return_address(0), true);
 }
-void* realloc(void* p, size_t size) { return Reallocate(p, size, __builtin_return_address(0)); }
+void* realloc(void* p, size_t size) { return Reallocate(p, size, __builtin_return_address(0), "realloc"); }
 void* reallocarray(void* p, size_t count, size_t size) {
   size_t total;
   if (__builtin_mul_overflow(count, size, &total)) {
     errno = ENOMEM;
     return nullptr;
   }
-  return Reallocate(p, total, __builtin_return_address(0));
+  return Reallocate(p, total, __builtin_return_address(0), "reallocarray");
 }
 int posix_memalign(void** out, size_t align, size_t size) {
   if (!IsPowerOfTwo(align) || align % sizeof(void*) != 0) return EINVAL;
@@ -360,16 +502,16 @@ void* operator new(size_t size, std::align_val_t align, const std::nothrow_t&) n
 void* operator new[](size_t size, std::align_val_t align, const std::nothrow_t&) noexcept {
   return Allocate(size ? size : 1, static_cast<size_t>(align), __builtin_return_address(0), false);
 }
-void operator delete(void* p) noexcept { Release(p); }
-void operator delete[](void* p) noexcept { Release(p); }
-void operator delete(void* p, size_t) noexcept { Release(p); }
-void operator delete[](void* p, size_t) noexcept { Release(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { Release(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { Release(p); }
-void operator delete(void* p, std::align_val_t) noexcept { Release(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { Release(p); }
-void operator delete(void* p, size_t, std::align_val_t) noexcept { Release(p); }
-void operator delete[](void* p, size_t, std::align_val_t) noexcept { Release(p); }
-void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { Release(p); }
-void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { Release(p); }
+void operator delete(void* p) noexcept { Release(p, __builtin_return_address(0), "operator delete"); }
+void operator delete[](void* p) noexcept { Release(p, __builtin_return_address(0), "operator delete[]"); }
+void operator delete(void* p, size_t) noexcept { Release(p, __builtin_return_address(0), "operator delete"); }
+void operator delete[](void* p, size_t) noexcept { Release(p, __builtin_return_address(0), "operator delete[]"); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { Release(p, __builtin_return_address(0), "operator delete"); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { Release(p, __builtin_return_address(0), "operator delete[]"); }
+void operator delete(void* p, std::align_val_t) noexcept { Release(p, __builtin_return_address(0), "operator delete"); }
+void operator delete[](void* p, std::align_val_t) noexcept { Release(p, __builtin_return_address(0), "operator delete[]"); }
+void operator delete(void* p, size_t, std::align_val_t) noexcept { Release(p, __builtin_return_address(0), "operator delete"); }
+void operator delete[](void* p, size_t, std::align_val_t) noexcept { Release(p, __builtin_return_address(0), "operator delete[]"); }
+void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { Release(p, __builtin_return_address(0), "operator delete"); }
+void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { Release(p, __builtin_return_address(0), "operator delete[]"); }
 #endif  // RELIB_NO_HEAP_INTERPOSE

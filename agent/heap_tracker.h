@@ -8,6 +8,17 @@
 // Hot path: one header write, and for module blocks one lock of a
 // (module, shard) pair — never a global lock. Allocations made by the dynamic
 // loader are never attributed (link maps, TLS blocks).
+//
+// Frees are validated: when code of the running module itself (the caller's
+// return address lies in the module's mapped range) frees, reallocates or
+// deletes a pointer that is not a live block of that module — the host's
+// memory (the call's `in`), another module's block, a block already freed,
+// an interior pointer or an address never allocated — the free is caught
+// there, before any header is trusted, and handled by InvalidFreePolicy.
+// Frees made by libc, libstdc++ or the dynamic loader on the module's behalf
+// are not validated (they may legitimately free memory they allocated in
+// host scope), nor are frees a module makes through a tail call from code
+// outside it: validation never blames a legitimate free, it may miss some.
 #ifndef RELIB_AGENT_HEAP_TRACKER_H_
 #define RELIB_AGENT_HEAP_TRACKER_H_
 
@@ -32,6 +43,21 @@ struct Site {
 
 // False when the build leaves malloc to a sanitizer runtime.
 bool Enabled();
+
+// What an invalid free from module code does (see the header comment).
+enum class InvalidFreePolicy {
+  // Default. Writes "invalid free: ..." to stderr, leaves the same sentence
+  // as the crash note (crash_note.h) and aborts: the worker dies of SIGABRT
+  // in the module's code, relibd blames and counts the death against that
+  // module alone, and the damage never surfaces later, unattributed.
+  kAbort,
+  // Writes the sentence to stderr with "refused" and returns without
+  // freeing anything (realloc returns nullptr with errno EINVAL): the block,
+  // if it was one, stays allocated and the module keeps running.
+  kLeak,
+};
+// Worker-wide; set once at startup. Thread-safe.
+void SetInvalidFreePolicy(InvalidFreePolicy policy);
 
 // Starts attributing allocations made in module `id`'s scope; optionally
 // records the caller address of each block (costs a little per allocation).

@@ -16,6 +16,7 @@
 #include "agent/child_tracker.h"
 #include "agent/crash_handler.h"
 #include "agent/daemon_link.h"
+#include "agent/heap_tracker.h"
 #include "agent/heartbeat.h"
 #include "agent/module_context.h"
 #include "common/flight_recorder.h"
@@ -41,8 +42,14 @@ int main(int argc, char** argv) {
   relib::agent::HostLimits limits;
   app.add_option("--max-state-bytes", limits.state_bytes,
                  "the largest key plus value relibd's state store can keep for one module");
+  std::string invalid_free = "abort";
+  app.add_option("--invalid-free", invalid_free,
+                 "when module code frees memory it does not own: abort (blamed on the module) or leak")
+      ->check(CLI::IsMember({"abort", "leak"}));
   CLI11_PARSE(app, argc, argv);
   limits.frame_bytes = relib::common::LinkFrameLimit(max_message_bytes);
+  relib::agent::heap::SetInvalidFreePolicy(invalid_free == "leak" ? relib::agent::heap::InvalidFreePolicy::kLeak
+                                                                   : relib::agent::heap::InvalidFreePolicy::kAbort);
 
   // A dead daemon must not kill the worker mid-write; the failed write ends it.
   ::signal(SIGPIPE, SIG_IGN);

@@ -18,7 +18,8 @@ struct FlightRecorder::Mapping {
 
 namespace {
 
-void CopyName(char (&to)[64], const char* from) {
+template <size_t N>
+void CopyName(char (&to)[N], const char* from) {
   size_t n = 0;
   for (; from && from[n] && n + 1 < sizeof(to); ++n) to[n] = from[n];
   to[n] = '\0';
@@ -111,9 +112,10 @@ void FlightRecorder::EnterPhase(Phase phase, const std::string& module, const st
 
 void FlightRecorder::LeaveToIdle() { EnterPhase(Phase::kIdle, "", ""); }
 
-void FlightRecorder::RecordCrash(FlightRecord* record, int signal, const char* module) {
+void FlightRecorder::RecordCrash(FlightRecord* record, int signal, const char* module, const char* note) {
   if (record == nullptr) return;
   CopyName(record->crash_module, module);
+  CopyName(record->crash_note, note);
   record->crash_signal.store(signal, std::memory_order_release);
 }
 
@@ -133,6 +135,7 @@ FlightSnapshot FlightRecorder::Read() const {
   snapshot.crash_signal = r->crash_signal.load(std::memory_order_acquire);
   if (snapshot.crash_signal != 0) {
     snapshot.crash_module.assign(r->crash_module, strnlen(r->crash_module, sizeof(r->crash_module)));
+    snapshot.crash_note.assign(r->crash_note, strnlen(r->crash_note, sizeof(r->crash_note)));
   }
   return snapshot;
 }

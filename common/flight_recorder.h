@@ -39,6 +39,7 @@ struct FlightRecord {
   char detail[64];                          // export name for kCall
   std::atomic<int32_t> crash_signal;        // set by the worker's fatal-signal handler
   char crash_module[64];                    // module the crashing thread was running
+  char crash_note[192];                     // why it died, if the worker knew (an invalid free...)
 };
 
 struct FlightSnapshot {
@@ -49,6 +50,7 @@ struct FlightSnapshot {
   std::string detail;
   int crash_signal = 0;
   std::string crash_module;
+  std::string crash_note;
 };
 
 int64_t MonotonicNanos();
@@ -71,8 +73,8 @@ class FlightRecorder {
   // Worker side. Not async-signal-safe except RecordCrash.
   void EnterPhase(Phase phase, const std::string& module, const std::string& detail);
   void LeaveToIdle();
-  // Async-signal-safe.
-  static void RecordCrash(FlightRecord* record, int signal, const char* module);
+  // Async-signal-safe. `note` may be null.
+  static void RecordCrash(FlightRecord* record, int signal, const char* module, const char* note = nullptr);
 
   // Daemon side: a consistent copy.
   FlightSnapshot Read() const;

@@ -131,6 +131,12 @@ int main(int argc, char** argv) {
                  "--state-dir; a save that does not fit is refused to the module as RESOURCE_EXHAUSTED")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
+  app.add_option("--invalid-free", options.worker.invalid_free,
+                 "when module code frees memory it does not own (the call's input, another module's block, a "
+                 "pointer never allocated or already freed): abort = the worker dies of SIGABRT blamed on the "
+                 "module; leak = the free is refused and logged, the module keeps running")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"abort", "leak"}));
   CLI11_PARSE(app, argc, argv);
 
   ::signal(SIGPIPE, SIG_IGN);

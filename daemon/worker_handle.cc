@@ -56,7 +56,8 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> WorkerHandle::Start(asio::io_conte
   spawn.argv = {options.worker_path, "--link-fd", "3", "--fd-channel-fd", "4", "--scratch-dir", scratch->path(),
                 "--log-level", options.log_level, "--flight-recorder", recorder->name(),
                 "--max-message-bytes", std::to_string(options.max_message_bytes),
-                "--max-state-bytes", std::to_string(options.max_state_bytes)};
+                "--max-state-bytes", std::to_string(options.max_state_bytes),
+                "--invalid-free", options.invalid_free};
   spawn.fds = {{worker_end.get(), 3}, {worker_channel.get(), 4}};
   // Everything the worker starts inherits its group: killed with it on exit.
   spawn.new_process_group = true;
@@ -403,6 +404,7 @@ void WorkerHandle::Finish() {
     std::string where;
     if (snapshot.crash_signal != 0 && !snapshot.crash_module.empty()) {
       where = absl::StrCat(" in code of module '", snapshot.crash_module, "'");
+      if (!snapshot.crash_note.empty()) absl::StrAppend(&where, " (", snapshot.crash_note, ")");
     }
     if (exit_status_->kind == common::ExitStatus::Kind::kSignaled && exit_status_->code == SIGKILL) {
       where += " (not sent by relibd: the OOM killer or an operator)";

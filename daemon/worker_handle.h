@@ -41,6 +41,9 @@ struct WorkerOptions {
   // The largest key plus value relibd's state store can ever keep for one
   // module: the worker refuses larger saves itself.
   uint64_t max_state_bytes = uint64_t{64} << 20;
+  // What the worker does when module code frees memory it does not own:
+  // "abort" (die blamed on the module) or "leak" (refuse the free, log it).
+  std::string invalid_free = "abort";
 };
 
 // How a worker ended, for the supervisor's restart decisions.

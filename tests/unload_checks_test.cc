@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <map>
 #include <sstream>
 
 #include "tests/relibd_fixture.h"
@@ -17,6 +18,7 @@ using ::testing::AllOf;
 using ::testing::Contains;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
 
 // In sanitizer builds the sanitizer owns malloc (no heap tracking, RSS
 // inflated by quarantine) and misreports threads leaving through pthread_exit.
@@ -89,6 +91,48 @@ TEST_F(UnloadChecksTest, ThreadThatNeverStopsRefusesUnloadAndOldVersionKeepsServ
   EXPECT_EQ(FindModule(now, "t")->version(), 1u);
   EXPECT_EQ(FindModule(now, "t")->state(), v1::MODULE_STATE_LOADED);
   EXPECT_EQ(FindModule(now, "t")->worker_pid(), worker);
+}
+
+// Issue 14 item 5: a std::thread's start routine is libstdc++'s trampoline
+// (and Debian's libstdc++ is stripped, so it has no name); the report names
+// the callable the module passed instead: the named function, or the
+// function a lambda was written in. Mirrors relib's
+// testing/module/src/threads_check.rs (a module thread refuses the unload).
+TEST_F(UnloadChecksTest, StdThreadsAreReportedByTheCallableTheModulePassed) {
+  v1::ModuleOptions options;
+  options.set_thread_grace_ms(100);
+  LoadOrDie("t", k_threads, options);
+  ASSERT_EQ(Call("t", "spawn_std_named"), "started");
+  ASSERT_EQ(Call("t", "spawn_std_lambda"), "started");
+  WaitForStats("t", [](const v1::ModuleStats& s) { return s.threads() >= 2; });
+  v1::UnloadResponse response;
+  grpc::Status status = Unload("t", &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  const v1::UnloadReport& report = response.report();
+  ASSERT_EQ(report.live_threads_size(), 2) << report.DebugString();
+  std::map<std::string, std::string> routines;
+  for (const auto& thread : report.live_threads()) routines[thread.name()] = thread.start_routine();
+  EXPECT_THAT(routines["std-named"], AllOf(HasSubstr("StdThreadBody"), Not(HasSubstr("libstdc++"))));
+  EXPECT_THAT(routines["std-lambda"], AllOf(HasSubstr("SpawnStdLambda"), HasSubstr("lambda"),
+                                            Not(HasSubstr("libstdc++"))));
+  EXPECT_EQ(Call("t", "ping"), "pong");
+}
+
+// A thread argument is only read as libstdc++'s state object when the start
+// routine is libstdc++'s: any other may be no pointer at all (before the fix
+// the worker read the first word of every module thread's argument and died
+// of SIGSEGV here). A hidden start routine is named from the module's .symtab.
+TEST_F(UnloadChecksTest, ThreadArgumentThatIsNoPointerIsNeverRead) {
+  v1::ModuleOptions options;
+  options.set_thread_grace_ms(100);
+  LoadOrDie("t", k_threads, options);
+  ASSERT_EQ(Call("t", "spawn_integer_arg"), "started");
+  v1::UnloadResponse response;
+  grpc::Status status = Unload("t", &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  ASSERT_EQ(response.report().live_threads_size(), 1) << response.report().DebugString();
+  EXPECT_THAT(response.report().live_threads(0).start_routine(), HasSubstr("IntegerArgLoop"));
+  EXPECT_EQ(Call("t", "ping"), "pong");
 }
 
 TEST_F(UnloadChecksTest, ThreadsThatStopWithinGraceAreWaitedFor) {

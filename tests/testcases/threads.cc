@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdint>
 #include <chrono>
 #include <future>
 #include <string>
@@ -85,6 +86,39 @@ std::string SpawnSlowTls(std::string_view) {
   return "started";
 }
 
+// std::threads that run until the worker ends: the report must name the
+// callable the module passed (the lambda's enclosing function, the named
+// function), not libstdc++'s internal trampoline.
+void StdThreadBody() {
+  pthread_setname_np(pthread_self(), "std-named");
+  for (;;) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+}
+std::string SpawnStdNamed(std::string_view) {
+  std::thread(&StdThreadBody).detach();
+  return "started";
+}
+std::string SpawnStdLambda(std::string_view) {
+  std::thread([] {
+    pthread_setname_np(pthread_self(), "std-lambda");
+    for (;;) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }).detach();
+  return "started";
+}
+// A plain pthread whose argument is not a pointer at all.
+void* IntegerArgLoop(void* arg) {
+  pthread_setname_np(pthread_self(), "int-arg");
+  for (;;) ::usleep(static_cast<useconds_t>(reinterpret_cast<uintptr_t>(arg)));
+  return nullptr;
+}
+std::string SpawnIntegerArg(std::string_view) {
+  pthread_t thread;
+  if (pthread_create(&thread, nullptr, &IntegerArgLoop, reinterpret_cast<void*>(uintptr_t{10000})) != 0) {
+    throw relib::Error("pthread_create failed");
+  }
+  pthread_detach(thread);
+  return "started";
+}
+
 std::string Ping(std::string_view) { return "pong"; }
 
 void BeforeUnload() {
@@ -99,4 +133,5 @@ RELIB_MODULE("threads", nullptr, BeforeUnload, relib::Export<SpawnForever>("spaw
              relib::Export<SpawnStopping>("spawn_stopping"),
              relib::Export<SpawnC11Forever>("spawn_c11_forever"), relib::Export<SpawnNested>("spawn_nested"),
              relib::Export<SpawnAsync>("spawn_async"), relib::Export<SpawnSlowTls>("spawn_slow_tls"),
-             relib::Export<Ping>("ping"));
+             relib::Export<SpawnStdNamed>("spawn_std_named"), relib::Export<SpawnStdLambda>("spawn_std_lambda"),
+             relib::Export<SpawnIntegerArg>("spawn_integer_arg"), relib::Export<Ping>("ping"));
