@@ -24,12 +24,6 @@ using ::testing::Not;
 
 class CodePathsTest : public RelibdTest {
  protected:
-  pid_t LoadOrDie(const std::string& name, const char* path, const v1::ModuleOptions& options = {}) {
-    v1::LoadResponse response;
-    grpc::Status status = Load(name, path, &response, options);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return response.module().worker_pid();
-  }
   v1::UnloadReport UnloadOrDie(const std::string& name) {
     v1::UnloadResponse response;
     grpc::Status status = Unload(name, &response);
@@ -47,12 +41,6 @@ class CodePathsTest : public RelibdTest {
     ASSERT_NE(info, nullptr);
     EXPECT_EQ(info->worker_pid(), worker);
     EXPECT_EQ(info->state(), v1::MODULE_STATE_LOADED);
-  }
-  static std::string ReadAll(const std::string& path) {
-    std::ifstream in(path);
-    std::stringstream text;
-    text << in.rdbuf();
-    return text.str();
   }
   // Stops relibd and returns what it logged about its workers' ends.
   std::string StopAndCollectWorkerExits() {

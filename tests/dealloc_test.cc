@@ -22,13 +22,6 @@ using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-// Heap tracking (and so ownership) is compiled out when a sanitizer owns malloc.
-#ifdef RELIB_SANITIZED
-#define SKIP_UNDER_SANITIZER() GTEST_SKIP() << "no heap tracking in a sanitizer build"
-#else
-#define SKIP_UNDER_SANITIZER() (void)0
-#endif
-
 class DeallocTest : public RelibdTest {
  protected:
   static bool WorkerExited(const v1::Event& e) { return e.kind() == v1::EVENT_KIND_WORKER_EXITED; }

@@ -71,12 +71,6 @@ class RelibScenariosMappingsTest : public RelibdTest {
     options.set_mapping_policy(v1::MAPPING_POLICY_UNMAP);
     return options;
   }
-  pid_t LoadOrDie(const std::string& name, const std::string& path, const v1::ModuleOptions& options = {}) {
-    v1::LoadResponse response;
-    grpc::Status status = Load(name, path, &response, options);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return response.module().worker_pid();
-  }
   // Unloads and checks the report says the copy is gone, with no reason.
   v1::UnloadReport UnloadAndExpectUnmapped(const std::string& name) {
     v1::UnloadResponse response;

@@ -51,19 +51,6 @@ class RelibScenariosTest : public RelibdTest {
     EXPECT_TRUE(status.ok()) << status.error_message();
     return response.output();
   }
-  pid_t LoadOrDie(const std::string& name, const std::string& path, const v1::ModuleOptions& options = {},
-                  const std::string& worker = "") {
-    v1::LoadResponse response;
-    grpc::Status status = Load(name, path, &response, options, worker);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return response.module().worker_pid();
-  }
-  static std::string ReadAll(const std::string& path) {
-    std::ifstream in(path);
-    std::stringstream text;
-    text << in.rdbuf();
-    return text.str();
-  }
 
   std::unique_ptr<v1::Relibd::Stub> big_stub_;
 };

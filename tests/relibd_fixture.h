@@ -3,8 +3,10 @@
 #define RELIB_TESTS_RELIBD_FIXTURE_H_
 
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -72,6 +74,21 @@ class RelibdTest : public ::testing::Test {
     }
     if (out) *out = response;
     return status;
+  }
+  // Loads or fails the test; returns the worker pid hosting the module.
+  pid_t LoadOrDie(const std::string& name, const std::string& path, const v1::ModuleOptions& options = {},
+                  const std::string& worker = "") {
+    v1::LoadResponse response;
+    grpc::Status status = Load(name, path, &response, options, worker);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response.module().worker_pid();
+  }
+  // The whole file, or "" if it cannot be read.
+  static std::string ReadAll(const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
   }
   // The export's output, or "<error CODE: message>".
   std::string Call(const std::string& name, const std::string& export_name, const std::string& input = "",

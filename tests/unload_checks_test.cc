@@ -20,22 +20,8 @@ using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using ::testing::Not;
 
-// In sanitizer builds the sanitizer owns malloc (no heap tracking, RSS
-// inflated by quarantine) and misreports threads leaving through pthread_exit.
-#ifdef RELIB_SANITIZED
-#define SKIP_UNDER_SANITIZER() GTEST_SKIP() << "not meaningful in a sanitizer build"
-#else
-#define SKIP_UNDER_SANITIZER() (void)0
-#endif
-
 class UnloadChecksTest : public RelibdTest {
  protected:
-  pid_t LoadOrDie(const std::string& name, const char* path, const v1::ModuleOptions& options = {}) {
-    v1::LoadResponse response;
-    grpc::Status status = Load(name, path, &response, options);
-    EXPECT_TRUE(status.ok()) << status.error_message();
-    return response.module().worker_pid();
-  }
   static size_t TaskCount(pid_t pid) {
     size_t count = 0;
     for (auto& entry : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task")) {
