@@ -3,7 +3,10 @@
 #include <dlfcn.h>
 #include <link.h>
 
+#include <algorithm>
 #include <mutex>
+
+#include "agent/fork_lock.h"
 
 namespace relib::agent::libraries {
 namespace {
@@ -15,6 +18,7 @@ struct Held {
 };
 
 std::mutex held_mutex;
+[[maybe_unused]] const bool held_mutex_held_across_fork = HoldAcrossFork<held_mutex>();
 std::vector<Held>* held = nullptr;  // created on first use, never destroyed
 
 std::vector<Held>& All() {
@@ -39,8 +43,7 @@ Dlclose RealDlclose() {
   return real;
 }
 
-void* Track(void* handle) {
-  ModuleId module = CurrentModule();
+void* Track(ModuleId module, void* handle) {
   if (handle == nullptr || module == kHost) return handle;
   HostScope host;
   std::lock_guard<std::mutex> lock(held_mutex);
@@ -54,9 +57,12 @@ void* Track(void* handle) {
   return handle;
 }
 
-// Takes one reference of the calling module off `handle`.
-void Untrack(void* handle) {
-  ModuleId module = CurrentModule();
+// The module whose dlclose (and so static destructors) runs on this thread:
+// their dlclose calls run in host scope but are the module's.
+thread_local ModuleId closing = kHost;
+
+// Takes one reference of `module` off `handle`.
+void Untrack(ModuleId module, void* handle) {
   if (module == kHost) return;
   HostScope host;
   std::lock_guard<std::mutex> lock(held_mutex);
@@ -83,6 +89,8 @@ std::vector<Held> Take(ModuleId id) {
 }  // namespace
 
 void* OpenAsHost(const char* path, int flags) { return RealDlopen()(path, flags); }
+
+int CloseAsHost(void* handle) { return RealDlclose()(handle); }
 
 std::vector<OpenLibrary> Open(ModuleId id) {
   HostScope host;
@@ -112,13 +120,27 @@ std::vector<Holder> HoldersOf(const std::string& path) {
   return holders;
 }
 
+ClosingScope::ClosingScope(ModuleId id) : previous_(closing) { closing = id; }
+ClosingScope::~ClosingScope() { closing = previous_; }
+
 int CloseAll(ModuleId id) {
+  ClosingScope scope(id);
+  HostScope host;
   int closed = 0;
-  for (const Held& h : Take(id)) {
-    ModuleScope scope(id);
-    for (int i = 0; i < h.references; ++i) {
-      if (RealDlclose()(h.handle) == 0) ++closed;
+  // One reference at a time, newest first, each taken off its record before
+  // the dlclose: a library's destructor that dlcloses what its constructor
+  // opened (recorded as the module's too) then finds its own record.
+  for (;;) {
+    void* handle = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(held_mutex);
+      auto& all = All();
+      auto newest = std::find_if(all.rbegin(), all.rend(), [id](const Held& h) { return h.module == id; });
+      if (newest == all.rend()) break;
+      handle = newest->handle;
+      if (--newest->references == 0) all.erase(std::next(newest).base());
     }
+    if (RealDlclose()(handle) == 0) ++closed;
   }
   return closed;
 }
@@ -129,21 +151,45 @@ void Forget(ModuleId id) { Take(id); }
 
 extern "C" {
 
+// The real calls run in host scope: what the dynamic loader and the opened
+// library's constructors allocate (dlerror's buffer, the library's statics)
+// lives as long as the library, not as long as the module.
 void* dlopen(const char* path, int flags) noexcept {
+  using namespace relib::agent;
   using namespace relib::agent::libraries;
-  return Track(RealDlopen()(path, flags));
+  ModuleId module = CurrentModule();
+  void* handle;
+  {
+    HostScope host;
+    handle = RealDlopen()(path, flags);
+  }
+  return Track(module, handle);
 }
 
 void* dlmopen(Lmid_t namespace_id, const char* path, int flags) noexcept {
+  using namespace relib::agent;
   using namespace relib::agent::libraries;
   static Dlmopen real = Real<Dlmopen>("dlmopen");
-  return Track(real(namespace_id, path, flags));
+  ModuleId module = CurrentModule();
+  void* handle;
+  {
+    HostScope host;
+    handle = real(namespace_id, path, flags);
+  }
+  return Track(module, handle);
 }
 
 int dlclose(void* handle) noexcept {
+  using namespace relib::agent;
   using namespace relib::agent::libraries;
-  int rc = RealDlclose()(handle);
-  if (rc == 0) Untrack(handle);
+  ModuleId module = CurrentModule();
+  if (module == kHost) module = closing;
+  int rc;
+  {
+    HostScope host;
+    rc = RealDlclose()(handle);
+  }
+  if (rc == 0) Untrack(module, handle);
   return rc;
 }
 

@@ -25,6 +25,9 @@ struct OpenLibrary {
 // dlopen for the agent itself: never attributed to a module, even in module
 // scope (static constructors of the module being loaded run in its scope).
 void* OpenAsHost(const char* path, int flags);
+// dlclose for the agent itself (its handle on a module): never taken off a
+// module's records, even inside a ClosingScope.
+int CloseAsHost(void* handle);
 
 // Libraries `id` holds open. Thread-safe.
 std::vector<OpenLibrary> Open(ModuleId id);
@@ -38,8 +41,23 @@ struct Holder {
 // including the library's own). Thread-safe.
 std::vector<Holder> HoldersOf(const std::string& path);
 
-// dlcloses every reference `id` holds, in module scope (their destructors run
-// as the module's). Returns how many references were dropped.
+// While alive, dlclose calls made in host scope on this thread are `id`'s:
+// wrap the module's own dlclose in it (its static destructors run in host
+// scope and may dlclose what the module opened).
+class ClosingScope {
+ public:
+  explicit ClosingScope(ModuleId id);
+  ~ClosingScope();
+  ClosingScope(const ClosingScope&) = delete;
+  ClosingScope& operator=(const ClosingScope&) = delete;
+
+ private:
+  ModuleId previous_;
+};
+
+// dlcloses every reference `id` holds, newest first. Call after the module's
+// own dlclose (its static destructors may dlclose some themselves). Returns
+// how many references were dropped.
 int CloseAll(ModuleId id);
 
 // Forgets `id`'s records without closing.

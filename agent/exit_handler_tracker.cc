@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "agent/symbolize.h"
+#include "agent/fork_lock.h"
 
 extern "C" int __cxa_atexit(void (*fn)(void*), void* arg, void* dso) noexcept;
 extern "C" void __cxa_finalize(void* dso);
@@ -25,6 +26,7 @@ struct Handler {
 };
 
 std::mutex handlers_mutex;
+[[maybe_unused]] const bool handlers_mutex_held_across_fork = HoldAcrossFork<handlers_mutex>();
 std::list<Handler>* handlers = nullptr;  // created on first use, never destroyed
 
 std::list<Handler>& Handlers() {
@@ -85,7 +87,12 @@ int RegisterExit(Kind kind, void* call, void* arg) {
   }
   // glibc passes (arg, status) to every __cxa_atexit function.
   void (*run)(void*, int) = &RunRecorded;
-  return real(reinterpret_cast<void (*)(void*)>(reinterpret_cast<void*>(run)), handler, Token(owner));
+  int rc = real(reinterpret_cast<void (*)(void*)>(reinterpret_cast<void*>(run)), handler, Token(owner));
+  if (rc != 0) {
+    std::lock_guard<std::mutex> lock(handlers_mutex);
+    Handlers().remove_if([handler](const Handler& h) { return &h == handler; });
+  }
+  return rc;
 }
 
 void Record(ModuleId owner, Kind kind, const void* function) {

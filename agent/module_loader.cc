@@ -207,14 +207,25 @@ ModuleLoader::ModuleLoader(std::string scratch_dir, ModuleLogFn log, HostService
 
 ModuleLoader::~ModuleLoader() {
   for (auto& [name, module] : modules_) {
-    // The process is ending: what the module registered for exit runs now,
-    // while its code is mapped, and nothing is left that leads into it.
-    timers::DeleteAll(module->id, std::chrono::milliseconds(0));
-    ReleasePathsIntoCode(*module);
     RemoveFile(module->copy_path);
-    if (threads::Count(module->id) > 0) continue;  // its code stays mapped until the process is gone
+    // The process is ending. Code a thread or a timer notification still runs
+    // stays mapped until the process is gone.
+    timers::Outcome timers = timers::DeleteAll(module->id, std::chrono::milliseconds(0));
+    if (timers.in_flight > 0 || threads::Count(module->id) > 0) {
+      module->library->Release();
+      continue;
+    }
+    // The rest is unloaded for real: what it registered for exit runs now,
+    // while its code is mapped, and nothing is left that leads into it.
+    tls::RunOrDiscard(module->id);
+    keys::DeleteAll(module->id);
+    ReleasePathsIntoCode(*module);
     module->library.reset();
     ForgetPathsIntoCode(module->id);
+  }
+  // Parked versions keep code their threads run: never dlclosed.
+  for (auto& module : parked_) {
+    if (module->library) module->library->Release();
   }
 }
 
@@ -273,17 +284,24 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
     if (module->library) {
       // Static constructors may have started threads: their code must stay mapped.
       auto live = threads::WaitForExit(module->id, module->options.thread_grace);
-      if (!live.empty()) {
-        std::string note = absl::StrCat("; its static constructors left ", live.size(), " thread(s) running (",
+      timers::Outcome timers = timers::DeleteAll(module->id, module->options.thread_grace);
+      if (!live.empty() || timers.in_flight > 0) {
+        std::string note =
+            live.empty() ? absl::StrCat("; its static constructors left ", timers.in_flight,
+                                        " timer notification(s) running, so its code stays mapped in this worker")
+                         : absl::StrCat("; its static constructors left ", live.size(), " thread(s) running (",
                                         DescribeThreads(live), "), so its code stays mapped in this worker");
         spdlog::error("module={} version={} phase=load{}", module->name, module->version, note);
         parked_.push_back(std::move(module));
         return absl::Status(status.code(), absl::StrCat(status.message(), note));
       }
-      timers::DeleteAll(module->id, module->options.thread_grace);
       tls::RunOrDiscard(module->id);
       keys::DeleteAll(module->id);
       ReleasePathsIntoCode(*module);
+      {
+        libraries::ClosingScope closing(module->id);
+        module->library.reset();
+      }
       libraries::CloseAll(module->id);
     }
     module->library.reset();
@@ -293,6 +311,7 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
     heap::Detach(module->id);
     threads::Forget(module->id);
     fds::Forget(module->id);
+    children::Forget(module->id);
     maps::Forget(module->id);
     ReleaseModuleId(module->id);
     RemoveFile(module->copy_path);
@@ -451,6 +470,22 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
         DescribeThreads(report.live_threads), "; not unloaded, this version keeps running"));
   }
 
+  // A refusal must come before anything is taken apart.
+  if (module.options.signals == SignalPolicy::kRefuse) {
+    std::vector<CodeReference> stray = signals::Guard(id, module.code_start, module.code_end, /*reset=*/false);
+    if (!stray.empty()) {
+      std::vector<std::string> names;
+      for (const CodeReference& ref : stray) names.push_back(ref.description);
+      report.code_references = stray;
+      report.refused = true;
+      report.unload_micros = MicrosSince(start);
+      return absl::FailedPreconditionError(absl::StrCat(
+          "module '", module.name, "' version ", module.version, " left signal handler(s) into its code that it set ",
+          "behind the agent's back: ", absl::StrJoin(names, ", "),
+          "; not unloaded (signal policy refuse), this version keeps running"));
+    }
+  }
+
   // Timers next: no notification may enter the module while it is taken apart.
   timers::Outcome timers = timers::DeleteAll(id, module.options.thread_grace);
   report.code_references = std::move(timers.deleted);
@@ -461,20 +496,6 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
         "module '", module.name, "' version ", module.version, " still runs ", timers.in_flight,
         " timer notification(s) after ", module.options.thread_grace.count(),
         " ms; not unloaded, this version keeps running (its timers are deleted)"));
-  }
-  if (module.options.signals == SignalPolicy::kRefuse) {
-    std::vector<CodeReference> stray = signals::Guard(id, module.code_start, module.code_end, /*reset=*/false);
-    if (!stray.empty()) {
-      std::vector<std::string> names;
-      for (const CodeReference& ref : stray) names.push_back(ref.description);
-      report.code_references.insert(report.code_references.end(), stray.begin(), stray.end());
-      report.refused = true;
-      report.unload_micros = MicrosSince(start);
-      return absl::FailedPreconditionError(absl::StrCat(
-          "module '", module.name, "' version ", module.version, " left signal handler(s) into its code that it set ",
-          "behind the agent's back: ", absl::StrJoin(names, ", "),
-          "; not unloaded (signal policy refuse), this version keeps running"));
-    }
   }
 
   tls::Outcome tls = tls::RunOrDiscard(id);
@@ -503,10 +524,6 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
   }
 
   report.libraries = libraries::Open(id);
-  if (module.options.libraries == DlopenPolicy::kClose && !report.libraries.empty()) {
-    libraries::CloseAll(id);
-    report.libraries_closed = true;
-  }
 
   // Sites must be symbolized while the module's code is still mapped.
   std::vector<heap::Site> sites;
@@ -518,10 +535,20 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
     }
   }
 
-  absl::Status closed = module.library->Close();
+  absl::Status closed;
+  {
+    libraries::ClosingScope closing(id);
+    closed = module.library->Close();
+  }
   module.library.reset();
   if (!closed.ok()) {
     spdlog::warn("module={} version={} phase=unload {}", module.name, module.version, std::string(closed.message()));
+  }
+  // After the module's own dlclose: its static destructors may have closed
+  // some; what is left (its own file, among others) goes now.
+  if (module.options.libraries == DlopenPolicy::kClose && !report.libraries.empty()) {
+    libraries::CloseAll(id);
+    report.libraries_closed = true;
   }
 
   report.heap_tracking = heap::Enabled();

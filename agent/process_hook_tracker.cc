@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "agent/symbolize.h"
+#include "agent/fork_lock.h"
 
 namespace relib::agent::hooks {
 namespace {
@@ -30,6 +31,7 @@ struct Specifier {
 };
 
 std::mutex hooks_mutex;
+[[maybe_unused]] const bool hooks_mutex_held_across_fork = HoldAcrossFork<hooks_mutex>();
 std::vector<Cookie>* cookies = nullptr;        // created on first use, never destroyed
 std::vector<Specifier>* specifiers = nullptr;  // created on first use, never destroyed
 // Lets fclose skip the lock while no module stream exists.

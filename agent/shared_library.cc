@@ -33,7 +33,7 @@ void* SharedLibrary::Symbol(const char* name) const {
 absl::Status SharedLibrary::Close() {
   if (handle_ == nullptr) return absl::OkStatus();
   void* handle = std::exchange(handle_, nullptr);
-  if (::dlclose(handle) != 0) {
+  if (libraries::CloseAsHost(handle) != 0) {  // the same handle may be a module's own dlopen too
     const char* error = ::dlerror();
     return absl::InternalError(std::string("dlclose failed: ") + (error ? error : "unknown error"));
   }

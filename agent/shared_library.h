@@ -25,6 +25,9 @@ class SharedLibrary {
   void* Symbol(const char* name) const;
   // dlclose now. Errors: INTERNAL with dlerror(). The handle is gone either way.
   absl::Status Close();
+  // Forgets the handle without dlclose: the library stays mapped for the
+  // life of the process (code a thread still runs).
+  void Release() { handle_ = nullptr; }
 
  private:
   explicit SharedLibrary(void* handle) : handle_(handle) {}

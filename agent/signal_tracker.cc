@@ -4,11 +4,15 @@
 #include <signal.h>
 #include <string.h>
 
+#include <errno.h>
+#include <pthread.h>
+
 #include <mutex>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "agent/symbolize.h"
+#include "agent/fork_lock.h"
 
 namespace relib::agent::signals {
 namespace {
@@ -19,9 +23,29 @@ struct Entry {
 };
 
 std::mutex stacks_mutex;
-// Per signal: the host's disposition (bottom), then one entry per module
-// change, newest last. Empty while no module ever touched the signal.
-std::vector<Entry> stacks[NSIG];
+[[maybe_unused]] const bool stacks_mutex_held_across_fork = HoldAcrossFork<stacks_mutex>();
+// Per signal: the host's disposition (bottom), then the newest disposition of
+// each module that changed it, newest last. Empty while no module touched the
+// signal. Never destroyed: a library still loaded at exit may call signal().
+std::vector<Entry>* const stacks = new std::vector<Entry>[NSIG];
+// Signals siginterrupt() asked not to restart system calls (signal() obeys it).
+sigset_t interrupting;
+bool interrupting_ready = false;
+
+// Blocks every signal for the scope: a handler that calls signal() must not
+// run on a thread that holds stacks_mutex.
+class SignalsBlocked {
+ public:
+  SignalsBlocked() {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &previous_);
+  }
+  ~SignalsBlocked() { pthread_sigmask(SIG_SETMASK, &previous_, nullptr); }
+
+ private:
+  sigset_t previous_;
+};
 
 using Sigaction = int (*)(int, const struct sigaction*, struct sigaction*);
 Sigaction RealSigaction() {
@@ -57,12 +81,14 @@ ModuleId OwnerOf(const struct sigaction& action) {
 
 int Install(int sig, const struct sigaction* action, struct sigaction* old) {
   if (action == nullptr || sig <= 0 || sig >= NSIG) return RealSigaction()(sig, action, old);
-  ModuleId owner = OwnerOf(*action);
+  const struct sigaction wanted = *action;  // `old` may alias `action`
+  ModuleId owner = OwnerOf(wanted);
   HostScope host;
+  SignalsBlocked blocked;
   std::lock_guard<std::mutex> lock(stacks_mutex);
   std::vector<Entry>& stack = stacks[sig];
   struct sigaction previous {};
-  int rc = RealSigaction()(sig, action, &previous);
+  int rc = RealSigaction()(sig, &wanted, &previous);
   if (rc != 0) return rc;
   if (old != nullptr) *old = previous;
   if (owner == kHost) {
@@ -70,7 +96,10 @@ int Install(int sig, const struct sigaction* action, struct sigaction* old) {
     return 0;
   }
   if (stack.empty()) stack.push_back({kHost, previous});
-  stack.push_back({owner, *action});
+  // Only a module's newest disposition can ever be put back: the stack stays
+  // at one entry per module however often it re-arms.
+  std::erase_if(stack, [owner](const Entry& e) { return e.owner == owner; });
+  stack.push_back({owner, wanted});
   return 0;
 }
 
@@ -80,6 +109,7 @@ std::vector<CodeReference> RestoreAll(ModuleId id) {
   HostScope host;
   std::vector<std::pair<int, struct sigaction>> was;
   {
+    SignalsBlocked blocked;
     std::lock_guard<std::mutex> lock(stacks_mutex);
     for (int sig = 1; sig < NSIG; ++sig) {
       std::vector<Entry>& stack = stacks[sig];
@@ -103,6 +133,7 @@ std::vector<CodeReference> Guard(ModuleId id, uintptr_t start, uintptr_t end, bo
   HostScope host;
   std::vector<std::pair<int, struct sigaction>> hits;
   {
+    SignalsBlocked blocked;
     std::lock_guard<std::mutex> lock(stacks_mutex);
     for (int sig = 1; sig < NSIG; ++sig) {
       struct sigaction current {};
@@ -134,8 +165,15 @@ using relib::agent::signals::Install;
 namespace {
 
 // BSD semantics (glibc's signal()): handler stays installed, the signal is
-// blocked while it runs, interrupted system calls restart.
+// blocked while it runs, interrupted system calls restart unless
+// siginterrupt() said otherwise for that signal.
 sighandler_t InstallSimple(int sig, sighandler_t handler, int flags) {
+  if (handler == SIG_ERR || sig <= 0 || sig >= NSIG) {
+    errno = EINVAL;
+    return SIG_ERR;
+  }
+  using namespace relib::agent::signals;
+  if ((flags & SA_RESTART) && interrupting_ready && sigismember(&interrupting, sig)) flags &= ~SA_RESTART;
   struct sigaction action {}, old{};
   action.sa_handler = handler;
   action.sa_flags = flags;
@@ -161,6 +199,35 @@ sighandler_t bsd_signal(int sig, sighandler_t handler) noexcept {
 
 sighandler_t sysv_signal(int sig, sighandler_t handler) noexcept {
   return InstallSimple(sig, handler, SA_RESETHAND | SA_NODEFER);
+}
+
+int siginterrupt(int sig, int interrupt) noexcept {
+  using namespace relib::agent::signals;
+  if (sig <= 0 || sig >= NSIG) {
+    errno = EINVAL;
+    return -1;
+  }
+  struct sigaction action {};
+  if (Install(sig, nullptr, &action) != 0) return -1;
+  {
+    SignalsBlocked blocked;
+    std::lock_guard<std::mutex> lock(stacks_mutex);
+    if (!interrupting_ready) {
+      sigemptyset(&interrupting);
+      interrupting_ready = true;
+    }
+    if (interrupt) {
+      sigaddset(&interrupting, sig);
+    } else {
+      sigdelset(&interrupting, sig);
+    }
+  }
+  if (interrupt) {
+    action.sa_flags &= ~SA_RESTART;
+  } else {
+    action.sa_flags |= SA_RESTART;
+  }
+  return Install(sig, &action, nullptr);
 }
 
 sighandler_t sigset(int sig, sighandler_t handler) noexcept {

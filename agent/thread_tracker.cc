@@ -313,8 +313,7 @@ extern "C" int thrd_create(pthread_t* thread, int (*routine)(void*), void* arg) 
   int rc = pthread_create(thread, c11, reinterpret_cast<void* (*)(void*)>(reinterpret_cast<void*>(routine)), arg);
   switch (rc) {
     case 0: return 0;           // thrd_success
-    case ENOMEM:
-    case EAGAIN: return 3;      // thrd_nomem
+    case ENOMEM: return 3;      // thrd_nomem
     case EBUSY: return 1;       // thrd_busy
     case ETIMEDOUT: return 4;   // thrd_timedout
     default: return 2;          // thrd_error

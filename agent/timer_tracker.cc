@@ -3,7 +3,12 @@
 #include <dlfcn.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
 
 #include <atomic>
 #include <list>
@@ -13,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "agent/alt_stack.h"
 #include "agent/symbolize.h"
+#include "agent/fork_lock.h"
 
 namespace relib::agent::timers {
 namespace {
@@ -26,9 +32,13 @@ struct Timer {
   sigval value{};
   std::atomic<int> in_flight{0};
   std::atomic<bool> deleted{false};
+  // Threads glibc started for its notifications: they may still run the
+  // module's thread-local and key destructors after the function returned.
+  std::vector<pid_t> notifiers;  // guarded by timers_mutex
 };
 
 std::mutex timers_mutex;
+[[maybe_unused]] const bool timers_mutex_held_across_fork = HoldAcrossFork<timers_mutex>();
 // Live timers of modules. Records of SIGEV_THREAD timers are never freed: a
 // notification glibc already started may still read one after the delete.
 std::list<Timer>* timers = nullptr;   // created on first use, never destroyed
@@ -59,11 +69,23 @@ TimerDelete RealDelete() {
   return real;
 }
 
+bool TaskExists(pid_t tid) {
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/self/task/%d", static_cast<int>(tid));
+  struct stat st;
+  return ::stat(path, &st) == 0;
+}
+
 void Notify(sigval value) {
   auto* timer = static_cast<Timer*>(value.sival_ptr);
   // Pairs with DeleteAll: either it sees this notification in flight, or
   // this notification sees the timer deleted (both sequentially consistent).
   timer->in_flight.fetch_add(1);
+  {
+    HostScope host;
+    std::lock_guard<std::mutex> lock(timers_mutex);
+    timer->notifiers.push_back(static_cast<pid_t>(::gettid()));
+  }
   if (!timer->deleted.load()) {
     ScopedAltStack alt_stack;
     ModuleScope scope(timer->module);
@@ -90,7 +112,9 @@ std::string Describe(const Timer& timer) {
 
 Outcome DeleteAll(ModuleId id, std::chrono::milliseconds grace) {
   HostScope host;
-  std::vector<Timer*> mine;
+  std::vector<Timer*> mine;            // its SIGEV_THREAD timers, deleted here
+  std::vector<Timer*> retired_before;  // deleted by the module itself
+  std::list<Timer> signalling;         // its other timers, deleted here
   {
     std::lock_guard<std::mutex> lock(timers_mutex);
     for (auto it = Live().begin(); it != Live().end();) {
@@ -98,21 +122,49 @@ Outcome DeleteAll(ModuleId id, std::chrono::milliseconds grace) {
       if (it->module == id) {
         it->deleted.store(true);
         RealDelete()(it->id);
-        Retired().splice(Retired().end(), Live(), it);
-        mine.push_back(&Retired().back());
+        if (it->notify == SIGEV_THREAD) {
+          Retired().splice(Retired().end(), Live(), it);
+          mine.push_back(&Retired().back());
+        } else {
+          Timer& copy = signalling.emplace_back();
+          copy.notify = it->notify;
+          copy.signal = it->signal;
+          Live().erase(it);
+        }
       }
       it = next;
     }
+    for (Timer& timer : Retired()) {
+      if (timer.module == id && std::find(mine.begin(), mine.end(), &timer) == mine.end()) {
+        retired_before.push_back(&timer);
+      }
+    }
   }
+  // Quiet once no notification is inside module code and every thread glibc
+  // started for one is gone (its thread-local destructors ran).
+  auto quiet = [](Timer* timer) {
+    if (timer->in_flight.load() > 0) return false;
+    std::lock_guard<std::mutex> lock(timers_mutex);
+    std::erase_if(timer->notifiers, [](pid_t tid) { return !TaskExists(tid); });
+    return timer->notifiers.empty();
+  };
   Outcome outcome;
   auto deadline = std::chrono::steady_clock::now() + grace;
-  for (Timer* timer : mine) {
-    while (timer->in_flight.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+  std::vector<Timer*> all = mine;
+  all.insert(all.end(), retired_before.begin(), retired_before.end());
+  for (Timer* timer : all) {
+    while (!quiet(timer) && std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
-    if (timer->in_flight.load() > 0) ++outcome.in_flight;
-    outcome.deleted.push_back({"timer", Describe(*timer), "deleted"});
+    if (!quiet(timer)) {
+      ++outcome.in_flight;
+    } else {
+      std::lock_guard<std::mutex> lock(timers_mutex);
+      timer->module = kHost;  // done with: a later module with this id never waits on it
+    }
   }
+  for (Timer* timer : mine) outcome.deleted.push_back({"timer", Describe(*timer), "deleted"});
+  for (const Timer& timer : signalling) outcome.deleted.push_back({"timer", Describe(timer), "deleted"});
   return outcome;
 }
 

@@ -79,6 +79,38 @@ TEST_F(CodePathsTest, SignalHandlersAreRestoredAtUnload) {
   ExpectWorkerServes(worker);
 }
 
+// Handlers that chain through several modules, one installed with the old
+// disposition written into the very struct it passed: unloading in any order
+// never puts back a handler of a module already gone.
+TEST_F(CodePathsTest, ChainedHandlersNeverResurrectAnUnloadedOne) {
+  pid_t worker = LoadOrDie("bystander", k_versioned_v1);
+  LoadOrDie("a", k_code_paths);
+  LoadOrDie("b", k_code_paths);
+  ASSERT_EQ(Call("a", "sigaction"), "installed");
+  ASSERT_EQ(Call("b", "sigaction_aliased"), "installed");
+  UnloadOrDie("a");
+  LoadOrDie("c", k_code_paths);
+  ASSERT_EQ(Call("c", "sigaction"), "installed");
+  UnloadOrDie("c");
+  ASSERT_EQ(::kill(worker, SIGWINCH), 0);  // b's handler: b is still loaded
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(Call("b", "signals_seen"), "1");
+  UnloadOrDie("b");
+  ASSERT_EQ(::kill(worker, SIGWINCH), 0);  // the host's again: ignored
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ExpectWorkerServes(worker);
+}
+
+// A module stopped with relibd while loaded, its thread_local destructors
+// pending on the worker's command thread: they run before its dlclose, not
+// at exit into unmapped code.
+TEST_F(CodePathsTest, StopWithAModuleLoadedRunsItsThreadLocalDestructorsFirst) {
+  LoadOrDie("t", k_tls);
+  ASSERT_EQ(Call("t", "use_here", "x"), "65");
+  std::string exits = StopAndCollectWorkerExits();
+  EXPECT_THAT(exits, Not(HasSubstr("signal"))) << exits;
+}
+
 TEST_F(CodePathsTest, SignalHandlerSetBehindTheAgentsBackRefusesUnderRefusePolicy) {
   pid_t worker = LoadOrDie("bystander", k_versioned_v1);
   v1::ModuleOptions options;

@@ -59,6 +59,15 @@ std::string Sigaction(std::string_view) {
   return "installed";
 }
 
+// sigaction with the new and the old disposition in one struct, as POSIX allows.
+std::string SigactionAliased(std::string_view) {
+  struct sigaction action {};
+  action.sa_handler = &OnSignal;
+  sigemptyset(&action.sa_mask);
+  if (::sigaction(SIGWINCH, &action, &action) != 0) throw relib::Error("sigaction failed");
+  return "installed";
+}
+
 std::string Signal(std::string_view) {
   if (::signal(SIGURG, &OnSignal) == SIG_ERR) throw relib::Error("signal failed");
   return "installed";
@@ -189,6 +198,7 @@ std::string PrintfW(std::string_view) {
 }  // namespace
 
 RELIB_MODULE("code-paths", nullptr, nullptr, relib::Export<Sigaction>("sigaction"), relib::Export<Signal>("signal"),
+             relib::Export<SigactionAliased>("sigaction_aliased"),
              relib::Export<RawSigaction>("raw_sigaction"), relib::Export<SignalsSeen>("signals_seen"),
              relib::Export<Timer>("timer"), relib::Export<Ticks>("ticks"),
              relib::Export<ExitHandlers>("exit_handlers"), relib::Export<Atfork>("atfork"),
