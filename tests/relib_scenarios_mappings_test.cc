@@ -1,5 +1,6 @@
 // Ports of relib's test scenarios about mappings that outlive a module:
-// backtraces (`backtrace_unloading`) and changing code (`code_change`), plus
+// backtraces (`backtrace_unloading`, and the cross-object part of
+// `backtrace_unloading_host_as_dylib`) and changing code (`code_change`), plus
 // the truthfulness of the "why is it still mapped" answer. Written fresh for
 // relibd from relib's scenario descriptions; each test names the relib file
 // it mirrors. Real relibd, real workers, effects read from /proc/<worker>.
@@ -7,6 +8,7 @@
 
 #include <filesystem>
 #include <iostream>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -107,6 +109,88 @@ TEST_F(RelibScenariosMappingsTest, BacktraceUnloadingTenCycles) {
   }
   Footprint last = Measure(worker);
   ExpectFlat(first, last);
+  EXPECT_EQ(Call("innocent", "version"), "v1");
+  UnloadAndExpectUnmapped("innocent");
+  EXPECT_THAT(ModuleMappings(worker), IsEmpty());
+}
+
+// The worker's mappings of `path` (compared without symlinks).
+std::vector<std::string> MappingsOfFile(pid_t pid, const std::string& path) {
+  std::vector<std::string> found;
+  auto mappings = common::ReadMappings(pid);
+  EXPECT_THAT(mappings, IsOk());
+  if (!mappings.ok()) return found;
+  const std::string wanted = std::filesystem::weakly_canonical(path).string();
+  for (const auto& m : *mappings) {
+    if (m.path == wanted || m.path == path) found.push_back(m.line);
+  }
+  return found;
+}
+
+// Mirrors testing/runner/src/backtrace_unloading_host_as_dylib.rs,
+// testing/host/src/backtrace_unloading_host_as_dylib.rs,
+// testing/host_as_dylib/src/lib.rs and
+// testing/module/src/backtrace_unloading_host_as_dylib.rs. Only the
+// cross-object backtrace part is mirrored: relibd's agent always lives in the
+// relib-worker executable, so relib's "host as a dylib" has no counterpart.
+// In its place the module links (DT_NEEDED) a helper library that CMake
+// builds into a directory of its own (found through the module's absolute
+// RUNPATH; the module itself runs from relibd's scratch copy). The helper's
+// export calls back into the module, which symbolizes its stack there: the
+// frames name the module's probe (file:line from the copy's debug info) and,
+// outside it, the helper's trampoline. Five cycles under relib's policies:
+// each unload really unmaps the module, and the helper, held by nothing but
+// the module, goes with it (glibc unmaps a DT_NEEDED dependency when its last
+// reference is dropped); the worker stays flat. Then one cycle under the
+// default report policy, where what remains of the helper's file is told.
+TEST_F(RelibScenariosMappingsTest, BacktraceAcrossLinkedHelperLibraryFiveCycles) {
+  const std::string helper = k_bt_helper;
+  ASSERT_THAT(helper, Not(StartsWith(relibd_->dir())));
+  pid_t worker = LoadOrDie("innocent", k_versioned_v1);
+  EXPECT_THAT(MappingsOfFile(worker, helper), IsEmpty());
+  Footprint first;
+  for (int cycle = 1; cycle <= 5; ++cycle) {
+    SCOPED_TRACE("cycle " + std::to_string(cycle));
+    EXPECT_EQ(LoadOrDie("across", k_backtrace_across, RelibLikeOptions()), worker);
+    // glibc loaded the dependency from the helper's own directory.
+    EXPECT_THAT(MappingsOfFile(worker, helper), Not(IsEmpty()));
+    std::string frames = Call("across", "trace");
+    EXPECT_THAT(frames, AllOf(HasSubstr("relib_bt_across_module_probe "), HasSubstr("backtrace_across.cc:"),
+                              HasSubstr("relib_bt_helper_unique_trampoline "), HasSubstr("backtrace_helper.c:")));
+    // Innermost first: the module's probe runs inside the helper's frame.
+    EXPECT_LT(frames.find("relib_bt_across_module_probe "), frames.find("relib_bt_helper_unique_trampoline "));
+    v1::UnloadReport report = UnloadAndExpectUnmapped("across");
+    // The symbolizer's views of the helper's file were listed and unmapped.
+    EXPECT_TRUE(report.mappings_unmapped());
+    EXPECT_THAT(report.mappings(),
+                Contains(::testing::Property(&v1::MappingReport::path, HasSubstr("libtestcase_bt_helper.so"))));
+    // A DT_NEEDED dependency is not a dlopen of the module's: nothing to report
+    // there. glibc dropped its last reference with the module and unmapped it.
+    EXPECT_THAT(report.libraries(), IsEmpty());
+    EXPECT_THAT(MappingsOfFile(worker, helper), IsEmpty());
+    EXPECT_THAT(ModuleMappings(worker, "/across.v"), IsEmpty());
+    if (cycle == 1) first = Measure(worker);
+  }
+  Footprint last = Measure(worker);
+  ExpectFlat(first, last);
+  // Under the default report policy the symbolizer's views of the helper's
+  // file stay (it is an ordinary file, not a module's) and are listed; the
+  // library itself is still gone: whatever of its file the worker still maps
+  // is a view the report names, and none of it is code.
+  LoadOrDie("across", k_backtrace_across);
+  EXPECT_THAT(MappingsOfFile(worker, helper), Contains(HasSubstr(" r-xp ")));
+  EXPECT_THAT(Call("across", "trace"), HasSubstr("relib_bt_helper_unique_trampoline "));
+  v1::UnloadReport report = UnloadAndExpectUnmapped("across");
+  std::set<uint64_t> listed;
+  for (const auto& m : report.mappings()) {
+    if (m.path().find("libtestcase_bt_helper.so") != std::string::npos) listed.insert(m.address());
+  }
+  EXPECT_THAT(listed, Not(IsEmpty())) << report.DebugString();
+  for (const std::string& line : MappingsOfFile(worker, helper)) {
+    EXPECT_EQ(listed.count(std::stoull(line, nullptr, 16)), 1u) << line << "\nis not in the report:\n"
+                                                                << report.DebugString();
+    EXPECT_THAT(line, Not(HasSubstr(" r-xp ")));
+  }
   EXPECT_EQ(Call("innocent", "version"), "v1");
   UnloadAndExpectUnmapped("innocent");
   EXPECT_THAT(ModuleMappings(worker), IsEmpty());
