@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -62,6 +63,26 @@ struct ModuleHeap {
   Shard shards[kShards];
 };
 ModuleHeap modules[kMaxModules];
+
+// Shard locks are held across fork(), so a child forked while another thread
+// allocated module memory never finds one locked for ever. Only active
+// modules' shards can be held (allocation checks `active` first).
+bool locked_for_fork[kMaxModules];
+void LockShardsForFork() {
+  for (ModuleId id = 1; id < kMaxModules; ++id) {
+    locked_for_fork[id] = modules[id].active.load(std::memory_order_acquire);
+    if (!locked_for_fork[id]) continue;
+    for (Shard& shard : modules[id].shards) shard.mutex.lock();
+  }
+}
+void UnlockShardsAfterFork() {
+  for (ModuleId id = 1; id < kMaxModules; ++id) {
+    if (!locked_for_fork[id]) continue;
+    for (Shard& shard : modules[id].shards) shard.mutex.unlock();
+  }
+}
+[[maybe_unused]] const bool shards_held_across_fork =
+    ::pthread_atfork(&LockShardsForFork, &UnlockShardsAfterFork, &UnlockShardsAfterFork) == 0;
 
 std::atomic<uint32_t> next_shard{0};
 thread_local uint32_t thread_shard __attribute__((tls_model("initial-exec"))) = UINT32_MAX;
