@@ -172,6 +172,23 @@ void Forget(ModuleId id) {
 
 // Interposed process creators: call the real function, then record the child
 // against the calling thread's module.
+namespace relib::agent::children {
+
+// After a posix_spawn: hands the pid out and records the child as the
+// calling module's.
+int Spawned(int rc, pid_t child, pid_t* pid) {
+  if (pid != nullptr) *pid = child;
+  if (rc == 0) {
+    ModuleId module = CurrentModule();
+    HostScope host;
+    std::lock_guard<std::mutex> lock(mutex);
+    RecordChild(child, module);
+  }
+  return rc;
+}
+
+}  // namespace relib::agent::children
+
 extern "C" {
 
 pid_t fork() {
@@ -195,14 +212,7 @@ int posix_spawn(pid_t* pid, const char* path, const posix_spawn_file_actions_t* 
       "posix_spawn", "GLIBC_2.15");
   pid_t child = 0;
   int rc = real(&child, path, actions, attributes, argv, envp);
-  if (pid != nullptr) *pid = child;
-  if (rc == 0) {
-    relib::agent::ModuleId module = relib::agent::CurrentModule();
-    relib::agent::HostScope host;
-    std::lock_guard<std::mutex> lock(relib::agent::children::mutex);
-    relib::agent::children::RecordChild(child, module);
-  }
-  return rc;
+  return relib::agent::children::Spawned(rc, child, pid);
 }
 
 int posix_spawnp(pid_t* pid, const char* file, const posix_spawn_file_actions_t* actions,
@@ -212,14 +222,7 @@ int posix_spawnp(pid_t* pid, const char* file, const posix_spawn_file_actions_t*
       "posix_spawnp", "GLIBC_2.15");
   pid_t child = 0;
   int rc = real(&child, file, actions, attributes, argv, envp);
-  if (pid != nullptr) *pid = child;
-  if (rc == 0) {
-    relib::agent::ModuleId module = relib::agent::CurrentModule();
-    relib::agent::HostScope host;
-    std::lock_guard<std::mutex> lock(relib::agent::children::mutex);
-    relib::agent::children::RecordChild(child, module);
-  }
-  return rc;
+  return relib::agent::children::Spawned(rc, child, pid);
 }
 
 }  // extern "C"
