@@ -7,7 +7,7 @@
 
 namespace relib::common {
 
-absl::Status SendFd(int socket, int fd) {
+absl::Status SendFd(int socket, int fd, bool nonblocking) {
   char byte = 'F';
   iovec iov{&byte, 1};
   alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
@@ -23,7 +23,7 @@ absl::Status SendFd(int socket, int fd) {
   std::memcpy(CMSG_DATA(header), &fd, sizeof(int));
   ssize_t rc;
   do {
-    rc = ::sendmsg(socket, &message, MSG_NOSIGNAL);
+    rc = ::sendmsg(socket, &message, MSG_NOSIGNAL | (nonblocking ? MSG_DONTWAIT : 0));
   } while (rc < 0 && errno == EINTR);
   if (rc < 0) return absl::ErrnoToStatus(errno, "sendmsg on the fd channel");
   return absl::OkStatus();

@@ -9,7 +9,7 @@
 namespace relib::common {
 
 // Sends a duplicate of `fd` (the caller keeps `fd`). Errors: the sendmsg errno.
-absl::Status SendFd(int socket, int fd);
+absl::Status SendFd(int socket, int fd, bool nonblocking = false);
 
 // Receives one fd (O_CLOEXEC). `blocking` false: UNAVAILABLE if none is
 // queued. Errors: the recvmsg errno; DATA_LOSS for a message without an fd;

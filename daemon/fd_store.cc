@@ -2,11 +2,19 @@
 
 #include <fcntl.h>
 
+#include "absl/strings/str_cat.h"
+
 namespace relib::daemon {
 
-void FdStore::Put(const std::string& module, const std::string& key, common::UniqueFd fd) {
+absl::Status FdStore::Put(const std::string& module, const std::string& key, common::UniqueFd fd) {
   std::lock_guard<std::mutex> lock(mutex_);
-  fds_[module][key] = std::move(fd);
+  auto& mine = fds_[module];
+  if (mine.count(key) == 0 && mine.size() >= kMaxStoredFdsPerModule) {
+    return absl::ResourceExhaustedError(absl::StrCat("fd store full: module '", module, "' keeps ", mine.size(),
+                                                     " fds, the most relibd keeps for one module"));
+  }
+  mine[key] = std::move(fd);
+  return absl::OkStatus();
 }
 
 std::vector<std::pair<std::string, common::UniqueFd>> FdStore::Duplicates(const std::string& module) const {

@@ -10,14 +10,21 @@
 #include <utility>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "common/unique_fd.h"
 
 namespace relib::daemon {
 
+// At most this many fds per module: each is one relibd fd (under the
+// process's fd limit) and one message on a worker's fd channel per load.
+inline constexpr size_t kMaxStoredFdsPerModule = 64;
+
 // Thread-safe.
 class FdStore {
  public:
-  void Put(const std::string& module, const std::string& key, common::UniqueFd fd);
+  // RESOURCE_EXHAUSTED when `module` already keeps kMaxStoredFdsPerModule
+  // fds under other keys (replacing a key's fd is always allowed).
+  absl::Status Put(const std::string& module, const std::string& key, common::UniqueFd fd);
   // Duplicates of the module's fds, keyed, in key order.
   std::vector<std::pair<std::string, common::UniqueFd>> Duplicates(const std::string& module) const;
   // Closes the module's fds (on unload).

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -163,6 +164,12 @@ int main(int argc, char** argv) {
   }
   if (!PrepareSocketPath(socket_path)) return 1;
   RemoveStaleSegments();
+  // relibd keeps a duplicate of every fd modules store and a few fds per
+  // worker and client: take the whole hard limit, not the soft 1024.
+  if (rlimit files{}; ::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &files);
+  }
   // Processes that escape a worker's process group (setsid) come back to
   // relibd when the worker dies, to be killed (see daemon/orphans.h).
   if (absl::Status status = relib::daemon::BecomeSubreaper(); !status.ok()) {

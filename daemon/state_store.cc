@@ -159,12 +159,26 @@ std::map<std::string, std::string> StateStore::Get(const std::string& module) co
   std::lock_guard<std::mutex> lock(mutex_);
   std::map<std::string, std::string> state;
   std::string prefix = Prefix(module);
-  CharAllocator allocator(segment_->file.get_segment_manager());
-  SegmentString start(prefix.data(), prefix.size(), allocator);
-  for (auto it = segment_->map->lower_bound(start); it != segment_->map->end(); ++it) {
-    std::string key(it->first.data(), it->first.size());
-    if (key.compare(0, prefix.size(), prefix) != 0) break;
-    state[key.substr(prefix.size())] = std::string(it->second.data(), it->second.size());
+  auto take = [&](auto it) {
+    state[std::string(it->first.data() + prefix.size(), it->first.size() - prefix.size())] =
+        std::string(it->second.data(), it->second.size());
+  };
+  auto starts_with_prefix = [&](const SegmentString& key) {
+    return key.size() >= prefix.size() && std::memcmp(key.data(), prefix.data(), prefix.size()) == 0;
+  };
+  try {
+    // The search key lives in the segment: a full segment cannot make one.
+    CharAllocator allocator(segment_->file.get_segment_manager());
+    SegmentString start(prefix.data(), prefix.size(), allocator);
+    for (auto it = segment_->map->lower_bound(start); it != segment_->map->end() && starts_with_prefix(it->first);
+         ++it) {
+      take(it);
+    }
+  } catch (...) {
+    state.clear();
+    for (auto it = segment_->map->begin(); it != segment_->map->end(); ++it) {
+      if (starts_with_prefix(it->first)) take(it);
+    }
   }
   return state;
 }
@@ -172,11 +186,12 @@ std::map<std::string, std::string> StateStore::Get(const std::string& module) co
 void StateStore::Erase(const std::string& module) {
   std::lock_guard<std::mutex> lock(mutex_);
   std::string prefix = Prefix(module);
-  CharAllocator allocator(segment_->file.get_segment_manager());
-  SegmentString start(prefix.data(), prefix.size(), allocator);
-  auto it = segment_->map->lower_bound(start);
-  while (it != segment_->map->end() && std::string(it->first.data(), it->first.size()).compare(0, prefix.size(), prefix) == 0) {
-    it = segment_->map->erase(it);
+  // A linear walk: a lower_bound key would have to be allocated in the
+  // segment, which may be full.
+  for (auto it = segment_->map->begin(); it != segment_->map->end();) {
+    const SegmentString& key = it->first;
+    bool mine = key.size() >= prefix.size() && std::memcmp(key.data(), prefix.data(), prefix.size()) == 0;
+    it = mine ? segment_->map->erase(it) : std::next(it);
   }
 }
 

@@ -177,8 +177,11 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker(const std
   callbacks.on_store_fd = [this](pid_t pid, const v1::link::StoreFd& store, common::UniqueFd fd) {
     spdlog::debug("module={} worker pid={} phase=store-fd key={}", store.module(), pid,
                   common::EscapeForLog(store.key(), 64));
-    fd_store_.Put(store.module(), store.key(), std::move(fd));
-    return absl::OkStatus();
+    absl::Status stored = fd_store_.Put(store.module(), store.key(), std::move(fd));
+    if (!stored.ok()) {
+      spdlog::warn("module={} worker pid={} phase=store-fd {}", store.module(), pid, std::string(stored.message()));
+    }
+    return stored;
   };
   callbacks.phase_deadline = [this](const std::string& module, common::Phase phase) {
     return PhaseDeadlineOf(module, phase);
@@ -297,6 +300,20 @@ void Supervisor::GiveUp(const std::string& why) {
   if (options_.on_fatal) options_.on_fatal(why);
 }
 
+bool Supervisor::LostWorker(const std::string& group, const std::shared_ptr<WorkerHandle>& worker,
+                            Record& record, const std::string& why) {
+  auto it = groups_.find(group);
+  if (it != groups_.end() && it->second.worker == worker) return false;  // alive, or its exit is still to come
+  // Its exit was handled before this module counted as loaded there: restart
+  // it like the modules the exit did see.
+  record.info.set_state(v1::MODULE_STATE_RESTARTING);
+  record.info.set_worker_pid(0);
+  record.info.set_last_error(why);
+  restart_queue_.emplace_back(Clock::now() + options_.restart.backoff_initial, group);
+  restart_wakeup_.notify_all();
+  return true;
+}
+
 void Supervisor::RestartLoop() {
   std::unique_lock<std::mutex> lock(mutex_);
   while (!shut_down_) {
@@ -357,6 +374,9 @@ void Supervisor::RestartGroup(const std::string& group) {
     if (!reply.ok()) break;  // the new worker died as well: OnWorkerExit has scheduled the next attempt
     absl::Status status = ReplyStatus(*reply);
     std::lock_guard<std::mutex> lock(mutex_);
+    if (status.ok() && groups_[group].worker != *worker) {
+      break;  // died right after: still RESTARTING, and its exit scheduled the next attempt
+    }
     if (status.ok()) {
       record->info.set_state(v1::MODULE_STATE_LOADED);
       record->info.set_worker_pid((*worker)->pid());
@@ -435,6 +455,9 @@ absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const s
     record->good_copy = candidate;
     ApplyLoadResult(reply->load(), record->info);
     info = record->info;
+    std::string why = absl::StrCat("worker pid ", (*worker)->pid(), " died right after loading module '", name,
+                                   "'; restarting it");
+    if (LostWorker(group, *worker, *record, why)) return absl::UnavailableError(why);
   }
   spdlog::info("module={} version=1 worker pid={} group={} phase=load loaded from {}", name, info.worker_pid(), group,
                path);
@@ -585,6 +608,12 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
     ApplyLoadResult(fresh ? reply->load() : reply->reload().load(), info);
     *response.mutable_module() = info;
     record->good_copy = candidate;
+    std::string why = absl::StrCat("worker pid ", (*worker)->pid(), " died right after reloading module '", name,
+                                   "' to version ", version, "; restarting it at that version");
+    if (LostWorker(before.worker(), *worker, *record, why)) {
+      RemoveFile(old_good_copy);
+      return absl::UnavailableError(why);
+    }
   }
   RemoveFile(old_good_copy);
   if (!fresh) *response.mutable_report() = reply->reload().report();

@@ -128,6 +128,12 @@ class Supervisor {
   void OnWorkerUsage(pid_t pid, const v1::link::Usage& usage);
   // Logs and reports (on_fatal) that relibd cannot start workers.
   void GiveUp(const std::string& why);
+  // After a command succeeded in `worker`: if that worker's exit was already
+  // handled (so the exit never saw `record` as its module), marks the module
+  // RESTARTING with `why` and schedules a restart of `group`; returns true.
+  // REQUIRES: mutex_ held.
+  bool LostWorker(const std::string& group, const std::shared_ptr<WorkerHandle>& worker, Record& record,
+                  const std::string& why);
   void RestartLoop();
   void RestartGroup(const std::string& group);
   void Publish(v1::EventKind kind, const std::string& module, uint64_t version, int32_t pid,

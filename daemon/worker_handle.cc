@@ -243,12 +243,6 @@ void WorkerHandle::Send(v1::link::ToWorker command, std::string what, std::chron
                              Pending{std::move(done), std::move(what), std::make_unique<asio::steady_timer>(self->io_)});
       return;
     }
-    for (const common::UniqueFd& fd : *passed) {
-      if (absl::Status sent = common::SendFd(self->fd_channel_.get(), fd.get()); !sent.ok()) {
-        done(sent);
-        return;
-      }
-    }
     uint64_t id = self->next_id_++;
     command.set_id(id);
     std::string frame;
@@ -256,6 +250,17 @@ void WorkerHandle::Send(v1::link::ToWorker command, std::string what, std::chron
     if (absl::Status status = common::EncodeFrame(command, &frame, limit); !status.ok()) {
       done(status);
       return;
+    }
+    // Never blocks the io thread: a channel too full to take the fds, or
+    // broken part-way, cannot be trusted to line up with later commands.
+    for (const common::UniqueFd& fd : *passed) {
+      if (absl::Status sent = common::SendFd(self->fd_channel_.get(), fd.get(), /*nonblocking=*/true);
+          !sent.ok()) {
+        self->Kill(absl::StrCat("cannot pass stored fds to the worker: ", sent.message()));
+        self->pending_.emplace(id, Pending{std::move(done), std::move(what),
+                                           std::make_unique<asio::steady_timer>(self->io_)});
+        return;
+      }
     }
     Pending pending{std::move(done), std::move(what), std::make_unique<asio::steady_timer>(self->io_)};
     pending.timer->expires_after(deadline);

@@ -247,5 +247,18 @@ TEST_F(HostApiTest, FdStoreRefusesBadFdsAndUnknownKeys) {
   EXPECT_EQ(Call("m", "take_fd", "never stored"), "-1");
 }
 
+// Every fd a module stores is one of relibd's own fds and, at each load, one
+// message on the worker's fd channel: a module cannot use them all up.
+TEST_F(HostApiTest, FdStoreHasAPerModuleLimit) {
+  ASSERT_NO_FATAL_FAILURE(StartWith({}));
+  EXPECT_THAT(Call("m", "store_many", "200"),
+              AllOf(StartsWith("stored 64; then rc="), HasSubstr("fd store full"), HasSubstr("64 fds")));
+  ExpectAllAlive();
+  // The stored ones still reach a restarted worker.
+  ASSERT_NO_FATAL_FAILURE(CrashAndWaitForRestore());
+  EXPECT_EQ(Call("m", "take_fd", "many-63"), "ok");
+  EXPECT_EQ(Call("m", "take_fd", "many-64"), "-1");
+}
+
 }  // namespace
 }  // namespace relib::testing

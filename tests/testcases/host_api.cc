@@ -148,6 +148,20 @@ std::string LongFdKey(std::string_view input) {
   return "store " + stored + "; take " + TakeFd(key);
 }
 
+// Input N: stores fd 0 under N distinct keys; "stored S; then rc=... error=..."
+// for the first refusal.
+std::string StoreMany(std::string_view input) {
+  int count = std::atoi(std::string(input).c_str());
+  int stored = 0;
+  for (int i = 0; i < count; ++i) {
+    std::string key = "many-" + std::to_string(i);
+    int rc = Api().store_fd(Api().host_context, key.c_str(), 0);
+    if (rc != RELIB_OK) return "stored " + std::to_string(stored) + "; then " + Result(rc);
+    ++stored;
+  }
+  return "stored " + std::to_string(stored);
+}
+
 // Saves (like Save), then dies at once if the save succeeded: a value the
 // host acknowledged must survive a worker that is gone a moment later.
 std::string SaveThenDie(std::string_view input) {
@@ -183,7 +197,8 @@ RELIB_MODULE("host_api", nullptr, nullptr, relib::Export<Save>("save"), relib::E
              relib::Export<LongKey>("long_key"), relib::Export<SdkNulKey>("sdk_nul_key"),
              relib::Export<NullPointers>("null_pointers"), relib::Export<Log>("log"),
              relib::Export<StoreFd>("store_fd"), relib::Export<TakeFd>("take_fd"),
-             relib::Export<LongFdKey>("long_fd_key"), relib::Export<SaveThenDie>("save_then_die"),
+             relib::Export<LongFdKey>("long_fd_key"),
+             relib::Export<StoreMany>("store_many"), relib::Export<SaveThenDie>("save_then_die"),
              relib::Export<SaveInBackground>("save_in_background"),
              relib::Export<BackgroundResult>("background_result"), relib::Export<Crash>("crash"),
              relib::Export<Ping>("ping"));
