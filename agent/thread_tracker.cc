@@ -305,12 +305,37 @@ extern "C" int pthread_create(pthread_t* thread, const pthread_attr_t* attr, voi
 
 // C11 threads: glibc's thrd_create starts a thread without calling
 // pthread_create, so module threads started that way would escape the checks.
-// Routed through the interposer above with glibc's own marker for a C11 start
-// routine (an attr of -1), so the thread is still started, joined and exited
-// with C11 semantics (an int result).
+// Routed through the interposer above with an adapter that returns the int
+// result as glibc's own thrd_join and thrd_exit expect it ((void*)(uintptr_t)).
+namespace {
+
+struct C11Start {
+  int (*routine)(void*);
+  void* arg;
+};
+
+void* RunC11(void* raw) {
+  C11Start start = *static_cast<C11Start*>(raw);
+  {
+    relib::agent::HostScope host;
+    delete static_cast<C11Start*>(raw);
+  }
+  return reinterpret_cast<void*>(static_cast<uintptr_t>(static_cast<unsigned>(start.routine(start.arg))));
+}
+
+}  // namespace
+
 extern "C" int thrd_create(pthread_t* thread, int (*routine)(void*), void* arg) {
-  const auto* c11 = reinterpret_cast<const pthread_attr_t*>(static_cast<uintptr_t>(-1));
-  int rc = pthread_create(thread, c11, reinterpret_cast<void* (*)(void*)>(reinterpret_cast<void*>(routine)), arg);
+  C11Start* start;
+  {
+    relib::agent::HostScope host;
+    start = new C11Start{routine, arg};
+  }
+  int rc = pthread_create(thread, nullptr, &RunC11, start);
+  if (rc != 0) {
+    relib::agent::HostScope host;
+    delete start;
+  }
   switch (rc) {
     case 0: return 0;           // thrd_success
     case ENOMEM: return 3;      // thrd_nomem

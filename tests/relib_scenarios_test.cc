@@ -63,6 +63,7 @@ class RelibScenariosTest : public RelibdTest {
 // where it was after each measured cycle (relib: VmSize equal; here within a
 // few MiB: relibd's own bookkeeping is in the same process).
 TEST_F(RelibScenariosTest, Unloading) {
+  SKIP_UNDER_SANITIZER();  // heap tracking and the memory measurement need the agent's malloc
   std::string marker = relibd_->dir() + "/tls-marker";
   pid_t worker = LoadOrDie("bystander", k_versioned_v1);
   v1::ModuleOptions options;
