@@ -73,6 +73,19 @@ void RecordSpecifier(int spec, const void* function) {
   if (owner != kHost && function != nullptr) Specifiers().push_back({owner, spec, function});
 }
 
+// Either registration function: glibc allocates its specifier tables once,
+// for the process (host scope); the converter is recorded for its module.
+template <typename Register, typename Arginfo>
+int RegisterPrintf(Register real, int spec, printf_function* converter, Arginfo* arginfo) {
+  int rc;
+  {
+    HostScope host;
+    rc = real(spec, converter, arginfo);
+  }
+  if (rc == 0) RecordSpecifier(spec, reinterpret_cast<const void*>(converter));
+  return rc;
+}
+
 bool Within(const void* p, uintptr_t start, uintptr_t end) {
   auto a = reinterpret_cast<uintptr_t>(p);
   return a >= start && a < end;
@@ -147,27 +160,13 @@ std::vector<CodeReference> ResetInto(uintptr_t start, uintptr_t end) {
 extern "C" {
 
 int register_printf_specifier(int spec, printf_function* converter, printf_arginfo_size_function* arginfo) noexcept {
-  using namespace relib::agent::hooks;
-  static RegisterSpecifier real = Real<RegisterSpecifier>("register_printf_specifier");
-  int rc;
-  {
-    relib::agent::HostScope host;  // glibc allocates its specifier tables once, for the process
-    rc = real(spec, converter, arginfo);
-  }
-  if (rc == 0) RecordSpecifier(spec, reinterpret_cast<const void*>(converter));
-  return rc;
+  static auto real = relib::agent::hooks::Real<relib::agent::hooks::RegisterSpecifier>("register_printf_specifier");
+  return relib::agent::hooks::RegisterPrintf(real, spec, converter, arginfo);
 }
 
 int register_printf_function(int spec, printf_function* converter, printf_arginfo_function* arginfo) noexcept {
-  using namespace relib::agent::hooks;
-  static RegisterFunction real = Real<RegisterFunction>("register_printf_function");
-  int rc;
-  {
-    relib::agent::HostScope host;  // glibc allocates its specifier tables once, for the process
-    rc = real(spec, converter, arginfo);
-  }
-  if (rc == 0) RecordSpecifier(spec, reinterpret_cast<const void*>(converter));
-  return rc;
+  static auto real = relib::agent::hooks::Real<relib::agent::hooks::RegisterFunction>("register_printf_function");
+  return relib::agent::hooks::RegisterPrintf(real, spec, converter, arginfo);
 }
 
 FILE* fopencookie(void* cookie, const char* mode, cookie_io_functions_t functions) noexcept {
