@@ -22,6 +22,13 @@ using ::testing::Not;
 
 class UnloadChecksTest : public RelibdTest {
  protected:
+  // Starts the worker with one load/unload, so its first-use allocations
+  // are behind any later RSS measurement; returns its pid.
+  pid_t WarmWorker() {
+    pid_t worker = LoadOrDie("warmup", kHelloPath);
+    EXPECT_TRUE(Unload("warmup").ok());
+    return worker;
+  }
   static size_t TaskCount(pid_t pid) {
     size_t count = 0;
     for (auto& entry : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task")) {
@@ -182,9 +189,7 @@ TEST_F(UnloadChecksTest, LeaksAreReportedWithSitesAndShownLive) {
 
 TEST_F(UnloadChecksTest, FreePolicyReturnsTwoHundredMegabytes) {
   SKIP_UNDER_SANITIZER();
-  ASSERT_TRUE(Load("warmup", kHelloPath).ok());
-  pid_t worker = Status().modules(0).worker_pid();
-  ASSERT_TRUE(Unload("warmup").ok());
+  pid_t worker = WarmWorker();
   auto rss_before = common::ReadRssBytes(worker);
   ASSERT_THAT(rss_before, IsOk());
 
@@ -211,9 +216,7 @@ TEST_F(UnloadChecksTest, FreePolicyReturnsTwoHundredMegabytes) {
 // heaps, resident, unless the free policy also hands the pages back.
 TEST_F(UnloadChecksTest, FreePolicyReturnsAHundredMegabytesOfSmallBlocks) {
   SKIP_UNDER_SANITIZER();
-  ASSERT_TRUE(Load("warmup", kHelloPath).ok());
-  pid_t worker = Status().modules(0).worker_pid();
-  ASSERT_TRUE(Unload("warmup").ok());
+  pid_t worker = WarmWorker();
   auto rss_before = common::ReadRssBytes(worker);
   ASSERT_THAT(rss_before, IsOk());
 
