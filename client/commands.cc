@@ -2,12 +2,16 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <iostream>
 #include <iterator>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/struct.pb.h"
+#include "relib/module.h"
 #include "client/output.h"
 #include "common/api_metadata.h"
 #include "common/message_limits.h"
@@ -43,26 +47,39 @@ std::unique_ptr<v1::Relibd::Stub> Connect(const ClientOptions& options) {
   arguments.SetMaxSendMessageSize(max_message_bytes);
   auto channel =
       grpc::CreateCustomChannel("unix:" + options.socket, grpc::InsecureChannelCredentials(), arguments);
-  auto deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(options.connect_timeout_ms);
-  if (!channel->WaitForConnected(deadline)) {
-    std::cerr << "relibctl: cannot reach relibd at " << options.socket
-              << " (is it running? start relibd or pass --socket)\n";
+  auto wait = std::chrono::milliseconds(options.connect_timeout_ms);
+  if (options.timeout_s > 0) wait = std::min(wait, std::chrono::milliseconds(static_cast<int64_t>(options.timeout_s * 1000)));
+  if (!channel->WaitForConnected(std::chrono::system_clock::now() + wait)) {
+    PrintError(options,
+               absl::StrCat("cannot reach relibd at ", options.socket, " (is it running? start relibd or pass --socket)"),
+               "UNAVAILABLE", kExitUnreachable);
     return nullptr;
   }
   return v1::Relibd::NewStub(channel);
 }
 
-int Fail(const std::string& what, const grpc::Status& status) {
-  std::cerr << "relibctl: " << what << ": " << status.error_message() << " [" << CodeName(status.error_code())
-            << "]\n";
-  return kExitModuleError;
+// Every RPC's context: carries the --timeout deadline.
+void Prepare(const ClientOptions& options, grpc::ClientContext& context) {
+  if (options.timeout_s > 0) {
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::microseconds(static_cast<int64_t>(options.timeout_s * 1e6)));
+  }
+}
+
+int Fail(const ClientOptions& options, const std::string& what, const grpc::Status& status) {
+  std::string message = status.error_message();
+  if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && options.timeout_s > 0) {
+    message = absl::StrCat("no answer within --timeout ", options.timeout_s,
+                           " s (relibd may still finish the operation)");
+  }
+  return PrintError(options, absl::StrCat(what, ": ", message), CodeName(status.error_code()), kExitModuleError);
 }
 
 // A refused or partial unload's report, if the daemon attached one. A report
 // cut to fit the trailing metadata is fetched whole from Status.
 int FailWithReport(const ClientOptions& options, v1::Relibd::Stub& stub, const std::string& what,
                    const grpc::ClientContext& context, const grpc::Status& status) {
-  int rc = Fail(what, status);
+  int rc = Fail(options, what, status);
   const auto& trailers = context.GetServerTrailingMetadata();
   auto it = trailers.find(common::kUnloadReportMetadataKey);
   v1::UnloadReport report;
@@ -72,6 +89,7 @@ int FailWithReport(const ClientOptions& options, v1::Relibd::Stub& stub, const s
       request.set_with_reports(true);
       v1::StatusResponse full;
       grpc::ClientContext status_context;
+      Prepare(options, status_context);
       if (stub.Status(&status_context, request, &full).ok()) {
         for (const auto& module : full.modules()) {
           if (module.name() == report.name() && module.has_last_failure_report()) report = module.last_failure_report();
@@ -123,6 +141,24 @@ void Print(const ClientOptions& options, const Message& message, const std::stri
 
 }  // namespace
 
+// An error as relibctl prints it: one line on stderr, or under --json one
+// object {"error": text, "code": gRPC code name, "exit_code": n} on stderr.
+int PrintError(const ClientOptions& options, const std::string& text, const std::string& code, int exit_code) {
+  if (options.json) {
+    google::protobuf::Struct error;
+    auto& fields = *error.mutable_fields();
+    fields["error"].set_string_value(text);
+    fields["code"].set_string_value(code);
+    fields["exit_code"].set_number_value(exit_code);
+    std::cerr << ToJson(error) << "\n";
+  } else {
+    std::cerr << "relibctl: " << text;
+    if (!code.empty() && exit_code == kExitModuleError) std::cerr << " [" << code << "]";
+    std::cerr << "\n";
+  }
+  return exit_code;
+}
+
 int RunLoad(const ClientOptions& options, const std::string& name, const std::string& path,
             const ModuleFlags& flags, const std::string& worker) {
   auto stub = Connect(options);
@@ -134,8 +170,9 @@ int RunLoad(const ClientOptions& options, const std::string& name, const std::st
   request.set_worker(worker);
   v1::LoadResponse response;
   grpc::ClientContext context;
+  Prepare(options, context);
   grpc::Status status = stub->Load(&context, request, &response);
-  if (!status.ok()) return Fail("load " + name, status);
+  if (!status.ok()) return Fail(options, "load " + name, status);
   Print(options, response, FormatModule(response.module()));
   return kExitOk;
 }
@@ -152,12 +189,78 @@ int RunReload(const ClientOptions& options, const std::string& name, const std::
   if (flags.set) *request.mutable_options() = ToProto(flags);
   v1::ReloadResponse response;
   grpc::ClientContext context;
+  Prepare(options, context);
   grpc::Status status = stub->Reload(&context, request, &response);
   if (!status.ok()) return FailWithReport(options, *stub, "reload " + name, context, status);
   std::string text = absl::StrCat("reloaded ", FormatModule(response.module()));
   if (response.has_report()) absl::StrAppend(&text, FormatReport(response.report()));
   Print(options, response, text);
   return kExitOk;
+}
+
+int RunReloadAll(const ClientOptions& options, bool force, bool staged, const ModuleFlags& flags) {
+  auto stub = Connect(options);
+  if (!stub) return kExitUnreachable;
+  v1::StatusResponse modules;
+  {
+    grpc::ClientContext context;
+    Prepare(options, context);
+    grpc::Status status = stub->Status(&context, v1::StatusRequest(), &modules);
+    if (!status.ok()) return Fail(options, "status", status);
+  }
+  // One module's failure does not stop the others; the exit code says whether any failed.
+  int rc = kExitOk;
+  for (const auto& module : modules.modules()) {
+    v1::ReloadRequest request;
+    request.set_name(module.name());
+    request.set_force(force);
+    request.set_staged(staged);
+    if (flags.set) *request.mutable_options() = ToProto(flags);
+    v1::ReloadResponse response;
+    grpc::ClientContext context;
+    Prepare(options, context);
+    grpc::Status status = stub->Reload(&context, request, &response);
+    if (!status.ok()) {
+      rc = FailWithReport(options, *stub, "reload " + module.name(), context, status);
+      continue;
+    }
+    std::string text = absl::StrCat("reloaded ", FormatModule(response.module()));
+    if (response.has_report()) absl::StrAppend(&text, FormatReport(response.report()));
+    Print(options, response, text);
+  }
+  return rc;
+}
+
+int RunVersion(const ClientOptions& options) {
+  google::protobuf::Struct versions;
+  auto& fields = *versions.mutable_fields();
+  fields["relibctl"].set_string_value(RELIB_VERSION);
+  fields["module_abi"].set_number_value(RELIB_ABI_VERSION);
+  std::string text = absl::StrCat("relibctl ", RELIB_VERSION, "\nmodule ABI ", RELIB_ABI_VERSION, " (relib/module.h)\n");
+  auto stub = Connect(options);
+  int rc = kExitUnreachable;
+  if (stub) {
+    v1::StatusResponse status;
+    grpc::ClientContext context;
+    Prepare(options, context);
+    grpc::Status answer = stub->Status(&context, v1::StatusRequest(), &status);
+    if (answer.ok()) {
+      fields["relibd"].set_string_value(status.daemon_version());
+      fields["relibd_pid"].set_number_value(status.daemon_pid());
+      fields["relibd_abi"].set_number_value(status.abi_version());
+      absl::StrAppend(&text, "relibd ", status.daemon_version(), " (pid ", status.daemon_pid(),
+                      ", accepts module ABI ", status.abi_version(), ")\n");
+      rc = kExitOk;
+    } else {
+      rc = Fail(options, "version", answer);
+    }
+  }
+  if (options.json) {
+    std::cout << ToJson(versions) << "\n";
+  } else {
+    std::cout << text;
+  }
+  return rc;
 }
 
 int RunUnload(const ClientOptions& options, const std::string& name, bool force) {
@@ -168,6 +271,7 @@ int RunUnload(const ClientOptions& options, const std::string& name, bool force)
   request.set_force(force);
   v1::UnloadResponse response;
   grpc::ClientContext context;
+  Prepare(options, context);
   grpc::Status status = stub->Unload(&context, request, &response);
   if (!status.ok()) return FailWithReport(options, *stub, "unload " + name, context, status);
   Print(options, response, FormatReport(response.report()));
@@ -188,8 +292,9 @@ int RunCall(const ClientOptions& options, const std::string& name, const std::st
   }
   v1::CallResponse response;
   grpc::ClientContext context;
+  Prepare(options, context);
   grpc::Status status = stub->Call(&context, request, &response);
-  if (!status.ok()) return Fail("call " + name + " " + export_name, status);
+  if (!status.ok()) return Fail(options, "call " + name + " " + export_name, status);
   if (options.json) {
     std::cout << ToJson(response) << "\n";
   } else {
@@ -206,8 +311,9 @@ int RunStatus(const ClientOptions& options) {
   if (!stub) return kExitUnreachable;
   v1::StatusResponse response;
   grpc::ClientContext context;
+  Prepare(options, context);
   grpc::Status status = stub->Status(&context, v1::StatusRequest(), &response);
-  if (!status.ok()) return Fail("status", status);
+  if (!status.ok()) return Fail(options, "status", status);
   Print(options, response, FormatStatus(response));
   return kExitOk;
 }
@@ -216,6 +322,7 @@ int RunEvents(const ClientOptions& options, int count) {
   auto stub = Connect(options);
   if (!stub) return kExitUnreachable;
   grpc::ClientContext context;
+  Prepare(options, context);
   auto reader = stub->Events(&context, v1::EventsRequest());
   v1::Event event;
   int seen = 0;
@@ -228,7 +335,9 @@ int RunEvents(const ClientOptions& options, int count) {
     return kExitOk;
   }
   grpc::Status status = reader->Finish();
-  if (!status.ok()) return Fail("events", status);
+  // --timeout bounds how long events are followed: reaching it is the normal end.
+  if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED && options.timeout_s > 0) return kExitOk;
+  if (!status.ok()) return Fail(options, "events", status);
   return kExitOk;
 }
 

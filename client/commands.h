@@ -10,7 +10,8 @@
 
 namespace relib::client {
 
-// Exit codes shared by every subcommand.
+// Exit codes shared by every subcommand. Errors go to stderr: one line, or
+// under --json one object {"error": text, "code": gRPC code name, "exit_code": n}.
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitModuleError = 1;  // the daemon answered with an error
 inline constexpr int kExitUsage = 2;        // bad command line
@@ -23,6 +24,8 @@ struct ClientOptions {
   // Largest gRPC message sent or received; relibd has the same flag and
   // default (common/message_limits.h).
   int max_message_mb = common::kDefaultMaxMessageMb;
+  // Deadline of every RPC in seconds (0 = none). For `events`, how long to follow.
+  double timeout_s = 0;
 };
 
 // Unload checks and policies given on the command line (see ModuleOptions in
@@ -45,11 +48,20 @@ struct ModuleFlags {
   uint32_t unload_deadline_ms = 0;
 };
 
+// Prints an error as described above and returns `exit_code`.
+int PrintError(const ClientOptions& options, const std::string& text, const std::string& code, int exit_code);
+
 // `worker` names the isolation group ("" = default).
 int RunLoad(const ClientOptions& options, const std::string& name, const std::string& path,
             const ModuleFlags& flags, const std::string& worker);
 int RunReload(const ClientOptions& options, const std::string& name, const std::string& path, bool force,
               bool staged, const ModuleFlags& flags);
+// Reloads every module relibd knows from its current path, one after the
+// other; fails (1) if any reload failed, after trying them all.
+int RunReloadAll(const ClientOptions& options, bool force, bool staged, const ModuleFlags& flags);
+// relibctl's and relibd's versions and the module ABI; prints relibctl's even
+// when relibd is unreachable (then exits 3).
+int RunVersion(const ClientOptions& options);
 int RunUnload(const ClientOptions& options, const std::string& name, bool force);
 // `input` "-" reads standard input. Output bytes go to stdout unchanged.
 int RunCall(const ClientOptions& options, const std::string& name, const std::string& export_name,

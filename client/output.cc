@@ -1,5 +1,9 @@
 #include "client/output.h"
 
+#include <time.h>
+
+#include <ctime>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -163,8 +167,18 @@ std::string FormatStatus(const v1::StatusResponse& status) {
   return out;
 }
 
+std::string FormatTimestamp(int64_t unix_ms) {
+  time_t seconds = static_cast<time_t>(unix_ms / 1000);
+  struct tm local;
+  if (::localtime_r(&seconds, &local) == nullptr) return absl::StrCat(unix_ms);
+  char text[32];
+  size_t n = std::strftime(text, sizeof text, "%Y-%m-%d %H:%M:%S", &local);
+  return absl::StrFormat("%s.%03d", std::string_view(text, n), static_cast<int>(unix_ms % 1000));
+}
+
 std::string FormatEvent(const v1::Event& event) {
-  std::string out = absl::StrCat("#", event.sequence(), " ", KindName(event.kind()));
+  std::string out =
+      absl::StrCat(FormatTimestamp(event.unix_ms()), " #", event.sequence(), " ", KindName(event.kind()));
   if (!event.module().empty()) absl::StrAppend(&out, " module=", event.module(), " version=", event.version());
   if (event.worker_pid() != 0) absl::StrAppend(&out, " worker=", event.worker_pid());
   if (!event.message().empty()) absl::StrAppend(&out, " ", event.message());

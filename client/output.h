@@ -14,6 +14,9 @@ std::string ToJson(const google::protobuf::Message& message);
 std::string FormatModule(const v1::ModuleInfo& module);
 std::string FormatReport(const v1::UnloadReport& report);
 std::string FormatStatus(const v1::StatusResponse& status);
+// "YYYY-MM-DD HH:MM:SS.mmm" in local time.
+std::string FormatTimestamp(int64_t unix_ms);
+// One line, starting with the event's local time.
 std::string FormatEvent(const v1::Event& event);
 
 }  // namespace relib::client

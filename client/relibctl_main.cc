@@ -1,6 +1,8 @@
 // relibctl: command-line client of relibd. Exit codes: 0 ok, 1 the daemon
-// reported an error, 2 usage, 3 daemon not reachable.
+// reported an error, 2 usage, 3 daemon not reachable (client/commands.h).
+#include <iostream>
 #include <string>
+#include <string_view>
 
 #include "CLI/CLI.hpp"
 #include "client/commands.h"
@@ -16,6 +18,9 @@ int main(int argc, char** argv) {
   app.add_option("--socket", options.socket, "relibd's Unix socket")->capture_default_str();
   app.add_flag("--json", options.json, "print results as JSON");
   app.add_option("--connect-timeout-ms", options.connect_timeout_ms, "how long to wait for relibd");
+  app.add_option("--timeout", options.timeout_s,
+                 "deadline in seconds of every request (for events: how long to follow); 0 = none")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--max-message-mb", options.max_message_mb,
                  "largest message sent or received (a call's input or output); match relibd's --max-message-mb")
       ->capture_default_str()
@@ -62,8 +67,10 @@ int main(int argc, char** argv) {
   load->callback([&] { exit_code = RunLoad(options, name, path, flags, worker); });
 
   auto* reload = app.add_subcommand("reload", "replace NAME with a new build (from PATH or its current path)");
-  reload->add_option("NAME", name)->required();
+  bool all = false;
+  reload->add_option("NAME", name, "module to reload (or --all)");
   reload->add_option("PATH", path);
+  reload->add_flag("--all", all, "reload every module from its current path");
   reload->add_flag("--force", force, "unload even if before_unload fails");
   add_module_flags(reload);
   reload->add_flag("--staged", staged, "try the new version in a scratch worker (load + self_test) first");
@@ -74,7 +81,9 @@ int main(int argc, char** argv) {
                              "--before-unload-deadline-ms", "--unload-deadline-ms"}) {
       flags.set = flags.set || reload->count(flag) > 0;
     }
-    exit_code = RunReload(options, name, path, force, staged, flags);
+    if (all && !name.empty()) throw CLI::ValidationError("reload", "--all takes no NAME or PATH");
+    if (!all && name.empty()) throw CLI::RequiredError("NAME (or --all)");
+    exit_code = all ? RunReloadAll(options, force, staged, flags) : RunReload(options, name, path, force, staged, flags);
   });
 
   auto* unload = app.add_subcommand("unload", "unload NAME and print the unload report");
@@ -95,16 +104,44 @@ int main(int argc, char** argv) {
   events->add_option("--count", count, "stop after this many events");
   events->callback([&] { exit_code = RunEvents(options, count); });
 
-  // --json is also accepted after the subcommand ("relibctl status --json").
-  for (auto* sub : {load, reload, unload, call, status, events}) {
+  auto* version = app.add_subcommand("version", "print relibctl's, relibd's and the module ABI's versions");
+  version->callback([&] { exit_code = RunVersion(options); });
+
+  auto* help = app.add_subcommand("help", "print help for COMMAND (or for relibctl)");
+  std::string help_topic;
+  help->add_option("COMMAND", help_topic);
+  help->callback([&] {
+    if (help_topic.empty()) {
+      // App::help() would show the selected subcommand ("help") instead.
+      std::cout << app.get_formatter()->make_help(&app, app.get_name(), CLI::AppFormatMode::Normal);
+      return;
+    }
+    CLI::App* topic = nullptr;
+    try {
+      topic = app.get_subcommand(help_topic);
+    } catch (const CLI::OptionNotFound&) {
+      throw CLI::ValidationError("help", "no command '" + help_topic + "'; see relibctl --help");
+    }
+    std::cout << topic->help();
+  });
+
+  // --json and --timeout are also accepted after the subcommand ("relibctl status --json").
+  for (auto* sub : {load, reload, unload, call, status, events, version}) {
     sub->add_flag("--json", options.json, "print results as JSON");
+    sub->add_option("--timeout", options.timeout_s, "deadline in seconds of every request")
+        ->check(CLI::NonNegativeNumber);
   }
 
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    int rc = app.exit(e);
-    return rc == 0 ? kExitOk : kExitUsage;
+    if (e.get_exit_code() == 0) return app.exit(e);  // --help
+    bool json = false;
+    for (int i = 1; i < argc; ++i) json = json || std::string_view(argv[i]) == "--json";
+    if (!json) return app.exit(e) == 0 ? kExitOk : kExitUsage;
+    ClientOptions json_options;
+    json_options.json = true;
+    return PrintError(json_options, e.what(), "USAGE", kExitUsage);
   }
   return exit_code;
 }

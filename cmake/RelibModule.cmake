@@ -6,12 +6,12 @@
 #  - -fno-gnu-unique: g++ otherwise emits STB_GNU_UNIQUE symbols for inline
 #    static members and template statics, and glibc never unmaps a library
 #    that defines one.
-set(RELIB_MODULE_INCLUDE_DIR "${CMAKE_CURRENT_LIST_DIR}/../agent/include" CACHE INTERNAL "")
-
+# The SDK headers come from the relib::module target: the in-tree one while
+# relibd itself is built, the installed one through find_package(relib).
 function(relib_add_module name)
   cmake_parse_arguments(ARG "" "OUTPUT_NAME" "" ${ARGN})
   add_library(${name} MODULE ${ARG_UNPARSED_ARGUMENTS})
-  target_include_directories(${name} PRIVATE ${RELIB_MODULE_INCLUDE_DIR})
+  target_link_libraries(${name} PRIVATE relib::module)
   set_target_properties(${name} PROPERTIES
     C_VISIBILITY_PRESET hidden
     CXX_VISIBILITY_PRESET hidden

@@ -16,6 +16,8 @@
 #include <thread>
 
 #include "CLI/CLI.hpp"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
 #include "boost/asio/executor_work_guard.hpp"
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/signal_set.hpp"
@@ -138,7 +140,13 @@ int main(int argc, char** argv) {
                  "module; leak = the free is refused and logged, the module keeps running")
       ->capture_default_str()
       ->check(CLI::IsMember({"abort", "leak"}));
-  CLI11_PARSE(app, argc, argv);
+  app.set_version_flag("--version", std::string("relibd ") + RELIB_VERSION);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // --help and --version exit 0; every other command-line error is a usage error (2).
+    return app.exit(e) == 0 ? 0 : 2;
+  }
 
   ::signal(SIGPIPE, SIG_IGN);
   auto logger = spdlog::stderr_color_mt("relibd");
@@ -215,6 +223,10 @@ int main(int argc, char** argv) {
   relib::daemon::Supervisor supervisor(io, options, events);
   relib::daemon::RpcService service(supervisor, events);
 
+  // Generic gRPC tools (grpcurl, grpc_cli, editor plugins) discover the API
+  // through reflection and probe liveness through grpc.health.v1.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort("unix:" + socket_path, grpc::InsecureServerCredentials());
   builder.RegisterService(&service);
@@ -244,6 +256,7 @@ int main(int argc, char** argv) {
   // Workers first: RPCs waiting on them then fail fast instead of holding up
   // the server's shutdown; event streams end; idle client channels are not
   // waited for beyond a short grace.
+  if (auto* health = server->GetHealthCheckService()) health->Shutdown();  // NOT_SERVING from now on
   supervisor.Shutdown();
   relib::daemon::KillAdoptedProcesses(std::chrono::milliseconds(2000));
   events.Close();

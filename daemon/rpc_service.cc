@@ -2,6 +2,7 @@
 
 #include "common/api_metadata.h"
 #include "daemon/report_metadata.h"
+#include "relib/module.h"
 
 namespace relib::daemon {
 namespace {
@@ -63,6 +64,8 @@ grpc::Status RpcService::Call(grpc::ServerContext*, const v1::CallRequest* reque
 grpc::Status RpcService::Status(grpc::ServerContext*, const v1::StatusRequest* request,
                                 v1::StatusResponse* response) {
   *response = supervisor_.Status(request->with_reports());
+  response->set_daemon_version(RELIB_VERSION);
+  response->set_abi_version(RELIB_ABI_VERSION);
   return grpc::Status::OK;
 }
 

@@ -50,7 +50,8 @@ CommandResult RunCommand(const std::vector<std::string>& argv, const std::string
   return result;
 }
 
-absl::StatusOr<std::unique_ptr<RelibdProcess>> RelibdProcess::Start(const std::vector<std::string>& extra_args) {
+absl::StatusOr<std::unique_ptr<RelibdProcess>> RelibdProcess::Start(const std::vector<std::string>& extra_args,
+                                                                   const std::string& relibd_path) {
   auto dir = common::TempDir::Create("/tmp", "relibd-test-");
   if (!dir.ok()) return dir.status();
   std::string socket = dir->path() + "/relibd.sock";
@@ -58,7 +59,7 @@ absl::StatusOr<std::unique_ptr<RelibdProcess>> RelibdProcess::Start(const std::v
   common::UniqueFd log_fd(::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
   common::UniqueFd null_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   common::SpawnOptions options;
-  options.argv = {kRelibdPath, "--socket", socket, "--run-dir", dir->path(), "--log-level", "debug"};
+  options.argv = {relibd_path, "--socket", socket, "--run-dir", dir->path(), "--log-level", "debug"};
   // The real worker unless the test names another.
   if (std::find(extra_args.begin(), extra_args.end(), "--worker") == extra_args.end()) {
     options.argv.insert(options.argv.end(), {"--worker", kWorkerPath});

@@ -11,6 +11,7 @@
 #include "common/child_process.h"
 #include "common/temp_dir.h"
 #include "relib/v1/relibd.grpc.pb.h"
+#include "tests/test_paths.h"
 
 namespace relib::testing {
 
@@ -27,7 +28,9 @@ class RelibdProcess {
  public:
   // Starts relibd with `extra_args` (`--worker` among them replaces the real
   // worker) and waits until it accepts connections.
-  static absl::StatusOr<std::unique_ptr<RelibdProcess>> Start(const std::vector<std::string>& extra_args = {});
+  // `relibd` is the executable to run (an installed copy, say).
+  static absl::StatusOr<std::unique_ptr<RelibdProcess>> Start(const std::vector<std::string>& extra_args = {},
+                                                              const std::string& relibd = kRelibdPath);
   // SIGTERM, then waits for it to exit.
   ~RelibdProcess();
 
