@@ -160,7 +160,7 @@ int PrintError(const ClientOptions& options, const std::string& text, const std:
 }
 
 int RunLoad(const ClientOptions& options, const std::string& name, const std::string& path,
-            const ModuleFlags& flags, const std::string& worker) {
+            const ModuleFlags& flags, const std::string& worker, bool watch) {
   auto stub = Connect(options);
   if (!stub) return kExitUnreachable;
   v1::LoadRequest request;
@@ -168,6 +168,7 @@ int RunLoad(const ClientOptions& options, const std::string& name, const std::st
   request.set_path(AbsolutePath(path));
   *request.mutable_options() = ToProto(flags);
   request.set_worker(worker);
+  request.set_watch(watch);
   v1::LoadResponse response;
   grpc::ClientContext context;
   Prepare(options, context);
@@ -229,6 +230,21 @@ int RunReloadAll(const ClientOptions& options, bool force, bool staged, const Mo
     Print(options, response, text);
   }
   return rc;
+}
+
+int RunWatch(const ClientOptions& options, const std::string& name, bool off) {
+  auto stub = Connect(options);
+  if (!stub) return kExitUnreachable;
+  v1::WatchRequest request;
+  request.set_name(name);
+  request.set_off(off);
+  v1::WatchResponse response;
+  grpc::ClientContext context;
+  Prepare(options, context);
+  grpc::Status status = stub->Watch(&context, request, &response);
+  if (!status.ok()) return Fail(options, "watch " + name, status);
+  Print(options, response, FormatModule(response.module()));
+  return kExitOk;
 }
 
 int RunVersion(const ClientOptions& options) {

@@ -53,7 +53,9 @@ int PrintError(const ClientOptions& options, const std::string& text, const std:
 
 // `worker` names the isolation group ("" = default).
 int RunLoad(const ClientOptions& options, const std::string& name, const std::string& path,
-            const ModuleFlags& flags, const std::string& worker);
+            const ModuleFlags& flags, const std::string& worker, bool watch = false);
+// Turns watch-and-reload of NAME on (or off).
+int RunWatch(const ClientOptions& options, const std::string& name, bool off);
 int RunReload(const ClientOptions& options, const std::string& name, const std::string& path, bool force,
               bool staged, const ModuleFlags& flags);
 // Reloads every module relibd knows from its current path, one after the

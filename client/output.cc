@@ -47,9 +47,9 @@ std::string ToJson(const google::protobuf::Message& message) {
 }
 
 std::string FormatModule(const v1::ModuleInfo& module) {
-  std::string out = absl::StrFormat("module %s version %d (%s) in worker '%s' pid %d\n  path: %s\n  exports: %s\n",
+  std::string out = absl::StrFormat("module %s version %d (%s) in worker '%s' pid %d\n  path: %s%s\n  exports: %s\n",
                                     module.name(), module.version(), StateName(module.state()), module.worker(),
-                                    module.worker_pid(), module.path(),
+                                    module.worker_pid(), module.path(), module.watch() ? " (watched)" : "",
                                     module.exports().empty() ? "none" : absl::StrJoin(module.exports(), ", "));
   for (const auto& warning : module.warnings()) absl::StrAppend(&out, "  warning: ", warning, "\n");
   if (!module.last_error().empty()) absl::StrAppend(&out, "  last error: ", module.last_error(), "\n");
@@ -180,6 +180,7 @@ std::string FormatEvent(const v1::Event& event) {
   std::string out =
       absl::StrCat(FormatTimestamp(event.unix_ms()), " #", event.sequence(), " ", KindName(event.kind()));
   if (!event.module().empty()) absl::StrAppend(&out, " module=", event.module(), " version=", event.version());
+  if (!event.cause().empty()) absl::StrAppend(&out, " cause=", event.cause());
   if (event.worker_pid() != 0) absl::StrAppend(&out, " worker=", event.worker_pid());
   if (!event.message().empty()) absl::StrAppend(&out, " ", event.message());
   if (event.has_report()) absl::StrAppend(&out, " unmapped=", event.report().unmapped() ? "yes" : "no");

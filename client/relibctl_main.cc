@@ -64,7 +64,9 @@ int main(int argc, char** argv) {
   load->add_option("PATH", path)->required();
   add_module_flags(load);
   load->add_option("--worker", worker, "isolation group: modules in different groups run in different workers");
-  load->callback([&] { exit_code = RunLoad(options, name, path, flags, worker); });
+  bool watch = false;
+  load->add_flag("--watch", watch, "reload whenever a new build of PATH is complete (see relibctl watch)");
+  load->callback([&] { exit_code = RunLoad(options, name, path, flags, worker, watch); });
 
   auto* reload = app.add_subcommand("reload", "replace NAME with a new build (from PATH or its current path)");
   bool all = false;
@@ -104,6 +106,13 @@ int main(int argc, char** argv) {
   events->add_option("--count", count, "stop after this many events");
   events->callback([&] { exit_code = RunEvents(options, count); });
 
+  auto* watch_command = app.add_subcommand(
+      "watch", "reload NAME whenever a new build of its file is complete (closed after writing or renamed into place)");
+  bool watch_off = false;
+  watch_command->add_option("NAME", name)->required();
+  watch_command->add_flag("--off", watch_off, "stop watching");
+  watch_command->callback([&] { exit_code = RunWatch(options, name, watch_off); });
+
   auto* version = app.add_subcommand("version", "print relibctl's, relibd's and the module ABI's versions");
   version->callback([&] { exit_code = RunVersion(options); });
 
@@ -126,7 +135,7 @@ int main(int argc, char** argv) {
   });
 
   // --json and --timeout are also accepted after the subcommand ("relibctl status --json").
-  for (auto* sub : {load, reload, unload, call, status, events, version}) {
+  for (auto* sub : {load, reload, unload, call, status, events, version, watch_command}) {
     sub->add_flag("--json", options.json, "print results as JSON");
     sub->add_option("--timeout", options.timeout_s, "deadline in seconds of every request")
         ->check(CLI::NonNegativeNumber);

@@ -26,6 +26,7 @@
 #include "common/temp_dir.h"
 #include "daemon/event_bus.h"
 #include "daemon/module_file.h"
+#include "daemon/module_watcher.h"
 #include "daemon/orphans.h"
 #include "daemon/rpc_service.h"
 #include "daemon/state_store.h"
@@ -140,6 +141,11 @@ int main(int argc, char** argv) {
                  "module; leak = the free is refused and logged, the module keeps running")
       ->capture_default_str()
       ->check(CLI::IsMember({"abort", "leak"}));
+  int watch_debounce_ms = 200;
+  app.add_option("--watch-debounce-ms", watch_debounce_ms,
+                 "a watched module reloads once its file has been quiet this long after a finished write or rename")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 60000));
   app.set_version_flag("--version", std::string("relibd ") + RELIB_VERSION);
   try {
     app.parse(argc, argv);
@@ -222,6 +228,8 @@ int main(int argc, char** argv) {
   options.on_fatal = [&](const std::string&) { stop(-1); };
   relib::daemon::Supervisor supervisor(io, options, events);
   relib::daemon::RpcService service(supervisor, events);
+  auto watcher = std::make_unique<relib::daemon::ModuleWatcher>(supervisor, std::chrono::milliseconds(watch_debounce_ms));
+  supervisor.set_change_listener([w = watcher.get()] { w->Sync(); });
 
   // Generic gRPC tools (grpcurl, grpc_cli, editor plugins) discover the API
   // through reflection and probe liveness through grpc.health.v1.
@@ -261,6 +269,9 @@ int main(int argc, char** argv) {
   relib::daemon::KillAdoptedProcesses(std::chrono::milliseconds(2000));
   events.Close();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+  // After the workers (a reload it runs now fails fast) and after the last
+  // RPC (which may still notify it of a change).
+  watcher.reset();
   work.reset();
   io.stop();
   io_thread.join();

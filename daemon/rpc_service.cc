@@ -24,6 +24,10 @@ void AttachReport(grpc::ServerContext* context, const v1::UnloadReport& report) 
 grpc::Status RpcService::Load(grpc::ServerContext*, const v1::LoadRequest* request, v1::LoadResponse* response) {
   auto info = supervisor_.Load(request->name(), request->path(), request->options(), request->worker());
   if (!info.ok()) return ToGrpc(info.status());
+  if (request->watch()) {
+    info = supervisor_.SetWatch(request->name(), true);
+    if (!info.ok()) return ToGrpc(info.status());
+  }
   *response->mutable_module() = std::move(info).value();
   return grpc::Status::OK;
 }
@@ -83,6 +87,13 @@ grpc::Status RpcService::Events(grpc::ServerContext* context, const v1::EventsRe
       break;
     }
   }
+  return grpc::Status::OK;
+}
+
+grpc::Status RpcService::Watch(grpc::ServerContext*, const v1::WatchRequest* request, v1::WatchResponse* response) {
+  auto info = supervisor_.SetWatch(request->name(), !request->off());
+  if (!info.ok()) return ToGrpc(info.status());
+  *response->mutable_module() = std::move(info).value();
   return grpc::Status::OK;
 }
 

@@ -21,6 +21,7 @@ class RpcService final : public v1::Relibd::Service {
   grpc::Status Call(grpc::ServerContext*, const v1::CallRequest*, v1::CallResponse*) override;
   grpc::Status Status(grpc::ServerContext*, const v1::StatusRequest*, v1::StatusResponse*) override;
   grpc::Status Events(grpc::ServerContext*, const v1::EventsRequest*, grpc::ServerWriter<v1::Event>*) override;
+  grpc::Status Watch(grpc::ServerContext*, const v1::WatchRequest*, v1::WatchResponse*) override;
 
  private:
   Supervisor& supervisor_;

@@ -76,7 +76,7 @@ Supervisor::Supervisor(boost::asio::io_context& io, SupervisorOptions options, E
 Supervisor::~Supervisor() { Shutdown(); }
 
 void Supervisor::Publish(v1::EventKind kind, const std::string& module, uint64_t version, int32_t pid,
-                         const std::string& message, const v1::UnloadReport* report) {
+                         const std::string& message, const v1::UnloadReport* report, const std::string& cause) {
   v1::Event event;
   event.set_kind(kind);
   event.set_module(module);
@@ -84,6 +84,7 @@ void Supervisor::Publish(v1::EventKind kind, const std::string& module, uint64_t
   event.set_worker_pid(pid);
   event.set_message(message);
   if (report != nullptr) *event.mutable_report() = *report;
+  event.set_cause(cause);
   events_.Publish(std::move(event));
 }
 
@@ -520,7 +521,7 @@ absl::Status Supervisor::TryInScratchWorker(const std::string& name, const std::
 
 absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, const std::string& new_path,
                                                       bool force, const v1::ModuleOptions* new_options, bool staged,
-                                                      v1::UnloadReport* failure_report) {
+                                                      v1::UnloadReport* failure_report, const std::string& cause) {
   auto record = Find(name);
   if (!record) return absl::NotFoundError(absl::StrCat("no module named '", name, "'"));
   std::unique_lock<std::mutex> operation(record->operation);
@@ -555,9 +556,10 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
       }
       if (failure_report && !failure_report->name().empty()) record->last_failure_report = *failure_report;
     }
-    spdlog::error("module={} version={} path={} phase=reload {}", name, version, path, std::string(status.message()));
+    spdlog::error("module={} version={} path={} phase=reload{} {}", name, version, common::EscapeForLog(path),
+                  cause.empty() ? "" : " cause=" + cause, std::string(status.message()));
     Publish(v1::EVENT_KIND_FAILED, name, before.version(), before.worker_pid(), std::string(status.message()),
-            failure_report && !failure_report->name().empty() ? failure_report : nullptr);
+            failure_report && !failure_report->name().empty() ? failure_report : nullptr, cause);
     return status;
   };
 
@@ -620,7 +622,8 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
   spdlog::info("module={} version={}->{} worker pid={} phase=reload unmapped={}", name, before.version(), version,
                response.module().worker_pid(), response.report().unmapped());
   Publish(v1::EVENT_KIND_RELOADED, name, version, response.module().worker_pid(), path,
-          fresh ? nullptr : &response.report());
+          fresh ? nullptr : &response.report(), cause);
+  NotifyChange();
   return response;
 }
 
@@ -684,7 +687,22 @@ absl::StatusOr<v1::UnloadReport> Supervisor::Unload(const std::string& name, boo
   fd_store_.Drop(name);
   spdlog::info("module={} version={} phase=unload unmapped={}", name, info.version(), report.unmapped());
   Publish(v1::EVENT_KIND_UNLOADED, name, info.version(), info.worker_pid(), "", &report);
+  NotifyChange();
   return report;
+}
+
+absl::StatusOr<v1::ModuleInfo> Supervisor::SetWatch(const std::string& name, bool watch) {
+  auto record = Find(name);
+  if (!record) return absl::NotFoundError(absl::StrCat("no module named '", name, "'"));
+  v1::ModuleInfo info;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    record->info.set_watch(watch);
+    info = record->info;
+  }
+  spdlog::info("module={} phase=watch {} path={}", name, watch ? "on" : "off", common::EscapeForLog(info.path()));
+  NotifyChange();
+  return info;
 }
 
 absl::StatusOr<v1::CallResponse> Supervisor::Call(const std::string& name, const std::string& export_name,

@@ -78,14 +78,22 @@ class Supervisor {
   // `staged`: try the new version in a scratch worker (load + `self_test`)
   // before touching the live one. When the old version's unload was refused
   // or failed part-way, `failure_report` receives its report.
+  // `cause` tags the events this reload publishes ("watch"; "" = API).
   absl::StatusOr<v1::ReloadResponse> Reload(const std::string& name, const std::string& path, bool force,
                                             const v1::ModuleOptions* options, bool staged,
-                                            v1::UnloadReport* failure_report);
+                                            v1::UnloadReport* failure_report, const std::string& cause = "");
   // Errors: NOT_FOUND, FAILED_PRECONDITION (before_unload failed without
   // force, or module threads still running: `failure_report` says which).
   absl::StatusOr<v1::UnloadReport> Unload(const std::string& name, bool force, v1::UnloadReport* failure_report);
   absl::StatusOr<v1::CallResponse> Call(const std::string& name, const std::string& export_name,
                                         const std::string& input);
+  // Marks a module watched (reloaded by ModuleWatcher when its file
+  // changes) or not. Errors: NOT_FOUND.
+  absl::StatusOr<v1::ModuleInfo> SetWatch(const std::string& name, bool watch);
+  // Called (on the thread that made the change, no lock held) after a module
+  // was loaded, reloaded, unloaded or its watch flag changed. Set before the
+  // first request.
+  void set_change_listener(std::function<void()> listener) { change_listener_ = std::move(listener); }
   // `with_reports`: include each module's last_failure_report.
   v1::StatusResponse Status(bool with_reports = false) const;
 
@@ -137,7 +145,10 @@ class Supervisor {
   void RestartLoop();
   void RestartGroup(const std::string& group);
   void Publish(v1::EventKind kind, const std::string& module, uint64_t version, int32_t pid,
-               const std::string& message, const v1::UnloadReport* report = nullptr);
+               const std::string& message, const v1::UnloadReport* report = nullptr, const std::string& cause = "");
+  void NotifyChange() const {
+    if (change_listener_) change_listener_();
+  }
 
   boost::asio::io_context& io_;
   const SupervisorOptions options_;
@@ -154,6 +165,7 @@ class Supervisor {
   std::condition_variable restart_wakeup_;
   bool shut_down_ ABSL_GUARDED_BY(mutex_) = false;
   std::thread restarter_;
+  std::function<void()> change_listener_;
 };
 
 }  // namespace relib::daemon

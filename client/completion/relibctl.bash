@@ -17,7 +17,7 @@ _relibctl() {
   local cur prev words cword
   cur=${COMP_WORDS[COMP_CWORD]}
   prev=${COMP_WORDS[COMP_CWORD - 1]}
-  local commands="load reload unload call status events version help"
+  local commands="load reload unload call status events watch version help"
   local global_opts="--socket --json --connect-timeout-ms --timeout --max-message-mb --help"
   local module_opts="--thread-grace-ms --leak-policy --fd-policy --child-policy --mapping-policy
     --signal-policy --dlopen-policy --capture-sites --load-deadline-ms --on-load-deadline-ms
@@ -55,7 +55,8 @@ _relibctl() {
 
   local opts=""
   case $command in
-    load) opts="$module_opts --worker --json --timeout" ;;
+    load) opts="$module_opts --worker --watch --json --timeout" ;;
+    watch) opts="--off --json --timeout" ;;
     reload) opts="$module_opts --force --staged --all --json --timeout" ;;
     unload) opts="--force --json --timeout" ;;
     call|status|version) opts="--json --timeout" ;;
@@ -71,7 +72,7 @@ _relibctl() {
     reload)
       if ((positional == 0)); then COMPREPLY=($(compgen -W "$(_relibctl_modules)" -- "$cur"))
       elif ((positional == 1)); then COMPREPLY=($(compgen -f -- "$cur")); fi ;;
-    unload|call)
+    unload|call|watch)
       if ((positional == 0)); then COMPREPLY=($(compgen -W "$(_relibctl_modules)" -- "$cur")); fi ;;
     help)
       if ((positional == 0)); then COMPREPLY=($(compgen -W "$commands" -- "$cur")); fi ;;
