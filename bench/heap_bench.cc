@@ -5,6 +5,7 @@
 // is the same loop on glibc alone. scripts/bench divides the two.
 #include <benchmark/benchmark.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <new>
 
@@ -84,6 +85,33 @@ void BM_MallocBatch64(benchmark::State& state) {
   }
   state.SetItemsProcessed(state.iterations() * 64);
 }
+
+#ifdef RELIB_BENCH_TRACKED
+// The floor of interposing at all: the same pair in host scope, where the
+// tracker writes its 16-byte header and keeps no books.
+void BM_MallocFreeHostScope(benchmark::State& state) {
+  const auto size = static_cast<size_t>(state.range(0));
+  for (auto _ : state) {
+    void* p = std::malloc(size);
+    benchmark::DoNotOptimize(p);
+    std::free(p);
+  }
+}
+BENCHMARK(BM_MallocFreeHostScope)->RangeMultiplier(4)->Range(16, 4096);
+#endif
+
+// The price of one uncontended atomic exchange (the lock a shared block list
+// needs on allocate and on free), to put the tracked figures in proportion.
+void BM_TwoAtomicExchanges(benchmark::State& state) {
+  static std::atomic<bool> word{false};
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(word.exchange(true, std::memory_order_acquire));
+    word.store(false, std::memory_order_release);
+    benchmark::DoNotOptimize(word.exchange(true, std::memory_order_acquire));
+    word.store(false, std::memory_order_release);
+  }
+}
+BENCHMARK(BM_TwoAtomicExchanges);
 
 #define SIZES RangeMultiplier(4)->Range(16, 4096)
 BENCHMARK(BM_MallocFree)->SIZES->Threads(1)->Threads(2);
