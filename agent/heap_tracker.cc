@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -50,11 +51,40 @@ constexpr uint32_t kShards = 16;
 // glibc's default M_MXFAST (64 * sizeof(size_t) / 4), restored after FreeAll.
 constexpr int kDefaultMaxFast = 64 * sizeof(size_t) / 4;
 
+// A test-and-test-and-set lock: one atomic exchange to take it, a plain
+// release store to drop it. A shard is normally used by one thread (each
+// thread allocates into its own shard), so it is almost never contended, and
+// a std::mutex would add a second read-modify-write on unlock.
+class SpinLock {
+ public:
+  void lock() {
+    while (locked_.exchange(true, std::memory_order_acquire)) {
+      for (int spins = 0; locked_.load(std::memory_order_relaxed); ++spins) {
+        if (spins < 64) {
+          __builtin_ia32_pause();
+        } else {
+          ::sched_yield();  // the holder was preempted
+        }
+      }
+    }
+  }
+  void unlock() { locked_.store(false, std::memory_order_release); }
+
+ private:
+  std::atomic<bool> locked_{false};
+};
+
 struct alignas(64) Shard {
-  std::mutex mutex;
+  SpinLock mutex;
   Node* first = nullptr;
+  // Written only under `mutex`, read without it (LiveUsage): plain loads and
+  // stores of an atomic, no read-modify-write.
   std::atomic<int64_t> bytes{0};
   std::atomic<int64_t> blocks{0};
+  void Add(int64_t size, int64_t count) {
+    bytes.store(bytes.load(std::memory_order_relaxed) + size, std::memory_order_relaxed);
+    blocks.store(blocks.load(std::memory_order_relaxed) + count, std::memory_order_relaxed);
+  }
 };
 
 struct ModuleHeap {
@@ -155,10 +185,9 @@ void* Allocate(size_t size, size_t align, const void* site, bool zero) {
     node->shard = ThreadShard();
     node->check = CheckWord(user, module);
     Shard& shard = heap.shards[node->shard];
-    std::lock_guard<std::mutex> lock(shard.mutex);
+    std::lock_guard<SpinLock> lock(shard.mutex);
     Link(shard, node);
-    shard.bytes.fetch_add(static_cast<int64_t>(size), std::memory_order_relaxed);
-    shard.blocks.fetch_add(1, std::memory_order_relaxed);
+    shard.Add(static_cast<int64_t>(size), 1);
   }
   return user;
 }
@@ -170,12 +199,11 @@ void ReleaseBlock(void* user) {
   if (module != kHost && module < kMaxModules) {
     Node* node = NodeOf(user);
     Shard& shard = modules[module].shards[node->shard % kShards];
-    std::lock_guard<std::mutex> lock(shard.mutex);
+    std::lock_guard<SpinLock> lock(shard.mutex);
     // Re-check under the lock: Detach/FreeAll may have taken the block.
     if (__atomic_load_n(&tail->module, __ATOMIC_RELAXED) == module) {
       Unlink(shard, node);
-      shard.bytes.fetch_sub(static_cast<int64_t>(tail->size), std::memory_order_relaxed);
-      shard.blocks.fetch_sub(1, std::memory_order_relaxed);
+      shard.Add(-static_cast<int64_t>(tail->size), -1);
     }
   }
   // So a second free of this block by its module is recognised (glibc's own
@@ -353,7 +381,7 @@ Usage TakeAll(ModuleId id, bool free_blocks) {
   for (Shard& shard : heap.shards) {
     Node* list;
     {
-      std::lock_guard<std::mutex> lock(shard.mutex);
+      std::lock_guard<SpinLock> lock(shard.mutex);
       list = shard.first;
       shard.first = nullptr;
       for (Node* node = list; node; node = node->next) {
@@ -362,8 +390,8 @@ Usage TakeAll(ModuleId id, bool free_blocks) {
         usage.blocks += 1;
         __atomic_store_n(&tail->module, kHost, __ATOMIC_RELAXED);
       }
-      shard.bytes = 0;
-      shard.blocks = 0;
+      shard.bytes.store(0, std::memory_order_relaxed);
+      shard.blocks.store(0, std::memory_order_relaxed);
     }
     while (free_blocks && list) {
       Node* next = list->next;
@@ -406,7 +434,7 @@ std::vector<Site> TopSites(ModuleId id, size_t n) {
   std::map<const void*, Site> by_site;
   if (id != kHost && id < kMaxModules) {
     for (Shard& shard : modules[id].shards) {
-      std::lock_guard<std::mutex> lock(shard.mutex);
+      std::lock_guard<SpinLock> lock(shard.mutex);
       for (Node* node = shard.first; node; node = node->next) {
         Site& site = by_site[node->site];
         site.address = node->site;

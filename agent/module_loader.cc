@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 #include <link.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -46,6 +47,23 @@ int64_t MicrosSince(std::chrono::steady_clock::time_point start) {
 void RemoveFile(const std::string& path) {
   std::error_code ignored;
   std::filesystem::remove(path, ignored);
+}
+
+// The private copy exists so the user may overwrite their file while it is
+// loaded and so dlopen never finds an old version by name. relibd hands the
+// worker its own copy (`display_path` is then the user's path), made
+// read-only once written (daemon/module_file.h): no one rewrites that inode,
+// so a hard link to it gives the same guarantees as a copy without copying.
+// Writable files, files of this worker's scratch dir (a rollback to a copy
+// that may still be mapped: the same inode would make dlopen return the old
+// mapping) and failed links (another file system; a worker under another uid,
+// fs.protected_hardlinks) are copied. Returns true if `copy` was linked.
+bool LinkReadOnlyCopy(const std::string& file, const std::string& display_path, const std::string& copy) {
+  if (display_path.empty() || display_path == file) return false;
+  struct stat st;
+  if (::stat(file.c_str(), &st) != 0 || !S_ISREG(st.st_mode) || (st.st_mode & 0222) != 0) return false;
+  ::unlink(copy.c_str());
+  return ::link(file.c_str(), copy.c_str()) == 0;
 }
 
 struct RangeQuery {
@@ -248,7 +266,10 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
   module->options = options;
   module->copy_path = absl::StrCat(scratch_dir_, "/", name, ".v", version, ".", next_copy_id_++, ".so");
   std::error_code error;
-  std::filesystem::copy_file(file, module->copy_path, std::filesystem::copy_options::overwrite_existing, error);
+  const bool own_copy = file.rfind(scratch_dir_ + "/", 0) == 0 || IsModuleFile(file);
+  if (own_copy || !LinkReadOnlyCopy(file, display_path, module->copy_path)) {
+    std::filesystem::copy_file(file, module->copy_path, std::filesystem::copy_options::overwrite_existing, error);
+  }
   if (error) {
     return absl::InternalError(absl::StrCat("cannot copy ", path, " to ", module->copy_path, ": ", error.message()));
   }
@@ -578,16 +599,15 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
     maps::Unmap(id, [this](const maps::Region& region) { return IsModuleFile(region.path); });
   }
 
-  auto mappings = common::ReadMappings(0);
-  if (mappings.ok()) {
-    auto remaining = common::MappingsOfFile(*mappings, module.copy_path);
-    report.unmapped = remaining.empty();
-    for (const auto& mapping : remaining) report.remaining_mappings.push_back(mapping.line);
-    if (!report.unmapped) report.pin_reasons = ExplainPins(module, remaining);
+  auto remaining = common::ReadMappingsOfFile(0, module.copy_path);
+  if (remaining.ok()) {
+    report.unmapped = remaining->empty();
+    for (const auto& mapping : *remaining) report.remaining_mappings.push_back(mapping.line);
+    if (!report.unmapped) report.pin_reasons = ExplainPins(module, *remaining);
   } else {
     report.unmapped = false;
     report.remaining_mappings.push_back(
-        absl::StrCat("cannot read /proc/self/maps: ", mappings.status().message()));
+        absl::StrCat("cannot read /proc/self/maps: ", remaining.status().message()));
   }
 
   // Static destructors run by dlclose may have registered more; none may

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -27,8 +28,16 @@ struct Mapping {
 // is gone, the open errno otherwise.
 absl::StatusOr<std::vector<Mapping>> ReadMappings(pid_t pid);
 
+// Parses the text of a maps file (what ReadMappings reads).
+std::vector<Mapping> ParseMappings(std::string_view text);
+
 // Mappings whose file is `path` (also matching the " (deleted)" form).
 std::vector<Mapping> MappingsOfFile(const std::vector<Mapping>& mappings, const std::string& path);
+
+// ReadMappings + MappingsOfFile in one pass that parses only the lines naming
+// `path`: the unload check's question, asked on every unload and reload.
+// Errors as ReadMappings.
+absl::StatusOr<std::vector<Mapping>> ReadMappingsOfFile(pid_t pid, const std::string& path);
 
 // VmRSS of the process in bytes (pid 0 = self).
 absl::StatusOr<uint64_t> ReadRssBytes(pid_t pid);

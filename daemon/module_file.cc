@@ -108,7 +108,10 @@ absl::Status CopyModuleFile(const std::string& path, const std::string& destinat
     return absl::InvalidArgumentError(absl::StrCat(path, " is not an ELF file (no ELF magic)"));
   }
 
-  common::UniqueFd out(::open(destination.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  // Always a new inode: an earlier file of that name may be hard-linked by a
+  // worker that has it mapped, and must never be rewritten.
+  ::unlink(destination.c_str());
+  common::UniqueFd out(::open(destination.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!out.valid()) {
     return absl::InternalError(absl::StrCat("cannot create relibd's copy of ", path, ": ", std::strerror(errno)));
   }
@@ -119,6 +122,8 @@ absl::Status CopyModuleFile(const std::string& path, const std::string& destinat
   } else if (*copied > max_bytes) {
     status = absl::InvalidArgumentError(absl::StrCat("module file ", path, " grew past the limit of ", max_bytes,
                                                      " bytes while it was copied (relibd --max-module-size-mb)"));
+  } else if (::fchmod(out.get(), 0400) != 0) {
+    status = absl::InternalError(absl::StrCat("cannot make relibd's copy of ", path, " read-only: ", std::strerror(errno)));
   } else if (::close(out.Release()) != 0) {
     status = absl::InternalError(absl::StrCat("cannot write relibd's copy of ", path, ": ", std::strerror(errno)));
   }

@@ -17,7 +17,8 @@ inline constexpr uint64_t kDefaultMaxModuleSizeMb = 512;
 // Opens `path` once (O_RDONLY | O_NONBLOCK, so a FIFO cannot block), checks
 // through that fd that it is a regular file of at most `max_bytes` bytes that
 // starts with the ELF magic, and copies from the same fd to `destination`
-// (created or replaced, mode 0600). At most `max_bytes` are copied even if the
+// (created or replaced; mode 0400 once complete: the copy is never written
+// again, which lets a worker hard-link it instead of copying it again). At most `max_bytes` are copied even if the
 // file grows meanwhile. Nothing is left at `destination` on error. Thread-safe.
 // Errors name `path` and the reason: NOT_FOUND (no such file),
 // INVALID_ARGUMENT (FIFO, device, directory, socket; over the limit; no ELF

@@ -35,6 +35,9 @@ std::chrono::milliseconds Recovery::BackoffAfterDeath(const std::string& group, 
     state.failed_restarts = 0;
   }
   state.restarted = false;
+  // A first death restarts at once: waiting only delays serving again. Only
+  // a worker dying again soon after its restart waits, and the wait doubles.
+  if (state.failed_restarts == 0) return std::chrono::milliseconds(0);
   auto delay = policy_.backoff_initial * (int64_t{1} << std::min(state.failed_restarts, 16));
   return std::min(policy_.backoff_max, delay);
 }

@@ -18,8 +18,9 @@ struct RestartPolicy {
   // within `window` is marked failed and not loaded again.
   int max_restarts = 3;
   std::chrono::seconds window{60};
-  // Delay before restarting a group's worker: doubles per failed restart, up
-  // to the maximum.
+  // Delay before restarting a group's worker: none after a first death (the
+  // worker had been stable), `backoff_initial` * 2^n after the n-th failed
+  // restart in a row, up to the maximum.
   std::chrono::milliseconds backoff_initial{100};
   std::chrono::milliseconds backoff_max{5000};
   // A restarted worker that dies sooner than this after its restart began is

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <optional>
 #include <filesystem>
 #include <system_error>
 #include <vector>
@@ -240,6 +241,7 @@ void Supervisor::OnWorkerExit(const std::string& group, pid_t pid, const WorkerE
   };
   std::vector<Change> changes;
   std::string give_up;
+  std::optional<Clock::time_point> restart_at;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (shut_down_) return;  // an orderly stop, not a failure
@@ -281,18 +283,24 @@ void Supervisor::OnWorkerExit(const std::string& group, pid_t pid, const WorkerE
       changes.push_back({name, info.version(), message});
     }
     if (restart && give_up.empty()) {
-      auto backoff = recovery_.BackoffAfterDeath(group, now);
-      spdlog::info("group={} phase=restart next worker in {} ms", group, backoff.count());
-      restart_queue_.emplace_back(now + backoff, group);
+      restart_at = now + recovery_.BackoffAfterDeath(group, now);
+      spdlog::info("group={} phase=restart next worker in {} ms", group,
+                   std::chrono::duration_cast<std::chrono::milliseconds>(*restart_at - now).count());
     }
   }
-  restart_wakeup_.notify_all();
   Publish(v1::EVENT_KIND_WORKER_EXITED, "", 0, pid, exit.reason);
   for (const Change& change : changes) {
     spdlog::error("module={} version={} worker pid={} phase=worker-exit {}", change.name, change.version, pid,
                   change.message);
     Publish(v1::EVENT_KIND_FAILED, change.name, change.version, pid, change.message);
   }
+  // Queued only now: a first restart starts at once, and its events must
+  // follow the ones of the death.
+  if (restart_at) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    restart_queue_.emplace_back(*restart_at, group);
+  }
+  restart_wakeup_.notify_all();
   if (!give_up.empty()) GiveUp(give_up);
 }
 

@@ -47,7 +47,8 @@ TEST(RecoveryTest, CrashesOutsideTheWindowAreForgotten) {
 TEST(RecoveryTest, DeathsSoonAfterARestartGrowTheBackoffAndAStableWorkerResetsIt) {
   Recovery recovery(Policy());
   auto t = Recovery::Clock::time_point() + seconds(100);
-  EXPECT_EQ(recovery.BackoffAfterDeath("g", t), milliseconds(100));  // first death: not a failed restart
+  // First death: not a failed restart, and a stable worker restarts at once.
+  EXPECT_EQ(recovery.BackoffAfterDeath("g", t), milliseconds(0));
   for (int expected : {200, 400, 800, 1600, 3200, 5000, 5000}) {
     t += seconds(1);
     recovery.RestartBegins("g", t);
@@ -55,11 +56,11 @@ TEST(RecoveryTest, DeathsSoonAfterARestartGrowTheBackoffAndAStableWorkerResetsIt
     EXPECT_EQ(recovery.BackoffAfterDeath("g", t), milliseconds(expected));
   }
   // Other groups have their own backoff.
-  EXPECT_EQ(recovery.BackoffAfterDeath("other", t), milliseconds(100));
+  EXPECT_EQ(recovery.BackoffAfterDeath("other", t), milliseconds(0));
   // Up for longer than stable_after: back to the start.
   recovery.RestartBegins("g", t);
   t += seconds(11);
-  EXPECT_EQ(recovery.BackoffAfterDeath("g", t), milliseconds(100));
+  EXPECT_EQ(recovery.BackoffAfterDeath("g", t), milliseconds(0));
 }
 
 TEST(RecoveryTest, GivesUpOnlyAfterConsecutiveFailedStarts) {

@@ -1,0 +1,743 @@
+// The benchmarks that span processes: a real relibd with real workers driven
+// through the generated gRPC stubs, each figure beside a baseline measured in
+// the same run (a bare gRPC echo server, copy + dlopen + dlsym + dlclose of
+// the same files, fork + exec of relib-worker). Writes one JSON document of
+// figures; scripts/bench merges it with the Google Benchmark results.
+//
+// Usage: relib_bench_harness [--scale smoke|quick|full] [--out FILE]
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "bench/bench_paths.h"
+#include "common/child_process.h"
+#include "common/message_limits.h"
+#include "common/temp_dir.h"
+#include "common/unique_fd.h"
+#include "grpcpp/grpcpp.h"
+#include "relib/bench/echo.grpc.pb.h"
+#include "relib/module.h"
+#include "relib/v1/relibd.grpc.pb.h"
+
+namespace relib::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double MicrosBetween(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double, std::micro>(b - a).count();
+}
+
+double Percentile(std::vector<double> samples, double p) {
+  if (samples.empty()) return 0;
+  std::sort(samples.begin(), samples.end());
+  size_t index = static_cast<size_t>(p * static_cast<double>(samples.size() - 1) + 0.5);
+  return samples[std::min(index, samples.size() - 1)];
+}
+double P50(const std::vector<double>& samples) { return Percentile(samples, 0.5); }
+
+// How many iterations each figure gets.
+struct Scale {
+  std::string name;
+  int call_32b, call_64k, call_1m;
+  double throughput_s;
+  int reloads_small, reloads_big;
+  int drift_reloads;
+  int crashes;
+  int fd_calls;
+  double idle_s;
+  double swap_s;
+  int spawns;
+};
+
+Scale ScaleNamed(const std::string& name) {
+  if (name == "smoke") return {name, 20, 5, 3, 0.2, 5, 3, 10, 1, 20, 0.3, 0.3, 2};
+  if (name == "quick") return {name, 1000, 300, 60, 1.0, 100, 40, 500, 4, 500, 2.0, 1.0, 10};
+  return {name, 4000, 1000, 200, 3.0, 400, 100, 5000, 12, 2000, 5.0, 3.0, 30};
+}
+
+// One row of the table.
+struct Figure {
+  std::string key;
+  std::string figure;
+  std::string unit;
+  double value = 0;
+  std::optional<double> baseline;
+  std::string baseline_label;
+  // "ratio<=X", "ratio>=X", "value<=X" or "" (no target).
+  std::string target;
+  std::string note;
+};
+
+std::string JsonEscape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += c;
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += absl::StrFormat("\\u%04x", c);
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::string ToJson(const std::vector<Figure>& figures, const std::string& scale) {
+  std::string out = absl::StrCat("{\"scale\": \"", scale, "\", \"figures\": [\n");
+  for (size_t i = 0; i < figures.size(); ++i) {
+    const Figure& f = figures[i];
+    absl::StrAppend(&out, "  {\"key\": \"", JsonEscape(f.key), "\", \"figure\": \"", JsonEscape(f.figure),
+                    "\", \"unit\": \"", JsonEscape(f.unit), "\", \"value\": ", absl::StrFormat("%.6g", f.value),
+                    ", \"baseline\": ", f.baseline ? absl::StrFormat("%.6g", *f.baseline) : "null",
+                    ", \"baseline_label\": \"", JsonEscape(f.baseline_label), "\", \"target\": \"",
+                    JsonEscape(f.target), "\", \"note\": \"", JsonEscape(f.note), "\"}",
+                    i + 1 < figures.size() ? ",\n" : "\n");
+  }
+  out += "]}\n";
+  return out;
+}
+
+void Progress(const std::string& text) { std::cerr << "bench: " << text << std::endl; }
+
+bool WaitForSocket(const std::string& path, common::ChildProcess& process) {
+  auto deadline = Clock::now() + std::chrono::seconds(20);
+  while (!std::filesystem::exists(path) && Clock::now() < deadline) {
+    auto exited = process.TryReap();
+    if (exited.ok() && exited->has_value()) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return std::filesystem::exists(path);
+}
+
+std::shared_ptr<grpc::Channel> Connect(const std::string& socket, bool own_connection) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(common::kDefaultMaxMessageMb << 20);
+  args.SetMaxSendMessageSize(common::kDefaultMaxMessageMb << 20);
+  // Each client thread of the throughput figures gets its own connection,
+  // like separate client processes would.
+  if (own_connection) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  auto channel = grpc::CreateCustomChannel("unix:" + socket, grpc::InsecureChannelCredentials(), args);
+  channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  return channel;
+}
+
+// A process serving on a Unix socket in a private directory: relibd or the
+// bare echo server. SIGTERM and reaped on destruction.
+class Server {
+ public:
+  static std::unique_ptr<Server> Start(const std::string& prefix,
+                                       const std::function<std::vector<std::string>(const std::string& dir,
+                                                                                    const std::string& socket)>& argv) {
+    auto dir = common::TempDir::Create("/tmp", prefix);
+    if (!dir.ok()) throw std::runtime_error(dir.status().ToString());
+    std::string socket = dir->path() + "/sock";
+    std::string log = dir->path() + "/log";
+    common::UniqueFd log_fd(::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+    common::UniqueFd null_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    common::SpawnOptions options;
+    options.argv = argv(dir->path(), socket);
+    options.fds = {{null_fd.get(), 0}, {log_fd.get(), 1}, {log_fd.get(), 2}};
+    auto process = common::ChildProcess::Spawn(options);
+    if (!process.ok()) throw std::runtime_error(process.status().ToString());
+    std::unique_ptr<Server> server(new Server(std::move(dir).value(), std::move(process).value(), socket));
+    if (!WaitForSocket(socket, server->process_)) {
+      throw std::runtime_error(absl::StrCat(options.argv[0], " did not start: ", server->Log()));
+    }
+    server->channel_ = Connect(socket, false);
+    return server;
+  }
+  ~Server() {
+    ::kill(process_.pid(), SIGTERM);
+    auto deadline = Clock::now() + std::chrono::seconds(5);
+    while (Clock::now() < deadline) {
+      auto exited = process_.TryReap();
+      if (!exited.ok() || exited->has_value()) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  }
+  std::string Log() const {
+    std::ifstream in(dir_.path() + "/log");
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+  }
+  const std::string& socket() const { return socket_; }
+  const std::shared_ptr<grpc::Channel>& channel() const { return channel_; }
+  pid_t pid() const { return process_.pid(); }
+
+ private:
+  Server(common::TempDir dir, common::ChildProcess process, std::string socket)
+      : dir_(std::move(dir)), process_(std::move(process)), socket_(std::move(socket)) {}
+  common::TempDir dir_;
+  common::ChildProcess process_;
+  std::string socket_;
+  std::shared_ptr<grpc::Channel> channel_;
+};
+
+std::unique_ptr<Server> StartRelibd(const std::vector<std::string>& extra = {}) {
+  return Server::Start("relib-bench-", [&](const std::string& dir, const std::string& socket) {
+    std::vector<std::string> argv = {kRelibdPath, "--socket", socket,       "--run-dir",
+                                     dir,         "--worker", kWorkerPath, "--log-level", "warn"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    return argv;
+  });
+}
+
+std::unique_ptr<Server> StartEchoServer() {
+  return Server::Start("relib-bench-echo-", [](const std::string&, const std::string& socket) {
+    return std::vector<std::string>{kEchoServerPath, socket};
+  });
+}
+
+// A Call to relibd or to the bare echo server, behind one signature.
+using CallFn = std::function<grpc::Status(const v1::CallRequest&, v1::CallResponse*)>;
+
+CallFn RelibdCaller(const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = std::shared_ptr<v1::Relibd::Stub>(v1::Relibd::NewStub(channel));
+  return [stub](const v1::CallRequest& request, v1::CallResponse* response) {
+    grpc::ClientContext context;
+    return stub->Call(&context, request, response);
+  };
+}
+
+CallFn EchoCaller(const std::shared_ptr<grpc::Channel>& channel) {
+  auto stub = std::shared_ptr<BareEcho::Stub>(BareEcho::NewStub(channel));
+  return [stub](const v1::CallRequest& request, v1::CallResponse* response) {
+    grpc::ClientContext context;
+    return stub->Call(&context, request, response);
+  };
+}
+
+v1::CallRequest EchoRequest(const std::string& module, size_t bytes) {
+  v1::CallRequest request;
+  request.set_name(module);
+  request.set_export_name("echo");
+  request.set_input(std::string(bytes, 'x'));
+  return request;
+}
+
+// Latency of `n` calls (after a few unmeasured ones), in µs.
+std::vector<double> CallLatencies(const CallFn& call, const v1::CallRequest& request, int n) {
+  v1::CallResponse response;
+  for (int i = 0; i < std::min(n, 20); ++i) call(request, &response);
+  std::vector<double> samples;
+  samples.reserve(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    auto start = Clock::now();
+    grpc::Status status = call(request, &response);
+    samples.push_back(MicrosBetween(start, Clock::now()));
+    if (!status.ok()) throw std::runtime_error("call failed: " + status.error_message());
+    if (response.output().size() != request.input().size()) throw std::runtime_error("echo returned other bytes");
+  }
+  return samples;
+}
+
+struct Throughput {
+  double calls_per_s = 0;
+  int64_t errors = 0;
+  std::vector<double> latencies;  // every call's, µs
+};
+
+// `threads` clients, each on its own connection, calling for `seconds`.
+Throughput MeasureThroughput(const std::string& socket, bool relibd, const std::string& module, int threads,
+                             double seconds) {
+  std::vector<CallFn> callers;
+  for (int i = 0; i < threads; ++i) {
+    auto channel = Connect(socket, true);
+    callers.push_back(relibd ? RelibdCaller(channel) : EchoCaller(channel));
+  }
+  std::atomic<bool> stop{false};
+  std::vector<int64_t> counts(static_cast<size_t>(threads)), errors(static_cast<size_t>(threads));
+  std::vector<std::vector<double>> latencies(static_cast<size_t>(threads));
+  std::vector<std::thread> workers;
+  const v1::CallRequest request = EchoRequest(module, 32);
+  for (int i = 0; i < threads; ++i) {
+    workers.emplace_back([&, i] {
+      v1::CallResponse response;
+      while (!stop.load(std::memory_order_relaxed)) {
+        auto start = Clock::now();
+        grpc::Status status = callers[static_cast<size_t>(i)](request, &response);
+        latencies[static_cast<size_t>(i)].push_back(MicrosBetween(start, Clock::now()));
+        ++counts[static_cast<size_t>(i)];
+        if (!status.ok()) ++errors[static_cast<size_t>(i)];
+      }
+    });
+  }
+  auto start = Clock::now();
+  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  stop = true;
+  for (auto& worker : workers) worker.join();
+  double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+  Throughput result;
+  int64_t total = 0;
+  for (size_t i = 0; i < counts.size(); ++i) {
+    total += counts[i];
+    result.errors += errors[i];
+    result.latencies.insert(result.latencies.end(), latencies[i].begin(), latencies[i].end());
+  }
+  result.calls_per_s = static_cast<double>(total) / elapsed;
+  return result;
+}
+
+v1::ModuleInfo LoadModule(v1::Relibd::Stub& stub, const std::string& name, const std::string& path,
+                          const std::string& group) {
+  v1::LoadRequest request;
+  request.set_name(name);
+  request.set_path(path);
+  request.set_worker(group);
+  v1::LoadResponse response;
+  grpc::ClientContext context;
+  grpc::Status status = stub.Load(&context, request, &response);
+  if (!status.ok()) throw std::runtime_error(absl::StrCat("load of ", path, " failed: ", status.error_message()));
+  return response.module();
+}
+
+std::string CallText(v1::Relibd::Stub& stub, const std::string& module, const std::string& export_name,
+                     const std::string& input) {
+  v1::CallRequest request;
+  request.set_name(module);
+  request.set_export_name(export_name);
+  request.set_input(input);
+  v1::CallResponse response;
+  grpc::ClientContext context;
+  grpc::Status status = stub.Call(&context, request, &response);
+  if (!status.ok()) throw std::runtime_error(absl::StrCat(module, ".", export_name, ": ", status.error_message()));
+  return response.output();
+}
+
+// The swap pause a ReloadResponse reports, once the concurrency work adds it:
+// any integer field whose name mentions "swap" or "pause", found by reflection.
+std::optional<double> SwapPauseMicros(const v1::ReloadResponse& response) {
+  const google::protobuf::Descriptor* descriptor = response.GetDescriptor();
+  const google::protobuf::Reflection* reflection = response.GetReflection();
+  for (int i = 0; i < descriptor->field_count(); ++i) {
+    const google::protobuf::FieldDescriptor* field = descriptor->field(i);
+    if (field->is_repeated()) continue;
+    if (field->name().find("swap") == std::string::npos && field->name().find("pause") == std::string::npos) continue;
+    double scale = field->name().find("_ms") != std::string::npos ? 1000.0 : 1.0;
+    switch (field->cpp_type()) {
+      case google::protobuf::FieldDescriptor::CPPTYPE_INT64: return scale * static_cast<double>(reflection->GetInt64(response, field));
+      case google::protobuf::FieldDescriptor::CPPTYPE_UINT64: return scale * static_cast<double>(reflection->GetUInt64(response, field));
+      case google::protobuf::FieldDescriptor::CPPTYPE_INT32: return scale * reflection->GetInt32(response, field);
+      case google::protobuf::FieldDescriptor::CPPTYPE_UINT32: return scale * reflection->GetUInt32(response, field);
+      default: break;
+    }
+  }
+  return std::nullopt;
+}
+
+struct ReloadSample {
+  double total_us = 0;
+  double worker_us = 0;         // the worker's whole reload (LoadResult.load_micros)
+  double before_unload_us = 0;  // UnloadReport.before_unload_micros
+  double unload_us = 0;         // UnloadReport.unload_micros: checks + dlclose
+  std::optional<double> swap_pause_us;
+};
+
+ReloadSample ReloadOnce(v1::Relibd::Stub& stub, const std::string& name, const std::string& path) {
+  v1::ReloadRequest request;
+  request.set_name(name);
+  request.set_path(path);
+  v1::ReloadResponse response;
+  grpc::ClientContext context;
+  auto start = Clock::now();
+  grpc::Status status = stub.Reload(&context, request, &response);
+  ReloadSample sample;
+  sample.total_us = MicrosBetween(start, Clock::now());
+  if (!status.ok()) throw std::runtime_error(absl::StrCat("reload of ", name, " failed: ", status.error_message()));
+  sample.worker_us = static_cast<double>(response.module().stats().load_micros());
+  sample.before_unload_us = static_cast<double>(response.report().before_unload_micros());
+  sample.unload_us = static_cast<double>(response.report().unload_micros());
+  sample.swap_pause_us = SwapPauseMicros(response);
+  return sample;
+}
+
+// copy + dlopen + dlsym + dlclose of `path`, as a plain process does it: the
+// floor a reload through relibd is measured against.
+double CopyDlopenOnce(const std::string& path, const std::string& copy) {
+  auto start = Clock::now();
+  std::filesystem::copy_file(path, copy, std::filesystem::copy_options::overwrite_existing);
+  void* handle = ::dlopen(copy.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (handle == nullptr) throw std::runtime_error(::dlerror());
+  if (::dlsym(handle, RELIB_DESCRIPTOR_SYMBOL_NAME) == nullptr) throw std::runtime_error("no descriptor");
+  ::dlclose(handle);
+  std::filesystem::remove(copy);
+  return MicrosBetween(start, Clock::now());
+}
+
+std::vector<double> CopyDlopenLatencies(const std::string& a, const std::string& b, int n) {
+  std::string copy = absl::StrCat("/tmp/relib-bench-copy-", ::getpid(), ".so");
+  for (int i = 0; i < 5; ++i) CopyDlopenOnce(i % 2 ? a : b, copy);
+  std::vector<double> samples;
+  for (int i = 0; i < n; ++i) samples.push_back(CopyDlopenOnce(i % 2 ? a : b, copy));
+  return samples;
+}
+
+// fork + exec + wait of `relib-worker --help`: what starting a worker costs
+// before it does anything of its own.
+std::vector<double> SpawnWorkerLatencies(int n) {
+  std::vector<double> samples;
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+  for (int i = 0; i < n + 2; ++i) {
+    char* argv[] = {const_cast<char*>(kWorkerPath), const_cast<char*>("--help"), nullptr};
+    auto start = Clock::now();
+    pid_t pid;
+    if (posix_spawn(&pid, kWorkerPath, &actions, nullptr, argv, environ) != 0) throw std::runtime_error("spawn");
+    int status;
+    ::waitpid(pid, &status, 0);
+    if (i >= 2) samples.push_back(MicrosBetween(start, Clock::now()));
+  }
+  posix_spawn_file_actions_destroy(&actions);
+  return samples;
+}
+
+// ---- /proc readings ----
+
+std::string ReadText(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+int64_t StatusField(const std::string& status, const std::string& field) {
+  size_t at = status.find("\n" + field + ":");
+  if (at == std::string::npos) return 0;
+  return std::strtoll(status.c_str() + at + field.size() + 2, nullptr, 10);
+}
+
+struct ProcSnapshot {
+  int64_t switches = 0;  // voluntary + nonvoluntary, summed over every thread
+  int64_t cpu_ticks = 0;  // utime + stime
+  int64_t rss_kib = 0;
+};
+
+ProcSnapshot Snapshot(pid_t pid) {
+  ProcSnapshot snapshot;
+  std::error_code error;
+  for (const auto& task : std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/task"), error)) {
+    std::string status = ReadText(task.path().string() + "/status");
+    snapshot.switches += StatusField(status, "voluntary_ctxt_switches") + StatusField(status, "nonvoluntary_ctxt_switches");
+  }
+  std::string stat = ReadText(absl::StrCat("/proc/", pid, "/stat"));
+  size_t paren = stat.rfind(')');
+  if (paren != std::string::npos) {
+    std::istringstream fields(stat.substr(paren + 2));
+    std::string skip;
+    for (int i = 3; i <= 13; ++i) fields >> skip;  // fields 3..13
+    int64_t utime = 0, stime = 0;
+    fields >> utime >> stime;
+    snapshot.cpu_ticks = utime + stime;
+  }
+  snapshot.rss_kib = StatusField(ReadText(absl::StrCat("/proc/", pid, "/status")), "VmRSS");
+  return snapshot;
+}
+
+int CountFds(pid_t pid) {
+  int n = 0;
+  std::error_code error;
+  for (auto it = std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/fd"), error);
+       !error && it != std::filesystem::directory_iterator(); it.increment(error)) {
+    ++n;
+  }
+  return n;
+}
+
+// ---- the figures ----
+
+class Bench {
+ public:
+  explicit Bench(Scale scale) : scale_(std::move(scale)) {}
+
+  std::vector<Figure> Run() {
+    relibd_ = StartRelibd();
+    echo_ = StartEchoServer();
+    stub_ = v1::Relibd::NewStub(relibd_->channel());
+    LoadModule(*stub_, "echo", kBenchEchoV1, "default");
+    LoadModule(*stub_, "reload_small", kBenchEchoV1, "reload");
+    LoadModule(*stub_, "reload_big", kBenchBigV1, "reload_big");
+    LoadModule(*stub_, "fds", kBenchEchoV1, "fds");
+
+    Calls();
+    ThroughputFigures();
+    Reloads();
+    Fds();
+    Idle();
+    SwapUnderLoad();
+    stub_.reset();
+    echo_.reset();
+    relibd_.reset();
+    CrashToServing();
+    return figures_;
+  }
+
+ private:
+  void Add(Figure figure) {
+    Progress(absl::StrFormat("%s: %.1f %s%s", figure.figure, figure.value, figure.unit,
+                             figure.baseline ? absl::StrFormat(" (baseline %.1f)", *figure.baseline) : ""));
+    figures_.push_back(std::move(figure));
+  }
+
+  void Calls() {
+    CallFn relibd = RelibdCaller(relibd_->channel());
+    CallFn bare = EchoCaller(echo_->channel());
+    struct Size {
+      const char* label;
+      const char* key;
+      size_t bytes;
+      int n;
+    };
+    for (const Size& size : {Size{"32 B", "32b", 32, scale_.call_32b}, Size{"64 KiB", "64k", 64 << 10, scale_.call_64k},
+                             Size{"1 MiB", "1m", 1 << 20, scale_.call_1m}}) {
+      v1::CallRequest request = EchoRequest("echo", size.bytes);
+      // Alternate halves so drift of the machine hits both sides alike.
+      std::vector<double> ours, theirs;
+      for (int half = 0; half < 2; ++half) {
+        auto a = CallLatencies(relibd, request, size.n / 2 + 1);
+        auto b = CallLatencies(bare, request, size.n / 2 + 1);
+        ours.insert(ours.end(), a.begin(), a.end());
+        theirs.insert(theirs.end(), b.begin(), b.end());
+      }
+      Add({absl::StrCat("call_p50_", size.key), absl::StrCat("`Call` p50, ", size.label, " echo"), "µs", P50(ours),
+           P50(theirs), "bare gRPC sync unary echo, Unix socket", "ratio<=1.3", ""});
+    }
+  }
+
+  void ThroughputFigures() {
+    Throughput ours = MeasureThroughput(relibd_->socket(), true, "echo", 8, scale_.throughput_s);
+    Throughput theirs = MeasureThroughput(echo_->socket(), false, "echo", 8, scale_.throughput_s);
+    throughput_8_ = ours.calls_per_s;
+    Add({"call_throughput_8", "`Call` throughput, 8 client threads", "calls/s", ours.calls_per_s, theirs.calls_per_s,
+         "bare echo server, 8 client threads", "ratio>=0.8",
+         ours.errors ? absl::StrCat(ours.errors, " errors") : ""});
+  }
+
+  void Reloads() {
+    struct Module {
+      const char* name;
+      const char* key;
+      const char* label;
+      const char* v1;
+      const char* v2;
+      int n;
+      const char* target;
+    };
+    for (const Module& m :
+         {Module{"reload_small", "small", "small module", kBenchEchoV1, kBenchEchoV2, scale_.reloads_small, "ratio<=3"},
+          Module{"reload_big", "big", "~5 MB module", kBenchBigV1, kBenchBigV2, scale_.reloads_big, "ratio<=2"}}) {
+      for (int i = 0; i < 5; ++i) ReloadOnce(*stub_, m.name, i % 2 ? m.v1 : m.v2);
+      std::vector<double> total, worker, before, unload, baseline;
+      for (int half = 0; half < 2; ++half) {
+        for (int i = 0; i < m.n / 2 + 1; ++i) {
+          ReloadSample s = ReloadOnce(*stub_, m.name, i % 2 ? m.v1 : m.v2);
+          total.push_back(s.total_us);
+          worker.push_back(s.worker_us);
+          before.push_back(s.before_unload_us);
+          unload.push_back(s.unload_us);
+        }
+        auto b = CopyDlopenLatencies(m.v1, m.v2, m.n / 2 + 1);
+        baseline.insert(baseline.end(), b.begin(), b.end());
+      }
+      Add({absl::StrCat("reload_p50_", m.key), absl::StrCat("reload p50, ", m.label, ", through the gRPC API"), "µs",
+           P50(total), P50(baseline), "copy + dlopen + dlsym + dlclose of the same files", m.target, ""});
+      double worker_p50 = P50(worker), unload_p50 = P50(unload), before_p50 = P50(before);
+      Add({absl::StrCat("reload_phase_unload_", m.key), absl::StrCat("  phase: unload checks + dlclose (", m.label, ")"),
+           "µs", unload_p50, std::nullopt, "", "", "UnloadReport.unload_micros p50"});
+      Add({absl::StrCat("reload_phase_load_", m.key),
+           absl::StrCat("  phase: worker's copy + dlopen + on_load + before_unload (", m.label, ")"), "µs",
+           std::max(0.0, worker_p50 - unload_p50), std::nullopt, "", "",
+           absl::StrFormat("LoadResult.load_micros - unload_micros, p50s; before_unload p50 %.0f µs", before_p50)});
+      Add({absl::StrCat("reload_phase_relibd_", m.key),
+           absl::StrCat("  phase: relibd (RPC, file checks, its copy, link) (", m.label, ")"), "µs",
+           std::max(0.0, P50(total) - worker_p50), std::nullopt, "", "", "total - LoadResult.load_micros, p50s"});
+    }
+    // Worker RSS drift over many reloads of the small module.
+    v1::StatusRequest request;
+    v1::StatusResponse status;
+    grpc::ClientContext context;
+    stub_->Status(&context, request, &status);
+    pid_t worker = 0;
+    for (const auto& module : status.modules()) {
+      if (module.name() == "reload_small") worker = module.worker_pid();
+    }
+    int64_t before = Snapshot(worker).rss_kib;
+    for (int i = 0; i < scale_.drift_reloads; ++i) ReloadOnce(*stub_, "reload_small", i % 2 ? kBenchEchoV1 : kBenchEchoV2);
+    int64_t after = Snapshot(worker).rss_kib;
+    double per_10k = static_cast<double>(after - before) * 10000.0 / scale_.drift_reloads;
+    Add({"worker_rss_drift", absl::StrCat("worker RSS drift over ", scale_.drift_reloads, " reloads, per 10,000"),
+         "KiB", per_10k, std::nullopt, "", "value<1024",
+         absl::StrCat("VmRSS ", before, " KiB -> ", after, " KiB")});
+  }
+
+  void Fds() {
+    pid_t worker = 0;
+    {
+      v1::StatusRequest request;
+      v1::StatusResponse status;
+      grpc::ClientContext context;
+      stub_->Status(&context, request, &status);
+      for (const auto& module : status.modules()) {
+        if (module.name() == "fds") worker = module.worker_pid();
+      }
+    }
+    CallFn relibd = RelibdCaller(relibd_->channel());
+    v1::CallRequest request = EchoRequest("fds", 32);
+    int few = CountFds(worker);
+    auto base = CallLatencies(relibd, request, scale_.fd_calls);
+    CallText(*stub_, "fds", "hold_fds", std::to_string(std::max(0, 1000 - few)));
+    int many = CountFds(worker);
+    auto loaded = CallLatencies(relibd, request, scale_.fd_calls);
+    Add({"call_fds_1000", absl::StrCat("`Call` p50 with ", many, " fds open in the worker"), "µs", P50(loaded), P50(base),
+         absl::StrCat("same worker with ", few, " fds"), "ratio<=1.1",
+         absl::StrFormat("%+.0f µs per call", P50(loaded) - P50(base))});
+  }
+
+  void Idle() {
+    pid_t worker = 0;
+    v1::StatusRequest request;
+    v1::StatusResponse status;
+    grpc::ClientContext context;
+    stub_->Status(&context, request, &status);
+    for (const auto& module : status.modules()) {
+      if (module.name() == "echo") worker = module.worker_pid();
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let in-flight work settle
+    ProcSnapshot d0 = Snapshot(relibd_->pid()), w0 = Snapshot(worker);
+    auto start = Clock::now();
+    std::this_thread::sleep_for(std::chrono::duration<double>(scale_.idle_s));
+    ProcSnapshot d1 = Snapshot(relibd_->pid()), w1 = Snapshot(worker);
+    double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    double tick = static_cast<double>(::sysconf(_SC_CLK_TCK));
+    for (auto [key, who, a, b] : {std::tuple{"relibd", "relibd", d0, d1}, std::tuple{"worker", "a worker", w0, w1}}) {
+      Add({absl::StrCat("idle_wakeups_", key), absl::StrCat("idle wakeups per second, ", who), "/s",
+           static_cast<double>(b.switches - a.switches) / seconds, std::nullopt, "", "value<=5",
+           "context switches of all its threads"});
+      Add({absl::StrCat("idle_cpu_", key), absl::StrCat("idle CPU, ", who), "%",
+           100.0 * static_cast<double>(b.cpu_ticks - a.cpu_ticks) / tick / seconds, std::nullopt, "", "",
+           absl::StrCat("RSS ", b.rss_kib, " KiB")});
+    }
+  }
+
+  void SwapUnderLoad() {
+    std::atomic<bool> stop{false};
+    std::vector<double> pauses;
+    int reloads = 0;
+    std::thread reloader([&] {
+      auto stub = v1::Relibd::NewStub(Connect(relibd_->socket(), true));
+      while (!stop.load()) {
+        ReloadSample s = ReloadOnce(*stub, "echo", reloads % 2 ? kBenchEchoV1 : kBenchEchoV2);
+        if (s.swap_pause_us) pauses.push_back(*s.swap_pause_us);
+        ++reloads;
+      }
+    });
+    Throughput during = MeasureThroughput(relibd_->socket(), true, "echo", 8, scale_.swap_s);
+    stop = true;
+    reloader.join();
+    Add({"throughput_during_reloads", absl::StrCat("`Call` throughput, 8 clients, during back-to-back reloads"),
+         "calls/s", during.calls_per_s, throughput_8_, "same without reloads", "",
+         absl::StrCat(reloads, " reloads, ", during.errors, " failed calls")});
+    Add({"call_errors_during_reloads", "failed calls during reloads", "calls", static_cast<double>(during.errors),
+         std::nullopt, "", "value<=0", ""});
+    Add({"call_stall_during_reloads", "longest call during reloads (client-observed stall)", "µs",
+         Percentile(during.latencies, 1.0), P50(during.latencies), "p50 of the same calls", "",
+         absl::StrFormat("p99 %.0f µs", Percentile(during.latencies, 0.99))});
+    if (!pauses.empty()) {
+      Add({"swap_pause_p50", "swap pause p50 (ReloadResponse)", "µs", P50(pauses), std::nullopt, "", "",
+           absl::StrFormat("max %.0f µs", Percentile(pauses, 1.0))});
+    }
+  }
+
+  void CrashToServing() {
+    std::vector<double> samples;
+    for (int i = 0; i < scale_.crashes; ++i) {
+      auto relibd = StartRelibd();  // default restart flags: every crash is a first crash
+      auto stub = v1::Relibd::NewStub(relibd->channel());
+      LoadModule(*stub, "m", kBenchEchoV1, "default");
+      v1::CallRequest crash;
+      crash.set_name("m");
+      crash.set_export_name("crash");
+      v1::CallRequest echo = EchoRequest("m", 32);
+      v1::CallResponse response;
+      auto start = Clock::now();
+      {
+        grpc::ClientContext context;
+        if (stub->Call(&context, crash, &response).ok()) throw std::runtime_error("crash export returned");
+      }
+      for (;;) {
+        grpc::ClientContext context;
+        if (stub->Call(&context, echo, &response).ok()) break;
+        if (Clock::now() - start > std::chrono::seconds(10)) throw std::runtime_error("module never came back");
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+      }
+      samples.push_back(MicrosBetween(start, Clock::now()));
+    }
+    auto spawn = SpawnWorkerLatencies(scale_.spawns);
+    Add({"crash_to_serving_p50", "crash → module serving again, p50, default flags", "µs", P50(samples), P50(spawn),
+         "fork + exec + exit of relib-worker (--help)", "value<=10000", ""});
+  }
+
+  Scale scale_;
+  std::vector<Figure> figures_;
+  std::unique_ptr<Server> relibd_;
+  std::unique_ptr<Server> echo_;
+  std::unique_ptr<v1::Relibd::Stub> stub_;
+  double throughput_8_ = 0;
+};
+
+}  // namespace
+}  // namespace relib::bench
+
+int main(int argc, char** argv) {
+  std::string scale = "full", out;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--scale" && i + 1 < argc) {
+      scale = argv[++i];
+    } else if (arg == "--out" && i + 1 < argc) {
+      out = argv[++i];
+    } else {
+      std::fprintf(stderr, "usage: %s [--scale smoke|quick|full] [--out FILE]\n", argv[0]);
+      return 2;
+    }
+  }
+  ::signal(SIGPIPE, SIG_IGN);
+  try {
+    relib::bench::Bench bench(relib::bench::ScaleNamed(scale));
+    std::string json = relib::bench::ToJson(bench.Run(), scale);
+    if (out.empty()) {
+      std::cout << json;
+    } else {
+      std::ofstream(out) << json;
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench: failed: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

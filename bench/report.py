@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Merges the Google Benchmark results and the process harness's figures into
+one markdown table (figure | value | baseline (same run) | ratio | target |
+met?) on stdout, and one JSON document. Usage:
+report.py HEAP_TRACKED.json HEAP_PLAIN.json MICRO.json HARNESS.json OUT.json"""
+import json
+import re
+import sys
+
+
+def load_gbench(path):
+    with open(path) as f:
+        data = json.load(f)
+    return {b["name"]: b for b in data["benchmarks"] if b.get("run_type", "iteration") == "iteration"}, data.get("context", {})
+
+
+def met(target, value, ratio):
+    if not target:
+        return ""
+    m = re.fullmatch(r"(ratio|value)(<=|>=|<)(-?[0-9.]+)", target)
+    if not m:
+        return "?"
+    x = ratio if m.group(1) == "ratio" else value
+    if x is None:
+        return "?"
+    limit = float(m.group(3))
+    ok = {"<=": x <= limit, ">=": x >= limit, "<": x < limit}[m.group(2)]
+    return "yes" if ok else "**no**"
+
+
+def fmt(x, unit=""):
+    if x is None:
+        return "—"
+    if unit == "µs" and x >= 10000:
+        return f"{x / 1000:.1f} ms"
+    if abs(x) >= 100:
+        s = f"{x:,.0f}"
+    elif abs(x) >= 10:
+        s = f"{x:.1f}"
+    else:
+        s = f"{x:.2f}"
+    return f"{s} {unit}".strip()
+
+
+def main():
+    tracked, context = load_gbench(sys.argv[1])
+    plain, _ = load_gbench(sys.argv[2])
+    micro, _ = load_gbench(sys.argv[3])
+    with open(sys.argv[4]) as f:
+        harness = json.load(f)
+    rows = []
+    # Tracked malloc: worst and best ratio over sizes and thread counts (CPU time).
+    ratios = []
+    for name, b in tracked.items():
+        if name.startswith(("BM_MallocFree/", "BM_NewDelete/")) and name in plain:
+            ratios.append((b["cpu_time"] / plain[name]["cpu_time"], name, b["cpu_time"], plain[name]["cpu_time"]))
+    if ratios:
+        worst = max(ratios)
+        best = min(ratios)
+        rows.append({"key": "tracked_malloc_worst", "figure": "tracked malloc/free, new/delete in module scope, 1–2 threads, 16 B–4 KiB: worst",
+                     "unit": "ns", "value": worst[2], "baseline": worst[3], "baseline_label": "same loop, plain process",
+                     "target": "ratio<=1.2", "note": f"{worst[1]}; best {best[0]:.2f}× ({best[1]})"})
+    host = [(tracked[n]["cpu_time"] / plain[n.replace("BM_MallocFreeHostScope", "BM_MallocFree") + "/threads:1"]["cpu_time"], n)
+            for n in tracked if n.startswith("BM_MallocFreeHostScope/")
+            and n.replace("BM_MallocFreeHostScope", "BM_MallocFree") + "/threads:1" in plain]
+    if host:
+        n = max(host)[1]
+        rows.append({"key": "interposed_malloc_host_worst", "figure": "  floor: interposed malloc/free in host scope (header only, no books): worst",
+                     "unit": "ns", "value": tracked[n]["cpu_time"],
+                     "baseline": plain[n.replace("BM_MallocFreeHostScope", "BM_MallocFree") + "/threads:1"]["cpu_time"],
+                     "baseline_label": "same loop, plain process", "target": "", "note": n})
+    if "BM_TwoAtomicExchanges" in plain:
+        rows.append({"key": "two_atomic_exchanges", "figure": "  floor: two uncontended atomic exchanges (a shared list's lock on malloc and on free)",
+                     "unit": "ns", "value": plain["BM_TwoAtomicExchanges"]["cpu_time"], "baseline": None,
+                     "baseline_label": "", "target": "", "note": ""})
+    if "BM_ReadMappingsParsed" in micro and "BM_ReadMappingsRaw" in micro:
+        p, r = micro["BM_ReadMappingsParsed"], micro["BM_ReadMappingsRaw"]
+        rows.append({"key": "proc_maps_parse", "figure": f"/proc/self/maps read + parse ({int(p.get('lines', 0))} lines)",
+                     "unit": "µs", "value": p["cpu_time"] / 1000, "baseline": r["cpu_time"] / 1000,
+                     "baseline_label": "read alone, nothing parsed (the kernel's floor)", "target": "", "note": ""})
+    if "BM_CopyDlopenDlclose" in micro:
+        rows.append({"key": "copy_dlopen_micro", "figure": "copy + dlopen + dlsym + dlclose, small module (Google Benchmark)",
+                     "unit": "µs", "value": micro["BM_CopyDlopenDlclose"]["real_time"], "baseline": None,
+                     "baseline_label": "", "target": "", "note": ""})
+    rows.extend(harness["figures"])
+
+    print("| figure | value | baseline (same run) | ratio | target | met? |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        value, baseline = row["value"], row.get("baseline")
+        ratio = value / baseline if baseline else None
+        row["ratio"] = ratio
+        row["met"] = met(row.get("target", ""), value, ratio)
+        base = "—" if baseline is None else f"{fmt(baseline, row['unit'])} ({row['baseline_label']})"
+        target = row.get("target", "")
+        target_text = re.sub(r"^ratio", "", target).replace("<=", "≤ ").replace(">=", "≥ ").replace("value", "")
+        if target.startswith("ratio"):
+            target_text += "×"
+        elif target:
+            target_text += " " + row["unit"]
+        note = f" ({row['note']})" if row.get("note") else ""
+        print(f"| {row['figure']}{note} | {fmt(value, row['unit'])} | {base} | "
+              f"{'—' if ratio is None else f'{ratio:.2f}×'} | {target_text or '—'} | {row['met'] or '—'} |")
+    with open(sys.argv[5], "w") as f:
+        json.dump({"scale": harness.get("scale"), "context": context, "figures": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+// How many times a module file is copied on its way into a worker, and how
+// fast a crashed module serves again: relibd's copy is read-only and the
+// worker hard-links it instead of copying it a second time; a first crash
+// restarts the worker at once, without the backoff.
+#include <sys/stat.h>
+
+#include <chrono>
+#include <filesystem>
+#include <string>
+
+#include "tests/event_log.h"
+#include "tests/relibd_fixture.h"
+#include "tests/test_paths.h"
+#include "tests/testing.h"
+
+namespace relib::testing {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// The file the worker mapped for module version `tag` (e.g. "m.v1."), found
+// in its /proc/PID/maps.
+std::string MappedCopy(pid_t worker, const std::string& tag) {
+  auto mappings = common::ReadMappings(worker);
+  if (!mappings.ok()) return "";
+  for (const auto& m : *mappings) {
+    if (m.path.find("/worker-") != std::string::npos && m.path.find(tag) != std::string::npos) return m.path;
+  }
+  return "";
+}
+
+TEST_F(RelibdTest, WorkerLinksRelibdsReadOnlyCopyInsteadOfCopyingAgain) {
+  std::string path = Copy(k_versioned_v1, "mod.so");
+  v1::LoadResponse loaded;
+  ASSERT_TRUE(Load("m", path, &loaded).ok());
+  pid_t worker = loaded.module().worker_pid();
+  std::string good = relibd_->dir() + "/good/m.v1.so";
+  struct stat good_stat {};
+  ASSERT_EQ(::stat(good.c_str(), &good_stat), 0) << good;
+  EXPECT_EQ(good_stat.st_mode & 0777, 0400u) << "relibd's copy is never written again";
+  std::string mapped = MappedCopy(worker, "/m.v1.");
+  ASSERT_FALSE(mapped.empty());
+  struct stat mapped_stat {};
+  ASSERT_EQ(::stat(mapped.c_str(), &mapped_stat), 0) << mapped;
+  EXPECT_EQ(mapped_stat.st_ino, good_stat.st_ino) << mapped << " should be a link to " << good;
+  EXPECT_EQ(mapped_stat.st_nlink, 2u);
+
+  // Overwriting the user's file in place touches neither, and a reload
+  // gets the new build (a new inode), never the old one by its inode.
+  Copy(k_versioned_v2, "mod.so");
+  EXPECT_EQ(Call("m", "version"), "v1");
+  ASSERT_TRUE(Reload("m", path).ok());
+  EXPECT_EQ(Call("m", "version"), "v2");
+  EXPECT_FALSE(std::filesystem::exists(good)) << "the old version's copy is removed after the reload";
+  EXPECT_TRUE(MappedCopy(worker, "/m.v1.").empty());
+}
+
+// With default flags the backoff is 100 ms; here 1.5 s, which a first crash
+// must not wait for (before the change it waited the full backoff).
+TEST_F(RelibdTest, FirstCrashRestartsWithoutTheBackoff) {
+  relibd_.reset();
+  StartDaemon({"--restart-backoff-ms", "1500"});
+  ASSERT_TRUE(Load("m", k_versioned_v1).ok());
+  auto start = Clock::now();
+  grpc::Status status;
+  Call("m", "crash", "", &status);
+  ASSERT_FALSE(status.ok());
+  for (;;) {
+    Call("m", "version", "", &status);
+    if (status.ok() || Clock::now() - start > std::chrono::seconds(10)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_LT(Clock::now() - start, std::chrono::milliseconds(1000));
+  // A second crash soon after the restart is a failed restart: it waits.
+  start = Clock::now();
+  Call("m", "crash", "", &status);
+  for (;;) {
+    Call("m", "version", "", &status);
+    if (status.ok() || Clock::now() - start > std::chrono::seconds(20)) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_GE(Clock::now() - start, std::chrono::milliseconds(1500));
+}
+
+}  // namespace
+}  // namespace relib::testing
