@@ -43,6 +43,9 @@ struct ModuleFlags {
   uint32_t call_deadline_ms = 0;
   uint32_t before_unload_deadline_ms = 0;
   uint32_t unload_deadline_ms = 0;
+  uint32_t max_concurrent_calls = 0;
+  uint32_t max_queued_calls = 0;
+  uint32_t queue_deadline_ms = 0;
 };
 
 // `worker` names the isolation group ("" = default).

@@ -10,10 +10,13 @@
  *    declare RELIB_MODULE_FLAG_THREAD_SAFE (a "serial" module: every module
  *    built before the flag existed) are entered by one thread at a time,
  *    although not always the same thread. A thread-safe module's exports may
- *    run on up to ModuleOptions.max_concurrent_calls threads at once. Calls
- *    run on the agent's executor threads, which belong to the module: they
- *    are ended (running the module's thread_local destructors) before the
- *    module is unloaded or swapped.
+ *    run on up to ModuleOptions.max_concurrent_calls threads at once
+ *    (default 4; a serial module ignores the option, and its load carries a
+ *    warning if it asked for more). Calls run on the agent's executor
+ *    threads, which belong to the module: they are ended (running the
+ *    module's thread_local destructors) before the module is unloaded or
+ *    swapped; a thread_local of the module is per executor thread, not per
+ *    module. See README "Execution model".
  *  - Memory passed to a module (`in`, host api) is owned by the host and
  *    valid only for the duration of the call.
  *  - Output and error text go into a host-owned relib_buffer through its
