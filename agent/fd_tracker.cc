@@ -31,8 +31,7 @@ struct Owner {
 };
 Owner owners[kMaxTrackedFd];
 std::atomic<bool> host_fd[kMaxTrackedFd];
-// Bit per module id: code of that module ran since the last Sweep.
-std::atomic<uint64_t> ran_since_sweep[(kMaxModules + 63) / 64];
+RanSince ran;
 std::mutex sweep_mutex;
 // Highest fd ever claimed: bounds the walks below (fds are small integers).
 std::atomic<int> highest_claimed{-1};
@@ -218,36 +217,21 @@ void ForgetHost(int fd) {
   if (fd >= 0 && fd < kMaxTrackedFd) host_fd[fd] = false;
 }
 
-void NoteModuleRan(ModuleId id) {
-  if (id == kHost || id >= kMaxModules) return;
-  std::atomic<uint64_t>& word = ran_since_sweep[id / 64];
-  const uint64_t bit = uint64_t{1} << (id % 64);
-  // Read first: the common case (already set) writes nothing.
-  if ((word.load(std::memory_order_relaxed) & bit) == 0) word.fetch_or(bit, std::memory_order_relaxed);
-}
+void NoteModuleRan(ModuleId id) { ran.Note(id); }
 
 int Sweep() {
   HostScope host;
   std::lock_guard<std::mutex> lock(sweep_mutex);
-  // Which modules ran since the last sweep; reset for the next one.
-  ModuleId only = kHost;
-  int ran = 0;
-  for (size_t w = 0; w < std::size(ran_since_sweep); ++w) {
-    uint64_t bits = ran_since_sweep[w].exchange(0, std::memory_order_relaxed);
-    for (; bits != 0; bits &= bits - 1) {
-      ++ran;
-      only = static_cast<ModuleId>(w * 64 + __builtin_ctzll(bits));
-    }
-  }
+  const ModuleId only = ran.Take();
   int unattributed = 0;
   ForEachOpenFd([&](int fd) {
     if (fd >= kMaxTrackedFd || host_fd[fd]) return;
     if (owners[fd].module != kHost && StillSame(fd)) return;
-    if (ran == 1) {
-      Claim(fd, only);
-    } else {
-      ++unattributed;
-    }
+    if (only == kHost) return;  // nobody ran: a later sweep may know more
+    // Several modules ran: recorded as nobody's, so that no later sweep
+    // hands it to whichever module ran alone then.
+    Claim(fd, only);
+    if (only == kUnattributed) ++unattributed;
   });
   return unattributed;
 }

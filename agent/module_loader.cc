@@ -380,8 +380,10 @@ absl::Status ModuleLoader::RunOnLoad(Module& module) {
     ModuleScope scope(module.id);
     rc = module.descriptor->on_load(&module.host_api, error.abi());
   }
+  // Hooks are rare: their leftovers are looked for at once.
   fds::NoteModuleRan(module.id);
-  children::ClaimUnowned(module.id);
+  children::NoteModuleRan(module.id);
+  children::Sweep();
   if (rc != RELIB_OK) {
     return absl::FailedPreconditionError(absl::StrCat("on_load of module '", module.name, "' (",
                                                       module.source_path, ") failed with code ", rc,
@@ -453,7 +455,8 @@ absl::Status ModuleLoader::RunBeforeUnload(Module& module, bool force, UnloadRep
     rc = module.descriptor->before_unload(error.abi());
   }
   fds::NoteModuleRan(module.id);
-  children::ClaimUnowned(module.id);
+  children::NoteModuleRan(module.id);
+  children::Sweep();
   report.before_unload_micros = MicrosSince(start);
   if (rc == RELIB_OK) return absl::OkStatus();
   report.before_unload_error = absl::StrCat("code ", rc, error.data().empty() ? "" : ": ", error.data());
@@ -530,6 +533,7 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
 
   // Processes the module started; they never outlive the worker anyway
   // (relibd kills its process group and what it adopted when it exits).
+  children::Sweep();
   report.children = children::Live(id);
   if (module.options.children == ChildPolicy::kKill && !report.children.empty()) {
     children::KillAll(id);
@@ -803,8 +807,9 @@ absl::StatusOr<std::string> ModuleLoader::Call(const std::string& name, const st
       ModuleScope scope(module.id);
       rc = entry.fn(input.data(), input.size(), out.abi());
     }
+    // No scan per call: the catch-all scans happen at usage and unload.
     fds::NoteModuleRan(module.id);
-    children::ClaimUnowned(module.id);
+    children::NoteModuleRan(module.id);
     // Whatever the export returned: its output is incomplete (the SDK, for
     // one, fails the call when an append is refused).
     if (out.overflowed()) {
