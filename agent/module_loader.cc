@@ -617,7 +617,10 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
   children::Forget(id);
   maps::Forget(id);
   ReleaseModuleId(id);
-  module.id = kHost;
+  {
+    std::unique_lock<std::shared_mutex> lock(modules_mutex_);  // Usage reads ids beside us
+    module.id = kHost;
+  }
   report.unload_micros = MicrosSince(start);
   if (!keep_copy) RemoveFile(module.copy_path);
   return absl::OkStatus();
