@@ -18,8 +18,10 @@
 namespace relib::agent {
 namespace {
 
-// How often usage is sent while no command arrives.
-constexpr std::chrono::milliseconds kUsageInterval{250};
+// Defaults of ModuleOptions.max_concurrent_calls and max_queued_calls
+// (proto/relib/v1/relibd.proto documents them).
+constexpr uint32_t kDefaultConcurrentCalls = 4;
+constexpr uint32_t kDefaultQueuedCalls = 256;
 // How long a host request (save_state, store_fd) waits for relibd.
 constexpr std::chrono::milliseconds kHostCallTimeout{5000};
 // Module log text beyond this is cut off (and counted) before it is sent.
@@ -39,6 +41,8 @@ ModuleOptions FromProto(const v1::ModuleOptions& proto) {
   options.libraries = proto.dlopen_policy() == v1::DLOPEN_POLICY_CLOSE ? DlopenPolicy::kClose : DlopenPolicy::kReport;
   options.children = proto.child_policy() == v1::CHILD_POLICY_KILL ? ChildPolicy::kKill : ChildPolicy::kReport;
   options.capture_sites = proto.capture_sites();
+  options.max_concurrent_calls = proto.max_concurrent_calls();
+  options.max_queued_calls = proto.max_queued_calls();
   return options;
 }
 
@@ -130,12 +134,89 @@ Agent::Agent(DaemonLink& link, std::string scratch_dir, common::FlightRecorder* 
     : link_(link),
       recorder_(recorder),
       limits_(limits),
-      reader_(link),
       loader_(
           std::move(scratch_dir),
           [this](int level, const std::string& module, std::string_view text) { ForwardModuleLog(level, module, text); },
-          this) {
+          this),
+      reader_(link, [this](v1::link::ToWorker& command) { return Dispatch(command); }) {
   loader_.set_flight_recorder(recorder);
+}
+
+Agent::~Agent() {
+  // The reader feeds the scheduler and the scheduler's calls wait on the
+  // reader: stop the input first, then the calls, then the members go.
+  link_.ShutdownReading();
+  scheduler_.Shutdown();
+}
+
+CallScheduler::Limits Agent::LimitsFor(const ModuleOptions& options, bool thread_safe,
+                                       std::vector<std::string>* warnings) {
+  CallScheduler::Limits limits;
+  uint32_t asked = options.max_concurrent_calls;
+  if (thread_safe) {
+    limits.concurrency = static_cast<int>(std::min<uint32_t>(asked > 0 ? asked : kDefaultConcurrentCalls, 1024));
+  } else {
+    limits.concurrency = 1;
+    if (asked > 1 && warnings != nullptr) {
+      warnings->push_back(absl::StrCat("max_concurrent_calls ", asked,
+                                       " does not apply: the module does not declare itself thread-safe "
+                                       "(RELIB_MODULE_FLAG_THREAD_SAFE), so it is serial: one call at a time"));
+    }
+  }
+  limits.max_queued = options.max_queued_calls > 0 ? options.max_queued_calls : kDefaultQueuedCalls;
+  return limits;
+}
+
+bool Agent::Dispatch(v1::link::ToWorker& command) {
+  if (command.command_case() == v1::link::ToWorker::kUsageRequest) {
+    if (absl::Status sent = SendUsage(command.id()); !sent.ok()) {
+      spdlog::warn("phase=link cannot send usage: {}", sent.ToString());
+    }
+    return true;
+  }
+  if (command.command_case() != v1::link::ToWorker::kCall) return false;
+  const uint64_t id = command.id();
+  std::string module = command.call().name();
+  CallScheduler::Job job;
+  job.queue_deadline = std::chrono::milliseconds(command.call().queue_deadline_ms());
+  job.run = [this, command = std::move(command)](const absl::Status& admitted) { RunCall(command, admitted); };
+  if (absl::Status queued = scheduler_.Submit(module, std::move(job)); !queued.ok()) {
+    v1::link::FromWorker answer;
+    answer.mutable_reply()->set_id(id);
+    SetStatus(queued, *answer.mutable_reply());
+    SendReply(answer);
+  }
+  return true;
+}
+
+void Agent::RunCall(const v1::link::ToWorker& command, const absl::Status& admitted) {
+  v1::link::FromWorker answer;
+  v1::link::Reply& reply = *answer.mutable_reply();
+  reply.set_id(command.id());
+  if (!admitted.ok()) {
+    SetStatus(admitted, reply);
+  } else {
+    const auto& call = command.call();
+    int slot = recorder_ != nullptr
+                   ? recorder_->BeginCall(command.id(), call.name(), call.export_name(), call.deadline_ms())
+                   : -1;
+    uint64_t version = 0;
+    auto output = loader_.Call(call.name(), call.export_name(), call.input(), &version);
+    if (recorder_ != nullptr) recorder_->EndCall(slot);
+    SetStatus(output.status(), reply);
+    if (output.ok()) {
+      reply.mutable_call()->set_output(std::move(output).value());
+      reply.mutable_call()->set_version(version);
+    }
+  }
+  SendReply(answer);
+}
+
+void Agent::SendReply(const v1::link::FromWorker& answer) {
+  if (absl::Status sent = link_.Send(answer); !sent.ok()) {
+    // The link is gone: the reader sees it too and Run ends.
+    spdlog::warn("phase=link cannot send reply {}: {}", answer.reply().id(), sent.ToString());
+  }
 }
 
 void Agent::ForwardModuleLog(int level, const std::string& module, std::string_view text) {
@@ -286,9 +367,10 @@ void Agent::DropResources(const std::string& module) {
   fds_.erase(it);
 }
 
-absl::Status Agent::SendUsage() {
+absl::Status Agent::SendUsage(uint64_t request_id) {
   v1::link::FromWorker message;
   auto* usage = message.mutable_usage();
+  usage->set_request_id(request_id);
   for (const ModuleUsage& module : loader_.Usage()) {
     auto* m = usage->add_modules();
     m->set_name(module.name);
@@ -306,13 +388,11 @@ absl::Status Agent::Run() {
   hello.mutable_hello()->set_abi_version(RELIB_ABI_VERSION);
   if (absl::Status status = link_.Send(hello); !status.ok()) return status;
   while (true) {
-    auto next = reader_.NextCommand(kUsageInterval);
+    // No timeout to speak of: an idle worker does not wake up.
+    auto next = reader_.NextCommand(std::chrono::hours(24));
     if (absl::IsUnavailable(next.status())) return absl::OkStatus();  // relibd closed the link
     if (!next.ok()) return next.status();
-    if (!next->has_value()) {
-      if (absl::Status status = SendUsage(); !status.ok()) return status;
-      continue;
-    }
+    if (!next->has_value()) continue;
     const v1::link::ToWorker& command = **next;
     v1::link::FromWorker answer;
     v1::link::Reply& reply = *answer.mutable_reply();
@@ -333,15 +413,28 @@ void Agent::Execute(const v1::link::ToWorker& command, v1::link::Reply& reply) {
         SetStatus(accepted, reply);
         return;
       }
-      auto info = loader_.Load(load.name(), load.path(), load.version(), FromProto(load.options()), load.display_path());
+      ModuleOptions options = FromProto(load.options());
+      auto info = loader_.Load(load.name(), load.path(), load.version(), options, load.display_path());
       SetStatus(info.status(), reply);
-      if (info.ok()) FillLoadResult(*info, *reply.mutable_load());
+      if (info.ok()) {
+        scheduler_.Configure(load.name(), LimitsFor(options, info->thread_safe, &info->warnings));
+        FillLoadResult(*info, *reply.mutable_load());
+      }
       return;
     }
     case v1::link::ToWorker::kUnload: {
       const auto& unload = command.unload();
       UnloadReport report;
+      // In-flight calls finish first; new ones wait, and run on the module
+      // again if it stays loaded.
+      scheduler_.Hold(unload.name());
       absl::Status status = loader_.Unload(unload.name(), unload.force(), report);
+      if (status.ok() || !loader_.IsLoaded(unload.name())) {
+        scheduler_.Remove(unload.name(), absl::NotFoundError(absl::StrCat("module '", unload.name(),
+                                                                          "' was unloaded before the call ran")));
+      } else {
+        scheduler_.Release(unload.name());
+      }
       SetStatus(status, reply);
       if (!report.name.empty()) FillReport(report, *reply.mutable_unload());
       if (status.ok()) DropResources(unload.name());
@@ -355,10 +448,35 @@ void Agent::Execute(const v1::link::ToWorker& command, v1::link::Reply& reply) {
       }
       UnloadReport report;
       ModuleOptions options = FromProto(load.options());
+      // The swap: once the new version is open, calls of the module are
+      // held (they queue), the running ones finish, the versions change,
+      // and the held calls go to whichever version is loaded then.
+      bool held = false;
+      auto hold_start = std::chrono::steady_clock::now();
+      auto hold = [&] {
+        hold_start = std::chrono::steady_clock::now();
+        scheduler_.Hold(load.name());
+        held = true;
+      };
       auto info = loader_.Reload(load.name(), load.path(), load.version(), command.reload().force(), &options, report,
-                                 load.display_path());
-      SetStatus(info.status(), reply);
+                                 load.display_path(), hold);
       auto* result = reply.mutable_reload();
+      if (info.ok()) {
+        scheduler_.Configure(load.name(), LimitsFor(options, info->thread_safe, &info->warnings));
+      }
+      if (held) {
+        if (loader_.IsLoaded(load.name())) {
+          scheduler_.Release(load.name());
+        } else {
+          scheduler_.Remove(load.name(), absl::UnavailableError(absl::StrCat(
+                                             "module '", load.name(), "' is gone: its reload failed (",
+                                             info.status().message(), ")")));
+        }
+        result->set_swap_pause_micros(std::chrono::duration_cast<std::chrono::microseconds>(
+                                          std::chrono::steady_clock::now() - hold_start)
+                                          .count());
+      }
+      SetStatus(info.status(), reply);
       if (!report.name.empty()) FillReport(report, *result->mutable_report());
       if (info.ok()) {
         FillLoadResult(*info, *result->mutable_load());
@@ -367,13 +485,8 @@ void Agent::Execute(const v1::link::ToWorker& command, v1::link::Reply& reply) {
       }
       return;
     }
-    case v1::link::ToWorker::kCall: {
-      const auto& call = command.call();
-      auto output = loader_.Call(call.name(), call.export_name(), call.input());
-      SetStatus(output.status(), reply);
-      if (output.ok()) reply.mutable_call()->set_output(std::move(output).value());
-      return;
-    }
+    case v1::link::ToWorker::kCall:            // taken by Dispatch, never queued
+    case v1::link::ToWorker::kUsageRequest:    // answered by Dispatch
     case v1::link::ToWorker::kHostCallResult:  // handled by the reader, never queued
     case v1::link::ToWorker::COMMAND_NOT_SET:
       break;

@@ -1,5 +1,12 @@
-// The in-worker agent: executes the daemon's commands against a ModuleLoader
-// and answers over the DaemonLink. Embeddable in any main.
+// The in-worker agent: translates the daemon's commands into ModuleLoader
+// operations and answers over the DaemonLink. Embeddable in any main.
+//
+// Execution model: the link reader hands each call straight to the
+// CallScheduler (the module's own executor threads, its concurrency limit
+// and bounded queue) and answers usage requests itself; lifecycle commands
+// (load, reload, unload) run one at a time, in order, on the thread that
+// called Run (the control thread), which holds a module's calls around its
+// swap. Replies go back as each command completes.
 #ifndef RELIB_AGENT_AGENT_H_
 #define RELIB_AGENT_AGENT_H_
 
@@ -7,9 +14,11 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "agent/call_scheduler.h"
 #include "agent/daemon_link.h"
 #include "agent/host_services.h"
 #include "agent/link_reader.h"
@@ -34,10 +43,14 @@ class Agent : public HostServices {
   // copies go to `scratch_dir`. Starts reading the link (see LinkReader).
   Agent(DaemonLink& link, std::string scratch_dir, common::FlightRecorder* recorder = nullptr,
         HostLimits limits = {});
+  // Stops reading, waits for running calls (their host requests fail once
+  // reading stopped), then unloads what is loaded.
+  ~Agent();
 
-  // Sends Hello, then executes commands one at a time on the calling thread
-  // until the daemon closes the link (returns OK) or the link fails (returns
-  // the error). Sends usage after each command and every 250 ms while idle.
+  // Sends Hello, then executes lifecycle commands one at a time on the
+  // calling thread (calls run on executor threads meanwhile) until the
+  // daemon closes the link (returns OK) or the link fails (returns the
+  // error). Sends usage after each lifecycle command and when asked.
   absl::Status Run();
 
   // The most bytes one export call may output (see ModuleLoader).
@@ -55,11 +68,21 @@ class Agent : public HostServices {
 
  private:
   void Execute(const v1::link::ToWorker& command, v1::link::Reply& reply);
+  // Link reader thread: takes calls (to the scheduler) and usage requests.
+  bool Dispatch(v1::link::ToWorker& command);
+  // Executor thread: runs `command` (a call) if `admitted`, and replies.
+  void RunCall(const v1::link::ToWorker& command, const absl::Status& admitted);
+  // Sends `answer`; a failure means the link is gone (the reader ends Run).
+  void SendReply(const v1::link::FromWorker& answer);
+  // The module's limits for the scheduler; `warnings` gets why an option
+  // does not apply.
+  static CallScheduler::Limits LimitsFor(const ModuleOptions& options, bool thread_safe,
+                                         std::vector<std::string>* warnings);
   // Takes a load command's state and fds into the caches for `module`.
   absl::Status AcceptResources(const std::string& module, const v1::link::LoadCommand& command);
   void DropResources(const std::string& module);
   void ForwardModuleLog(int level, const std::string& module, std::string_view text);
-  absl::Status SendUsage();
+  absl::Status SendUsage(uint64_t request_id = 0);
 
   // A cached value, with the request that saved it: answers may wake their
   // callers in any order, the newest request (relibd's order) wins.
@@ -85,8 +108,11 @@ class Agent : public HostServices {
   // Held while a host request gets its id and is sent: ids grow in the order
   // relibd sees the requests.
   std::mutex request_order_mutex_;
-  LinkReader reader_;
   ModuleLoader loader_;
+  // Destroyed before the loader (its threads call into it) and after the
+  // reader (which feeds it).
+  CallScheduler scheduler_;
+  LinkReader reader_;
 };
 
 }  // namespace relib::agent

@@ -84,15 +84,22 @@ T Real(const char* name, const char* version = nullptr) {
 
 bool AdoptOrphans() { return ::prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0; }
 
-void ClaimUnowned(ModuleId id) {
+namespace {
+RanSince ran;
+}  // namespace
+
+void NoteModuleRan(ModuleId id) { ran.Note(id); }
+
+void Sweep() {
   HostScope host;
+  const ModuleId id = ran.Take();
   std::lock_guard<std::mutex> lock(mutex);
   std::vector<Record>& all = Records();
   bool changed = false;
   for (size_t i = 0; i < all.size();) {
     Record& record = all[i];
     auto stat = common::ReadProcStat(record.pid);
-    if (StillOurs(record, stat) && stat->state == 'Z' && record.module == kHost) {
+    if (StillOurs(record, stat) && stat->state == 'Z' && (record.module == kHost || record.module == kUnattributed)) {
       ReapForgotten(record);
       stat = common::ReadProcStat(record.pid);
     }

@@ -33,10 +33,13 @@ struct Child {
 // if the kernel refused.
 bool AdoptOrphans();
 
-// Attributes every child of this process with no owner yet to `id` (call
-// right after module code ran on the calling thread); also reaps the exited
-// children of modules already unloaded.
-void ClaimUnowned(ModuleId id);
+// Thread-safe, cheap. Records that code of `id` ran (for Sweep).
+void NoteModuleRan(ModuleId id);
+
+// Attributes every child of this process with no owner yet to the one
+// module that ran code since the last sweep (to nobody if several did); also
+// reaps the exited children of modules already unloaded or of nobody.
+void Sweep();
 
 // `id`'s children alive now (zombies are not) and their live descendants.
 std::vector<Child> Live(ModuleId id);

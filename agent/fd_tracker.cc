@@ -12,7 +12,10 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstring>
+#include <iterator>
+#include <mutex>
 
 #include "absl/strings/str_cat.h"
 
@@ -28,6 +31,8 @@ struct Owner {
 };
 Owner owners[kMaxTrackedFd];
 std::atomic<bool> host_fd[kMaxTrackedFd];
+RanSince ran;
+std::mutex sweep_mutex;
 // Highest fd ever claimed: bounds the walks below (fds are small integers).
 std::atomic<int> highest_claimed{-1};
 
@@ -45,6 +50,10 @@ void Claim(int fd, ModuleId module) {
 
 void Unclaim(int fd) {
   if (fd >= 0 && fd < kMaxTrackedFd) owners[fd].module = kHost;
+}
+
+void Unmark(int fd) {
+  if (fd >= 0 && fd < kMaxTrackedFd) host_fd[fd].store(false, std::memory_order_relaxed);
 }
 
 // The fd still refers to the object that was claimed.
@@ -151,17 +160,43 @@ T Real(const char* name) {
   return reinterpret_cast<T>(::dlsym(RTLD_NEXT, name));
 }
 
+// The host's fds are marked, so that a sweep never takes them for a
+// module's; a module's get their owner.
+void Own(int fd, ModuleId module) {
+  if (fd < 0 || fd >= kMaxTrackedFd) return;
+  if (module == kHost) {
+    owners[fd].module.store(kHost, std::memory_order_relaxed);
+    host_fd[fd].store(true, std::memory_order_relaxed);
+  } else {
+    host_fd[fd].store(false, std::memory_order_relaxed);
+    Claim(fd, module);
+  }
+}
+
 int Track(int fd) {
-  if (fd >= 0) Claim(fd, CurrentModule());
+  if (fd >= 0) Own(fd, CurrentModule());
   return fd;
 }
 
 int TrackPair(int rc, int fds[2]) {
   if (rc == 0) {
-    Claim(fds[0], CurrentModule());
-    Claim(fds[1], CurrentModule());
+    Own(fds[0], CurrentModule());
+    Own(fds[1], CurrentModule());
   }
   return rc;
+}
+
+// FILE and DIR fds are closed inside libc (fclose, closedir), out of sight of
+// close() above: only a module's are recorded (a stale record is noticed by
+// StillSame), never marked as the host's.
+void TrackHidden(int fd) {
+  ModuleId module = CurrentModule();
+  if (fd >= 0 && module != kHost) Claim(fd, module);
+}
+
+FILE* TrackFile(FILE* file) {
+  if (file != nullptr) TrackHidden(::fileno(file));
+  return file;
 }
 
 }  // namespace
@@ -182,14 +217,23 @@ void ForgetHost(int fd) {
   if (fd >= 0 && fd < kMaxTrackedFd) host_fd[fd] = false;
 }
 
-void ClaimUnowned(ModuleId id) {
-  if (id == kHost) return;
+void NoteModuleRan(ModuleId id) { ran.Note(id); }
+
+int Sweep() {
   HostScope host;
-  ForEachOpenFd([id](int fd) {
+  std::lock_guard<std::mutex> lock(sweep_mutex);
+  const ModuleId only = ran.Take();
+  int unattributed = 0;
+  ForEachOpenFd([&](int fd) {
     if (fd >= kMaxTrackedFd || host_fd[fd]) return;
     if (owners[fd].module != kHost && StillSame(fd)) return;
-    Claim(fd, id);
+    if (only == kHost) return;  // nobody ran: a later sweep may know more
+    // Several modules ran: recorded as nobody's, so that no later sweep
+    // hands it to whichever module ran alone then.
+    Claim(fd, only);
+    if (only == kUnattributed) ++unattributed;
   });
+  return unattributed;
 }
 
 template <typename F>
@@ -240,6 +284,7 @@ void Forget(ModuleId id) {
 using relib::agent::fds::Real;
 using relib::agent::fds::Track;
 using relib::agent::fds::TrackPair;
+using relib::agent::fds::TrackFile;
 
 // open(2) takes a mode only with O_CREAT or O_TMPFILE (which includes the O_DIRECTORY bit).
 #define RELIB_OPEN_MODE_ARG(flags, mode)   \
@@ -344,7 +389,57 @@ int inotify_init1(int flags) {
 int close(int fd) {
   static auto real = Real<int (*)(int)>("close");
   relib::agent::fds::Unclaim(fd);
+  relib::agent::fds::Unmark(fd);
   return real(fd);
+}
+
+// libc functions that open their fd through libc-internal calls the
+// interposers above never see.
+FILE* fopen(const char* path, const char* mode) {
+  static auto real = Real<FILE* (*)(const char*, const char*)>("fopen");
+  return TrackFile(real(path, mode));
+}
+FILE* fopen64(const char* path, const char* mode) {
+  static auto real = Real<FILE* (*)(const char*, const char*)>("fopen64");
+  return TrackFile(real(path, mode));
+}
+FILE* freopen(const char* path, const char* mode, FILE* stream) {
+  static auto real = Real<FILE* (*)(const char*, const char*, FILE*)>("freopen");
+  return TrackFile(real(path, mode, stream));
+}
+FILE* freopen64(const char* path, const char* mode, FILE* stream) {
+  static auto real = Real<FILE* (*)(const char*, const char*, FILE*)>("freopen64");
+  return TrackFile(real(path, mode, stream));
+}
+FILE* tmpfile() {
+  static auto real = Real<FILE* (*)()>("tmpfile");
+  return TrackFile(real());
+}
+FILE* tmpfile64() {
+  static auto real = Real<FILE* (*)()>("tmpfile64");
+  return TrackFile(real());
+}
+FILE* popen(const char* command, const char* mode) {
+  static auto real = Real<FILE* (*)(const char*, const char*)>("popen");
+  return TrackFile(real(command, mode));
+}
+DIR* opendir(const char* path) {
+  static auto real = Real<DIR* (*)(const char*)>("opendir");
+  DIR* dir = real(path);
+  if (dir != nullptr) relib::agent::fds::TrackHidden(::dirfd(dir));
+  return dir;
+}
+int mkstemp(char* name) {
+  static auto real = Real<int (*)(char*)>("mkstemp");
+  return Track(real(name));
+}
+int mkostemp(char* name, int flags) {
+  static auto real = Real<int (*)(char*, int)>("mkostemp");
+  return Track(real(name, flags));
+}
+int mkstemp64(char* name) {
+  static auto real = Real<int (*)(char*)>("mkstemp64");
+  return Track(real(name));
 }
 
 }  // extern "C"

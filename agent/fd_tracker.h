@@ -1,9 +1,15 @@
 // File descriptors opened in module scope. The worker defines the common fd
 // creators (open, openat, creat, socket, socketpair, accept, accept4, pipe,
 // pipe2, dup, dup2, dup3, eventfd, epoll_create, epoll_create1,
-// timerfd_create, signalfd, memfd_create, inotify_init1) and close; fds made
-// inside libc without them (fopen, opendir) are picked up by a scan of
-// /proc/self/fd after each module call on the agent thread.
+// timerfd_create, signalfd, memfd_create, inotify_init1), the libc functions
+// that open fds through libc-internal calls (fopen, fopen64, freopen,
+// tmpfile, opendir, mkstemp, mkostemp, popen) and close, and records the
+// owner (the calling thread's module; the host's own fds are marked as such).
+// Nothing is scanned per call. What still escapes (an fd some other libc
+// routine opened internally and kept) is found by Sweep, at usage and unload
+// time, and attributed only when unambiguous: if exactly one module ran code
+// since the previous sweep; otherwise it stays unattributed (in no module's
+// count or report).
 #ifndef RELIB_AGENT_FD_TRACKER_H_
 #define RELIB_AGENT_FD_TRACKER_H_
 
@@ -28,9 +34,14 @@ void SnapshotHostFds();
 void AdoptAsHost(int fd);
 void ForgetHost(int fd);
 
-// Attributes every open fd that has no owner yet to `id` (call right after
-// module code ran on the calling thread).
-void ClaimUnowned(ModuleId id);
+// Thread-safe, cheap (one atomic OR). Records that code of `id` ran (after a
+// call or hook), for Sweep's attribution.
+void NoteModuleRan(ModuleId id);
+
+// Thread-safe. Scans /proc/self/fd for open fds nobody owns: each goes to
+// the one module that ran code since the last sweep, if exactly one did;
+// otherwise it is left unattributed. Returns how many were left so.
+int Sweep();
 
 // Open fds of `id` (stale records of fds closed behind our back are dropped).
 std::vector<OpenFd> Open(ModuleId id);

@@ -1,5 +1,5 @@
 // The worker's heartbeat: a thread advancing the flight recorder's counter
-// every 10 ms, so relibd can tell "alive and scheduled" from "frozen".
+// every 10 ms while the worker is busy (once a second while idle), so relibd can tell "alive and scheduled" from "frozen".
 #ifndef RELIB_AGENT_HEARTBEAT_H_
 #define RELIB_AGENT_HEARTBEAT_H_
 

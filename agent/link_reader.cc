@@ -7,7 +7,8 @@
 
 namespace relib::agent {
 
-LinkReader::LinkReader(DaemonLink& link) : link_(link), thread_([this] { Loop(); }) {}
+LinkReader::LinkReader(DaemonLink& link, Dispatcher dispatch)
+    : link_(link), dispatch_(std::move(dispatch)), thread_([this] { Loop(); }) {}
 
 LinkReader::~LinkReader() {
   link_.ShutdownReading();
@@ -18,6 +19,10 @@ void LinkReader::Loop() {
   while (true) {
     v1::link::ToWorker frame;
     absl::Status received = link_.Receive(&frame);
+    if (received.ok() && frame.command_case() != v1::link::ToWorker::kHostCallResult && dispatch_ &&
+        dispatch_(frame)) {
+      continue;
+    }
     std::lock_guard<std::mutex> lock(mutex_);
     if (!received.ok()) {
       ended_ = received;

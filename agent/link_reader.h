@@ -1,7 +1,9 @@
 // The one reader of the worker link: a thread that reads every frame relibd
-// sends, queues commands for the command thread and hands relibd's answers
-// to host-API requests (save_state, store_fd) to the threads waiting for
-// them. Writing stays with DaemonLink::Send, which serialises senders.
+// sends, offers each command to a dispatcher first (calls and usage requests
+// are handled as they arrive, see Agent), queues the rest (lifecycle
+// commands) in order for the control thread, and hands relibd's answers to
+// host-API requests (save_state, store_fd) to the threads waiting for them.
+// Writing stays with DaemonLink::Send, which serialises senders.
 #ifndef RELIB_AGENT_LINK_READER_H_
 #define RELIB_AGENT_LINK_READER_H_
 
@@ -9,6 +11,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -24,9 +27,14 @@ namespace relib::agent {
 
 class LinkReader {
  public:
-  // Starts reading `link`, which must outlive the reader. Nobody else may
-  // read the link's frames (the fd channel stays the command thread's).
-  explicit LinkReader(DaemonLink& link);
+  // Runs on the reader thread for every command; returns true if it took
+  // the command (it must not block for long: frames wait behind it).
+  using Dispatcher = std::function<bool(v1::link::ToWorker& command)>;
+
+  // Starts reading `link`, which must outlive the reader (and so must what
+  // `dispatch` uses). Nobody else may read the link's frames (the fd channel
+  // stays the control thread's).
+  explicit LinkReader(DaemonLink& link, Dispatcher dispatch = nullptr);
   // Stops reading (shuts the link's read side down) and joins the thread;
   // requests still waiting get UNAVAILABLE.
   ~LinkReader();
@@ -53,6 +61,7 @@ class LinkReader {
   void Loop();
 
   DaemonLink& link_;
+  const Dispatcher dispatch_;
   std::mutex mutex_;
   std::condition_variable changed_;
   std::deque<v1::link::ToWorker> commands_ ABSL_GUARDED_BY(mutex_);

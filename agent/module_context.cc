@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <iterator>
 
 namespace relib::agent {
 namespace internal {
@@ -39,6 +40,26 @@ int FindLoader(dl_phdr_info* info, size_t, void*) {
 }
 
 }  // namespace
+
+void RanSince::Note(ModuleId id) {
+  if (id == kHost || id >= kMaxModules) return;
+  std::atomic<uint64_t>& word = bits_[id / 64];
+  const uint64_t bit = uint64_t{1} << (id % 64);
+  // Read first: the common case (already set) writes nothing.
+  if ((word.load(std::memory_order_relaxed) & bit) == 0) word.fetch_or(bit, std::memory_order_relaxed);
+}
+
+ModuleId RanSince::Take() {
+  ModuleId only = kHost;
+  int ran = 0;
+  for (size_t w = 0; w < std::size(bits_); ++w) {
+    for (uint64_t bits = bits_[w].exchange(0, std::memory_order_relaxed); bits != 0; bits &= bits - 1) {
+      ++ran;
+      only = static_cast<ModuleId>(w * 64 + __builtin_ctzll(bits));
+    }
+  }
+  return ran > 1 ? kUnattributed : only;
+}
 
 ModuleId AcquireModuleId() {
   if (loader_end.load(std::memory_order_relaxed) == 0) dl_iterate_phdr(&FindLoader, nullptr);

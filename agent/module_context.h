@@ -9,6 +9,7 @@
 #ifndef RELIB_AGENT_MODULE_CONTEXT_H_
 #define RELIB_AGENT_MODULE_CONTEXT_H_
 
+#include <atomic>
 #include <cstdint>
 
 namespace relib::agent {
@@ -17,6 +18,23 @@ namespace relib::agent {
 using ModuleId = uint32_t;
 inline constexpr ModuleId kHost = 0;
 inline constexpr ModuleId kMaxModules = 256;  // ids are 1..kMaxModules-1
+// Owner of a resource found by a catch-all scan that could be any of several
+// modules' (their code ran concurrently): attributed to none of them.
+inline constexpr ModuleId kUnattributed = kMaxModules;
+
+// Remembers which modules ran code since the last Take(): what a catch-all
+// scan (fds, children) may attribute an unknown resource to. Thread-safe;
+// Note is one relaxed load (and an atomic OR the first time).
+class RanSince {
+ public:
+  void Note(ModuleId id);
+  // The one module that ran since the last Take, kHost if none did,
+  // kUnattributed if several did; starts a new period.
+  ModuleId Take();
+
+ private:
+  std::atomic<uint64_t> bits_[(kMaxModules + 63) / 64] = {};
+};
 
 namespace internal {
 // initial-exec: readable from inside malloc without calling malloc.

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <cstddef>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -107,6 +108,7 @@ struct ModuleLoader::Module {
   uintptr_t code_start = 0;
   uintptr_t code_end = 0;
   const relib_module_descriptor* descriptor = nullptr;
+  bool thread_safe = false;
   PinningFacts pinning;
   // Handed to on_load; must stay at a fixed address while loaded.
   relib_host_api host_api{};
@@ -369,6 +371,14 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
         absl::StrCat(path, ": descriptor lists ", descriptor->export_count, " exports but no export table")));
   }
   module->descriptor = descriptor;
+  // `flags` came after the first modules were built: read it only if this
+  // module's descriptor object is large enough to have it (its st_size).
+  Dl_info symbol_info;
+  void* symbol_entry = nullptr;
+  if (::dladdr1(descriptor, &symbol_info, &symbol_entry, RTLD_DL_SYMENT) != 0 && symbol_entry != nullptr &&
+      static_cast<const ElfW(Sym)*>(symbol_entry)->st_size >= offsetof(relib_module_descriptor, flags) + sizeof(uint32_t)) {
+    module->thread_safe = (descriptor->flags & RELIB_MODULE_FLAG_THREAD_SAFE) != 0;
+  }
   module->log = &log_;
   module->host_api.abi_version = RELIB_ABI_VERSION;
   module->host_api.host_context = module.get();
@@ -391,8 +401,10 @@ absl::Status ModuleLoader::RunOnLoad(Module& module) {
     ModuleScope scope(module.id);
     rc = module.descriptor->on_load(&module.host_api, error.abi());
   }
-  fds::ClaimUnowned(module.id);
-  children::ClaimUnowned(module.id);
+  // Hooks are rare: their leftovers are looked for at once.
+  fds::NoteModuleRan(module.id);
+  children::NoteModuleRan(module.id);
+  children::Sweep();
   if (rc != RELIB_OK) {
     return absl::FailedPreconditionError(absl::StrCat("on_load of module '", module.name, "' (",
                                                       module.source_path, ") failed with code ", rc,
@@ -438,9 +450,11 @@ absl::StatusOr<LoadInfo> ModuleLoader::Load(const std::string& name, const std::
     return absl::Status(status.code(), absl::StrCat(status.message(), note));
   }
   LoadInfo info = Describe(*module->descriptor, module->pinning, MicrosSince(start));
+  info.thread_safe = module->thread_safe;
   spdlog::info("loaded module={} version={} path={} copy={} micros={}", name, version, path, module->copy_path,
                info.load_micros);
   for (const auto& warning : info.warnings) spdlog::warn("module={} version={} {}", name, version, warning);
+  std::unique_lock<std::shared_mutex> lock(modules_mutex_);
   modules_[name] = std::move(module);
   return info;
 }
@@ -461,8 +475,9 @@ absl::Status ModuleLoader::RunBeforeUnload(Module& module, bool force, UnloadRep
     ModuleScope scope(module.id);
     rc = module.descriptor->before_unload(error.abi());
   }
-  fds::ClaimUnowned(module.id);
-  children::ClaimUnowned(module.id);
+  fds::NoteModuleRan(module.id);
+  children::NoteModuleRan(module.id);
+  children::Sweep();
   report.before_unload_micros = MicrosSince(start);
   if (rc == RELIB_OK) return absl::OkStatus();
   report.before_unload_error = absl::StrCat("code ", rc, error.data().empty() ? "" : ": ", error.data());
@@ -530,6 +545,7 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
   std::vector<CodeReference> released = ReleasePathsIntoCode(module);
   report.code_references.insert(report.code_references.end(), released.begin(), released.end());
 
+  fds::Sweep();  // fds libc opened for it where the agent could not see
   report.open_fds = fds::Open(id);
   if (module.options.fds == FdPolicy::kClose && !report.open_fds.empty()) {
     fds::CloseAll(id);
@@ -538,6 +554,7 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
 
   // Processes the module started; they never outlive the worker anyway
   // (relibd kills its process group and what it adopted when it exits).
+  children::Sweep();
   report.children = children::Live(id);
   if (module.options.children == ChildPolicy::kKill && !report.children.empty()) {
     children::KillAll(id);
@@ -620,7 +637,10 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
   children::Forget(id);
   maps::Forget(id);
   ReleaseModuleId(id);
-  module.id = kHost;
+  {
+    std::unique_lock<std::shared_mutex> lock(modules_mutex_);  // Usage reads ids beside us
+    module.id = kHost;
+  }
   report.unload_micros = MicrosSince(start);
   if (!keep_copy) RemoveFile(module.copy_path);
   return absl::OkStatus();
@@ -719,26 +739,29 @@ void ModuleLoader::Discard(std::unique_ptr<Module> module, std::string* note) {
 }
 
 absl::Status ModuleLoader::Unload(const std::string& name, bool force, UnloadReport& report) {
-  auto it = modules_.find(name);
+  auto it = modules_.find(name);  // the control thread is the only writer
   if (it == modules_.end()) return absl::NotFoundError(absl::StrCat("module '", name, "' is not loaded"));
   RELIB_RETURN_IF_ERROR(RunBeforeUnload(*it->second, force, report));
   RELIB_RETURN_IF_ERROR(CheckAndClose(*it->second, report, /*keep_copy=*/false));
   spdlog::info("unloaded module={} version={} unmapped={} leaked_bytes={}", name, report.version, report.unmapped,
                report.leaked_bytes);
+  std::unique_lock<std::shared_mutex> lock(modules_mutex_);
   modules_.erase(it);
   return absl::OkStatus();
 }
 
 absl::StatusOr<LoadInfo> ModuleLoader::Reload(const std::string& name, const std::string& path, uint64_t version,
                                               bool force, const ModuleOptions* options, UnloadReport& report,
-                                              const std::string& display_path) {
-  auto it = modules_.find(name);
+                                              const std::string& display_path,
+                                              const std::function<void()>& before_swap) {
+  auto it = modules_.find(name);  // the control thread is the only writer
   if (it == modules_.end()) return absl::NotFoundError(absl::StrCat("module '", name, "' is not loaded"));
   std::unique_ptr<Module>& current = it->second;
   auto start = std::chrono::steady_clock::now();
   // A file that cannot even be opened never disturbs the running version.
   RELIB_ASSIGN_OR_RETURN(std::unique_ptr<Module> next,
                          Open(name, path, version, options ? *options : current->options, display_path));
+  if (before_swap) before_swap();
   std::string ignored;
   if (absl::Status status = RunBeforeUnload(*current, force, report); !status.ok()) {
     Discard(std::move(next), &ignored);
@@ -758,11 +781,13 @@ absl::StatusOr<LoadInfo> ModuleLoader::Reload(const std::string& name, const std
     RemoveFile(old_copy);
     absl::Status restored = previous.ok() ? RunOnLoad(**previous) : previous.status();
     if (restored.ok()) {
+      std::unique_lock<std::shared_mutex> lock(modules_mutex_);
       current = std::move(previous).value();
       return absl::Status(status.code(), absl::StrCat(status.message(), note, "; version ", current->version,
                                                       " was loaded again"));
     }
     if (previous.ok()) Discard(std::move(previous).value(), &ignored);
+    std::unique_lock<std::shared_mutex> lock(modules_mutex_);
     modules_.erase(it);
     return absl::Status(status.code(),
                         absl::StrCat(status.message(), note, "; loading the previous version again also failed (",
@@ -770,17 +795,26 @@ absl::StatusOr<LoadInfo> ModuleLoader::Reload(const std::string& name, const std
   }
   RemoveFile(current->copy_path);
   LoadInfo info = Describe(*next->descriptor, next->pinning, MicrosSince(start));
+  info.thread_safe = next->thread_safe;
   spdlog::info("reloaded module={} version={}->{} path={} unmapped={}", name, current->version, version, path,
                report.unmapped);
+  std::unique_lock<std::shared_mutex> lock(modules_mutex_);
   current = std::move(next);
   return info;
 }
 
 absl::StatusOr<std::string> ModuleLoader::Call(const std::string& name, const std::string& export_name,
-                                               std::string_view input) {
-  auto it = modules_.find(name);
-  if (it == modules_.end()) return absl::NotFoundError(absl::StrCat("module '", name, "' is not loaded"));
-  Module& module = *it->second;
+                                               std::string_view input, uint64_t* version) {
+  Module* found = nullptr;
+  {
+    std::shared_lock<std::shared_mutex> lock(modules_mutex_);
+    auto it = modules_.find(name);
+    if (it != modules_.end()) found = it->second.get();
+  }
+  // Stays valid: no unload or reload of `name` runs during its calls.
+  if (found == nullptr) return absl::NotFoundError(absl::StrCat("module '", name, "' is not loaded"));
+  Module& module = *found;
+  if (version != nullptr) *version = module.version;
   const relib_module_descriptor& descriptor = *module.descriptor;
   std::vector<std::string> names;
   for (size_t i = 0; i < descriptor.export_count; ++i) {
@@ -792,13 +826,13 @@ absl::StatusOr<std::string> ModuleLoader::Call(const std::string& name, const st
     }
     HostBuffer out(output_limit_);
     int rc;
-    EnterPhase(common::Phase::kCall, module, export_name);
     {
       ModuleScope scope(module.id);
       rc = entry.fn(input.data(), input.size(), out.abi());
     }
-    fds::ClaimUnowned(module.id);
-    children::ClaimUnowned(module.id);
+    // No scan per call: the catch-all scans happen at usage and unload.
+    fds::NoteModuleRan(module.id);
+    children::NoteModuleRan(module.id);
     // Whatever the export returned: its output is incomplete (the SDK, for
     // one, fails the call when an append is refused).
     if (out.overflowed()) {
@@ -825,7 +859,9 @@ absl::StatusOr<std::string> ModuleLoader::Call(const std::string& name, const st
 }
 
 std::vector<ModuleUsage> ModuleLoader::Usage() const {
+  fds::Sweep();
   std::vector<ModuleUsage> usage;
+  std::shared_lock<std::shared_mutex> lock(modules_mutex_);
   for (const auto& [name, module] : modules_) {
     heap::Usage heap = heap::LiveUsage(module->id);
     usage.push_back({name, heap.bytes, heap.blocks, static_cast<int>(threads::Count(module->id)),

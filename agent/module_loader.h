@@ -12,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -48,6 +49,9 @@ struct ModuleOptions {
   DlopenPolicy libraries = DlopenPolicy::kReport;
   ChildPolicy children = ChildPolicy::kReport;
   bool capture_sites = false;
+  // Execution model (see CallScheduler): 0 = the defaults.
+  uint32_t max_concurrent_calls = 0;
+  uint32_t max_queued_calls = 0;
 };
 
 struct LoadInfo {
@@ -56,6 +60,8 @@ struct LoadInfo {
   // Why this module will never unmap, or other things worth knowing.
   std::vector<std::string> warnings;
   int64_t load_micros = 0;
+  // The descriptor declares RELIB_MODULE_FLAG_THREAD_SAFE.
+  bool thread_safe = false;
 };
 
 struct LeakSite {
@@ -113,8 +119,14 @@ using ModuleLogFn = std::function<void(int level, const std::string& module, std
 // Owns every module loaded in this process. Each load copies the file into
 // `scratch_dir` under a name never used before in this process, so the
 // original may be overwritten at any time and dlopen never returns a cached
-// old copy. Not thread-safe: one thread issues all commands (which is also the
-// ABI's promise to modules), and that thread runs all module hooks.
+// old copy.
+//
+// Threads: Load, Unload and Reload come from one control thread, which also
+// runs every module hook. Call, IsLoaded and Usage are thread-safe and may
+// run on any thread beside them, with one rule the caller (CallScheduler)
+// keeps: no Call of a module runs while that module is unloaded or reloaded
+// (Call of other modules may). How many Calls of one module run at once is
+// the caller's business too (RELIB_MODULE_FLAG_THREAD_SAFE, LoadInfo).
 class ModuleLoader {
  public:
   // `services` (may be null: modules then get errors from the stores) must
@@ -148,18 +160,26 @@ class ModuleLoader {
   // so; if even that fails the module is gone and the error says that too.
   // `report` receives the old version's unload report. `options` replace the
   // module's options when non-null.
+  // `before_swap`, if set, runs once the new version is open and checked,
+  // right before the old version's before_unload: the point from which no
+  // call of `name` may run (the caller holds them) until Reload returns.
   absl::StatusOr<LoadInfo> Reload(const std::string& name, const std::string& path, uint64_t version, bool force,
                                   const ModuleOptions* options, UnloadReport& report,
-                                  const std::string& display_path = "");
+                                  const std::string& display_path = "",
+                                  const std::function<void()>& before_swap = nullptr);
 
   // Calls an export. Errors: NOT_FOUND (module or export), UNKNOWN (the
   // export returned an error code; the message holds its text, cut to a few
   // KiB), RESOURCE_EXHAUSTED (the export's output went past output_limit();
   // the module saw its append refused and the module stays loaded).
+  // `version`, if not null, receives the version that ran the call.
   absl::StatusOr<std::string> Call(const std::string& name, const std::string& export_name,
-                                   std::string_view input);
+                                   std::string_view input, uint64_t* version = nullptr);
 
-  bool IsLoaded(const std::string& name) const { return modules_.count(name) != 0; }
+  bool IsLoaded(const std::string& name) const {
+    std::shared_lock<std::shared_mutex> lock(modules_mutex_);
+    return modules_.count(name) != 0;
+  }
 
   // Live resources of every loaded module.
   std::vector<ModuleUsage> Usage() const;
@@ -214,6 +234,9 @@ class ModuleLoader {
   common::FlightRecorder* recorder_ = nullptr;
   uint64_t output_limit_ = common::OutputLimit(common::MegabytesToBytes(common::kDefaultMaxMessageMb));
   uint64_t next_copy_id_ = 1;
+  // Written by the control thread only, under an exclusive lock; read under
+  // a shared one by other threads (Call, Usage).
+  mutable std::shared_mutex modules_mutex_;
   std::map<std::string, std::unique_ptr<Module>> modules_;
   // Versions that could not be unloaded (threads still running after a failed
   // on_load): never dlclosed.

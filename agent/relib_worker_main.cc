@@ -67,7 +67,8 @@ int main(int argc, char** argv) {
   ::fcntl(link_fd, F_SETFD, FD_CLOEXEC);
   if (fd_channel >= 0) ::fcntl(fd_channel, F_SETFD, FD_CLOEXEC);
 
-  // Commands, and so module code, run on this thread.
+  // Lifecycle commands, and so module hooks, run on this thread (calls run on
+  // the executors, which install their own alternate stacks).
   relib::agent::ScopedAltStack main_alt_stack;
   // Declared before what writes into it: destroyed after them.
   std::optional<relib::common::FlightRecorder> recorder;

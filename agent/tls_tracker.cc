@@ -1,5 +1,7 @@
 #include "agent/tls_tracker.h"
 
+#include <atomic>
+
 #include <dlfcn.h>
 #include <unistd.h>
 
@@ -78,7 +80,29 @@ void RunThreadExit(void*) {
   }
 }
 
+// Destructors of each module run by RunOnThisThread since its last report.
+std::atomic<int64_t> run_by_ended_threads[kMaxModules];
+
 }  // namespace
+
+void RunOnThisThread() {
+  pid_t tid = static_cast<pid_t>(::gettid());
+  for (;;) {
+    std::vector<Entry> mine;
+    {
+      HostScope host;
+      mine = Take(tid, kHost);
+    }
+    if (mine.empty()) break;
+    for (const Entry& e : mine) {
+      if (e.module < kMaxModules) run_by_ended_threads[e.module].fetch_add(1, std::memory_order_relaxed);
+    }
+    RunNewestFirst(mine);
+    HostScope host;
+    mine.clear();
+    mine.shrink_to_fit();
+  }
+}
 
 Outcome RunOrDiscard(ModuleId id) {
   Outcome outcome;
@@ -89,6 +113,7 @@ Outcome RunOrDiscard(ModuleId id) {
     mine = Take(self, id);
   }
   outcome.run = static_cast<int64_t>(mine.size());
+  if (id < kMaxModules) outcome.run += run_by_ended_threads[id].exchange(0, std::memory_order_relaxed);
   RunNewestFirst(mine);
   HostScope host;
   std::lock_guard<std::mutex> lock(entries_mutex);
@@ -105,6 +130,7 @@ Outcome RunOrDiscard(ModuleId id) {
 }
 
 int64_t Discard(ModuleId id) {
+  if (id < kMaxModules) run_by_ended_threads[id].store(0, std::memory_order_relaxed);
   HostScope host;
   std::lock_guard<std::mutex> lock(entries_mutex);
   auto& all = Entries();

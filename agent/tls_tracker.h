@@ -6,7 +6,9 @@
 //
 // What runs where:
 //  - a thread that exits runs its own pending module destructors, in reverse
-//    order of registration, as glibc would;
+//    order of registration, as glibc would; the agent's call executors run
+//    theirs just before they end (RunOnThisThread), and those count as run
+//    in the module's next unload report;
 //  - at unload, the unloading thread runs its own pending destructors of that
 //    module (before dlclose, in module scope);
 //  - pending destructors of that module on any other live thread cannot be
@@ -27,13 +29,18 @@
 namespace relib::agent::tls {
 
 struct Outcome {
-  int64_t run = 0;        // destructors run on the unloading thread
+  int64_t run = 0;        // destructors run on the unloading thread or by ended call executors
   int64_t discarded = 0;  // pending on other threads, dropped
   std::vector<pid_t> discarded_on;  // those threads
 };
 
 // REQUIRES: called on the unloading thread before dlclose of `id`.
 Outcome RunOrDiscard(ModuleId id);
+
+// Runs the calling thread's pending module destructors now, newest first,
+// each in its module's scope, and counts them for the modules' reports.
+// For host threads that ran module code and are about to end.
+void RunOnThisThread();
 
 // Drops every pending destructor of `id` without running it (for
 // registrations made while the module's code was being unmapped). Returns

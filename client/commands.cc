@@ -120,6 +120,9 @@ v1::ModuleOptions ToProto(const ModuleFlags& flags) {
   options.set_call_deadline_ms(flags.call_deadline_ms);
   options.set_before_unload_deadline_ms(flags.before_unload_deadline_ms);
   options.set_unload_deadline_ms(flags.unload_deadline_ms);
+  options.set_max_concurrent_calls(flags.max_concurrent_calls);
+  options.set_max_queued_calls(flags.max_queued_calls);
+  options.set_queue_deadline_ms(flags.queue_deadline_ms);
   return options;
 }
 
@@ -194,6 +197,9 @@ int RunReload(const ClientOptions& options, const std::string& name, const std::
   grpc::Status status = stub->Reload(&context, request, &response);
   if (!status.ok()) return FailWithReport(options, *stub, "reload " + name, context, status);
   std::string text = absl::StrCat("reloaded ", FormatModule(response.module()));
+  if (response.swap_pause_micros() > 0) {
+    absl::StrAppend(&text, "  swap pause: ", response.swap_pause_micros(), " us (calls of the module held, not failed)\n");
+  }
   if (response.has_report()) absl::StrAppend(&text, FormatReport(response.report()));
   Print(options, response, text);
   return kExitOk;

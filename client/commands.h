@@ -46,6 +46,9 @@ struct ModuleFlags {
   uint32_t call_deadline_ms = 0;
   uint32_t before_unload_deadline_ms = 0;
   uint32_t unload_deadline_ms = 0;
+  uint32_t max_concurrent_calls = 0;
+  uint32_t max_queued_calls = 0;
+  uint32_t queue_deadline_ms = 0;
 };
 
 // Prints an error as described above and returns `exit_code`.

@@ -55,6 +55,12 @@ int main(int argc, char** argv) {
     sub->add_option("--call-deadline-ms", flags.call_deadline_ms, "deadline of one export call");
     sub->add_option("--before-unload-deadline-ms", flags.before_unload_deadline_ms, "deadline of before_unload");
     sub->add_option("--unload-deadline-ms", flags.unload_deadline_ms, "deadline of the unload checks");
+    sub->add_option("--max-concurrent-calls", flags.max_concurrent_calls,
+                    "calls of a thread-safe module running at once (0: 4; a serial module always runs 1)");
+    sub->add_option("--max-queued-calls", flags.max_queued_calls,
+                    "calls waiting beyond those; a full queue fails at once with RESOURCE_EXHAUSTED (0: 256)");
+    sub->add_option("--queue-deadline-ms", flags.queue_deadline_ms,
+                    "how long a call may wait in the queue (0: its call deadline)");
   };
   std::string worker;
   bool staged = false;
@@ -80,7 +86,8 @@ int main(int argc, char** argv) {
     for (const char* flag : {"--thread-grace-ms", "--leak-policy", "--fd-policy", "--mapping-policy", "--signal-policy",
                              "--dlopen-policy", "--capture-sites", "--child-policy",
                              "--load-deadline-ms", "--on-load-deadline-ms", "--call-deadline-ms",
-                             "--before-unload-deadline-ms", "--unload-deadline-ms"}) {
+                             "--before-unload-deadline-ms", "--unload-deadline-ms", "--max-concurrent-calls",
+                             "--max-queued-calls", "--queue-deadline-ms"}) {
       flags.set = flags.set || reload->count(flag) > 0;
     }
     if (all && !name.empty()) throw CLI::ValidationError("reload", "--all takes no NAME or PATH");

@@ -2,6 +2,7 @@
 
 #include <time.h>
 
+#include <algorithm>
 #include <cstring>
 #include <new>
 
@@ -112,6 +113,45 @@ void FlightRecorder::EnterPhase(Phase phase, const std::string& module, const st
 
 void FlightRecorder::LeaveToIdle() { EnterPhase(Phase::kIdle, "", ""); }
 
+int FlightRecorder::BeginCall(uint64_t call_id, const std::string& module, const std::string& export_name,
+                              uint32_t deadline_ms) {
+  FlightRecord* r = record();
+  // Start the search at a spot that depends on the thread, so concurrent
+  // calls rarely contend for the same slot.
+  static std::atomic<uint32_t> next_start{0};
+  thread_local uint32_t start = next_start.fetch_add(7, std::memory_order_relaxed);
+  for (int i = 0; i < FlightRecord::kCallSlots; ++i) {
+    int index = static_cast<int>((start + i) % FlightRecord::kCallSlots);
+    CallSlot& slot = r->calls[index];
+    uint32_t expected = 0;
+    if (slot.busy.load(std::memory_order_relaxed) != 0 ||
+        !slot.busy.compare_exchange_strong(expected, 1, std::memory_order_acquire)) {
+      continue;
+    }
+    slot.sequence.fetch_add(1, std::memory_order_acq_rel);  // odd: writing
+    CopyName(slot.module, module.c_str());
+    CopyName(slot.export_name, export_name.c_str());
+    slot.started_ns.store(MonotonicNanos(), std::memory_order_relaxed);
+    slot.deadline_ms.store(deadline_ms, std::memory_order_relaxed);
+    slot.call_id.store(call_id == 0 ? ~uint64_t{0} : call_id, std::memory_order_relaxed);
+    slot.sequence.fetch_add(1, std::memory_order_acq_rel);  // even: stable
+    r->calls_in_flight.fetch_add(1, std::memory_order_release);
+    return index;
+  }
+  return -1;
+}
+
+void FlightRecorder::EndCall(int index) {
+  if (index < 0 || index >= FlightRecord::kCallSlots) return;
+  FlightRecord* r = record();
+  CallSlot& slot = r->calls[index];
+  slot.sequence.fetch_add(1, std::memory_order_acq_rel);
+  slot.call_id.store(0, std::memory_order_relaxed);
+  slot.sequence.fetch_add(1, std::memory_order_acq_rel);
+  r->calls_in_flight.fetch_sub(1, std::memory_order_release);
+  slot.busy.store(0, std::memory_order_release);
+}
+
 void FlightRecorder::RecordCrash(FlightRecord* record, int signal, const char* module, const char* note) {
   if (record == nullptr) return;
   CopyName(record->crash_module, module);
@@ -119,7 +159,7 @@ void FlightRecorder::RecordCrash(FlightRecord* record, int signal, const char* m
   record->crash_signal.store(signal, std::memory_order_release);
 }
 
-FlightSnapshot FlightRecorder::Read() const {
+FlightSnapshot FlightRecorder::Read(bool with_calls) const {
   FlightSnapshot snapshot;
   FlightRecord* r = record();
   for (int attempt = 0; attempt < 100; ++attempt) {
@@ -137,6 +177,25 @@ FlightSnapshot FlightRecorder::Read() const {
     snapshot.crash_module.assign(r->crash_module, strnlen(r->crash_module, sizeof(r->crash_module)));
     snapshot.crash_note.assign(r->crash_note, strnlen(r->crash_note, sizeof(r->crash_note)));
   }
+  if (!with_calls || r->calls_in_flight.load(std::memory_order_acquire) <= 0) return snapshot;
+  for (CallSlot& slot : r->calls) {
+    if (slot.call_id.load(std::memory_order_relaxed) == 0) continue;
+    CallSnapshot call;
+    bool stable = false;
+    for (int attempt = 0; attempt < 100 && !stable; ++attempt) {
+      uint32_t before = slot.sequence.load(std::memory_order_acquire);
+      if (before & 1) continue;
+      call.call_id = slot.call_id.load(std::memory_order_relaxed);
+      call.started_ns = slot.started_ns.load(std::memory_order_relaxed);
+      call.deadline_ms = slot.deadline_ms.load(std::memory_order_relaxed);
+      call.module.assign(slot.module, strnlen(slot.module, sizeof(slot.module)));
+      call.export_name.assign(slot.export_name, strnlen(slot.export_name, sizeof(slot.export_name)));
+      stable = slot.sequence.load(std::memory_order_acquire) == before;
+    }
+    if (stable && call.call_id != 0) snapshot.calls.push_back(std::move(call));
+  }
+  std::sort(snapshot.calls.begin(), snapshot.calls.end(),
+            [](const CallSnapshot& a, const CallSnapshot& b) { return a.started_ns < b.started_ns; });
   return snapshot;
 }
 

@@ -23,6 +23,8 @@ constexpr size_t kMaxLogTextBytes = 80u << 10;
 // Added to the sum of a command's phase deadlines: the watchdog enforces the
 // phases precisely; this only catches a worker that stops answering between them.
 constexpr std::chrono::milliseconds kCommandSlack{2000};
+// How long Status waits for a worker's fresh usage before it shows the last one.
+constexpr std::chrono::milliseconds kUsagePollTimeout{200};
 
 int64_t NowUnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
@@ -512,6 +514,8 @@ absl::Status Supervisor::TryInScratchWorker(const std::string& name, const std::
       v1::link::ToWorker command;
       command.mutable_call()->set_name(name);
       command.mutable_call()->set_export_name(kSelfTestExport);
+      command.mutable_call()->set_deadline_ms(
+          static_cast<uint32_t>(PhaseDeadline(options, common::Phase::kCall).count()));
       auto tested = handle->Request(std::move(command), absl::StrCat("self_test of module '", name, "'"),
                                         CommandDeadline(options, {common::Phase::kCall}));
       status = tested.ok() ? ReplyStatus(*tested) : tested.status();
@@ -626,7 +630,10 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
     }
   }
   RemoveFile(old_good_copy);
-  if (!fresh) *response.mutable_report() = reply->reload().report();
+  if (!fresh) {
+    *response.mutable_report() = reply->reload().report();
+    response.set_swap_pause_micros(reply->reload().swap_pause_micros());
+  }
   spdlog::info("module={} version={}->{} worker pid={} phase=reload unmapped={}", name, before.version(), version,
                response.module().worker_pid(), response.report().unmapped());
   Publish(v1::EVENT_KIND_RELOADED, name, version, response.module().worker_pid(), path,
@@ -735,20 +742,34 @@ absl::StatusOr<v1::CallResponse> Supervisor::Call(const std::string& name, const
     options = info.options();
   }
   if (!worker) return absl::UnavailableError(absl::StrCat("worker of module '", name, "' is gone"));
+  // The worker enforces the queue deadline and the flight recorder the
+  // call's own (from when it starts running); the backstop only catches a
+  // worker that stops answering: queue + call + a swap the call may be held
+  // for (the old version's in-flight calls, its unload, the new on_load).
+  const std::chrono::milliseconds call_deadline = PhaseDeadline(options, common::Phase::kCall);
+  const std::chrono::milliseconds queue_deadline =
+      options.queue_deadline_ms() > 0 ? std::chrono::milliseconds(options.queue_deadline_ms()) : call_deadline;
   v1::link::ToWorker command;
-  command.mutable_call()->set_name(name);
-  command.mutable_call()->set_export_name(export_name);
-  command.mutable_call()->set_input(input);
+  auto* call = command.mutable_call();
+  call->set_name(name);
+  call->set_export_name(export_name);
+  call->set_input(input);
+  call->set_deadline_ms(static_cast<uint32_t>(call_deadline.count()));
+  call->set_queue_deadline_ms(static_cast<uint32_t>(queue_deadline.count()));
+  const std::chrono::milliseconds backstop =
+      queue_deadline + CommandDeadline(options, {common::Phase::kCall, common::Phase::kCall,
+                                                 common::Phase::kBeforeUnload, common::Phase::kUnloadChecks,
+                                                 common::Phase::kOnLoad});
   auto reply = worker->Request(std::move(command), absl::StrCat("call '", export_name, "' of module '", name, "'"),
-                               CommandDeadline(options, {common::Phase::kCall}));
+                               backstop);
   absl::Status status = reply.ok() ? ReplyStatus(*reply) : reply.status();
+  // The version that ran it (a reload may have swapped it since `version` was read).
+  if (status.ok() && reply->call().version() != 0) version = reply->call().version();
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (record->info.version() == version) {
-      auto* stats = record->info.mutable_stats();
-      stats->set_calls(stats->calls() + 1);
-      if (!status.ok()) stats->set_call_errors(stats->call_errors() + 1);
-    }
+    auto* stats = record->info.mutable_stats();
+    stats->set_calls(stats->calls() + 1);
+    if (!status.ok()) stats->set_call_errors(stats->call_errors() + 1);
   }
   if (!status.ok()) {
     spdlog::warn("module={} version={} phase=call export={} {}", name, version, export_name,
@@ -762,6 +783,16 @@ absl::StatusOr<v1::CallResponse> Supervisor::Call(const std::string& name, const
 }
 
 v1::StatusResponse Supervisor::Status(bool with_reports) const {
+  // Fresh usage from every worker (its link reader answers at once, even
+  // while calls run); a worker that does not answer in time shows its last.
+  std::vector<std::shared_ptr<WorkerHandle>> workers;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& [group, g] : groups_) {
+      if (g.worker && g.worker->alive()) workers.push_back(g.worker);
+    }
+  }
+  for (const auto& worker : workers) worker->PollUsage(kUsagePollTimeout);
   v1::StatusResponse response;
   response.set_daemon_pid(::getpid());
   std::lock_guard<std::mutex> lock(mutex_);

@@ -4,6 +4,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <future>
 
 #include "absl/strings/str_cat.h"
@@ -21,7 +23,10 @@ namespace asio = boost::asio;
 
 namespace {
 
+// The watchdog's period while anything is in flight; it stops after
+// kWatchLinger with nothing in flight (an idle relibd does not poll).
 constexpr std::chrono::milliseconds kWatchInterval{20};
+constexpr std::chrono::milliseconds kWatchLinger{1000};
 // A heartbeat older than this means the worker is not being scheduled.
 constexpr int64_t kHeartbeatStallNs = 1'000'000'000;
 
@@ -86,6 +91,7 @@ WorkerHandle::WorkerHandle(asio::io_context& io, common::ChildProcess process, c
       pid_(process_.pid()),
       started_at_unix_ms_(NowUnixMs()),
       link_(io, asio::local::stream_protocol(), link_fd),
+      link_fd_(link_fd),
       fd_channel_(std::move(fd_channel)),
       pidfd_watch_(io, ::dup(process_.pidfd())),
       watchdog_(io) {}
@@ -98,38 +104,82 @@ void WorkerHandle::StartIo() {
     if (ec == asio::error::operation_aborted) return;
     self->OnProcessExit();
   });
-  heartbeat_changed_ns_ = common::MonotonicNanos();
-  Watch();
   ReadHeader();
+  // The hello (and a worker that cannot even start) is watched like a command.
+  std::lock_guard<std::mutex> lock(mutex_);
+  WatchLocked();
+}
+
+void WorkerHandle::WatchLocked() {
+  idle_since_ = std::chrono::steady_clock::now();
+  if (watching_) return;
+  watching_ = true;
+  auto self = shared_from_this();
+  asio::post(io_, [self] {
+    // The heartbeat is judged from now: nobody looked while idle.
+    self->last_heartbeat_ = self->recorder_.Read(/*with_calls=*/false).heartbeat;
+    self->heartbeat_changed_ns_ = common::MonotonicNanos();
+    self->Watch();
+  });
 }
 
 void WorkerHandle::Watch() {
   auto self = shared_from_this();
   watchdog_.expires_after(kWatchInterval);
   watchdog_.async_wait([self](const boost::system::error_code& ec) {
-    if (ec || !self->alive_) return;
-    common::FlightSnapshot snapshot = self->recorder_.Read();
-    int64_t now = common::MonotonicNanos();
-    if (snapshot.heartbeat != self->last_heartbeat_) {
-      self->last_heartbeat_ = snapshot.heartbeat;
-      self->heartbeat_changed_ns_ = now;
+    if (ec || !self->alive_) {
+      std::lock_guard<std::mutex> lock(self->mutex_);
+      self->watching_ = false;
+      return;
     }
-    if (snapshot.phase != common::Phase::kIdle && self->callbacks_.phase_deadline && !self->kill_reason_) {
-      std::chrono::milliseconds deadline = self->callbacks_.phase_deadline(snapshot.module, snapshot.phase);
-      int64_t elapsed_ms = (now - snapshot.phase_started_ns) / 1'000'000;
-      if (deadline.count() > 0 && elapsed_ms > deadline.count()) {
-        bool stalled = now - self->heartbeat_changed_ns_ > kHeartbeatStallNs;
-        self->Terminate(
-            absl::StrCat("module '", snapshot.module, "' exceeded its ", common::PhaseName(snapshot.phase),
-                         " deadline of ", deadline.count(), " ms",
-                         snapshot.detail.empty() ? "" : absl::StrCat(" (export '", snapshot.detail, "')"),
-                         stalled ? "; the worker's heartbeat had stopped too (process frozen or stopped)"
-                                 : "; the worker was alive, the module's code busy or hung"),
-            snapshot.module);
-      }
-    }
-    self->Watch();
+    self->Check();
   });
+}
+
+void WorkerHandle::Check() {
+  common::FlightSnapshot snapshot = recorder_.Read();
+  int64_t now = common::MonotonicNanos();
+  if (snapshot.heartbeat != last_heartbeat_) {
+    last_heartbeat_ = snapshot.heartbeat;
+    heartbeat_changed_ns_ = now;
+  }
+  bool stalled = now - heartbeat_changed_ns_ > kHeartbeatStallNs;
+  const char* how = stalled ? "; the worker's heartbeat had stopped too (process frozen or stopped)"
+                            : "; the worker was alive, the module's code busy or hung";
+  // Control phases (load, on_load, before_unload, unload checks).
+  if (snapshot.phase != common::Phase::kIdle && callbacks_.phase_deadline && !kill_reason_) {
+    std::chrono::milliseconds deadline = callbacks_.phase_deadline(snapshot.module, snapshot.phase);
+    int64_t elapsed_ms = (now - snapshot.phase_started_ns) / 1'000'000;
+    if (deadline.count() > 0 && elapsed_ms > deadline.count()) {
+      Terminate(absl::StrCat("module '", snapshot.module, "' exceeded its ", common::PhaseName(snapshot.phase),
+                             " deadline of ", deadline.count(), " ms",
+                             snapshot.detail.empty() ? "" : absl::StrCat(" (export '", snapshot.detail, "')"), how),
+                snapshot.module);
+    }
+  }
+  // Every executing call against its own deadline, counted from its start.
+  for (const common::CallSnapshot& call : snapshot.calls) {
+    if (kill_reason_ || call.deadline_ms == 0) continue;
+    if ((now - call.started_ns) / 1'000'000 > int64_t{call.deadline_ms}) {
+      Terminate(absl::StrCat("module '", call.module, "' exceeded its call deadline of ", call.deadline_ms,
+                             " ms (export '", call.export_name, "')", how),
+                call.module);
+    }
+  }
+  std::vector<uint64_t> overdue;
+  bool keep_watching;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto clock_now = std::chrono::steady_clock::now();
+    for (const auto& [id, pending] : pending_) {
+      if (pending.backstop <= clock_now) overdue.push_back(id);
+    }
+    if (!pending_.empty() || !ready_) idle_since_ = clock_now;
+    keep_watching = clock_now - idle_since_ < kWatchLinger;
+    if (!keep_watching) watching_ = false;
+  }
+  for (uint64_t id : overdue) OnDeadline(id);
+  if (keep_watching) Watch();
 }
 
 void WorkerHandle::ReadHeader() {
@@ -186,9 +236,20 @@ void WorkerHandle::Dispatch(const v1::link::FromWorker& message) {
     case v1::link::FromWorker::kLog:
       if (callbacks_.on_log) callbacks_.on_log(pid_, message.log());
       return;
-    case v1::link::FromWorker::kUsage:
+    case v1::link::FromWorker::kUsage: {
       if (callbacks_.on_usage) callbacks_.on_usage(pid_, message.usage());
+      if (message.usage().request_id() == 0) return;
+      std::shared_ptr<std::promise<void>> waiter;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto it = usage_waiters_.find(message.usage().request_id());
+        if (it == usage_waiters_.end()) return;  // its caller stopped waiting
+        waiter = std::move(it->second);
+        usage_waiters_.erase(it);
+      }
+      waiter->set_value();
       return;
+    }
     case v1::link::FromWorker::kSaveState: {
       absl::Status saved = callbacks_.on_save_state
                                ? callbacks_.on_save_state(pid_, message.save_state())
@@ -213,12 +274,15 @@ void WorkerHandle::Dispatch(const v1::link::FromWorker& message) {
       return;
     }
     case v1::link::FromWorker::kReply: {
-      auto it = pending_.find(message.reply().id());
-      if (it == pending_.end()) return;  // answered after its deadline fired
-      Pending pending = std::move(it->second);
-      pending_.erase(it);
-      pending.timer->cancel();
-      pending.done(message.reply());
+      ReplyCallback done;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto it = pending_.find(message.reply().id());
+        if (it == pending_.end()) return;  // answered after its deadline fired
+        done = std::move(it->second.done);
+        pending_.erase(it);
+      }
+      done(message.reply());
       return;
     }
     case v1::link::FromWorker::MESSAGE_NOT_SET:
@@ -228,48 +292,70 @@ void WorkerHandle::Dispatch(const v1::link::FromWorker& message) {
 
 void WorkerHandle::Send(v1::link::ToWorker command, std::string what, std::chrono::milliseconds deadline,
                         ReplyCallback done, std::vector<common::UniqueFd> fds) {
-  auto self = shared_from_this();
-  auto passed = std::make_shared<std::vector<common::UniqueFd>>(std::move(fds));
-  asio::post(io_, [self, command = std::move(command), what = std::move(what), deadline, done = std::move(done),
-                   passed]() mutable {
-    if (self->finished_) {
-      done(absl::UnavailableError(self->exit_reason_));
+  const auto backstop = deadline.count() > 0 ? std::chrono::steady_clock::now() + deadline
+                                             : std::chrono::steady_clock::time_point::max();
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (closed_) {
+    std::string reason = exit_reason_;
+    lock.unlock();
+    done(absl::UnavailableError(reason));
+    return;
+  }
+  uint64_t id = next_id_++;
+  if (dying_) {
+    // Finish() answers with how it ended (a worker that could not even
+    // start must say why, not just "not running").
+    pending_.emplace(id, Pending{std::move(done), std::move(what), backstop});
+    return;
+  }
+  command.set_id(id);
+  std::string frame;
+  if (absl::Status status = common::EncodeFrame(command, &frame, common::LinkFrameLimit(options_.max_message_bytes));
+      !status.ok()) {
+    lock.unlock();
+    done(status);
+    return;
+  }
+  // Never blocks: a channel too full to take the fds, or broken part-way,
+  // cannot be trusted to line up with later commands.
+  for (const common::UniqueFd& fd : fds) {
+    if (absl::Status sent = common::SendFd(fd_channel_.get(), fd.get(), /*nonblocking=*/true); !sent.ok()) {
+      pending_.emplace(id, Pending{std::move(done), std::move(what), backstop});
+      dying_ = true;
+      auto self = shared_from_this();
+      asio::post(io_, [self, why = absl::StrCat("cannot pass stored fds to the worker: ", sent.message())] {
+        self->Kill(why);
+      });
       return;
     }
-    if (!self->alive_ || self->kill_reason_) {
-      // Dying: Finish() answers with how it ended (a worker that could not
-      // even start must say why, not just "not running").
-      self->pending_.emplace(self->next_id_++,
-                             Pending{std::move(done), std::move(what), std::make_unique<asio::steady_timer>(self->io_)});
-      return;
-    }
-    uint64_t id = self->next_id_++;
-    command.set_id(id);
+  }
+  pending_.emplace(id, Pending{std::move(done), std::move(what), backstop});
+  WriteLocked(std::move(frame));
+  WatchLocked();
+}
+
+bool WorkerHandle::PollUsage(std::chrono::milliseconds timeout) {
+  auto waiter = std::make_shared<std::promise<void>>();
+  auto answered = waiter->get_future();
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (closed_ || dying_) return false;
+    id = next_id_++;
+    v1::link::ToWorker request;
+    request.set_id(id);
+    request.mutable_usage_request();
     std::string frame;
-    const uint64_t limit = common::LinkFrameLimit(self->options_.max_message_bytes);
-    if (absl::Status status = common::EncodeFrame(command, &frame, limit); !status.ok()) {
-      done(status);
-      return;
-    }
-    // Never blocks the io thread: a channel too full to take the fds, or
-    // broken part-way, cannot be trusted to line up with later commands.
-    for (const common::UniqueFd& fd : *passed) {
-      if (absl::Status sent = common::SendFd(self->fd_channel_.get(), fd.get(), /*nonblocking=*/true);
-          !sent.ok()) {
-        self->Kill(absl::StrCat("cannot pass stored fds to the worker: ", sent.message()));
-        self->pending_.emplace(id, Pending{std::move(done), std::move(what),
-                                           std::make_unique<asio::steady_timer>(self->io_)});
-        return;
-      }
-    }
-    Pending pending{std::move(done), std::move(what), std::make_unique<asio::steady_timer>(self->io_)};
-    pending.timer->expires_after(deadline);
-    pending.timer->async_wait([self, id](const boost::system::error_code& ec) {
-      if (!ec) self->OnDeadline(id);
-    });
-    self->pending_.emplace(id, std::move(pending));
-    self->Write(std::move(frame));
-  });
+    if (!common::EncodeFrame(request, &frame).ok()) return false;
+    usage_waiters_.emplace(id, waiter);
+    WriteLocked(std::move(frame));
+  }
+  bool ok = answered.wait_for(timeout) == std::future_status::ready;
+  if (!ok) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    usage_waiters_.erase(id);
+  }
+  return ok;
 }
 
 void WorkerHandle::AnswerHostCall(uint64_t request_id, const absl::Status& status) {
@@ -289,8 +375,43 @@ void WorkerHandle::AnswerHostCall(uint64_t request_id, const absl::Status& statu
 }
 
 void WorkerHandle::Write(std::string frame) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  WriteLocked(std::move(frame));
+}
+
+void WorkerHandle::WriteLocked(std::string frame) {
+  if (closed_) return;
+  if (!writing_) {
+    // The common case: the socket takes the whole frame now, from this thread.
+    size_t done = 0;
+    while (done < frame.size()) {
+      ssize_t n = ::send(link_fd_, frame.data() + done, frame.size() - done, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n > 0) {
+        done += static_cast<size_t>(n);
+        continue;
+      }
+      const int error = n < 0 ? errno : EPIPE;
+      if (error == EINTR) continue;
+      if (error == EAGAIN || error == EWOULDBLOCK) break;
+      // The worker is gone or going: its exit tells how.
+      if (!dying_) {
+        dying_ = true;
+        auto self = shared_from_this();
+        asio::post(io_, [self, why = absl::StrCat("write to worker link failed: ", std::strerror(error))] {
+          if (self->alive_ && !self->stopping_) self->Kill(why);
+        });
+      }
+      return;
+    }
+    if (done == frame.size()) return;
+    frame.erase(0, done);
+    writing_ = true;
+    write_queue_.push_back(std::move(frame));
+    auto self = shared_from_this();
+    asio::post(io_, [self] { self->WriteNext(); });
+    return;
+  }
   write_queue_.push_back(std::move(frame));
-  if (write_queue_.size() == 1) WriteNext();
 }
 
 absl::StatusOr<v1::link::Reply> WorkerHandle::Request(v1::link::ToWorker command, std::string what,
@@ -306,22 +427,46 @@ absl::StatusOr<v1::link::Reply> WorkerHandle::Request(v1::link::ToWorker command
 
 void WorkerHandle::WriteNext() {
   auto self = shared_from_this();
-  asio::async_write(link_, asio::buffer(write_queue_.front()), [self](const boost::system::error_code& ec, size_t) {
+  const std::string* front;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (closed_ || write_queue_.empty()) {
+      writing_ = false;
+      return;
+    }
+    front = &write_queue_.front();  // stays put: only this thread pops
+  }
+  asio::async_write(link_, asio::buffer(*front), [self](const boost::system::error_code& ec, size_t) {
+    {
+      std::lock_guard<std::mutex> lock(self->mutex_);
+      if (ec) {
+        self->write_queue_.clear();
+        self->writing_ = false;
+      } else {
+        self->write_queue_.pop_front();
+        if (self->write_queue_.empty()) self->writing_ = false;
+      }
+    }
     if (ec) {
-      self->write_queue_.clear();
       if (self->alive_ && !self->stopping_) self->Kill(absl::StrCat("write to worker link failed: ", ec.message()));
       return;
     }
-    self->write_queue_.pop_front();
-    if (!self->write_queue_.empty()) self->WriteNext();
+    self->WriteNext();
   });
 }
 
 void WorkerHandle::OnDeadline(uint64_t id) {
-  auto it = pending_.find(id);
-  if (it == pending_.end() || kill_reason_) return;
+  std::string what;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = pending_.find(id);
+    if (it == pending_.end()) return;
+    what = it->second.what;
+  }
+  if (kill_reason_) return;
   common::FlightSnapshot snapshot = recorder_.Read();
-  Terminate(absl::StrCat(it->second.what, " did not finish within its deadline"), snapshot.module);
+  Terminate(absl::StrCat(what, " did not finish within its deadline (the worker stopped answering)"),
+            snapshot.module);
 }
 
 void WorkerHandle::OnLinkClosed(const boost::system::error_code& ec) {
@@ -339,6 +484,10 @@ void WorkerHandle::Terminate(const std::string& why, const std::string& blamed_m
   if (kill_reason_ || !alive_) return;
   kill_reason_ = why;
   killed_by_deadline_ = true;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    dying_ = true;
+  }
   blamed_module_ = blamed_module;
   spdlog::error("worker pid={} group={} phase=deadline {}; sending SIGTERM", pid_, group_, why);
   process_.Signal(SIGTERM).IgnoreError();
@@ -351,6 +500,10 @@ void WorkerHandle::Terminate(const std::string& why, const std::string& blamed_m
 
 void WorkerHandle::Kill(const std::string& why) {
   if (!kill_reason_) kill_reason_ = why;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    dying_ = true;
+  }
   process_.Signal(SIGKILL).IgnoreError();
 }
 
@@ -377,6 +530,10 @@ void WorkerHandle::OnProcessExit() {
   KillAdoptedProcesses(std::chrono::milliseconds(1000));
   exit_status_ = status.ok() ? *status : common::ExitStatus{};
   alive_ = false;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    dying_ = true;
+  }
   if (link_eof_) {
     Finish();
     return;
@@ -394,6 +551,11 @@ void WorkerHandle::Finish() {
   finished_ = true;
   common::FlightSnapshot snapshot = recorder_.Read();
   std::string how = exit_status_->ToString();
+  std::string first_pending;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!pending_.empty()) first_pending = pending_.begin()->second.what;
+  }
   std::string reason;
   WorkerExit exit;
   if (kill_reason_) {
@@ -401,10 +563,19 @@ void WorkerHandle::Finish() {
     exit.blamed_module = blamed_module_;
   } else {
     std::string during;
-    if (!pending_.empty()) during = absl::StrCat(" during ", pending_.begin()->second.what);
+    if (!first_pending.empty()) during = absl::StrCat(" during ", first_pending);
     if (snapshot.phase != common::Phase::kIdle) {
       absl::StrAppend(&during, " (phase ", common::PhaseName(snapshot.phase), " of module '", snapshot.module, "'",
                       snapshot.detail.empty() ? "" : absl::StrCat(", export '", snapshot.detail, "'"), ")");
+    }
+    // The calls that were running, the crashing module's first.
+    std::vector<const common::CallSnapshot*> calls;
+    for (const auto& call : snapshot.calls) {
+      if (snapshot.crash_signal != 0 && call.module == snapshot.crash_module) calls.insert(calls.begin(), &call);
+      else calls.push_back(&call);
+    }
+    for (const common::CallSnapshot* call : calls) {
+      absl::StrAppend(&during, " (phase call of module '", call->module, "', export '", call->export_name, "')");
     }
     std::string where;
     if (snapshot.crash_signal != 0 && !snapshot.crash_module.empty()) {
@@ -416,14 +587,30 @@ void WorkerHandle::Finish() {
     }
     reason = absl::StrCat("worker pid ", pid_, " ", how, where, during);
     exit.blamed_module = snapshot.crash_signal != 0 ? snapshot.crash_module : snapshot.module;
+    // Killed from outside while one module's calls alone ran: theirs.
+    if (exit.blamed_module.empty() && !snapshot.calls.empty()) {
+      bool one = true;
+      for (const auto& call : snapshot.calls) one = one && call.module == snapshot.calls.front().module;
+      if (one) exit.blamed_module = snapshot.calls.front().module;
+    }
   }
   exit.reason = reason;
   exit.ready = ready_;
-  exit_reason_ = reason;
   spdlog::log(stopping_ ? spdlog::level::info : spdlog::level::warn, "worker pid={} group={} phase=exit {}", pid_,
               group_, reason);
   boost::system::error_code ignored;
-  link_.close(ignored);
+  {
+    // Writers on other threads check closed_ under the lock: none writes to
+    // the descriptor once it is closed (its number may be reused).
+    std::lock_guard<std::mutex> lock(mutex_);
+    closed_ = true;
+    dying_ = true;
+    exit_reason_ = reason;
+    write_queue_.clear();
+    link_.close(ignored);
+    for (auto& [id, waiter] : usage_waiters_) waiter->set_value();
+    usage_waiters_.clear();
+  }
   pidfd_watch_.close(ignored);
   watchdog_.cancel();
   for (auto* timer : {stop_timer_.get(), link_closed_timer_.get(), kill_timer_.get(), drain_timer_.get()}) {
@@ -436,13 +623,14 @@ void WorkerHandle::Finish() {
 }
 
 void WorkerHandle::FailAllPending(const std::string& reason) {
-  auto pending = std::move(pending_);
-  pending_.clear();
-  absl::StatusCode code = killed_by_deadline_ ? absl::StatusCode::kDeadlineExceeded : absl::StatusCode::kUnavailable;
-  for (auto& [id, entry] : pending) {
-    entry.timer->cancel();
-    entry.done(absl::Status(code, reason));
+  std::map<uint64_t, Pending> pending;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    pending = std::move(pending_);
+    pending_.clear();
   }
+  absl::StatusCode code = killed_by_deadline_ ? absl::StatusCode::kDeadlineExceeded : absl::StatusCode::kUnavailable;
+  for (auto& [id, entry] : pending) entry.done(absl::Status(code, reason));
 }
 
 }  // namespace relib::daemon

@@ -1,6 +1,9 @@
 // relibd's handle on one relib-worker process: spawns it, talks the worker
-// link asynchronously on the daemon's Asio loop, enforces per-command
-// deadlines and notices the process's death through its pidfd.
+// link (commands are written by the sending thread itself when the socket
+// takes them, the Asio loop reads and completes replies), enforces deadlines
+// (each executing call's own, through the flight recorder; control phases';
+// a generous backstop per command) and notices the process's death through
+// its pidfd.
 #ifndef RELIB_DAEMON_WORKER_HANDLE_H_
 #define RELIB_DAEMON_WORKER_HANDLE_H_
 
@@ -10,12 +13,15 @@
 #include <chrono>
 #include <deque>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/local/stream_protocol.hpp"
@@ -82,11 +88,13 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
                                                              Callbacks callbacks);
   ~WorkerHandle();
 
-  // Thread-safe. Sends `command` (its id is assigned here). `done` runs once
-  // on the io thread with the worker's reply, with DEADLINE_EXCEEDED after
-  // `deadline` (the worker is then killed: a hung worker cannot be trusted),
-  // or with UNAVAILABLE if the worker died first. `what` names the command
-  // for error messages ("call 'greet' of module 'hello'").
+  // Thread-safe. Sends `command` (its id is assigned here) from the calling
+  // thread. `done` runs once, on the io thread (or on the calling thread if
+  // the worker is already gone), with the worker's reply, with
+  // DEADLINE_EXCEEDED after `deadline` (a backstop: the worker is then
+  // killed, a hung worker cannot be trusted), or with UNAVAILABLE if the
+  // worker died first. `what` names the command for error messages ("call
+  // 'greet' of module 'hello'").
   // `fds` go to the worker on the fd channel right before the command, in
   // order (the command's fd_keys name them).
   void Send(v1::link::ToWorker command, std::string what, std::chrono::milliseconds deadline, ReplyCallback done,
@@ -96,6 +104,12 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   absl::StatusOr<v1::link::Reply> Request(v1::link::ToWorker command, std::string what,
                                           std::chrono::milliseconds deadline,
                                           std::vector<common::UniqueFd> fds = {});
+
+  // Thread-safe; not on the io thread. Asks the worker for its modules'
+  // usage (answered by its link reader, never behind calls) and waits at
+  // most `timeout` for the answer, which goes to Callbacks::on_usage like
+  // any usage. False if none came in time.
+  bool PollUsage(std::chrono::milliseconds timeout);
 
   // Thread-safe. Closes the link so the worker exits on its own; SIGKILL if it
   // is still alive after `grace`.
@@ -110,7 +124,7 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   struct Pending {
     ReplyCallback done;
     std::string what;
-    std::unique_ptr<boost::asio::steady_timer> timer;
+    std::chrono::steady_clock::time_point backstop;  // max(): none
   };
 
   WorkerHandle(boost::asio::io_context& io, common::ChildProcess process, common::TempDir scratch,
@@ -124,9 +138,16 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   void Dispatch(const v1::link::FromWorker& message);
   // Answers the worker's host request `request_id` (save_state, store_fd).
   void AnswerHostCall(uint64_t request_id, const absl::Status& status);
-  // Queues one frame for the worker.
+  // Any thread. Writes one frame: directly if the socket takes it now and
+  // nothing is queued before it, else queued for the io thread.
+  void WriteLocked(std::string frame) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void Write(std::string frame);
+  // io thread: drains write_queue_.
   void WriteNext();
+  // Any thread: makes sure the watchdog runs (it stops after a second with
+  // nothing in flight).
+  void WatchLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void Check();
   void OnDeadline(uint64_t id);
   void OnLinkClosed(const boost::system::error_code& ec);
   void Kill(const std::string& why);
@@ -149,13 +170,26 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   std::atomic<bool> alive_{true};
 
   boost::asio::local::stream_protocol::socket link_;
+  const int link_fd_;  // link_'s descriptor, for writers on other threads
   common::UniqueFd fd_channel_;
   boost::asio::posix::stream_descriptor pidfd_watch_;
   unsigned char header_[4];
   std::string payload_;
-  std::deque<std::string> write_queue_;
-  uint64_t next_id_ = 1;
-  std::map<uint64_t, Pending> pending_;
+
+  // Shared between the io thread and senders.
+  mutable std::mutex mutex_;
+  std::deque<std::string> write_queue_ ABSL_GUARDED_BY(mutex_);
+  bool writing_ ABSL_GUARDED_BY(mutex_) = false;  // the io thread drains write_queue_
+  uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
+  std::map<uint64_t, Pending> pending_ ABSL_GUARDED_BY(mutex_);
+  // Usage requests waiting for their answer (see PollUsage).
+  std::map<uint64_t, std::shared_ptr<std::promise<void>>> usage_waiters_ ABSL_GUARDED_BY(mutex_);
+  // Killed or exited: commands are not written any more, Finish answers them.
+  bool dying_ ABSL_GUARDED_BY(mutex_) = false;
+  // Finish() ran: the link is closed; exit_reason_ says why.
+  bool closed_ ABSL_GUARDED_BY(mutex_) = false;
+  bool watching_ ABSL_GUARDED_BY(mutex_) = false;
+  std::chrono::steady_clock::time_point idle_since_ ABSL_GUARDED_BY(mutex_);
   // Why the daemon killed the worker, if it did.
   std::optional<std::string> kill_reason_;
   // Stop() closed the link on purpose; EOF from the worker is expected.
@@ -171,7 +205,7 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   bool finished_ = false;
   bool killed_by_deadline_ = false;
   bool ready_ = false;  // hello received
-  std::string exit_reason_;  // set by Finish()
+  std::string exit_reason_ ABSL_GUARDED_BY(mutex_);  // set by Finish()
   std::string blamed_module_;
   uint64_t last_heartbeat_ = 0;
   int64_t heartbeat_changed_ns_ = 0;

@@ -111,7 +111,7 @@ class RelibdTest : public ::testing::Test {
     return response;
   }
   // Waits until Status reports usage for `name` satisfying `done` (usage is
-  // pushed by the worker after every command and every 250 ms).
+  // fetched from the worker by every Status, and pushed after every lifecycle command).
   template <typename Predicate>
   v1::ModuleStats WaitForStats(const std::string& name, Predicate done) {
     v1::ModuleStats stats;

@@ -5,8 +5,18 @@
  *
  * Contracts for module authors:
  *  - No C++ exception, longjmp or signal may cross any function of this ABI.
- *  - All calls into a module (on_load, exports, before_unload) come from one
- *    agent thread at a time; a module that starts threads synchronises them.
+ *  - Lifecycle hooks (on_load, before_unload) never run beside each other or
+ *    beside an export of the same module. Exports of a module that does not
+ *    declare RELIB_MODULE_FLAG_THREAD_SAFE (a "serial" module: every module
+ *    built before the flag existed) are entered by one thread at a time,
+ *    although not always the same thread. A thread-safe module's exports may
+ *    run on up to ModuleOptions.max_concurrent_calls threads at once
+ *    (default 4; a serial module ignores the option, and its load carries a
+ *    warning if it asked for more). Calls run on the agent's executor
+ *    threads, which belong to the module: they are ended (running the
+ *    module's thread_local destructors) before the module is unloaded or
+ *    swapped; a thread_local of the module is per executor thread, not per
+ *    module. See README "Execution model".
  *  - Memory passed to a module (`in`, host api) is owned by the host and
  *    valid only for the duration of the call.
  *  - Output and error text go into a host-owned relib_buffer through its
@@ -125,7 +135,17 @@ typedef struct relib_module_descriptor {
   int (*before_unload)(relib_buffer* error);
   const relib_export* exports;
   size_t export_count;
+  /* Added within ABI version 1: RELIB_MODULE_FLAG_* bits. The agent reads it
+   * only if the exported descriptor symbol is large enough to hold it (its
+   * ELF st_size), so modules built before it existed still load, as serial
+   * modules (flags 0). Older agents ignore it. */
+  uint32_t flags;
 } relib_module_descriptor;
+
+/* The module's exports may be called from several threads at once (the
+ * module synchronises its own state). Without it, exports are entered by one
+ * thread at a time, whatever ModuleOptions.max_concurrent_calls says. */
+#define RELIB_MODULE_FLAG_THREAD_SAFE 0x1u
 
 #ifdef __cplusplus
 }

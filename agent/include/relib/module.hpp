@@ -191,7 +191,15 @@ constexpr relib_export Export(const char* name) {
 
 // Defines the module's descriptor. ON_LOAD: void(relib::Host) or nullptr;
 // BEFORE_UNLOAD: void() or nullptr; then one or more relib::Export<Fn>("name").
-#define RELIB_MODULE(NAME, ON_LOAD, BEFORE_UNLOAD, ...)                         \
+#define RELIB_MODULE(NAME, ON_LOAD, BEFORE_UNLOAD, ...) \
+  RELIB_MODULE_WITH_FLAGS(0u, NAME, ON_LOAD, BEFORE_UNLOAD, __VA_ARGS__)
+
+// As RELIB_MODULE, for a module whose exports may run on several threads at
+// once (RELIB_MODULE_FLAG_THREAD_SAFE; see relib/module.h).
+#define RELIB_MODULE_THREAD_SAFE(NAME, ON_LOAD, BEFORE_UNLOAD, ...) \
+  RELIB_MODULE_WITH_FLAGS(RELIB_MODULE_FLAG_THREAD_SAFE, NAME, ON_LOAD, BEFORE_UNLOAD, __VA_ARGS__)
+
+#define RELIB_MODULE_WITH_FLAGS(FLAGS, NAME, ON_LOAD, BEFORE_UNLOAD, ...)      \
   const relib_host_api* relib_module_host = nullptr;                            \
   static const relib_export relib_module_exports_[] = {__VA_ARGS__};           \
   extern "C" __attribute__((visibility("default")))                             \
@@ -201,6 +209,7 @@ constexpr relib_export Export(const char* name) {
       ::relib::detail::OnLoadHook<ON_LOAD>(),                                   \
       ::relib::detail::BeforeUnloadHook<BEFORE_UNLOAD>(),                       \
       relib_module_exports_,                                                    \
-      sizeof(relib_module_exports_) / sizeof(relib_module_exports_[0])}
+      sizeof(relib_module_exports_) / sizeof(relib_module_exports_[0]),         \
+      FLAGS}
 
 #endif  // RELIB_MODULE_HPP_
