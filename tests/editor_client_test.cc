@@ -3,10 +3,14 @@
 // with a message where node or npm is missing (scripts/install-deps installs
 // them); its npm dependencies are installed from package-lock.json once per
 // build tree.
+#include <fcntl.h>
+#include <sys/file.h>
+
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include "common/unique_fd.h"
 #include "tests/relibd_process.h"
 #include "tests/test_paths.h"
 #include "tests/testing.h"
@@ -35,6 +39,9 @@ absl::StatusOr<fs::path> PreparedClient() {
   const fs::path source = fs::path(kSourceDir) / "examples/editor-client";
   const fs::path target = fs::path(kBuildDir) / "editor-client";
   fs::create_directories(target);
+  // Tests run in parallel: one npm ci at a time in this directory.
+  common::UniqueFd lock(::open((target / ".lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  if (!lock.valid() || ::flock(lock.get(), LOCK_EX) != 0) return absl::InternalError("cannot lock " + target.string());
   bool fresh = ReadFile(source / "package-lock.json") == ReadFile(target / "package-lock.json") &&
                fs::exists(target / "node_modules/@grpc/grpc-js");
   for (const char* file : {"package.json", "package-lock.json", "client.js"}) {
