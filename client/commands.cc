@@ -1,6 +1,11 @@
 #include "client/commands.h"
 
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
 
 #include <filesystem>
 #include <iostream>
@@ -35,8 +40,10 @@ const char* CodeName(grpc::StatusCode code) {
   }
 }
 
-// Connects or explains why not. Null means the caller should exit kExitUnreachable.
-std::unique_ptr<v1::Relibd::Stub> Connect(const ClientOptions& options) {
+// Connects or explains why not. Null means the caller should exit with
+// `*exit_code`: kExitPermissionDenied when the socket refuses this user,
+// kExitUnreachable otherwise.
+std::unique_ptr<v1::Relibd::Stub> Connect(const ClientOptions& options, int* exit_code) {
   grpc::ChannelArguments arguments;
   const auto max_message_bytes = static_cast<int>(common::MegabytesToBytes(options.max_message_mb));
   arguments.SetMaxReceiveMessageSize(max_message_bytes);
@@ -45,6 +52,21 @@ std::unique_ptr<v1::Relibd::Stub> Connect(const ClientOptions& options) {
       grpc::CreateCustomChannel("unix:" + options.socket, grpc::InsecureChannelCredentials(), arguments);
   auto deadline = std::chrono::system_clock::now() + std::chrono::milliseconds(options.connect_timeout_ms);
   if (!channel->WaitForConnected(deadline)) {
+    // gRPC does not say why; the socket file's permissions are the usual
+    // reason, and a plain connect tells.
+    int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", options.socket.c_str());
+    bool denied = probe >= 0 && ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 &&
+                  (errno == EACCES || errno == EPERM);
+    if (probe >= 0) ::close(probe);
+    if (denied) {
+      std::cerr << "relibctl: permission denied (uid " << ::getuid() << " cannot connect to " << options.socket
+                << ": ask for membership of the socket's group or a relibd --view-group/--control-group)\n";
+      *exit_code = kExitPermissionDenied;
+      return nullptr;
+    }
     std::cerr << "relibctl: cannot reach relibd at " << options.socket
               << " (is it running? start relibd or pass --socket)\n";
     return nullptr;
@@ -55,7 +77,7 @@ std::unique_ptr<v1::Relibd::Stub> Connect(const ClientOptions& options) {
 int Fail(const std::string& what, const grpc::Status& status) {
   std::cerr << "relibctl: " << what << ": " << status.error_message() << " [" << CodeName(status.error_code())
             << "]\n";
-  return kExitModuleError;
+  return status.error_code() == grpc::StatusCode::PERMISSION_DENIED ? kExitPermissionDenied : kExitModuleError;
 }
 
 // A refused or partial unload's report, if the daemon attached one. A report
@@ -125,8 +147,9 @@ void Print(const ClientOptions& options, const Message& message, const std::stri
 
 int RunLoad(const ClientOptions& options, const std::string& name, const std::string& path,
             const ModuleFlags& flags, const std::string& worker) {
-  auto stub = Connect(options);
-  if (!stub) return kExitUnreachable;
+  int unreachable = kExitUnreachable;
+  auto stub = Connect(options, &unreachable);
+  if (!stub) return unreachable;
   v1::LoadRequest request;
   request.set_name(name);
   request.set_path(AbsolutePath(path));
@@ -142,8 +165,9 @@ int RunLoad(const ClientOptions& options, const std::string& name, const std::st
 
 int RunReload(const ClientOptions& options, const std::string& name, const std::string& path, bool force,
               bool staged, const ModuleFlags& flags) {
-  auto stub = Connect(options);
-  if (!stub) return kExitUnreachable;
+  int unreachable = kExitUnreachable;
+  auto stub = Connect(options, &unreachable);
+  if (!stub) return unreachable;
   v1::ReloadRequest request;
   request.set_name(name);
   request.set_path(AbsolutePath(path));
@@ -161,8 +185,9 @@ int RunReload(const ClientOptions& options, const std::string& name, const std::
 }
 
 int RunUnload(const ClientOptions& options, const std::string& name, bool force) {
-  auto stub = Connect(options);
-  if (!stub) return kExitUnreachable;
+  int unreachable = kExitUnreachable;
+  auto stub = Connect(options, &unreachable);
+  if (!stub) return unreachable;
   v1::UnloadRequest request;
   request.set_name(name);
   request.set_force(force);
@@ -176,8 +201,9 @@ int RunUnload(const ClientOptions& options, const std::string& name, bool force)
 
 int RunCall(const ClientOptions& options, const std::string& name, const std::string& export_name,
             const std::string& input) {
-  auto stub = Connect(options);
-  if (!stub) return kExitUnreachable;
+  int unreachable = kExitUnreachable;
+  auto stub = Connect(options, &unreachable);
+  if (!stub) return unreachable;
   v1::CallRequest request;
   request.set_name(name);
   request.set_export_name(export_name);
@@ -202,8 +228,9 @@ int RunCall(const ClientOptions& options, const std::string& name, const std::st
 }
 
 int RunStatus(const ClientOptions& options) {
-  auto stub = Connect(options);
-  if (!stub) return kExitUnreachable;
+  int unreachable = kExitUnreachable;
+  auto stub = Connect(options, &unreachable);
+  if (!stub) return unreachable;
   v1::StatusResponse response;
   grpc::ClientContext context;
   grpc::Status status = stub->Status(&context, v1::StatusRequest(), &response);
@@ -213,8 +240,9 @@ int RunStatus(const ClientOptions& options) {
 }
 
 int RunEvents(const ClientOptions& options, int count) {
-  auto stub = Connect(options);
-  if (!stub) return kExitUnreachable;
+  int unreachable = kExitUnreachable;
+  auto stub = Connect(options, &unreachable);
+  if (!stub) return unreachable;
   grpc::ClientContext context;
   auto reader = stub->Events(&context, v1::EventsRequest());
   v1::Event event;

@@ -1,5 +1,5 @@
 // relibctl: command-line client of relibd. Exit codes: 0 ok, 1 the daemon
-// reported an error, 2 usage, 3 daemon not reachable.
+// reported an error, 2 usage, 3 daemon not reachable, 4 permission denied.
 #include <string>
 
 #include "CLI/CLI.hpp"

@@ -14,6 +14,8 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <tuple>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "boost/asio/executor_work_guard.hpp"
@@ -22,9 +24,12 @@
 #include "common/message_limits.h"
 #include "common/socket_path.h"
 #include "common/temp_dir.h"
+#include "daemon/access.h"
 #include "daemon/event_bus.h"
+#include "daemon/module_dirs.h"
 #include "daemon/module_file.h"
 #include "daemon/orphans.h"
+#include "daemon/peer_listener.h"
 #include "daemon/rpc_service.h"
 #include "daemon/state_store.h"
 #include "daemon/supervisor.h"
@@ -70,6 +75,16 @@ void RemoveStaleSegments() {
     if (owner <= 0 || owner == ::getpid() || ::kill(owner, 0) == 0 || errno != ESRCH) continue;
     std::filesystem::remove(entry.path(), error);
   }
+}
+
+// A started gRPC server with no listening port of its own: PeerListener
+// hands it connections.
+std::unique_ptr<grpc::Server> BuildServer(grpc::Service* service, uint64_t max_message_bytes) {
+  grpc::ServerBuilder builder;
+  builder.RegisterService(service);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
+  return builder.BuildAndStart();
 }
 
 }  // namespace
@@ -138,6 +153,33 @@ int main(int argc, char** argv) {
                  "module; leak = the free is refused and logged, the module keeps running")
       ->capture_default_str()
       ->check(CLI::IsMember({"abort", "leak"}));
+  // ---- access control (issue 10) ----
+  std::string socket_mode = "0660", socket_owner, socket_group;
+  std::vector<std::string> view_groups, control_groups, module_dirs;
+  app.add_option("--socket-mode", socket_mode, "permissions of the socket file (octal)")->capture_default_str();
+  app.add_option("--socket-owner", socket_owner, "owner (user name or uid) of the socket file");
+  app.add_option("--socket-group", socket_group,
+                 "group of the socket file (name or gid); with mode 0660 only its members can connect");
+  app.add_option("--view-group", view_groups,
+                 "members of this group may use Status and Events (repeatable); root and relibd's own user may "
+                 "do everything");
+  app.add_option("--control-group", control_groups,
+                 "members of this group may also Load, Reload, Unload and Call (repeatable)");
+  app.add_option("--allow-module-dir", module_dirs,
+                 "load modules only from inside this directory (repeatable); it and everything below it must be "
+                 "writable by root or relibd's user only. Required when relibd runs as root (with none, every load "
+                 "is refused); as another user, its own files are allowed when none is given");
+  std::string worker_user;
+  app.add_option("--worker-user", worker_user,
+                 "when relibd runs as root, workers run as this user (name or uid) and its primary group, with no "
+                 "supplementary groups and no_new_privs; default relib-worker, or nobody if relib-worker does not "
+                 "exist; 'root' keeps workers as root (not recommended)");
+  std::vector<std::string> worker_limits;
+  app.add_option("--worker-limit", worker_limits,
+                 "resource limit of the workers of a group, GROUP:KIND=VALUE (repeatable; GROUP * = every group): "
+                 "memory (address space) or data (bytes, K/M/G suffix), nofile, nproc (per worker user), cpu "
+                 "(seconds), core (bytes; default 0: no core dumps)");
+  // ---- end access control ----
   CLI11_PARSE(app, argc, argv);
 
   ::signal(SIGPIPE, SIG_IGN);
@@ -157,12 +199,80 @@ int main(int argc, char** argv) {
     owned_run_dir.emplace(std::move(created).value());
     run_dir = owned_run_dir->path();
   }
+  for (const std::string& limit : worker_limits) {
+    if (absl::Status added = options.worker.limits.Add(limit); !added.ok()) {
+      spdlog::critical("phase=startup {}", std::string(added.message()));
+      return 2;
+    }
+  }
+  if (!worker_user.empty() && ::geteuid() != 0) {
+    spdlog::critical("phase=startup --worker-user needs relibd to run as root (workers run as relibd's user)");
+    return 2;
+  }
+  if (::geteuid() == 0 && worker_user != "root" && worker_user != "0") {
+    std::string name = worker_user.empty() ? "relib-worker" : worker_user;
+    auto user = relib::daemon::ResolveUser(name);
+    if (!user.ok() && worker_user.empty()) {
+      spdlog::warn("phase=startup user relib-worker does not exist (see systemd/relibd.sysusers.conf); workers run "
+                   "as nobody");
+      name = "nobody";
+      user = relib::daemon::ResolveUser(name);
+    }
+    if (!user.ok()) {
+      spdlog::critical("phase=startup --worker-user: {}", std::string(user.status().message()));
+      return 2;
+    }
+    if (user->first == 0) {
+      spdlog::warn("phase=startup --worker-user {} is root: modules run as root", name);
+    } else {
+      options.worker.run_as = relib::common::SpawnOptions::Credentials{user->first, user->second, {}};
+      // The worker reaches its scratch dir inside the run dir: search only,
+      // no listing.
+      struct stat st {};
+      if (::stat(run_dir.c_str(), &st) == 0 && (st.st_mode & S_IXOTH) == 0) ::chmod(run_dir.c_str(), (st.st_mode & 07777) | S_IXOTH);
+      spdlog::info("phase=startup workers run as {} (uid {}, gid {})", name, user->first, user->second);
+    }
+  } else if (::geteuid() == 0) {
+    spdlog::warn("phase=startup --worker-user root: modules run as root");
+  }
   if (::access(worker_path.c_str(), X_OK) != 0) {
     spdlog::critical("phase=startup worker executable {} is missing or not executable (pass --worker)",
                      worker_path);
     return 1;
   }
   if (!PrepareSocketPath(socket_path)) return 1;
+  relib::daemon::SocketOptions socket_options;
+  std::vector<gid_t> view_gids, control_gids;
+  {
+    auto startup_error = [](const std::string& what) {
+      spdlog::critical("phase=startup {}", what);
+      return 2;
+    };
+    char* end = nullptr;
+    unsigned long mode = std::strtoul(socket_mode.c_str(), &end, 8);
+    if (socket_mode.empty() || *end != '\0' || mode > 0777) {
+      return startup_error("--socket-mode " + socket_mode + " is not an octal mode like 0660");
+    }
+    socket_options.mode = static_cast<mode_t>(mode);
+    if (!socket_owner.empty()) {
+      auto owner = relib::daemon::ResolveUser(socket_owner);
+      if (!owner.ok()) return startup_error("--socket-owner: " + std::string(owner.status().message()));
+      socket_options.owner = owner->first;
+    }
+    if (!socket_group.empty()) {
+      auto group = relib::daemon::ResolveGroup(socket_group);
+      if (!group.ok()) return startup_error("--socket-group: " + std::string(group.status().message()));
+      socket_options.group = *group;
+    }
+    for (auto [names, gids, flag] : {std::tuple{&view_groups, &view_gids, "--view-group"},
+                                     std::tuple{&control_groups, &control_gids, "--control-group"}}) {
+      for (const std::string& name : *names) {
+        auto gid = relib::daemon::ResolveGroup(name);
+        if (!gid.ok()) return startup_error(std::string(flag) + ": " + std::string(gid.status().message()));
+        gids->push_back(*gid);
+      }
+    }
+  }
   RemoveStaleSegments();
   // relibd keeps a duplicate of every fd modules store and a few fds per
   // worker and client: take the whole hard limit, not the soft 1024.
@@ -212,20 +322,42 @@ int main(int argc, char** argv) {
   std::once_flag stop_once;
   auto stop = [&](int why) { std::call_once(stop_once, [&] { stop_signal.set_value(why); }); };
   options.on_fatal = [&](const std::string&) { stop(-1); };
+  auto allowed_dirs = relib::daemon::ModuleDirs::Create(module_dirs, ::geteuid());
+  if (!allowed_dirs.ok()) {
+    spdlog::critical("phase=startup {}", std::string(allowed_dirs.status().message()));
+    return 2;
+  }
+  if (::geteuid() == 0 && module_dirs.empty()) {
+    spdlog::warn("phase=startup relibd runs as root with no --allow-module-dir: every load will be refused");
+  }
+  options.module_dirs = &*allowed_dirs;
   relib::daemon::Supervisor supervisor(io, options, events);
-  relib::daemon::RpcService service(supervisor, events);
 
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("unix:" + socket_path, grpc::InsecureServerCredentials());
-  builder.RegisterService(&service);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
-  builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server) {
-    spdlog::critical("phase=startup cannot listen on unix:{}", socket_path);
+  // One server per role: the server a connection is handed to is its
+  // authorization (see daemon/peer_listener.h).
+  relib::daemon::AccessPolicy access(::geteuid(), view_gids, control_gids);
+  relib::daemon::PeerRegistry peers;
+  relib::daemon::RpcService control_service(supervisor, events, relib::daemon::Role::kControl, &peers);
+  relib::daemon::RpcService view_service(supervisor, events, relib::daemon::Role::kView, &peers);
+  relib::daemon::RpcService no_service(supervisor, events, relib::daemon::Role::kNone, &peers);
+  std::unique_ptr<grpc::Server> control_server = BuildServer(&control_service, max_message_bytes);
+  std::unique_ptr<grpc::Server> view_server = BuildServer(&view_service, max_message_bytes);
+  std::unique_ptr<grpc::Server> no_server = BuildServer(&no_service, max_message_bytes);
+  if (!control_server || !view_server || !no_server) {
+    spdlog::critical("phase=startup cannot start the gRPC servers");
     return 1;
   }
-  ::chmod(socket_path.c_str(), 0660);
+  auto listening = relib::daemon::BindUnixSocket(socket_path, socket_options);
+  if (!listening.ok()) {
+    spdlog::critical("phase=startup cannot listen on unix:{}: {}", socket_path, listening.status().ToString());
+    return 1;
+  }
+  auto listener = relib::daemon::PeerListener::Start(std::move(listening).value(), access, peers,
+                                                     {control_server.get(), view_server.get(), no_server.get()});
+  if (!listener.ok()) {
+    spdlog::critical("phase=startup {}", listener.status().ToString());
+    return 1;
+  }
 
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](const boost::system::error_code& ec, int signal) {
@@ -247,7 +379,9 @@ int main(int argc, char** argv) {
   supervisor.Shutdown();
   relib::daemon::KillAdoptedProcesses(std::chrono::milliseconds(2000));
   events.Close();
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+  listener->reset();
+  auto grace = std::chrono::system_clock::now() + std::chrono::milliseconds(300);
+  for (grpc::Server* server : {control_server.get(), view_server.get(), no_server.get()}) server->Shutdown(grace);
   work.reset();
   io.stop();
   io_thread.join();

@@ -22,12 +22,18 @@ struct CommandResult {
 
 // Runs `argv` with stdin from `input`, capturing stdout and stderr.
 CommandResult RunCommand(const std::vector<std::string>& argv, const std::string& input = "");
+// The same as another user (REQUIRES: the test runs as root).
+CommandResult RunCommandAs(const common::SpawnOptions::Credentials& user, const std::vector<std::string>& argv,
+                           const std::string& input = "");
 
 class RelibdProcess {
  public:
   // Starts relibd with `extra_args` (`--worker` among them replaces the real
-  // worker) and waits until it accepts connections.
-  static absl::StatusOr<std::unique_ptr<RelibdProcess>> Start(const std::vector<std::string>& extra_args = {});
+  // worker) and waits until it accepts connections. Unless
+  // `default_module_dirs` is false, the build tree and the test's own dir are
+  // passed as --allow-module-dir (relibd as root loads nothing without one).
+  static absl::StatusOr<std::unique_ptr<RelibdProcess>> Start(const std::vector<std::string>& extra_args = {},
+                                                             bool default_module_dirs = true);
   // SIGTERM, then waits for it to exit.
   ~RelibdProcess();
 
@@ -40,6 +46,8 @@ class RelibdProcess {
 
   // relibctl --socket <socket> args...
   CommandResult Ctl(const std::vector<std::string>& args, const std::string& input = "") const;
+  // relibctl --socket <socket> args... as `user`.
+  CommandResult CtlAs(const common::SpawnOptions::Credentials& user, const std::vector<std::string>& args) const;
 
   // Stops relibd with SIGTERM and returns how it ended.
   common::ExitStatus Stop();
