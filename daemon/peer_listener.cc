@@ -1,6 +1,8 @@
 #include "daemon/peer_listener.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -10,6 +12,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -57,6 +60,41 @@ absl::StatusOr<common::UniqueFd> BindUnixSocket(const std::string& path, const S
   if (::chmod(path.c_str(), options.mode) != 0) return absl::ErrnoToStatus(errno, "chmod " + path);
   if (::listen(fd.get(), SOMAXCONN) != 0) return absl::ErrnoToStatus(errno, "listen " + path);
   return fd;
+}
+
+absl::StatusOr<PreopenedSocket> ListenTcp(const std::string& spec) {
+  size_t colon = spec.find(':');
+  size_t equals = spec.find('=');
+  if (colon == std::string::npos || equals == std::string::npos || equals < colon || colon == 0 ||
+      equals == colon + 1) {
+    return absl::InvalidArgumentError("expected MODULE:KEY=[ADDR:]PORT");
+  }
+  PreopenedSocket socket;
+  socket.module = spec.substr(0, colon);
+  socket.key = spec.substr(colon + 1, equals - colon - 1);
+  std::string where = spec.substr(equals + 1);
+  std::string address = "127.0.0.1";
+  if (size_t last = where.rfind(':'); last != std::string::npos) {
+    address = where.substr(0, last);
+    where = where.substr(last + 1);
+  }
+  char* end = nullptr;
+  long port = std::strtol(where.c_str(), &end, 10);
+  sockaddr_in in{};
+  in.sin_family = AF_INET;
+  if (where.empty() || *end != '\0' || port <= 0 || port > 65535 || ::inet_pton(AF_INET, address.c_str(), &in.sin_addr) != 1) {
+    return absl::InvalidArgumentError("expected MODULE:KEY=[ADDR:]PORT with an IPv4 address and a port 1-65535");
+  }
+  in.sin_port = htons(static_cast<uint16_t>(port));
+  socket.fd = common::UniqueFd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!socket.fd.valid()) return absl::ErrnoToStatus(errno, "socket");
+  int one = 1;
+  ::setsockopt(socket.fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (::bind(socket.fd.get(), reinterpret_cast<sockaddr*>(&in), sizeof(in)) != 0) {
+    return absl::ErrnoToStatus(errno, absl::StrCat("bind ", address, ":", port));
+  }
+  if (::listen(socket.fd.get(), 1024) != 0) return absl::ErrnoToStatus(errno, "listen");
+  return socket;
 }
 
 absl::StatusOr<std::unique_ptr<PeerListener>> PeerListener::Start(common::UniqueFd listening,

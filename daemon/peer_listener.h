@@ -43,6 +43,16 @@ struct SocketOptions {
 // in its place.
 absl::StatusOr<common::UniqueFd> BindUnixSocket(const std::string& path, const SocketOptions& options);
 
+// A TCP listening socket relibd opens for a module (--preopen-tcp
+// MODULE:KEY=[ADDR:]PORT, ADDR an IPv4 address, default 127.0.0.1).
+struct PreopenedSocket {
+  std::string module;
+  std::string key;
+  common::UniqueFd fd;
+};
+// INVALID_ARGUMENT for a malformed spec; the errno of socket/bind/listen.
+absl::StatusOr<PreopenedSocket> ListenTcp(const std::string& spec);
+
 class PeerListener {
  public:
   // The servers take accepted connections of each role. REQUIRES: started

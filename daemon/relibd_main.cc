@@ -179,6 +179,11 @@ int main(int argc, char** argv) {
                  "resource limit of the workers of a group, GROUP:KIND=VALUE (repeatable; GROUP * = every group): "
                  "memory (address space) or data (bytes, K/M/G suffix), nofile, nproc (per worker user), cpu "
                  "(seconds), core (bytes; default 0: no core dumps)");
+  std::vector<std::string> preopen_tcp;
+  app.add_option("--preopen-tcp", preopen_tcp,
+                 "MODULE:KEY=[ADDR:]PORT (repeatable): relibd listens on this TCP port itself (ADDR default "
+                 "127.0.0.1) and puts the socket in MODULE's fd store under KEY at each load, so an unprivileged "
+                 "worker can serve a port below 1024");
   // ---- end access control ----
   CLI11_PARSE(app, argc, argv);
 
@@ -204,6 +209,16 @@ int main(int argc, char** argv) {
       spdlog::critical("phase=startup {}", std::string(added.message()));
       return 2;
     }
+  }
+  std::vector<relib::common::UniqueFd> preopened;
+  for (const std::string& spec : preopen_tcp) {
+    auto socket = relib::daemon::ListenTcp(spec);
+    if (!socket.ok()) {
+      spdlog::critical("phase=startup --preopen-tcp {}: {}", spec, std::string(socket.status().message()));
+      return 2;
+    }
+    options.preopened_fds[socket->module][socket->key] = socket->fd.get();
+    preopened.push_back(std::move(socket->fd));
   }
   if (!worker_user.empty() && ::geteuid() != 0) {
     spdlog::critical("phase=startup --worker-user needs relibd to run as root (workers run as relibd's user)");

@@ -1,5 +1,6 @@
 #include "daemon/supervisor.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -440,6 +441,12 @@ absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const s
   candidate = *staged;
   auto worker = EnsureWorker(group);
   if (!worker.ok()) return fail(worker.status());
+  if (auto it = options_.preopened_fds.find(name); it != options_.preopened_fds.end()) {
+    for (const auto& [key, fd] : it->second) {
+      absl::Status stored = fd_store_.Put(name, key, common::UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 3)));
+      if (!stored.ok()) return fail(stored);
+    }
+  }
   std::vector<common::UniqueFd> fds;
   auto command = LoadCommand(name, candidate, path, 1, options, false, fds);
   auto reply = (*worker)->Request(std::move(command), absl::StrCat("load of module '", name, "'"),

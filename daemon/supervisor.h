@@ -50,6 +50,11 @@ struct SupervisorOptions {
   std::string good_dir;
   // Larger module files are refused before they are copied.
   uint64_t max_module_bytes = kDefaultMaxModuleSizeMb << 20;
+  // Sockets relibd opened for modules (--preopen-tcp): module -> key -> fd,
+  // put into the module's fd store at each load, so a worker without root
+  // can serve a privileged port. The fds are owned by the caller and outlive
+  // the supervisor.
+  std::map<std::string, std::map<std::string, int>> preopened_fds;
   // Where modules may come from (checked before any copy). Null: anywhere.
   // REQUIRES: outlives the supervisor.
   const ModuleDirs* module_dirs = nullptr;

@@ -80,6 +80,12 @@ absl::StatusOr<std::unique_ptr<RelibdProcess>> RelibdProcess::Start(const std::v
   if (std::find(extra_args.begin(), extra_args.end(), "--worker") == extra_args.end()) {
     options.argv.insert(options.argv.end(), {"--worker", kWorkerPath});
   }
+  // Many tests' modules write marker files into the test's private dir, as
+  // root workers can; the unprivileged default has tests of its own
+  // (worker_user_test.cc), which pass --worker-user.
+  if (std::find(extra_args.begin(), extra_args.end(), "--worker-user") == extra_args.end()) {
+    options.argv.insert(options.argv.end(), {"--worker-user", "root"});
+  }
   if (default_module_dirs) {
     options.argv.insert(options.argv.end(), {"--allow-module-dir", kBuildDir, "--allow-module-dir", dir->path()});
   }

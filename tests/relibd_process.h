@@ -32,6 +32,8 @@ class RelibdProcess {
   // worker) and waits until it accepts connections. Unless
   // `default_module_dirs` is false, the build tree and the test's own dir are
   // passed as --allow-module-dir (relibd as root loads nothing without one).
+  // Workers run as root (--worker-user root) unless `extra_args` has a
+  // --worker-user (an empty one asks for relibd's default).
   static absl::StatusOr<std::unique_ptr<RelibdProcess>> Start(const std::vector<std::string>& extra_args = {},
                                                              bool default_module_dirs = true);
   // SIGTERM, then waits for it to exit.

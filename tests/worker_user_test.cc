@@ -1,6 +1,9 @@
 // Workers of a root relibd run as an unprivileged user: the module sees the
 // worker user's uid/gid, no supplementary groups and no_new_privs, and cannot
 // open relibd's private files (the flight recorder reaches it as an fd).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include <filesystem>
@@ -48,7 +51,7 @@ TEST_F(WorkerUserTest, ModuleRunsAsTheWorkerUserWithoutGroupsOrNewPrivileges) {
 }
 
 TEST_F(WorkerUserTest, DefaultsToAnUnprivilegedUser) {
-  StartDaemon();
+  StartDaemon({"--worker-user", ""});
   LoadOrDie("identity", k_identity);
   std::string ids = Call("identity", "ids");
   EXPECT_THAT(ids, ::testing::Not(::testing::StartsWith("uid=0 "))) << ids;
@@ -60,6 +63,26 @@ TEST_F(WorkerUserTest, RootWorkerOnlyWhenAskedFor) {
   LoadOrDie("identity", k_identity);
   EXPECT_THAT(Call("identity", "ids"), ::testing::StartsWith("uid=0 gid=0"));
   EXPECT_THAT(relibd_->Log(), ::testing::HasSubstr("modules run as root"));
+}
+
+// A privileged port for an unprivileged worker: relibd (root) listens and the
+// module takes the socket from its fd store (examples/counter-service).
+TEST_F(WorkerUserTest, PrivilegedPortReachesTheModuleThroughTheFdStore) {
+  const int port = 700 + ::getpid() % 200;
+  StartDaemon({"--worker-user", worker_user_, "--preopen-tcp",
+               "counter:listener=127.0.0.1:" + std::to_string(port)});
+  LoadOrDie("counter", kCounterServicePath);
+  EXPECT_EQ(Call("counter", "port"), std::to_string(port));
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  char line[32] = {};
+  ASSERT_GT(::recv(fd, line, sizeof(line) - 1, 0), 0);
+  ::close(fd);
+  EXPECT_STREQ(line, "1\n");
 }
 
 }  // namespace
