@@ -43,6 +43,15 @@ TEST_F(WorkerLimitsTest, WorkerOverItsMemoryLimitIsReportedAndOtherGroupsKeepSer
   EXPECT_EQ(Call("identity", "ping"), "pong");
 }
 
+TEST_F(WorkerLimitsTest, WorkerOverItsCpuTimeLimitIsReportedAsSuch) {
+  StartDaemon({"--worker-limit", "hot:cpu=1"});
+  LoadOrDie("identity", k_identity, {}, "hot");
+  grpc::Status status;
+  Call("identity", "spin", "", &status);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("exceeded its CPU time limit of 1 s")) << relibd_->Log();
+}
+
 TEST_F(WorkerLimitsTest, CoreDumpsAreOffByDefault) {
   StartDaemon();
   pid_t worker = LoadOrDie("hello", kHelloPath);

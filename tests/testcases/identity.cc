@@ -1,7 +1,7 @@
 // What a worker may do: `ids` reports the credentials the module runs with
 // ("uid=.. gid=.. groups=.. nnp=.."), `open` tries to open its input path
 // read-only ("ok" or the errno name), `alloc` allocates and touches its input
-// in MiB, `ping` answers "pong".
+// in MiB, `ping` answers "pong", `spin` burns CPU forever.
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 #include <string_view>
@@ -50,7 +51,14 @@ std::string Alloc(std::string_view input) {
 
 std::string Ping(std::string_view) { return "pong"; }
 
+// Burns CPU until the worker's CPU time limit ends it.
+std::string Spin(std::string_view) {
+  volatile uint64_t n = 0;
+  while (true) n = n + 1;
+  return "unreachable";
+}
+
 }  // namespace
 
 RELIB_MODULE("identity", nullptr, nullptr, relib::Export<Ids>("ids"), relib::Export<Open>("open"),
-             relib::Export<Alloc>("alloc"), relib::Export<Ping>("ping"));
+             relib::Export<Alloc>("alloc"), relib::Export<Ping>("ping"), relib::Export<Spin>("spin"));
