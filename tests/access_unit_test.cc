@@ -6,7 +6,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+
+#include <fstream>
+
+#include "common/temp_dir.h"
 #include "daemon/access.h"
+#include "daemon/module_dirs.h"
 #include "daemon/request_validation.h"
 #include "daemon/worker_limits.h"
 #include "tests/testing.h"
@@ -65,6 +71,30 @@ TEST(WorkerLimitTableTest, ParsesAndMergesPerGroup) {
                           ":memory=1G", "big:memory=-1"}) {
     EXPECT_THAT(table.Add(bad), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr(bad))) << bad;
   }
+}
+
+// relibd as an ordinary user with no --allow-module-dir: its own files (and
+// root's) load, another user's or a world-writable one do not.
+TEST(ModuleDirsTest, OrdinaryUserLoadsItsOwnFilesByDefault) {
+  auto dir = common::TempDir::Create("/tmp", "relib-dirs-");
+  ASSERT_THAT(dir, IsOk());
+  std::string mine = dir->path() + "/mine.so";
+  { std::ofstream(mine) << "x"; }
+  ::chmod(mine.c_str(), 0644);
+  auto as_me = ModuleDirs::Create({}, ::geteuid() == 0 ? 4321 : ::geteuid());
+  ASSERT_THAT(as_me, IsOk());
+  if (::geteuid() == 0) ASSERT_EQ(::chown(mine.c_str(), 4321, 4321), 0);
+  EXPECT_THAT(as_me->Check(mine), IsOk());
+  ::chmod(mine.c_str(), 0666);
+  EXPECT_THAT(as_me->Check(mine), StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("every user")));
+  auto as_other = ModuleDirs::Create({}, 9876);
+  ASSERT_THAT(as_other, IsOk());
+  ::chmod(mine.c_str(), 0644);
+  EXPECT_THAT(as_other->Check(mine), StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("its owner")));
+  EXPECT_THAT(as_other->Check(dir->path() + "/missing.so"), StatusIs(absl::StatusCode::kNotFound));
+  // Root with no allowed directory: nothing.
+  auto as_root = ModuleDirs::Create({}, 0);
+  EXPECT_THAT(as_root->Check(mine), StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("--allow-module-dir")));
 }
 
 TEST(RequestValidationTest, NamesAndPaths) {
