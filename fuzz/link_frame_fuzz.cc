@@ -8,6 +8,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+
+#include "google/protobuf/stubs/logging.h"
 #include <thread>
 
 #include "common/frame_io.h"
@@ -42,6 +44,14 @@ void ReadAll(const uint8_t* data, size_t size) {
   writer.join();
 }
 
+}  // namespace
+
+namespace {
+// Invalid UTF-8 in string fields is expected input; protobuf's log of each is noise.
+const bool kQuietProtobuf = [] {
+  google::protobuf::SetLogHandler(nullptr);
+  return true;
+}();
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -7,11 +7,21 @@
 #include <cstdint>
 #include <string>
 
+#include "google/protobuf/stubs/logging.h"
+
 #include "daemon/access.h"
 #include "daemon/module_dirs.h"
 #include "daemon/request_validation.h"
 #include "daemon/worker_limits.h"
 #include "relib/v1/relibd.pb.h"
+
+namespace {
+// Invalid UTF-8 in string fields is expected input; protobuf's log of each is noise.
+const bool kQuietProtobuf = [] {
+  google::protobuf::SetLogHandler(nullptr);
+  return true;
+}();
+}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size > 4096) return 0;
