@@ -34,6 +34,7 @@ class AccessTest : public RelibdTest {
                                      control_group_};
     args.insert(args.end(), extra.begin(), extra.end());
     StartDaemon(args);
+    if (!relibd_) return;
     // The test dir (0700) holds the socket: let other users reach it.
     ::chmod(relibd_->dir().c_str(), 0755);
   }
@@ -47,7 +48,7 @@ class AccessTest : public RelibdTest {
 constexpr int kExitPermissionDenied = 4;
 
 TEST_F(AccessTest, UserWithoutRoleIsRefusedEveryMethod) {
-  StartOpenDaemon();
+  ASSERT_NO_FATAL_FAILURE(StartOpenDaemon());
   LoadOrDie("hello", kHelloPath);
   auto as_nobody = TestUsers::Of(nobody_);
   std::string view_denied = "permission denied (uid " + Uid(nobody_) + " lacks the view role)";
@@ -72,7 +73,7 @@ TEST_F(AccessTest, UserWithoutRoleIsRefusedEveryMethod) {
 }
 
 TEST_F(AccessTest, ViewMemberCanReadStatusButNotLoadOrCall) {
-  StartOpenDaemon();
+  ASSERT_NO_FATAL_FAILURE(StartOpenDaemon());
   LoadOrDie("hello", kHelloPath);
   auto as_viewer = TestUsers::Of(viewer_);
   CommandResult status = relibd_->CtlAs(as_viewer, {"status"});
@@ -89,7 +90,7 @@ TEST_F(AccessTest, ViewMemberCanReadStatusButNotLoadOrCall) {
 }
 
 TEST_F(AccessTest, ControlMemberCanLoadAndCall) {
-  StartOpenDaemon();
+  ASSERT_NO_FATAL_FAILURE(StartOpenDaemon());
   auto as_controller = TestUsers::Of(controller_);
   CommandResult load = relibd_->CtlAs(as_controller, {"load", "hello", kHelloPath});
   EXPECT_EQ(load.exit_code, 0) << load.err;
@@ -99,7 +100,7 @@ TEST_F(AccessTest, ControlMemberCanLoadAndCall) {
 }
 
 TEST_F(AccessTest, ControlMemberCannotLoadFromItsHome) {
-  StartOpenDaemon();
+  ASSERT_NO_FATAL_FAILURE(StartOpenDaemon());
   std::string home = TestUsers::Home(controller_);
   ASSERT_TRUE(std::filesystem::is_directory(home)) << home;
   std::string mine = home + "/mine.so";
@@ -123,7 +124,7 @@ TEST_F(AccessTest, ControlMemberCannotLoadFromItsHome) {
 }
 
 TEST_F(AccessTest, SocketIsGroupOnlyByDefaultAndConfigurable) {
-  StartDaemon({"--socket-group", view_group_});
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--socket-group", view_group_}));
   ::chmod(relibd_->dir().c_str(), 0755);
   struct stat st{};
   ASSERT_EQ(::stat(relibd_->socket().c_str(), &st), 0);
@@ -144,7 +145,7 @@ TEST_F(AccessTest, SocketIsGroupOnlyByDefaultAndConfigurable) {
 }
 
 TEST_F(AccessTest, SocketModeFlag) {
-  StartDaemon({"--socket-mode", "0600"});
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--socket-mode", "0600"}));
   struct stat st{};
   ASSERT_EQ(::stat(relibd_->socket().c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0600u);
@@ -191,7 +192,7 @@ TEST_F(ModuleDirsTest, SymlinkOutOfAnAllowedDirectoryIsRefused) {
 TEST_F(ModuleDirsTest, RootWithoutAllowedDirectoriesLoadsNothing) {
   if (::geteuid() != 0) GTEST_SKIP() << "relibd as root only";
   relibd_.reset();
-  StartDaemon({}, /*default_module_dirs=*/false);
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({}, /*default_module_dirs=*/false));
   ExpectDenied(Load("hello", kHelloPath), {kHelloPath, "runs as root", "--allow-module-dir"});
   EXPECT_THAT(relibd_->Log(), ::testing::HasSubstr("every load will be refused"));
 }

@@ -25,7 +25,7 @@ class PrivateStateTest : public RelibdTest {
 };
 
 TEST_F(PrivateStateTest, SharedMemorySegmentsAreOwnerOnly) {
-  StartDaemon();
+  ASSERT_NO_FATAL_FAILURE(StartDaemon());
   LoadOrDie("hello", kHelloPath);
   pid_t pid = relibd_->process().pid();
   EXPECT_TRUE(Private("/dev/shm/relibd." + std::to_string(pid) + ".state"));
@@ -44,7 +44,7 @@ TEST_F(PrivateStateTest, StateDirFileIsOwnerOnlyEvenIfItWasNot) {
   auto dir = common::TempDir::Create("/tmp", "relib-state-");
   ASSERT_THAT(dir, IsOk());
   std::string state_dir = dir->path() + "/state";
-  StartDaemon({"--state-dir", state_dir, "--state-store-mb", "1"});
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--state-dir", state_dir, "--state-store-mb", "1"}));
   LoadOrDie("hello", kHelloPath);
   EXPECT_TRUE(Private(state_dir + "/module-state.bin"));
   struct stat st{};
@@ -53,7 +53,7 @@ TEST_F(PrivateStateTest, StateDirFileIsOwnerOnlyEvenIfItWasNot) {
   relibd_->Stop();
   // An operator (or an older relibd) left it readable: tightened at start.
   ::chmod((state_dir + "/module-state.bin").c_str(), 0644);
-  StartDaemon({"--state-dir", state_dir, "--state-store-mb", "1"});
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--state-dir", state_dir, "--state-store-mb", "1"}));
   EXPECT_TRUE(Private(state_dir + "/module-state.bin"));
 }
 

@@ -26,7 +26,7 @@ class WorkerLimitsTest : public RelibdTest {
 
 TEST_F(WorkerLimitsTest, WorkerOverItsMemoryLimitIsReportedAndOtherGroupsKeepServing) {
   SKIP_UNDER_SANITIZER();
-  StartDaemon({"--worker-limit", "big:memory=768M", "--worker-limit", "*:nofile=512"});
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--worker-limit", "big:memory=768M", "--worker-limit", "*:nofile=512"}));
   pid_t bystander = LoadOrDie("hello", kHelloPath);
   pid_t big = LoadOrDie("identity", k_identity, {}, "big");
   ASSERT_NE(big, bystander);
@@ -44,7 +44,7 @@ TEST_F(WorkerLimitsTest, WorkerOverItsMemoryLimitIsReportedAndOtherGroupsKeepSer
 }
 
 TEST_F(WorkerLimitsTest, WorkerOverItsCpuTimeLimitIsReportedAsSuch) {
-  StartDaemon({"--worker-limit", "hot:cpu=1"});
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--worker-limit", "hot:cpu=1"}));
   LoadOrDie("identity", k_identity, {}, "hot");
   grpc::Status status;
   Call("identity", "spin", "", &status);
@@ -53,7 +53,7 @@ TEST_F(WorkerLimitsTest, WorkerOverItsCpuTimeLimitIsReportedAsSuch) {
 }
 
 TEST_F(WorkerLimitsTest, CoreDumpsAreOffByDefault) {
-  StartDaemon();
+  ASSERT_NO_FATAL_FAILURE(StartDaemon());
   pid_t worker = LoadOrDie("hello", kHelloPath);
   EXPECT_THAT(Limit(worker, "Max core file size"), ::testing::MatchesRegex("Max core file size +0 +0 +bytes *"));
 }

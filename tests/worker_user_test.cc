@@ -28,7 +28,7 @@ class WorkerUserTest : public RelibdTest {
 };
 
 TEST_F(WorkerUserTest, ModuleRunsAsTheWorkerUserWithoutGroupsOrNewPrivileges) {
-  StartDaemon({"--worker-user", worker_user_});
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--worker-user", worker_user_}));
   pid_t worker = LoadOrDie("identity", k_identity);
   auto user = TestUsers::Of(worker_user_);
   EXPECT_EQ(Call("identity", "ids"),
@@ -51,7 +51,7 @@ TEST_F(WorkerUserTest, ModuleRunsAsTheWorkerUserWithoutGroupsOrNewPrivileges) {
 }
 
 TEST_F(WorkerUserTest, DefaultsToAnUnprivilegedUser) {
-  StartDaemon({"--worker-user", ""});
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--worker-user", ""}));
   LoadOrDie("identity", k_identity);
   std::string ids = Call("identity", "ids");
   EXPECT_THAT(ids, ::testing::Not(::testing::StartsWith("uid=0 "))) << ids;
@@ -59,7 +59,7 @@ TEST_F(WorkerUserTest, DefaultsToAnUnprivilegedUser) {
 }
 
 TEST_F(WorkerUserTest, RootWorkerOnlyWhenAskedFor) {
-  StartDaemon({"--worker-user", "root"});
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--worker-user", "root"}));
   LoadOrDie("identity", k_identity);
   EXPECT_THAT(Call("identity", "ids"), ::testing::StartsWith("uid=0 gid=0"));
   EXPECT_THAT(relibd_->Log(), ::testing::HasSubstr("modules run as root"));
@@ -69,8 +69,8 @@ TEST_F(WorkerUserTest, RootWorkerOnlyWhenAskedFor) {
 // module takes the socket from its fd store (examples/counter-service).
 TEST_F(WorkerUserTest, PrivilegedPortReachesTheModuleThroughTheFdStore) {
   const int port = 700 + ::getpid() % 200;
-  StartDaemon({"--worker-user", worker_user_, "--preopen-tcp",
-               "counter:listener=127.0.0.1:" + std::to_string(port)});
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--worker-user", worker_user_, "--preopen-tcp",
+                                       "counter:listener=127.0.0.1:" + std::to_string(port)}));
   LoadOrDie("counter", kCounterServicePath);
   EXPECT_EQ(Call("counter", "port"), std::to_string(port));
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
