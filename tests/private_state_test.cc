@@ -3,6 +3,7 @@
 // relibd).
 #include <sys/stat.h>
 
+#include <cstdio>
 #include <filesystem>
 
 #include "tests/relibd_fixture.h"
@@ -17,8 +18,9 @@ class PrivateStateTest : public RelibdTest {
     struct stat st{};
     if (::stat(path.c_str(), &st) != 0) return ::testing::AssertionFailure() << path << " missing";
     if ((st.st_mode & 07777) != 0600 || st.st_uid != ::geteuid()) {
-      return ::testing::AssertionFailure() << path << " has mode 0" << std::oct << (st.st_mode & 07777) << std::dec
-                                           << " owner " << st.st_uid;
+      char mode[8];
+      std::snprintf(mode, sizeof(mode), "0%o", static_cast<unsigned>(st.st_mode & 07777));
+      return ::testing::AssertionFailure() << path << " has mode " << mode << " owner " << st.st_uid;
     }
     return ::testing::AssertionSuccess();
   }
