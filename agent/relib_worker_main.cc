@@ -36,6 +36,9 @@ int main(int argc, char** argv) {
   int fd_channel = -1;
   app.add_option("--fd-channel-fd", fd_channel, "fd of the socket relibd passes file descriptors on");
   app.add_option("--flight-recorder", recorder_name, "shared-memory flight recorder created by relibd");
+  int recorder_fd = -1;
+  app.add_option("--flight-recorder-fd", recorder_fd,
+                 "fd of the flight recorder relibd handed over (a worker running as another user cannot open it)");
   uint64_t max_message_bytes = relib::common::MegabytesToBytes(relib::common::kDefaultMaxMessageMb);
   app.add_option("--max-message-bytes", max_message_bytes,
                  "relibd's gRPC message limit: sizes the link's frames and caps export outputs");
@@ -74,8 +77,9 @@ int main(int argc, char** argv) {
   std::optional<relib::common::FlightRecorder> recorder;
   std::optional<relib::agent::ScopedCrashHandler> crash_handler;
   std::optional<relib::agent::Heartbeat> heartbeat;
-  if (!recorder_name.empty()) {
-    auto opened = relib::common::FlightRecorder::Open(recorder_name);
+  if (recorder_fd >= 0 || !recorder_name.empty()) {
+    auto opened = recorder_fd >= 0 ? relib::common::FlightRecorder::OpenFd(recorder_fd)
+                                   : relib::common::FlightRecorder::Open(recorder_name);
     if (!opened.ok()) {
       spdlog::error("phase=startup {}", opened.status().ToString());
       return 1;

@@ -1,9 +1,13 @@
 #include "client/commands.h"
 
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <iterator>
@@ -39,8 +43,10 @@ const char* CodeName(grpc::StatusCode code) {
   }
 }
 
-// Connects or explains why not. Null means the caller should exit kExitUnreachable.
-std::unique_ptr<v1::Relibd::Stub> Connect(const ClientOptions& options) {
+// Connects or explains why not. Null means the caller should exit with
+// `*exit_code`: kExitPermissionDenied when the socket refuses this user,
+// kExitUnreachable otherwise.
+std::unique_ptr<v1::Relibd::Stub> Connect(const ClientOptions& options, int* exit_code) {
   grpc::ChannelArguments arguments;
   const auto max_message_bytes = static_cast<int>(common::MegabytesToBytes(options.max_message_mb));
   arguments.SetMaxReceiveMessageSize(max_message_bytes);
@@ -50,9 +56,27 @@ std::unique_ptr<v1::Relibd::Stub> Connect(const ClientOptions& options) {
   auto wait = std::chrono::milliseconds(options.connect_timeout_ms);
   if (options.timeout_s > 0) wait = std::min(wait, std::chrono::milliseconds(static_cast<int64_t>(options.timeout_s * 1000)));
   if (!channel->WaitForConnected(std::chrono::system_clock::now() + wait)) {
-    PrintError(options,
-               absl::StrCat("cannot reach relibd at ", options.socket, " (is it running? start relibd or pass --socket)"),
-               "UNAVAILABLE", kExitUnreachable);
+    // gRPC does not say why; the socket file's permissions are the usual
+    // reason, and a plain connect tells.
+    int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", options.socket.c_str());
+    bool denied = probe >= 0 && ::connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 &&
+                  (errno == EACCES || errno == EPERM);
+    if (probe >= 0) ::close(probe);
+    if (denied) {
+      *exit_code = PrintError(options,
+                              absl::StrCat("permission denied (uid ", ::getuid(), " cannot connect to ", options.socket,
+                                           ": ask for membership of the socket's group or a relibd "
+                                           "--view-group/--control-group)"),
+                              "PERMISSION_DENIED", kExitPermissionDenied);
+      return nullptr;
+    }
+    *exit_code = PrintError(options,
+                            absl::StrCat("cannot reach relibd at ", options.socket,
+                                         " (is it running? start relibd or pass --socket)"),
+                            "UNAVAILABLE", kExitUnreachable);
     return nullptr;
   }
   return v1::Relibd::NewStub(channel);
@@ -72,7 +96,9 @@ int Fail(const ClientOptions& options, const std::string& what, const grpc::Stat
     message = absl::StrCat("no answer within --timeout ", options.timeout_s,
                            " s (relibd may still finish the operation)");
   }
-  return PrintError(options, absl::StrCat(what, ": ", message), CodeName(status.error_code()), kExitModuleError);
+  return PrintError(options, absl::StrCat(what, ": ", message), CodeName(status.error_code()),
+                    status.error_code() == grpc::StatusCode::PERMISSION_DENIED ? kExitPermissionDenied
+                                                                               : kExitModuleError);
 }
 
 // A refused or partial unload's report, if the daemon attached one. A report
@@ -156,7 +182,9 @@ int PrintError(const ClientOptions& options, const std::string& text, const std:
     std::cerr << ToJson(error) << "\n";
   } else {
     std::cerr << "relibctl: " << text;
-    if (!code.empty() && exit_code == kExitModuleError) std::cerr << " [" << code << "]";
+    if (!code.empty() && (exit_code == kExitModuleError || exit_code == kExitPermissionDenied)) {
+      std::cerr << " [" << code << "]";
+    }
     std::cerr << "\n";
   }
   return exit_code;
@@ -164,8 +192,9 @@ int PrintError(const ClientOptions& options, const std::string& text, const std:
 
 int RunLoad(const ClientOptions& options, const std::string& name, const std::string& path,
             const ModuleFlags& flags, const std::string& worker, bool watch) {
-  auto stub = Connect(options);
-  if (!stub) return kExitUnreachable;
+  int unreachable = kExitUnreachable;
+  auto stub = Connect(options, &unreachable);
+  if (!stub) return unreachable;
   v1::LoadRequest request;
   request.set_name(name);
   request.set_path(AbsolutePath(path));
@@ -183,8 +212,9 @@ int RunLoad(const ClientOptions& options, const std::string& name, const std::st
 
 int RunReload(const ClientOptions& options, const std::string& name, const std::string& path, bool force,
               bool staged, const ModuleFlags& flags) {
-  auto stub = Connect(options);
-  if (!stub) return kExitUnreachable;
+  int unreachable = kExitUnreachable;
+  auto stub = Connect(options, &unreachable);
+  if (!stub) return unreachable;
   v1::ReloadRequest request;
   request.set_name(name);
   request.set_path(AbsolutePath(path));
@@ -206,8 +236,9 @@ int RunReload(const ClientOptions& options, const std::string& name, const std::
 }
 
 int RunReloadAll(const ClientOptions& options, bool force, bool staged, const ModuleFlags& flags) {
-  auto stub = Connect(options);
-  if (!stub) return kExitUnreachable;
+  int unreachable = kExitUnreachable;
+  auto stub = Connect(options, &unreachable);
+  if (!stub) return unreachable;
   v1::StatusResponse modules;
   {
     grpc::ClientContext context;
@@ -239,8 +270,9 @@ int RunReloadAll(const ClientOptions& options, bool force, bool staged, const Mo
 }
 
 int RunWatch(const ClientOptions& options, const std::string& name, bool off) {
-  auto stub = Connect(options);
-  if (!stub) return kExitUnreachable;
+  int unreachable = kExitUnreachable;
+  auto stub = Connect(options, &unreachable);
+  if (!stub) return unreachable;
   v1::WatchRequest request;
   request.set_name(name);
   request.set_off(off);
@@ -286,8 +318,9 @@ int RunVersion(const ClientOptions& options) {
 }
 
 int RunUnload(const ClientOptions& options, const std::string& name, bool force) {
-  auto stub = Connect(options);
-  if (!stub) return kExitUnreachable;
+  int unreachable = kExitUnreachable;
+  auto stub = Connect(options, &unreachable);
+  if (!stub) return unreachable;
   v1::UnloadRequest request;
   request.set_name(name);
   request.set_force(force);
@@ -302,8 +335,9 @@ int RunUnload(const ClientOptions& options, const std::string& name, bool force)
 
 int RunCall(const ClientOptions& options, const std::string& name, const std::string& export_name,
             const std::string& input) {
-  auto stub = Connect(options);
-  if (!stub) return kExitUnreachable;
+  int unreachable = kExitUnreachable;
+  auto stub = Connect(options, &unreachable);
+  if (!stub) return unreachable;
   v1::CallRequest request;
   request.set_name(name);
   request.set_export_name(export_name);
@@ -329,8 +363,9 @@ int RunCall(const ClientOptions& options, const std::string& name, const std::st
 }
 
 int RunStatus(const ClientOptions& options) {
-  auto stub = Connect(options);
-  if (!stub) return kExitUnreachable;
+  int unreachable = kExitUnreachable;
+  auto stub = Connect(options, &unreachable);
+  if (!stub) return unreachable;
   v1::StatusResponse response;
   grpc::ClientContext context;
   Prepare(options, context);
@@ -341,8 +376,9 @@ int RunStatus(const ClientOptions& options) {
 }
 
 int RunEvents(const ClientOptions& options, int count) {
-  auto stub = Connect(options);
-  if (!stub) return kExitUnreachable;
+  int unreachable = kExitUnreachable;
+  auto stub = Connect(options, &unreachable);
+  if (!stub) return unreachable;
   grpc::ClientContext context;
   Prepare(options, context);
   auto reader = stub->Events(&context, v1::EventsRequest());

@@ -16,6 +16,9 @@ inline constexpr int kExitOk = 0;
 inline constexpr int kExitModuleError = 1;  // the daemon answered with an error
 inline constexpr int kExitUsage = 2;        // bad command line
 inline constexpr int kExitUnreachable = 3;  // no daemon on the socket
+// relibd refused: the caller lacks a role, cannot open the socket, or the
+// module's file or directory is not allowed (PERMISSION_DENIED).
+inline constexpr int kExitPermissionDenied = 4;
 
 struct ClientOptions {
   std::string socket;

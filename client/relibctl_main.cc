@@ -1,5 +1,6 @@
 // relibctl: command-line client of relibd. Exit codes: 0 ok, 1 the daemon
-// reported an error, 2 usage, 3 daemon not reachable (client/commands.h).
+// reported an error, 2 usage, 3 daemon not reachable, 4 permission denied
+// (client/commands.h).
 #include <iostream>
 #include <string>
 #include <string_view>

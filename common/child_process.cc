@@ -4,6 +4,9 @@
 #include <poll.h>
 #include <signal.h>
 #include <string.h>
+#include <grp.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -70,6 +73,19 @@ int PidfdSendSignal(int pidfd, int signal) {
     }
   }
   ::syscall(SYS_close_range, next, ~0U, 0);
+  for (const auto& [resource, limit] : options.rlimits) {
+    rlimit value{static_cast<rlim_t>(limit.first), static_cast<rlim_t>(limit.second)};
+    if (::setrlimit(resource, &value) != 0) ::_exit(126);
+  }
+  if (options.credentials) {
+    // Groups first, then gid, then uid: each step needs the privilege the
+    // next one drops. Any failure is fatal: never run with more than asked.
+    const auto& c = *options.credentials;
+    if (::setgroups(c.groups.size(), c.groups.data()) != 0) ::_exit(126);
+    if (::setresgid(c.gid, c.gid, c.gid) != 0) ::_exit(126);
+    if (::setresuid(c.uid, c.uid, c.uid) != 0) ::_exit(126);
+  }
+  if (options.no_new_privs && ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) ::_exit(126);
   ::execve(argv[0], argv, envp);
   ::_exit(127);
 }

@@ -4,6 +4,8 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
+
 #include <optional>
 #include <string>
 #include <utility>
@@ -37,6 +39,18 @@ struct SpawnOptions {
   // Put the child in a new process group of its own (pgid = its pid), so
   // that it and whatever it starts can be signalled together.
   bool new_process_group = false;
+  // Run the child as this user: setgroups(groups), setgid, setuid before
+  // exec (REQUIRES: the parent may, i.e. is root). Unset: the parent's ids.
+  struct Credentials {
+    uid_t uid = 0;
+    gid_t gid = 0;
+    std::vector<gid_t> groups;  // supplementary groups; empty drops them all
+  };
+  std::optional<Credentials> credentials;
+  // prctl(PR_SET_NO_NEW_PRIVS): exec of a set-uid program gains nothing.
+  bool no_new_privs = false;
+  // setrlimit(resource, limit) in the child before exec.
+  std::vector<std::pair<int, std::pair<uint64_t, uint64_t>>> rlimits;
 };
 
 // Owns a child process. Unless already reaped, the destructor sends SIGKILL
@@ -45,7 +59,8 @@ struct SpawnOptions {
 class ChildProcess {
  public:
   // fork + exec. Errors: fork/pidfd failures; an exec failure shows up as
-  // exit code 127 of the child.
+  // exit code 127 of the child, a failure to apply `rlimits`, `credentials`
+  // or `no_new_privs` as exit code 126 (the program never runs).
   static absl::StatusOr<ChildProcess> Spawn(const SpawnOptions& options);
 
   ChildProcess(ChildProcess&& other) noexcept;

@@ -1,6 +1,11 @@
 #include "common/flight_recorder.h"
 
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <cstring>
@@ -15,6 +20,11 @@ namespace bip = boost::interprocess;
 struct FlightRecorder::Mapping {
   bip::shared_memory_object object;
   bip::mapped_region region;
+  // OpenFd maps the handed-over fd directly instead.
+  void* raw = nullptr;
+  ~Mapping() {
+    if (raw != nullptr) ::munmap(raw, sizeof(FlightRecord));
+  }
 };
 
 namespace {
@@ -71,7 +81,8 @@ absl::StatusOr<FlightRecorder> FlightRecorder::Create(const std::string& name) {
   try {
     bip::shared_memory_object::remove(name.c_str());
     auto mapping = std::make_unique<Mapping>();
-    mapping->object = bip::shared_memory_object(bip::create_only, name.c_str(), bip::read_write);
+    mapping->object = bip::shared_memory_object(bip::create_only, name.c_str(), bip::read_write,
+                                                bip::permissions(0600));
     mapping->object.truncate(sizeof(FlightRecord));
     mapping->region = bip::mapped_region(mapping->object, bip::read_write);
     auto* record = new (mapping->region.get_address()) FlightRecord();
@@ -97,8 +108,35 @@ absl::StatusOr<FlightRecorder> FlightRecorder::Open(const std::string& name) {
   }
 }
 
+absl::StatusOr<FlightRecorder> FlightRecorder::OpenFd(int fd) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    int saved = errno;
+    ::close(fd);
+    return absl::ErrnoToStatus(saved, "flight recorder fd");
+  }
+  if (st.st_size < static_cast<off_t>(sizeof(FlightRecord))) {
+    ::close(fd);
+    return absl::InvalidArgumentError("flight recorder fd has the wrong size");
+  }
+  void* raw = ::mmap(nullptr, sizeof(FlightRecord), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  int saved = errno;
+  ::close(fd);  // the mapping keeps the segment
+  if (raw == MAP_FAILED) return absl::ErrnoToStatus(saved, "mmap flight recorder");
+  auto mapping = std::make_unique<Mapping>();
+  mapping->raw = raw;
+  if (static_cast<FlightRecord*>(raw)->magic != FlightRecord::kMagic) {
+    return absl::InvalidArgumentError("flight recorder fd has the wrong layout");
+  }
+  return FlightRecorder("fd", false, std::move(mapping));
+}
+
+int FlightRecorder::fd() const { return mapping_ ? mapping_->object.get_mapping_handle().handle : -1; }
+
 FlightRecord* FlightRecorder::record() const {
-  return mapping_ ? static_cast<FlightRecord*>(mapping_->region.get_address()) : nullptr;
+  if (!mapping_) return nullptr;
+  if (mapping_->raw != nullptr) return static_cast<FlightRecord*>(mapping_->raw);
+  return static_cast<FlightRecord*>(mapping_->region.get_address());
 }
 
 void FlightRecorder::EnterPhase(Phase phase, const std::string& module, const std::string& detail) {

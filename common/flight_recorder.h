@@ -90,6 +90,10 @@ class FlightRecorder {
   static absl::StatusOr<FlightRecorder> Create(const std::string& name);
   // The worker: maps an existing segment.
   static absl::StatusOr<FlightRecorder> Open(const std::string& name);
+  // The worker: maps the segment relibd handed over as `fd` (takes it). A
+  // worker running as another user cannot open relibd's 0600 segment by
+  // name; the fd is the only way in.
+  static absl::StatusOr<FlightRecorder> OpenFd(int fd);
 
   FlightRecorder(FlightRecorder&&) noexcept;
   FlightRecorder& operator=(FlightRecorder&&) noexcept;
@@ -97,6 +101,8 @@ class FlightRecorder {
 
   FlightRecord* record() const;
   const std::string& name() const { return name_; }
+  // relibd: the segment's fd, to hand to the worker (owned by this object).
+  int fd() const;
 
   // Worker side. Not async-signal-safe except RecordCrash.
   void EnterPhase(Phase phase, const std::string& module, const std::string& detail);

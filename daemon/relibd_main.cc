@@ -14,9 +14,12 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <tuple>
+#include <vector>
 
 #include "CLI/CLI.hpp"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/ext/health_check_service_server_builder_option.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "boost/asio/executor_work_guard.hpp"
 #include "boost/asio/io_context.hpp"
@@ -24,10 +27,13 @@
 #include "common/message_limits.h"
 #include "common/socket_path.h"
 #include "common/temp_dir.h"
+#include "daemon/access.h"
 #include "daemon/event_bus.h"
+#include "daemon/module_dirs.h"
 #include "daemon/module_file.h"
 #include "daemon/module_watcher.h"
 #include "daemon/orphans.h"
+#include "daemon/peer_listener.h"
 #include "daemon/rpc_service.h"
 #include "daemon/state_store.h"
 #include "daemon/supervisor.h"
@@ -73,6 +79,19 @@ void RemoveStaleSegments() {
     if (owner <= 0 || owner == ::getpid() || ::kill(owner, 0) == 0 || errno != ESRCH) continue;
     std::filesystem::remove(entry.path(), error);
   }
+}
+
+// A started gRPC server with no listening port of its own: PeerListener
+// hands it connections. Every server answers server reflection (generic
+// tools discover the API; its schema is public, installed with the SDK);
+// grpc.health.v1 answers only to the roles that may see relibd's state.
+std::unique_ptr<grpc::Server> BuildServer(grpc::Service* service, uint64_t max_message_bytes, bool with_health) {
+  grpc::ServerBuilder builder;
+  if (!with_health) builder.SetOption(std::make_unique<grpc::HealthCheckServiceServerBuilderOption>(nullptr));
+  builder.RegisterService(service);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
+  return builder.BuildAndStart();
 }
 
 }  // namespace
@@ -141,6 +160,38 @@ int main(int argc, char** argv) {
                  "module; leak = the free is refused and logged, the module keeps running")
       ->capture_default_str()
       ->check(CLI::IsMember({"abort", "leak"}));
+  // ---- access control (issue 10) ----
+  std::string socket_mode = "0660", socket_owner, socket_group;
+  std::vector<std::string> view_groups, control_groups, module_dirs;
+  app.add_option("--socket-mode", socket_mode, "permissions of the socket file (octal)")->capture_default_str();
+  app.add_option("--socket-owner", socket_owner, "owner (user name or uid) of the socket file");
+  app.add_option("--socket-group", socket_group,
+                 "group of the socket file (name or gid); with mode 0660 only its members can connect");
+  app.add_option("--view-group", view_groups,
+                 "members of this group may use Status and Events (repeatable); root and relibd's own user may "
+                 "do everything");
+  app.add_option("--control-group", control_groups,
+                 "members of this group may also Load, Reload, Unload and Call (repeatable)");
+  app.add_option("--allow-module-dir", module_dirs,
+                 "load modules only from inside this directory (repeatable); it and everything below it must be "
+                 "writable by root or relibd's user only. Required when relibd runs as root (with none, every load "
+                 "is refused); as another user, its own files are allowed when none is given");
+  std::string worker_user;
+  app.add_option("--worker-user", worker_user,
+                 "when relibd runs as root, workers run as this user (name or uid) and its primary group, with no "
+                 "supplementary groups and no_new_privs; default relib-worker, or nobody if relib-worker does not "
+                 "exist; 'root' keeps workers as root (not recommended)");
+  std::vector<std::string> worker_limits;
+  app.add_option("--worker-limit", worker_limits,
+                 "resource limit of the workers of a group, GROUP:KIND=VALUE (repeatable; GROUP * = every group): "
+                 "memory (address space) or data (bytes, K/M/G suffix), nofile, nproc (per worker user), cpu "
+                 "(seconds), core (bytes; default 0: no core dumps)");
+  std::vector<std::string> preopen_tcp;
+  app.add_option("--preopen-tcp", preopen_tcp,
+                 "MODULE:KEY=[ADDR:]PORT (repeatable): relibd listens on this TCP port itself (ADDR default "
+                 "127.0.0.1) and puts the socket in MODULE's fd store under KEY at each load, so an unprivileged "
+                 "worker can serve a port below 1024");
+  // ---- end access control ----
   int watch_debounce_ms = 200;
   app.add_option("--watch-debounce-ms", watch_debounce_ms,
                  "a watched module reloads once its file has been quiet this long after a finished write or rename")
@@ -171,12 +222,90 @@ int main(int argc, char** argv) {
     owned_run_dir.emplace(std::move(created).value());
     run_dir = owned_run_dir->path();
   }
+  for (const std::string& limit : worker_limits) {
+    if (absl::Status added = options.worker.limits.Add(limit); !added.ok()) {
+      spdlog::critical("phase=startup {}", std::string(added.message()));
+      return 2;
+    }
+  }
+  std::vector<relib::common::UniqueFd> preopened;
+  for (const std::string& spec : preopen_tcp) {
+    auto socket = relib::daemon::ListenTcp(spec);
+    if (!socket.ok()) {
+      spdlog::critical("phase=startup --preopen-tcp {}: {}", spec, std::string(socket.status().message()));
+      return 2;
+    }
+    options.preopened_fds[socket->module][socket->key] = socket->fd.get();
+    preopened.push_back(std::move(socket->fd));
+  }
+  if (!worker_user.empty() && ::geteuid() != 0) {
+    spdlog::critical("phase=startup --worker-user needs relibd to run as root (workers run as relibd's user)");
+    return 2;
+  }
+  if (::geteuid() == 0 && worker_user != "root" && worker_user != "0") {
+    std::string name = worker_user.empty() ? "relib-worker" : worker_user;
+    auto user = relib::daemon::ResolveUser(name);
+    if (!user.ok() && worker_user.empty()) {
+      spdlog::warn("phase=startup user relib-worker does not exist (see systemd/relibd.sysusers.conf); workers run "
+                   "as nobody");
+      name = "nobody";
+      user = relib::daemon::ResolveUser(name);
+    }
+    if (!user.ok()) {
+      spdlog::critical("phase=startup --worker-user: {}", std::string(user.status().message()));
+      return 2;
+    }
+    if (user->first == 0) {
+      spdlog::warn("phase=startup --worker-user {} is root: modules run as root", name);
+    } else {
+      options.worker.run_as = relib::common::SpawnOptions::Credentials{user->first, user->second, {}};
+      // The worker reaches its scratch dir inside the run dir: search only,
+      // no listing.
+      struct stat st {};
+      if (::stat(run_dir.c_str(), &st) == 0 && (st.st_mode & S_IXOTH) == 0) ::chmod(run_dir.c_str(), (st.st_mode & 07777) | S_IXOTH);
+      spdlog::info("phase=startup workers run as {} (uid {}, gid {})", name, user->first, user->second);
+    }
+  } else if (::geteuid() == 0) {
+    spdlog::warn("phase=startup --worker-user root: modules run as root");
+  }
   if (::access(worker_path.c_str(), X_OK) != 0) {
     spdlog::critical("phase=startup worker executable {} is missing or not executable (pass --worker)",
                      worker_path);
     return 1;
   }
   if (!PrepareSocketPath(socket_path)) return 1;
+  relib::daemon::SocketOptions socket_options;
+  std::vector<gid_t> view_gids, control_gids;
+  {
+    auto startup_error = [](const std::string& what) {
+      spdlog::critical("phase=startup {}", what);
+      return 2;
+    };
+    char* end = nullptr;
+    unsigned long mode = std::strtoul(socket_mode.c_str(), &end, 8);
+    if (socket_mode.empty() || *end != '\0' || mode > 0777) {
+      return startup_error("--socket-mode " + socket_mode + " is not an octal mode like 0660");
+    }
+    socket_options.mode = static_cast<mode_t>(mode);
+    if (!socket_owner.empty()) {
+      auto owner = relib::daemon::ResolveUser(socket_owner);
+      if (!owner.ok()) return startup_error("--socket-owner: " + std::string(owner.status().message()));
+      socket_options.owner = owner->first;
+    }
+    if (!socket_group.empty()) {
+      auto group = relib::daemon::ResolveGroup(socket_group);
+      if (!group.ok()) return startup_error("--socket-group: " + std::string(group.status().message()));
+      socket_options.group = *group;
+    }
+    for (auto [names, gids, flag] : {std::tuple{&view_groups, &view_gids, "--view-group"},
+                                     std::tuple{&control_groups, &control_gids, "--control-group"}}) {
+      for (const std::string& name : *names) {
+        auto gid = relib::daemon::ResolveGroup(name);
+        if (!gid.ok()) return startup_error(std::string(flag) + ": " + std::string(gid.status().message()));
+        gids->push_back(*gid);
+      }
+    }
+  }
   RemoveStaleSegments();
   // relibd keeps a duplicate of every fd modules store and a few fds per
   // worker and client: take the whole hard limit, not the soft 1024.
@@ -226,26 +355,46 @@ int main(int argc, char** argv) {
   std::once_flag stop_once;
   auto stop = [&](int why) { std::call_once(stop_once, [&] { stop_signal.set_value(why); }); };
   options.on_fatal = [&](const std::string&) { stop(-1); };
+  auto allowed_dirs = relib::daemon::ModuleDirs::Create(module_dirs, ::geteuid());
+  if (!allowed_dirs.ok()) {
+    spdlog::critical("phase=startup {}", std::string(allowed_dirs.status().message()));
+    return 2;
+  }
+  if (::geteuid() == 0 && module_dirs.empty()) {
+    spdlog::warn("phase=startup relibd runs as root with no --allow-module-dir: every load will be refused");
+  }
+  options.module_dirs = &*allowed_dirs;
   relib::daemon::Supervisor supervisor(io, options, events);
-  relib::daemon::RpcService service(supervisor, events);
   auto watcher = std::make_unique<relib::daemon::ModuleWatcher>(supervisor, std::chrono::milliseconds(watch_debounce_ms));
   supervisor.set_change_listener([w = watcher.get()] { w->Sync(); });
 
-  // Generic gRPC tools (grpcurl, grpc_cli, editor plugins) discover the API
-  // through reflection and probe liveness through grpc.health.v1.
+  // One server per role: the server a connection is handed to is its
+  // authorization (see daemon/peer_listener.h).
+  relib::daemon::AccessPolicy access(::geteuid(), view_gids, control_gids);
+  relib::daemon::PeerRegistry peers;
+  relib::daemon::RpcService control_service(supervisor, events, relib::daemon::Role::kControl, &peers);
+  relib::daemon::RpcService view_service(supervisor, events, relib::daemon::Role::kView, &peers);
+  relib::daemon::RpcService no_service(supervisor, events, relib::daemon::Role::kNone, &peers);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort("unix:" + socket_path, grpc::InsecureServerCredentials());
-  builder.RegisterService(&service);
-  builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
-  builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server) {
-    spdlog::critical("phase=startup cannot listen on unix:{}", socket_path);
+  std::unique_ptr<grpc::Server> control_server = BuildServer(&control_service, max_message_bytes, true);
+  std::unique_ptr<grpc::Server> view_server = BuildServer(&view_service, max_message_bytes, true);
+  std::unique_ptr<grpc::Server> no_server = BuildServer(&no_service, max_message_bytes, false);
+  if (!control_server || !view_server || !no_server) {
+    spdlog::critical("phase=startup cannot start the gRPC servers");
     return 1;
   }
-  ::chmod(socket_path.c_str(), 0660);
+  auto listening = relib::daemon::BindUnixSocket(socket_path, socket_options);
+  if (!listening.ok()) {
+    spdlog::critical("phase=startup cannot listen on unix:{}: {}", socket_path, listening.status().ToString());
+    return 1;
+  }
+  auto listener = relib::daemon::PeerListener::Start(std::move(listening).value(), access, peers,
+                                                     {control_server.get(), view_server.get(), no_server.get()});
+  if (!listener.ok()) {
+    spdlog::critical("phase=startup {}", listener.status().ToString());
+    return 1;
+  }
 
   boost::asio::signal_set signals(io, SIGINT, SIGTERM);
   signals.async_wait([&](const boost::system::error_code& ec, int signal) {
@@ -264,11 +413,15 @@ int main(int argc, char** argv) {
   // Workers first: RPCs waiting on them then fail fast instead of holding up
   // the server's shutdown; event streams end; idle client channels are not
   // waited for beyond a short grace.
-  if (auto* health = server->GetHealthCheckService()) health->Shutdown();  // NOT_SERVING from now on
+  for (grpc::Server* server : {control_server.get(), view_server.get()}) {
+    if (auto* health = server->GetHealthCheckService()) health->Shutdown();  // NOT_SERVING from now on
+  }
   supervisor.Shutdown();
   relib::daemon::KillAdoptedProcesses(std::chrono::milliseconds(2000));
   events.Close();
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
+  listener->reset();
+  auto grace = std::chrono::system_clock::now() + std::chrono::milliseconds(300);
+  for (grpc::Server* server : {control_server.get(), view_server.get(), no_server.get()}) server->Shutdown(grace);
   // After the workers (a reload it runs now fails fast) and after the last
   // RPC (which may still notify it of a change).
   watcher.reset();

@@ -1,5 +1,6 @@
 #include "daemon/rpc_service.h"
 
+#include "absl/strings/str_cat.h"
 #include "common/api_metadata.h"
 #include "daemon/report_metadata.h"
 #include "relib/module.h"
@@ -21,7 +22,17 @@ void AttachReport(grpc::ServerContext* context, const v1::UnloadReport& report) 
 
 }  // namespace
 
-grpc::Status RpcService::Load(grpc::ServerContext*, const v1::LoadRequest* request, v1::LoadResponse* response) {
+grpc::Status RpcService::Require(grpc::ServerContext* context, Role needed) const {
+  if (granted_ >= needed) return grpc::Status::OK;
+  long uid = peers_ && context ? peers_->UidOf(context->peer()) : -1;
+  std::string message = AccessPolicy::DeniedMessage(static_cast<uid_t>(uid), needed);
+  if (uid < 0) message = absl::StrCat("permission denied (the caller lacks the ", RoleName(needed), " role)");
+  return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, message);
+}
+
+grpc::Status RpcService::Load(grpc::ServerContext* context, const v1::LoadRequest* request,
+                              v1::LoadResponse* response) {
+  if (grpc::Status denied = Require(context, Role::kControl); !denied.ok()) return denied;
   auto info = supervisor_.Load(request->name(), request->path(), request->options(), request->worker());
   if (!info.ok()) return ToGrpc(info.status());
   if (request->watch()) {
@@ -34,6 +45,7 @@ grpc::Status RpcService::Load(grpc::ServerContext*, const v1::LoadRequest* reque
 
 grpc::Status RpcService::Reload(grpc::ServerContext* context, const v1::ReloadRequest* request,
                                 v1::ReloadResponse* response) {
+  if (grpc::Status denied = Require(context, Role::kControl); !denied.ok()) return denied;
   v1::UnloadReport failure_report;
   auto result = supervisor_.Reload(request->name(), request->path(), request->force(),
                                    request->has_options() ? &request->options() : nullptr, request->staged(),
@@ -48,6 +60,7 @@ grpc::Status RpcService::Reload(grpc::ServerContext* context, const v1::ReloadRe
 
 grpc::Status RpcService::Unload(grpc::ServerContext* context, const v1::UnloadRequest* request,
                                 v1::UnloadResponse* response) {
+  if (grpc::Status denied = Require(context, Role::kControl); !denied.ok()) return denied;
   v1::UnloadReport failure_report;
   auto report = supervisor_.Unload(request->name(), request->force(), &failure_report);
   if (!report.ok()) {
@@ -58,15 +71,18 @@ grpc::Status RpcService::Unload(grpc::ServerContext* context, const v1::UnloadRe
   return grpc::Status::OK;
 }
 
-grpc::Status RpcService::Call(grpc::ServerContext*, const v1::CallRequest* request, v1::CallResponse* response) {
+grpc::Status RpcService::Call(grpc::ServerContext* context, const v1::CallRequest* request,
+                              v1::CallResponse* response) {
+  if (grpc::Status denied = Require(context, Role::kControl); !denied.ok()) return denied;
   auto result = supervisor_.Call(request->name(), request->export_name(), request->input());
   if (!result.ok()) return ToGrpc(result.status());
   *response = std::move(result).value();
   return grpc::Status::OK;
 }
 
-grpc::Status RpcService::Status(grpc::ServerContext*, const v1::StatusRequest* request,
+grpc::Status RpcService::Status(grpc::ServerContext* context, const v1::StatusRequest* request,
                                 v1::StatusResponse* response) {
+  if (grpc::Status denied = Require(context, Role::kView); !denied.ok()) return denied;
   *response = supervisor_.Status(request->with_reports());
   response->set_daemon_version(RELIB_VERSION);
   response->set_abi_version(RELIB_ABI_VERSION);
@@ -75,6 +91,7 @@ grpc::Status RpcService::Status(grpc::ServerContext*, const v1::StatusRequest* r
 
 grpc::Status RpcService::Events(grpc::ServerContext* context, const v1::EventsRequest*,
                                 grpc::ServerWriter<v1::Event>* writer) {
+  if (grpc::Status denied = Require(context, Role::kView); !denied.ok()) return denied;
   auto subscription = events_.Subscribe();
   // Tell the client the stream is live before any event happens, so it can
   // start acting knowing nothing will be missed.

@@ -5,6 +5,7 @@
 
 #include <atomic>
 
+#include "daemon/access.h"
 #include "daemon/event_bus.h"
 #include "daemon/supervisor.h"
 #include "relib/v1/relibd.grpc.pb.h"
@@ -13,7 +14,12 @@ namespace relib::daemon {
 
 class RpcService final : public v1::Relibd::Service {
  public:
-  RpcService(Supervisor& supervisor, EventBus& events) : supervisor_(supervisor), events_(events) {}
+  // `granted`: the role of every connection this instance serves (one
+  // instance per role, see PeerListener); calls needing more are answered
+  // PERMISSION_DENIED naming the caller's uid, looked up in `peers` if given.
+  RpcService(Supervisor& supervisor, EventBus& events, Role granted = Role::kControl,
+             const PeerRegistry* peers = nullptr)
+      : supervisor_(supervisor), events_(events), granted_(granted), peers_(peers) {}
 
   grpc::Status Load(grpc::ServerContext*, const v1::LoadRequest*, v1::LoadResponse*) override;
   grpc::Status Reload(grpc::ServerContext*, const v1::ReloadRequest*, v1::ReloadResponse*) override;
@@ -24,8 +30,13 @@ class RpcService final : public v1::Relibd::Service {
   grpc::Status Watch(grpc::ServerContext*, const v1::WatchRequest*, v1::WatchResponse*) override;
 
  private:
+  // OK if this instance's role includes `needed`.
+  grpc::Status Require(grpc::ServerContext* context, Role needed) const;
+
   Supervisor& supervisor_;
   EventBus& events_;
+  const Role granted_;
+  const PeerRegistry* const peers_;
 };
 
 }  // namespace relib::daemon

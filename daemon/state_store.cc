@@ -1,6 +1,7 @@
 #include "daemon/state_store.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -46,6 +47,24 @@ absl::Status Reserve(const std::string& location, uint64_t bytes) {
   }
   return absl::OkStatus();
 }
+// An existing state file must be relibd's own (whoever else owns it could
+// read or plant state) and is made 0600 if it was not.
+absl::Status MakePrivate(const std::string& location) {
+  common::UniqueFd fd(::open(location.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd.valid()) return errno == ENOENT ? absl::OkStatus() : absl::ErrnoToStatus(errno, "open " + location);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return absl::ErrnoToStatus(errno, "stat " + location);
+  if (st.st_uid != ::geteuid()) {
+    return absl::FailedPreconditionError(absl::StrCat("the state store ", location, " is owned by uid ", st.st_uid,
+                                                      ", not relibd's uid ", ::geteuid(),
+                                                      "; remove it or give it to relibd's user"));
+  }
+  if ((st.st_mode & 07777) != 0600 && ::fchmod(fd.get(), 0600) != 0) {
+    return absl::ErrnoToStatus(errno, "chmod 0600 " + location);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 struct StateStore::Segment {
@@ -76,8 +95,11 @@ absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const std::string& 
   try {
     if (persistent) {
       std::error_code error;
-      std::filesystem::create_directories(state_dir, error);
+      // A directory relibd creates is relibd's alone; an existing one keeps
+      // the mode the operator gave it (the file itself is 0600 either way).
+      if (std::filesystem::create_directories(state_dir, error)) ::chmod(state_dir.c_str(), 0700);
       if (error) return absl::FailedPreconditionError("cannot create --state-dir " + state_dir + ": " + error.message());
+      if (absl::Status owned = MakePrivate(location); !owned.ok()) return owned;
       uint64_t existing = std::filesystem::exists(location) ? std::filesystem::file_size(location) : 0;
       if (existing > 0 && existing < capacity_bytes &&
           !bip::managed_mapped_file::grow(location.c_str(), capacity_bytes - existing)) {
@@ -88,7 +110,10 @@ absl::StatusOr<std::unique_ptr<StateStore>> StateStore::Open(const std::string& 
       bip::file_mapping::remove(location.c_str());
     }
     auto segment = std::make_unique<Segment>();
-    segment->file = bip::managed_mapped_file(bip::open_or_create, location.c_str(), capacity_bytes);
+    // Module state may hold secrets: only relibd's user may read it.
+    segment->file = bip::managed_mapped_file(bip::open_or_create, location.c_str(), capacity_bytes, nullptr,
+                                             bip::permissions(0600));
+    if (absl::Status owned = MakePrivate(location); !owned.ok()) return owned;
     if (absl::Status reserved = Reserve(location, segment->file.get_size()); !reserved.ok()) {
       segment.reset();
       if (!persistent) bip::file_mapping::remove(location.c_str());

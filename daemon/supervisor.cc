@@ -1,5 +1,7 @@
 #include "daemon/supervisor.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/log_text.h"
 #include "daemon/module_file.h"
+#include "daemon/request_validation.h"
 #include "spdlog/spdlog.h"
 
 namespace relib::daemon {
@@ -29,23 +32,6 @@ constexpr std::chrono::milliseconds kUsagePollTimeout{200};
 int64_t NowUnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
-}
-
-absl::Status ValidateName(const std::string& name, const char* what) {
-  bool ok = !name.empty() && name.size() <= 64;
-  for (char c : name) ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.');
-  if (!ok) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("invalid ", what, " name '", name, "': use 1-64 characters from [A-Za-z0-9_.-]"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status ValidatePath(const std::string& path) {
-  if (path.empty() || path[0] != '/') {
-    return absl::InvalidArgumentError(absl::StrCat("module path '", path, "' must be absolute"));
-  }
-  return absl::OkStatus();
 }
 
 absl::Status ReplyStatus(const v1::link::Reply& reply) {
@@ -73,6 +59,8 @@ Supervisor::Supervisor(boost::asio::io_context& io, SupervisorOptions options, E
     : io_(io), options_(std::move(options)), events_(events), recovery_(options_.restart) {
   std::error_code ignored;
   std::filesystem::create_directories(options_.good_dir, ignored);
+  // Workers running as another user reach their module copies here by name.
+  if (options_.worker.run_as) ::chmod(options_.good_dir.c_str(), 0711);
   restarter_ = std::thread([this] { RestartLoop(); });
 }
 
@@ -209,7 +197,21 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker(const std
 absl::StatusOr<std::string> Supervisor::StageCopy(const std::string& name, uint64_t version,
                                                   const std::string& path) {
   std::string copy = absl::StrCat(options_.good_dir, "/", name, ".v", version, ".so");
-  if (absl::Status copied = CopyModuleFile(path, copy, options_.max_module_bytes); !copied.ok()) return copied;
+  std::string source = path;
+  if (options_.module_dirs != nullptr) {
+    auto allowed = options_.module_dirs->Check(path);
+    if (!allowed.ok()) return allowed.status();
+    source = *allowed;  // symlinks resolved: the very file that was checked
+  }
+  if (absl::Status copied = CopyModuleFile(source, copy, options_.max_module_bytes); !copied.ok()) return copied;
+  if (options_.worker.run_as) {
+    // The worker (another user) reads the copy; nobody else may.
+    if (::chown(copy.c_str(), -1, options_.worker.run_as->gid) != 0 || ::chmod(copy.c_str(), 0640) != 0) {
+      absl::Status status = absl::ErrnoToStatus(errno, "give the worker's group the copy " + copy);
+      RemoveFile(copy);
+      return status;
+    }
+  }
   return copy;
 }
 
@@ -450,6 +452,12 @@ absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const s
   candidate = *staged;
   auto worker = EnsureWorker(group);
   if (!worker.ok()) return fail(worker.status());
+  if (auto it = options_.preopened_fds.find(name); it != options_.preopened_fds.end()) {
+    for (const auto& [key, fd] : it->second) {
+      absl::Status stored = fd_store_.Put(name, key, common::UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 3)));
+      if (!stored.ok()) return fail(stored);
+    }
+  }
   std::vector<common::UniqueFd> fds;
   auto command = LoadCommand(name, candidate, path, 1, options, false, fds);
   auto reply = (*worker)->Request(std::move(command), absl::StrCat("load of module '", name, "'"),

@@ -24,6 +24,7 @@
 #include "boost/asio/io_context.hpp"
 #include "daemon/event_bus.h"
 #include "daemon/fd_store.h"
+#include "daemon/module_dirs.h"
 #include "daemon/module_file.h"
 #include "daemon/recovery.h"
 #include "daemon/state_store.h"
@@ -49,6 +50,14 @@ struct SupervisorOptions {
   std::string good_dir;
   // Larger module files are refused before they are copied.
   uint64_t max_module_bytes = kDefaultMaxModuleSizeMb << 20;
+  // Sockets relibd opened for modules (--preopen-tcp): module -> key -> fd,
+  // put into the module's fd store at each load, so a worker without root
+  // can serve a privileged port. The fds are owned by the caller and outlive
+  // the supervisor.
+  std::map<std::string, std::map<std::string, int>> preopened_fds;
+  // Where modules may come from (checked before any copy). Null: anywhere.
+  // REQUIRES: outlives the supervisor.
+  const ModuleDirs* module_dirs = nullptr;
   // Module state (host API save_state / load_state). REQUIRES: not null,
   // outlives the supervisor.
   StateStore* state_store = nullptr;
@@ -66,7 +75,9 @@ class Supervisor {
   Supervisor(boost::asio::io_context& io, SupervisorOptions options, EventBus& events);
   ~Supervisor();
 
-  // Errors: INVALID_ARGUMENT (bad name, group or relative path; a file that
+  // Errors: PERMISSION_DENIED (outside the allowed module directories, or a
+  // file or directory others can write: see ModuleDirs), INVALID_ARGUMENT
+  // (bad name, group or relative path; a file that
   // is not regular, too large, not ELF, incomplete or not a relib module),
   // ALREADY_EXISTS, NOT_FOUND (missing file), whatever the worker reports
   // (see ModuleLoader::Load), DEADLINE_EXCEEDED or UNAVAILABLE if the worker

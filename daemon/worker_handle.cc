@@ -1,7 +1,9 @@
 #include "daemon/worker_handle.h"
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -57,13 +59,24 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> WorkerHandle::Start(asio::io_conte
   }
   common::UniqueFd daemon_channel(fds[0]);
   common::UniqueFd worker_channel(fds[1]);
+  if (options.run_as) {
+    // The worker's scratch dir is its own; nothing else of relibd's is.
+    if (::chown(scratch->path().c_str(), options.run_as->uid, options.run_as->gid) != 0) {
+      return absl::ErrnoToStatus(errno, "chown the worker's scratch dir " + scratch->path());
+    }
+  }
   common::SpawnOptions spawn;
+  // The recorder travels as fd 5: it is relibd's (0600), never opened by name.
   spawn.argv = {options.worker_path, "--link-fd", "3", "--fd-channel-fd", "4", "--scratch-dir", scratch->path(),
-                "--log-level", options.log_level, "--flight-recorder", recorder->name(),
+                "--log-level", options.log_level, "--flight-recorder-fd", "5",
                 "--max-message-bytes", std::to_string(options.max_message_bytes),
                 "--max-state-bytes", std::to_string(options.max_state_bytes),
                 "--invalid-free", options.invalid_free};
-  spawn.fds = {{worker_end.get(), 3}, {worker_channel.get(), 4}};
+  spawn.fds = {{worker_end.get(), 3}, {worker_channel.get(), 4}, {recorder->fd(), 5}};
+  spawn.credentials = options.run_as;
+  spawn.no_new_privs = options.run_as.has_value();
+  WorkerLimits limits = options.limits.For(group);
+  spawn.rlimits = limits.ToRlimits();
   // Everything the worker starts inherits its group: killed with it on exit.
   spawn.new_process_group = true;
   auto process = common::ChildProcess::Spawn(spawn);
@@ -74,6 +87,7 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> WorkerHandle::Start(asio::io_conte
       new WorkerHandle(io, std::move(process).value(), std::move(scratch).value(), std::move(recorder).value(),
                        daemon_end.Release(), std::move(daemon_channel), std::move(group), options,
                        std::move(callbacks)));
+  handle->limits_ = limits;
   asio::post(io, [handle] { handle->StartIo(); });
   return handle;
 }
@@ -139,6 +153,7 @@ void WorkerHandle::Watch() {
 void WorkerHandle::Check() {
   common::FlightSnapshot snapshot = recorder_.Read();
   int64_t now = common::MonotonicNanos();
+  if (limits_.memory_bytes || limits_.data_bytes) SampleAddressSpace();
   if (snapshot.heartbeat != last_heartbeat_) {
     last_heartbeat_ = snapshot.heartbeat;
     heartbeat_changed_ns_ = now;
@@ -175,11 +190,24 @@ void WorkerHandle::Check() {
       if (pending.backstop <= clock_now) overdue.push_back(id);
     }
     if (!pending_.empty() || !ready_) idle_since_ = clock_now;
-    keep_watching = clock_now - idle_since_ < kWatchLinger;
+    // A memory limit is judged from samples of the address space, which
+    // module threads can grow between calls too: such workers stay watched.
+    keep_watching = clock_now - idle_since_ < kWatchLinger || limits_.memory_bytes || limits_.data_bytes;
     if (!keep_watching) watching_ = false;
   }
   for (uint64_t id : overdue) OnDeadline(id);
   if (keep_watching) Watch();
+}
+
+void WorkerHandle::SampleAddressSpace() {
+  // First field of statm: total program size in pages.
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/statm", static_cast<int>(pid_));
+  common::UniqueFd fd(::open(path, O_RDONLY | O_CLOEXEC));
+  char text[64] = {};
+  if (!fd.valid() || ::read(fd.get(), text, sizeof(text) - 1) <= 0) return;
+  uint64_t pages = std::strtoull(text, nullptr, 10);
+  peak_address_space_ = std::max<uint64_t>(peak_address_space_, pages * static_cast<uint64_t>(::getpagesize()));
 }
 
 void WorkerHandle::ReadHeader() {
@@ -582,7 +610,9 @@ void WorkerHandle::Finish() {
       where = absl::StrCat(" in code of module '", snapshot.crash_module, "'");
       if (!snapshot.crash_note.empty()) absl::StrAppend(&where, " (", snapshot.crash_note, ")");
     }
-    if (exit_status_->kind == common::ExitStatus::Kind::kSignaled && exit_status_->code == SIGKILL) {
+    if (std::string limit = limits_.ExplainDeath(*exit_status_, peak_address_space_); !limit.empty()) {
+      where += absl::StrCat(" (", limit, ")");
+    } else if (exit_status_->kind == common::ExitStatus::Kind::kSignaled && exit_status_->code == SIGKILL) {
       where += " (not sent by relibd: the OOM killer or an operator)";
     }
     reason = absl::StrCat("worker pid ", pid_, " ", how, where, during);

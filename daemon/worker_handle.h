@@ -31,6 +31,7 @@
 #include "common/flight_recorder.h"
 #include "common/message_limits.h"
 #include "common/temp_dir.h"
+#include "daemon/worker_limits.h"
 #include "relib/v1/worker_link.pb.h"
 
 namespace relib::daemon {
@@ -50,6 +51,11 @@ struct WorkerOptions {
   // What the worker does when module code frees memory it does not own:
   // "abort" (die blamed on the module) or "leak" (refuse the free, log it).
   std::string invalid_free = "abort";
+  // relibd runs as root: the user the worker runs as (supplementary groups
+  // dropped, PR_SET_NO_NEW_PRIVS). Unset: relibd's own user.
+  std::optional<common::SpawnOptions::Credentials> run_as;
+  // Resource limits per isolation group (--worker-limit).
+  WorkerLimitTable limits;
 };
 
 // How a worker ended, for the supervisor's restart decisions.
@@ -154,6 +160,8 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   void OnProcessExit();
   void Finish();
   void Watch();
+  // Updates peak_address_space_ from /proc/<pid>/statm.
+  void SampleAddressSpace();
   // SIGTERM now, SIGKILL after the grace.
   void Terminate(const std::string& why, const std::string& blamed_module);
   void FailAllPending(const std::string& reason);
@@ -207,6 +215,10 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   bool ready_ = false;  // hello received
   std::string exit_reason_ ABSL_GUARDED_BY(mutex_);  // set by Finish()
   std::string blamed_module_;
+  // This worker's limits, and the largest address space it was seen using
+  // (sampled by the watchdog when a memory limit is set).
+  WorkerLimits limits_;
+  uint64_t peak_address_space_ = 0;
   uint64_t last_heartbeat_ = 0;
   int64_t heartbeat_changed_ns_ = 0;
 };

@@ -22,8 +22,8 @@ namespace relib::testing {
 
 class RelibdTest : public ::testing::Test {
  protected:
-  void StartDaemon(const std::vector<std::string>& args = {}) {
-    auto relibd = RelibdProcess::Start(args);
+  void StartDaemon(const std::vector<std::string>& args = {}, bool default_module_dirs = true) {
+    auto relibd = RelibdProcess::Start(args, default_module_dirs);
     ASSERT_THAT(relibd, IsOk());
     relibd_ = std::move(relibd).value();
   }

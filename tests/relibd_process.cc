@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -24,7 +25,10 @@ std::string ReadFile(const std::string& path) {
 
 }  // namespace
 
-CommandResult RunCommand(const std::vector<std::string>& argv, const std::string& input) {
+namespace {
+
+CommandResult Run(const std::vector<std::string>& argv, const std::string& input,
+                  const std::optional<common::SpawnOptions::Credentials>& user) {
   CommandResult result;
   auto dir = common::TempDir::Create("/tmp", "relib-cmd-");
   if (!dir.ok()) return result;
@@ -36,6 +40,7 @@ CommandResult RunCommand(const std::vector<std::string>& argv, const std::string
   common::SpawnOptions options;
   options.argv = argv;
   options.fds = {{in.get(), 0}, {out.get(), 1}, {err.get(), 2}};
+  options.credentials = user;
   auto child = common::ChildProcess::Spawn(options);
   if (!child.ok()) {
     result.err = child.status().ToString();
@@ -50,7 +55,19 @@ CommandResult RunCommand(const std::vector<std::string>& argv, const std::string
   return result;
 }
 
+}  // namespace
+
+CommandResult RunCommand(const std::vector<std::string>& argv, const std::string& input) {
+  return Run(argv, input, std::nullopt);
+}
+
+CommandResult RunCommandAs(const common::SpawnOptions::Credentials& user, const std::vector<std::string>& argv,
+                           const std::string& input) {
+  return Run(argv, input, user);
+}
+
 absl::StatusOr<std::unique_ptr<RelibdProcess>> RelibdProcess::Start(const std::vector<std::string>& extra_args,
+                                                                   bool default_module_dirs,
                                                                    const std::string& relibd_path) {
   auto dir = common::TempDir::Create("/tmp", "relibd-test-");
   if (!dir.ok()) return dir.status();
@@ -63,6 +80,15 @@ absl::StatusOr<std::unique_ptr<RelibdProcess>> RelibdProcess::Start(const std::v
   // The real worker unless the test names another.
   if (std::find(extra_args.begin(), extra_args.end(), "--worker") == extra_args.end()) {
     options.argv.insert(options.argv.end(), {"--worker", kWorkerPath});
+  }
+  // Many tests' modules write marker files into the test's private dir, as
+  // root workers can; the unprivileged default has tests of its own
+  // (worker_user_test.cc), which pass --worker-user.
+  if (std::find(extra_args.begin(), extra_args.end(), "--worker-user") == extra_args.end()) {
+    options.argv.insert(options.argv.end(), {"--worker-user", "root"});
+  }
+  if (default_module_dirs) {
+    options.argv.insert(options.argv.end(), {"--allow-module-dir", kBuildDir, "--allow-module-dir", dir->path()});
   }
   options.argv.insert(options.argv.end(), extra_args.begin(), extra_args.end());
   options.fds = {{null_fd.get(), 0}, {log_fd.get(), 1}, {log_fd.get(), 2}};
@@ -104,6 +130,13 @@ CommandResult RelibdProcess::Ctl(const std::vector<std::string>& args, const std
   std::vector<std::string> argv = {kRelibctlPath, "--socket", socket_};
   argv.insert(argv.end(), args.begin(), args.end());
   return RunCommand(argv, input);
+}
+
+CommandResult RelibdProcess::CtlAs(const common::SpawnOptions::Credentials& user,
+                                   const std::vector<std::string>& args) const {
+  std::vector<std::string> argv = {kRelibctlPath, "--socket", socket_};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return RunCommandAs(user, argv);
 }
 
 }  // namespace relib::testing

@@ -23,14 +23,22 @@ struct CommandResult {
 
 // Runs `argv` with stdin from `input`, capturing stdout and stderr.
 CommandResult RunCommand(const std::vector<std::string>& argv, const std::string& input = "");
+// The same as another user (REQUIRES: the test runs as root).
+CommandResult RunCommandAs(const common::SpawnOptions::Credentials& user, const std::vector<std::string>& argv,
+                           const std::string& input = "");
 
 class RelibdProcess {
  public:
   // Starts relibd with `extra_args` (`--worker` among them replaces the real
-  // worker) and waits until it accepts connections.
-  // `relibd` is the executable to run (an installed copy, say).
+  // worker) and waits until it accepts connections. Unless
+  // `default_module_dirs` is false, the build tree and the test's own dir are
+  // passed as --allow-module-dir (relibd as root loads nothing without one).
+  // Workers run as root (--worker-user root) unless `extra_args` has a
+  // --worker-user (an empty one asks for relibd's default). `relibd` is the
+  // executable to run (an installed copy, say).
   static absl::StatusOr<std::unique_ptr<RelibdProcess>> Start(const std::vector<std::string>& extra_args = {},
-                                                              const std::string& relibd = kRelibdPath);
+                                                             bool default_module_dirs = true,
+                                                             const std::string& relibd = kRelibdPath);
   // SIGTERM, then waits for it to exit.
   ~RelibdProcess();
 
@@ -43,6 +51,8 @@ class RelibdProcess {
 
   // relibctl --socket <socket> args...
   CommandResult Ctl(const std::vector<std::string>& args, const std::string& input = "") const;
+  // relibctl --socket <socket> args... as `user`.
+  CommandResult CtlAs(const common::SpawnOptions::Credentials& user, const std::vector<std::string>& args) const;
 
   // Stops relibd with SIGTERM and returns how it ended.
   common::ExitStatus Stop();

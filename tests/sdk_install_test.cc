@@ -56,7 +56,8 @@ TEST(SdkInstallTest, OutOfTreeModulesBuildAndRunAgainstAMovedInstall) {
             " " + kSourceDir + "/tests/sdk/greeter.c $(pkg-config --cflags --libs relib)");
   ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
 
-  auto relibd = RelibdProcess::Start({"--worker", moved + "/bin/relib-worker"}, moved + "/bin/relibd");
+  auto relibd = RelibdProcess::Start({"--worker", moved + "/bin/relib-worker", "--allow-module-dir", dir->path()},
+                                     true, moved + "/bin/relibd");
   ASSERT_THAT(relibd, IsOk());
   const std::string ctl = moved + "/bin/relibctl";
   const std::string socket = (*relibd)->socket();

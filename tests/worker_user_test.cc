@@ -1,0 +1,89 @@
+// Workers of a root relibd run as an unprivileged user: the module sees the
+// worker user's uid/gid, no supplementary groups and no_new_privs, and cannot
+// open relibd's private files (the flight recorder reaches it as an fd).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+
+#include "tests/relibd_fixture.h"
+#include "tests/test_users.h"
+
+namespace relib::testing {
+namespace {
+
+class WorkerUserTest : public RelibdTest {
+ protected:
+  void SetUp() override {
+    if (!TestUsers::CanCreate()) GTEST_SKIP() << "workers drop privileges only when relibd runs as root";
+    worker_group_ = users_.AddGroup("w");
+    ASSERT_FALSE(worker_group_.empty());
+    worker_user_ = users_.AddUser("w", {worker_group_});
+    ASSERT_FALSE(worker_user_.empty());
+  }
+  TestUsers users_;
+  std::string worker_group_, worker_user_;
+};
+
+TEST_F(WorkerUserTest, ModuleRunsAsTheWorkerUserWithoutGroupsOrNewPrivileges) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--worker-user", worker_user_}));
+  pid_t worker = LoadOrDie("identity", k_identity);
+  auto user = TestUsers::Of(worker_user_);
+  EXPECT_EQ(Call("identity", "ids"),
+            "uid=" + std::to_string(user.uid) + " gid=" + std::to_string(user.gid) + " groups=0 nnp=1");
+  // The kernel agrees.
+  std::string status = ReadAll("/proc/" + std::to_string(worker) + "/status");
+  EXPECT_THAT(status, ::testing::HasSubstr("Uid:\t" + std::to_string(user.uid) + "\t" + std::to_string(user.uid)));
+  EXPECT_THAT(status, ::testing::HasSubstr("NoNewPrivs:\t1"));
+  // relibd's private files stay closed to the module, and still work: the
+  // recorder reached the worker as an fd (a hang is still attributed).
+  pid_t relibd = relibd_->process().pid();
+  EXPECT_EQ(Call("identity", "open", "/dev/shm/relibd." + std::to_string(relibd) + ".state"), "EACCES");
+  for (const auto& entry : std::filesystem::directory_iterator("/dev/shm")) {
+    std::string name = entry.path().filename().string();
+    if (name.rfind("relibd." + std::to_string(relibd) + ".", 0) == 0) {
+      EXPECT_EQ(Call("identity", "open", entry.path().string()), "EACCES") << name;
+    }
+  }
+  EXPECT_EQ(Call("identity", "open", relibd_->dir() + "/relibd.log"), "EACCES");
+}
+
+TEST_F(WorkerUserTest, DefaultsToAnUnprivilegedUser) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--worker-user", ""}));
+  LoadOrDie("identity", k_identity);
+  std::string ids = Call("identity", "ids");
+  EXPECT_THAT(ids, ::testing::Not(::testing::StartsWith("uid=0 "))) << ids;
+  EXPECT_THAT(ids, ::testing::EndsWith("groups=0 nnp=1"));
+}
+
+TEST_F(WorkerUserTest, RootWorkerOnlyWhenAskedFor) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--worker-user", "root"}));
+  LoadOrDie("identity", k_identity);
+  EXPECT_THAT(Call("identity", "ids"), ::testing::StartsWith("uid=0 gid=0"));
+  EXPECT_THAT(relibd_->Log(), ::testing::HasSubstr("modules run as root"));
+}
+
+// A privileged port for an unprivileged worker: relibd (root) listens and the
+// module takes the socket from its fd store (examples/counter-service).
+TEST_F(WorkerUserTest, PrivilegedPortReachesTheModuleThroughTheFdStore) {
+  const int port = 700 + ::getpid() % 200;
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--worker-user", worker_user_, "--preopen-tcp",
+                                       "counter:listener=127.0.0.1:" + std::to_string(port)}));
+  LoadOrDie("counter", kCounterServicePath);
+  EXPECT_EQ(Call("counter", "port"), std::to_string(port));
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0);
+  char line[32] = {};
+  ASSERT_GT(::recv(fd, line, sizeof(line) - 1, 0), 0);
+  ::close(fd);
+  EXPECT_STREQ(line, "1\n");
+}
+
+}  // namespace
+}  // namespace relib::testing
