@@ -291,8 +291,8 @@ int RunVersion(const ClientOptions& options) {
   fields["relibctl"].set_string_value(RELIB_VERSION);
   fields["module_abi"].set_number_value(RELIB_ABI_VERSION);
   std::string text = absl::StrCat("relibctl ", RELIB_VERSION, "\nmodule ABI ", RELIB_ABI_VERSION, " (relib/module.h)\n");
-  auto stub = Connect(options);
   int rc = kExitUnreachable;
+  auto stub = Connect(options, &rc);
   if (stub) {
     v1::StatusResponse status;
     grpc::ClientContext context;
