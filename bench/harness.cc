@@ -201,6 +201,9 @@ std::unique_ptr<Server> StartRelibd(const std::vector<std::string>& extra = {}) 
   return Server::Start("relib-bench-", [&](const std::string& dir, const std::string& socket) {
     std::vector<std::string> argv = {kRelibdPath, "--socket", socket,       "--run-dir",
                                      dir,         "--worker", kWorkerPath, "--log-level", "warn"};
+    // relibd as root loads only from allowed directories: the bench modules' and this run's own.
+    argv.insert(argv.end(), {"--allow-module-dir", std::filesystem::path(kBenchEchoV1).parent_path().string(),
+                             "--allow-module-dir", dir});
     argv.insert(argv.end(), extra.begin(), extra.end());
     return argv;
   });
