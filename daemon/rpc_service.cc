@@ -97,4 +97,16 @@ grpc::Status RpcService::Watch(grpc::ServerContext*, const v1::WatchRequest* req
   return grpc::Status::OK;
 }
 
+grpc::Status RpcService::ReloadConfig(grpc::ServerContext*, const v1::ReloadConfigRequest*,
+                                      v1::ReloadConfigResponse* response) {
+  if (!config_reloader_) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "relibd was started without --config: there is no config file to reload");
+  }
+  auto result = config_reloader_();
+  if (!result.ok()) return ToGrpc(result.status());
+  *response = std::move(result).value();
+  return grpc::Status::OK;
+}
+
 }  // namespace relib::daemon
