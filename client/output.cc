@@ -180,7 +180,7 @@ std::string FormatConfigReload(const v1::ReloadConfigResponse& response) {
       case v1::CONFIG_CHANGE_REMOVED: change = "removed"; break;
       case v1::CONFIG_CHANGE_CHANGED: change = "changed"; break;
       case v1::CONFIG_CHANGE_UNCHANGED: change = "unchanged"; break;
-      case v1::CONFIG_CHANGE_FAILED: change = "FAILED"; break;
+      case v1::CONFIG_CHANGE_FAILED: change = "failed"; break;
       default: change = "unknown"; break;
     }
     absl::StrAppend(&out, absl::StrFormat("  %-9s %-16s", change, outcome.module()));

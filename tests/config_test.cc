@@ -51,6 +51,16 @@ class ConfigTest : public RelibdTest {
     }
     return false;
   }
+  // Waits until every module in `names` is loaded.
+  bool WaitForLoaded(const std::vector<std::string>& names) {
+    return WaitFor([&](const v1::StatusResponse& s) {
+      for (const std::string& name : names) {
+        const v1::ModuleInfo* module = FindModule(s, name);
+        if (!module || module->state() != v1::MODULE_STATE_LOADED) return false;
+      }
+      return true;
+    });
+  }
   // Starts relibd expecting it to refuse to start; returns how it ended.
   CommandResult StartRefused(const std::vector<std::string>& extra = {}) {
     std::vector<std::string> argv = {kRelibdPath, "--config", config_, "--socket", files_->path() + "/s.sock",
@@ -81,10 +91,7 @@ watch = true
 path = "/nonexistent/libmissing.so"
 )");
   ASSERT_NO_FATAL_FAILURE(StartWithConfig());
-  ASSERT_TRUE(WaitFor([&](const v1::StatusResponse& s) {
-    const v1::ModuleInfo* second = FindModule(s, "second");
-    return second && second->state() == v1::MODULE_STATE_LOADED;
-  })) << relibd_->Log();
+  ASSERT_TRUE(WaitForLoaded({"first", "second"})) << relibd_->Log();
   EXPECT_EQ(Call("first", "version"), "v1");
   EXPECT_EQ(Call("second", "version"), "v2");
   v1::StatusResponse status = Status();
@@ -122,7 +129,7 @@ call_deadline_ms = 60000
 path = "@V1@"
 )"));
   ASSERT_NO_FATAL_FAILURE(StartWithConfig({"--call-deadline-ms", "300"}));
-  ASSERT_TRUE(WaitFor([&](const v1::StatusResponse& s) { return FindModule(s, "m") != nullptr; }));
+  ASSERT_TRUE(WaitForLoaded({"m"})) << relibd_->Log();
   auto started = std::chrono::steady_clock::now();
   grpc::Status call;
   Call("m", "hang", "", &call);
@@ -171,7 +178,7 @@ group = "steady"
 TEST_F(ConfigTest, SighupAppliesOnlyTheDifference) {
   WriteConfig(kFourModules);
   ASSERT_NO_FATAL_FAILURE(StartWithConfig());
-  ASSERT_TRUE(WaitFor([&](const v1::StatusResponse& s) { return s.modules_size() == 3; })) << relibd_->Log();
+  ASSERT_TRUE(WaitForLoaded({"changed", "removed", "untouched"})) << relibd_->Log();
   // An API-loaded module is not the file's to remove.
   ASSERT_TRUE(Load("api", k_versioned_v1).ok());
   v1::StatusResponse before = Status();
@@ -223,7 +230,7 @@ TEST_F(ConfigTest, SighupAppliesOnlyTheDifference) {
 TEST_F(ConfigTest, ReloadConfigPrintsTheOutcomes) {
   WriteConfig(kFourModules);
   ASSERT_NO_FATAL_FAILURE(StartWithConfig());
-  ASSERT_TRUE(WaitFor([&](const v1::StatusResponse& s) { return s.modules_size() == 3; })) << relibd_->Log();
+  ASSERT_TRUE(WaitForLoaded({"changed", "removed", "untouched"})) << relibd_->Log();
   ASSERT_TRUE(Load("api", k_versioned_v1).ok());
   WriteConfig(absl::StrCat(kFourModulesAfter, "[modules.api]\npath = \"@V1@\"\n[server]\nmax_message_mb = 7\n"));
   CommandResult r = relibd_->Ctl({"reload-config"});
@@ -246,7 +253,7 @@ TEST_F(ConfigTest, ReloadConfigPrintsTheOutcomes) {
 TEST_F(ConfigTest, ABadFileOnReloadKeepsEverythingRunning) {
   WriteConfig(kFourModules);
   ASSERT_NO_FATAL_FAILURE(StartWithConfig());
-  ASSERT_TRUE(WaitFor([&](const v1::StatusResponse& s) { return s.modules_size() == 3; })) << relibd_->Log();
+  ASSERT_TRUE(WaitForLoaded({"changed", "removed", "untouched"})) << relibd_->Log();
   v1::StatusResponse before = Status();
 
   WriteConfig("[modules.changed]\npath = \"/x.so\"\nleak_policy = \"sometimes\"\n");
