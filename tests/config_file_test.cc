@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "common/temp_dir.h"
+#include "tests/test_paths.h"
 #include "tests/testing.h"
 
 namespace relib::daemon {
@@ -170,6 +171,13 @@ TEST_F(ConfigFileTest, EveryKeyIsParsed) {
   EXPECT_EQ(beta.options.call_deadline_ms(), 13u);
   EXPECT_EQ(beta.options.before_unload_deadline_ms(), 14u);
   EXPECT_EQ(beta.options.unload_deadline_ms(), 15u);
+}
+
+TEST_F(ConfigFileTest, TheExampleFileIsValid) {
+  auto config = ParseConfigFile(std::string(testing::kSourceDir) + "/examples/relibd.toml");
+  ASSERT_THAT(config, IsOk());
+  EXPECT_EQ(config->modules.size(), 2u);
+  EXPECT_EQ(config->modules[0].options.fd_policy(), v1::FD_POLICY_CLOSE);  // [defaults]
 }
 
 TEST_F(ConfigFileTest, AnEmptyFileIsValid) {
