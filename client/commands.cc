@@ -375,6 +375,21 @@ int RunStatus(const ClientOptions& options) {
   return kExitOk;
 }
 
+int RunReloadConfig(const ClientOptions& options) {
+  auto stub = Connect(options);
+  if (!stub) return kExitUnreachable;
+  v1::ReloadConfigResponse response;
+  grpc::ClientContext context;
+  Prepare(options, context);
+  grpc::Status status = stub->ReloadConfig(&context, v1::ReloadConfigRequest(), &response);
+  if (!status.ok()) return Fail(options, "reload-config", status);
+  Print(options, response, FormatConfigReload(response));
+  for (const auto& outcome : response.modules()) {
+    if (outcome.change() == v1::CONFIG_CHANGE_FAILED) return kExitModuleError;
+  }
+  return kExitOk;
+}
+
 int RunEvents(const ClientOptions& options, int count) {
   int unreachable = kExitUnreachable;
   auto stub = Connect(options, &unreachable);

@@ -75,6 +75,9 @@ int RunUnload(const ClientOptions& options, const std::string& name, bool force)
 int RunCall(const ClientOptions& options, const std::string& name, const std::string& export_name,
             const std::string& input);
 int RunStatus(const ClientOptions& options);
+// Asks relibd to read its config file again and apply it; prints each
+// module's outcome. Fails (1) if the file was refused or any module failed.
+int RunReloadConfig(const ClientOptions& options);
 // Prints events as they happen; stops after `count` events if count > 0.
 int RunEvents(const ClientOptions& options, int count);
 

@@ -31,6 +31,7 @@ std::string KindName(v1::EventKind kind) {
     case v1::EVENT_KIND_WORKER_STARTED: return "worker-started";
     case v1::EVENT_KIND_WORKER_EXITED: return "worker-exited";
     case v1::EVENT_KIND_RESTARTED: return "restarted";
+    case v1::EVENT_KIND_CONFIG: return "config";
     default: return "unknown";
   }
 }
@@ -152,18 +153,45 @@ std::string FormatStatus(const v1::StatusResponse& status) {
                                           absl::StrJoin(worker.modules(), ", ")));
   }
   if (status.modules_size() > 0) {
-    absl::StrAppend(&out, absl::StrFormat("%-16s %-7s %-7s %-7s %-6s %-10s %-7s %-7s %-4s %s\n", "NAME", "VERSION",
-                                          "STATE", "WORKER", "CALLS", "HEAP", "BLOCKS", "THREADS", "FDS", "PATH"));
+    absl::StrAppend(&out, absl::StrFormat("%-16s %-7s %-7s %-7s %-6s %-10s %-7s %-7s %-4s %-6s %s\n", "NAME",
+                                          "VERSION", "STATE", "WORKER", "CALLS", "HEAP", "BLOCKS", "THREADS", "FDS",
+                                          "SOURCE", "PATH"));
   }
   for (const auto& module : status.modules()) {
     const v1::ModuleStats& stats = module.stats();
-    absl::StrAppend(&out, absl::StrFormat("%-16s %-7d %-7s %-7d %-6d %-10d %-7d %-7d %-4d %s\n", module.name(),
+    absl::StrAppend(&out, absl::StrFormat("%-16s %-7d %-7s %-7d %-6d %-10d %-7d %-7d %-4d %-6s %s\n", module.name(),
                                           module.version(), StateName(module.state()), module.worker_pid(),
                                           stats.calls(), stats.heap_bytes(), stats.heap_blocks(), stats.threads(),
-                                          stats.open_fds(), module.path()));
+                                          stats.open_fds(),
+                                          module.source() == v1::MODULE_SOURCE_CONFIG ? "config" : "api",
+                                          module.path()));
     for (const auto& warning : module.warnings()) absl::StrAppend(&out, "    warning: ", warning, "\n");
     if (!module.last_error().empty()) absl::StrAppend(&out, "    last error: ", module.last_error(), "\n");
   }
+  return out;
+}
+
+std::string FormatConfigReload(const v1::ReloadConfigResponse& response) {
+  std::string out = absl::StrCat("config ", response.file(), " applied\n");
+  for (const auto& outcome : response.modules()) {
+    std::string change;
+    switch (outcome.change()) {
+      case v1::CONFIG_CHANGE_ADDED: change = "added"; break;
+      case v1::CONFIG_CHANGE_REMOVED: change = "removed"; break;
+      case v1::CONFIG_CHANGE_CHANGED: change = "changed"; break;
+      case v1::CONFIG_CHANGE_UNCHANGED: change = "unchanged"; break;
+      case v1::CONFIG_CHANGE_FAILED: change = "failed"; break;
+      default: change = "unknown"; break;
+    }
+    absl::StrAppend(&out, absl::StrFormat("  %-9s %-16s", change, outcome.module()));
+    if (outcome.info().version() > 0) {
+      absl::StrAppend(&out, absl::StrFormat(" version %d pid %d", outcome.info().version(),
+                                            outcome.info().worker_pid()));
+    }
+    if (!outcome.message().empty()) absl::StrAppend(&out, " ", outcome.message());
+    absl::StrAppend(&out, "\n");
+  }
+  for (const auto& line : response.restart_needed()) absl::StrAppend(&out, "  restart needed: ", line, "\n");
   return out;
 }
 

@@ -14,6 +14,9 @@ std::string ToJson(const google::protobuf::Message& message);
 std::string FormatModule(const v1::ModuleInfo& module);
 std::string FormatReport(const v1::UnloadReport& report);
 std::string FormatStatus(const v1::StatusResponse& status);
+// One line per module outcome of a config reload, then the settings that wait
+// for a restart.
+std::string FormatConfigReload(const v1::ReloadConfigResponse& response);
 // "YYYY-MM-DD HH:MM:SS.mmm" in local time.
 std::string FormatTimestamp(int64_t unix_ms);
 // One line, starting with the event's local time.

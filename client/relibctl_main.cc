@@ -121,6 +121,10 @@ int main(int argc, char** argv) {
   watch_command->add_flag("--off", watch_off, "stop watching");
   watch_command->callback([&] { exit_code = RunWatch(options, name, watch_off); });
 
+  auto* reload_config = app.add_subcommand(
+      "reload-config", "make relibd read its config file (relibd --config) again and apply the difference");
+  reload_config->callback([&] { exit_code = RunReloadConfig(options); });
+
   auto* version = app.add_subcommand("version", "print relibctl's, relibd's and the module ABI's versions");
   version->callback([&] { exit_code = RunVersion(options); });
 
@@ -143,7 +147,7 @@ int main(int argc, char** argv) {
   });
 
   // --json and --timeout are also accepted after the subcommand ("relibctl status --json").
-  for (auto* sub : {load, reload, unload, call, status, events, version, watch_command}) {
+  for (auto* sub : {load, reload, unload, call, status, events, version, watch_command, reload_config}) {
     sub->add_flag("--json", options.json, "print results as JSON");
     sub->add_option("--timeout", options.timeout_s, "deadline in seconds of every request")
         ->check(CLI::NonNegativeNumber);

@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <optional>
@@ -28,6 +30,8 @@
 #include "common/socket_path.h"
 #include "common/temp_dir.h"
 #include "daemon/access.h"
+#include "daemon/config_apply.h"
+#include "daemon/config_file.h"
 #include "daemon/event_bus.h"
 #include "daemon/module_dirs.h"
 #include "daemon/module_file.h"
@@ -94,10 +98,22 @@ std::unique_ptr<grpc::Server> BuildServer(grpc::Service* service, uint64_t max_m
   return builder.BuildAndStart();
 }
 
+// SIGHUP: reloads the config file on the applier's thread (the io thread
+// must not block); without --config there is nothing to reload.
+void ReloadConfig(relib::daemon::ConfigApplier* applier, const char* trigger) {
+  if (!applier) {
+    spdlog::warn("phase=config {} received but relibd was started without --config: nothing to reload", trigger);
+    return;
+  }
+  applier->ReloadInBackground(trigger);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app("relibd: live reload of native modules in supervised worker processes");
+  // The last value of a repeated flag wins: the config file's values are put before the command line's.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   std::string socket_path = relib::common::DefaultSocketPath();
   std::string worker_path = DefaultWorkerPath();
   std::string run_dir;
@@ -197,9 +213,28 @@ int main(int argc, char** argv) {
                  "a watched module reloads once its file has been quiet this long after a finished write or rename")
       ->capture_default_str()
       ->check(CLI::Range(0, 60000));
+  // Config file (README "Configuration file"): its daemon-wide settings become
+  // flags ahead of the real command line, so the command line overrides them.
+  std::string config_path;
+  app.add_option("--config", config_path, "TOML config file: settings and modules to load; flags override it");
+  std::optional<relib::daemon::RelibdConfig> config;
+  std::vector<std::string> args = {argv[0]};
+  if (std::string path = relib::daemon::ConfigPathFromArgs(argc, argv); !path.empty()) {
+    auto parsed = relib::daemon::ParseConfigFile(path);
+    if (!parsed.ok()) {
+      std::fprintf(stderr, "relibd: %s\n", std::string(parsed.status().message()).c_str());
+      return 2;
+    }
+    for (std::string& arg : relib::daemon::FlagArguments(*parsed)) args.push_back(std::move(arg));
+    config = std::move(parsed).value();
+  }
+  args.insert(args.end(), argv + 1, argv + argc);
+  std::vector<const char*> arg_pointers;
+  for (const std::string& arg : args) arg_pointers.push_back(arg.c_str());
+
   app.set_version_flag("--version", std::string("relibd ") + RELIB_VERSION);
   try {
-    app.parse(argc, argv);
+    app.parse(static_cast<int>(arg_pointers.size()), arg_pointers.data());
   } catch (const CLI::ParseError& e) {
     // --help and --version exit 0; every other command-line error is a usage error (2).
     return app.exit(e) == 0 ? 0 : 2;
@@ -375,6 +410,26 @@ int main(int argc, char** argv) {
   relib::daemon::RpcService control_service(supervisor, events, relib::daemon::Role::kControl, &peers);
   relib::daemon::RpcService view_service(supervisor, events, relib::daemon::Role::kView, &peers);
   relib::daemon::RpcService no_service(supervisor, events, relib::daemon::Role::kNone, &peers);
+
+  // Config reloads: SIGHUP and the ReloadConfig RPC (README "Configuration file").
+  std::unique_ptr<relib::daemon::ConfigApplier> config_applier;
+  if (config) {
+    config_applier = std::make_unique<relib::daemon::ConfigApplier>(supervisor, events, std::move(*config));
+    config_applier->set_reload_hooks([] { /* sd_notify RELOADING=1 + MONOTONIC_USEC goes here */ },
+                                     [] { /* sd_notify READY=1 goes here */ });
+    for (auto* service : {&control_service, &view_service, &no_service}) {
+      service->set_config_reloader([a = config_applier.get()] { return a->Reload("ReloadConfig RPC"); });
+    }
+  }
+  boost::asio::signal_set hangups(io, SIGHUP);
+  std::function<void()> wait_for_hangup = [&] {
+    hangups.async_wait([&](const boost::system::error_code& ec, int) {
+      if (ec) return;
+      ReloadConfig(config_applier.get(), "SIGHUP");
+      wait_for_hangup();
+    });
+  };
+  wait_for_hangup();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   std::unique_ptr<grpc::Server> control_server = BuildServer(&control_service, max_message_bytes, true);
@@ -403,6 +458,9 @@ int main(int argc, char** argv) {
   std::thread io_thread([&] { io.run(); });
   spdlog::info("phase=startup listening on unix:{} worker={} run-dir={} state={} ({} bytes)", socket_path, worker_path,
                run_dir, (*state_store)->location(), (*state_store)->capacity());
+  // The file's modules, applied as a config reload against what runs now (after a
+  // restore of the persistent module table, when there is one: README "Ownership").
+  if (config_applier) config_applier->Apply();
 
   int signal = stop_signal.get_future().get();
   if (signal < 0) {
@@ -422,6 +480,7 @@ int main(int argc, char** argv) {
   listener->reset();
   auto grace = std::chrono::system_clock::now() + std::chrono::milliseconds(300);
   for (grpc::Server* server : {control_server.get(), view_server.get(), no_server.get()}) server->Shutdown(grace);
+  config_applier.reset();  // after the supervisor (a reload in progress fails fast) and the last RPC
   // After the workers (a reload it runs now fails fast) and after the last
   // RPC (which may still notify it of a change).
   watcher.reset();

@@ -107,10 +107,25 @@ grpc::Status RpcService::Events(grpc::ServerContext* context, const v1::EventsRe
   return grpc::Status::OK;
 }
 
-grpc::Status RpcService::Watch(grpc::ServerContext*, const v1::WatchRequest* request, v1::WatchResponse* response) {
+grpc::Status RpcService::Watch(grpc::ServerContext* context, const v1::WatchRequest* request,
+                               v1::WatchResponse* response) {
+  if (grpc::Status denied = Require(context, Role::kControl); !denied.ok()) return denied;
   auto info = supervisor_.SetWatch(request->name(), !request->off());
   if (!info.ok()) return ToGrpc(info.status());
   *response->mutable_module() = std::move(info).value();
+  return grpc::Status::OK;
+}
+
+grpc::Status RpcService::ReloadConfig(grpc::ServerContext* context, const v1::ReloadConfigRequest*,
+                                      v1::ReloadConfigResponse* response) {
+  if (grpc::Status denied = Require(context, Role::kControl); !denied.ok()) return denied;
+  if (!config_reloader_) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "relibd was started without --config: there is no config file to reload");
+  }
+  auto result = config_reloader_();
+  if (!result.ok()) return ToGrpc(result.status());
+  *response = std::move(result).value();
   return grpc::Status::OK;
 }
 

@@ -4,6 +4,7 @@
 #define RELIB_DAEMON_RPC_SERVICE_H_
 
 #include <atomic>
+#include <functional>
 
 #include "daemon/access.h"
 #include "daemon/event_bus.h"
@@ -28,6 +29,13 @@ class RpcService final : public v1::Relibd::Service {
   grpc::Status Status(grpc::ServerContext*, const v1::StatusRequest*, v1::StatusResponse*) override;
   grpc::Status Events(grpc::ServerContext*, const v1::EventsRequest*, grpc::ServerWriter<v1::Event>*) override;
   grpc::Status Watch(grpc::ServerContext*, const v1::WatchRequest*, v1::WatchResponse*) override;
+  grpc::Status ReloadConfig(grpc::ServerContext*, const v1::ReloadConfigRequest*, v1::ReloadConfigResponse*) override;
+
+  // What ReloadConfig runs (ConfigApplier::Reload); unset when relibd has no
+  // config file. Set before the server starts.
+  void set_config_reloader(std::function<absl::StatusOr<v1::ReloadConfigResponse>()> reloader) {
+    config_reloader_ = std::move(reloader);
+  }
 
  private:
   // OK if this instance's role includes `needed`.
@@ -37,6 +45,7 @@ class RpcService final : public v1::Relibd::Service {
   EventBus& events_;
   const Role granted_;
   const PeerRegistry* const peers_;
+  std::function<absl::StatusOr<v1::ReloadConfigResponse>()> config_reloader_;
 };
 
 }  // namespace relib::daemon

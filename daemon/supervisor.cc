@@ -409,7 +409,8 @@ void Supervisor::RestartGroup(const std::string& group) {
 }
 
 absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const std::string& path,
-                                                 const v1::ModuleOptions& options, const std::string& group_in) {
+                                                 const v1::ModuleOptions& options, const std::string& group_in,
+                                                 v1::ModuleSource source) {
   const std::string group = group_in.empty() ? kDefaultGroup : group_in;
   if (absl::Status status = ValidateName(name, "module"); !status.ok()) return status;
   if (absl::Status status = ValidateName(group, "worker"); !status.ok()) return status;
@@ -431,6 +432,7 @@ absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const s
     record->info.set_name(name);
     record->info.set_path(path);
     record->info.set_worker(group);
+    record->info.set_source(source);
     record->info.set_state(v1::MODULE_STATE_LOADING);
     *record->info.mutable_options() = options;
     modules_[name] = record;

@@ -82,8 +82,10 @@ class Supervisor {
   // ALREADY_EXISTS, NOT_FOUND (missing file), whatever the worker reports
   // (see ModuleLoader::Load), DEADLINE_EXCEEDED or UNAVAILABLE if the worker
   // hung or died.
+  // `source`: who declared it (a config reload only touches config-owned modules).
   absl::StatusOr<v1::ModuleInfo> Load(const std::string& name, const std::string& path,
-                                      const v1::ModuleOptions& options, const std::string& group);
+                                      const v1::ModuleOptions& options, const std::string& group,
+                                      v1::ModuleSource source = v1::MODULE_SOURCE_API);
   // `path` empty = reload from the current path; `options` non-null replaces
   // the module's options. A FAILED or RESTARTING module is loaded afresh.
   // `staged`: try the new version in a scratch worker (load + `self_test`)

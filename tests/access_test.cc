@@ -86,6 +86,14 @@ TEST_F(AccessTest, ViewMemberCanReadStatusButNotLoadOrCall) {
   CommandResult call = relibd_->CtlAs(as_viewer, {"call", "hello", "greet", "x"});
   EXPECT_EQ(call.exit_code, kExitPermissionDenied) << call.err;
   EXPECT_THAT(call.err, ::testing::HasSubstr(denied));
+  // Every method that changes something needs the control role, the later ones too.
+  for (std::vector<std::string> command : std::vector<std::vector<std::string>>{
+           {"watch", "hello"}, {"reload-config"}, {"reload", "--all"}, {"unload", "hello"}}) {
+    CommandResult r = relibd_->CtlAs(as_viewer, command);
+    EXPECT_EQ(r.exit_code, kExitPermissionDenied) << command[0] << ": " << r.err;
+    EXPECT_THAT(r.err, ::testing::HasSubstr(denied)) << command[0];
+  }
+  EXPECT_FALSE(Status().modules(0).watch());
   EXPECT_EQ(Status().modules_size(), 1);
 }
 

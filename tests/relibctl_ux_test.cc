@@ -161,7 +161,7 @@ TEST_F(RelibctlUxTest, BashCompletionOffersCommandsAndModules) {
   };
   CommandResult r = complete("relibctl re", 1);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(r.out, "reload\n");
+  EXPECT_EQ(r.out, "reload reload-config\n");
   r = complete("relibctl --socket " + relibd_->socket() + " unload he", 4);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "hello\n");

@@ -17,7 +17,7 @@ _relibctl() {
   local cur prev words cword
   cur=${COMP_WORDS[COMP_CWORD]}
   prev=${COMP_WORDS[COMP_CWORD - 1]}
-  local commands="load reload unload call status events watch version help"
+  local commands="load reload unload call status events watch reload-config version help"
   local global_opts="--socket --json --connect-timeout-ms --timeout --max-message-mb --help"
   local module_opts="--thread-grace-ms --leak-policy --fd-policy --child-policy --mapping-policy
     --signal-policy --dlopen-policy --capture-sites --load-deadline-ms --on-load-deadline-ms
@@ -59,7 +59,7 @@ _relibctl() {
     watch) opts="--off --json --timeout" ;;
     reload) opts="$module_opts --force --staged --all --json --timeout" ;;
     unload) opts="--force --json --timeout" ;;
-    call|status|version) opts="--json --timeout" ;;
+    call|status|version|reload-config) opts="--json --timeout" ;;
     events) opts="--count --json --timeout" ;;
   esac
   if [[ $cur == -* ]]; then
