@@ -376,8 +376,9 @@ int RunStatus(const ClientOptions& options) {
 }
 
 int RunReloadConfig(const ClientOptions& options) {
-  auto stub = Connect(options);
-  if (!stub) return kExitUnreachable;
+  int unreachable = kExitUnreachable;
+  auto stub = Connect(options, &unreachable);
+  if (!stub) return unreachable;
   v1::ReloadConfigResponse response;
   grpc::ClientContext context;
   Prepare(options, context);
