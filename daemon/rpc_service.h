@@ -11,7 +11,9 @@
 
 namespace relib::daemon {
 
-class RpcService final : public v1::Relibd::Service {
+// Events uses gRPC's callback API (no thread per stream: see EventStream in
+// rpc_service.cc); the other methods are synchronous.
+class RpcService final : public v1::Relibd::WithCallbackMethod_Events<v1::Relibd::Service> {
  public:
   RpcService(Supervisor& supervisor, EventBus& events) : supervisor_(supervisor), events_(events) {}
 
@@ -20,7 +22,11 @@ class RpcService final : public v1::Relibd::Service {
   grpc::Status Unload(grpc::ServerContext*, const v1::UnloadRequest*, v1::UnloadResponse*) override;
   grpc::Status Call(grpc::ServerContext*, const v1::CallRequest*, v1::CallResponse*) override;
   grpc::Status Status(grpc::ServerContext*, const v1::StatusRequest*, v1::StatusResponse*) override;
-  grpc::Status Events(grpc::ServerContext*, const v1::EventsRequest*, grpc::ServerWriter<v1::Event>*) override;
+  // A subscriber more than kMaxEventBacklog events behind is ended with
+  // RESOURCE_EXHAUSTED; more than EventBus::kMaxSubscribers streams at once
+  // are refused with RESOURCE_EXHAUSTED.
+  grpc::ServerWriteReactor<v1::Event>* Events(grpc::CallbackServerContext*, const v1::EventsRequest*) override;
+  static constexpr size_t kMaxEventBacklog = 256;
 
  private:
   Supervisor& supervisor_;
