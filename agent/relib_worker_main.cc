@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
@@ -19,7 +20,9 @@
 #include "agent/heap_tracker.h"
 #include "agent/heartbeat.h"
 #include "agent/module_context.h"
+#include "agent/parent_watch.h"
 #include "common/flight_recorder.h"
+#include "common/journal_log.h"
 #include "common/message_limits.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -57,7 +60,11 @@ int main(int argc, char** argv) {
   // A dead daemon must not kill the worker mid-write; the failed write ends it.
   ::signal(SIGPIPE, SIG_IGN);
   auto logger = spdlog::stderr_color_mt("relib-worker");
-  logger->set_pattern(fmt::format("%Y-%m-%dT%H:%M:%S.%e %^%l%$ relib-worker[{}] %v", ::getpid()));
+  if (relib::common::StderrIsJournal()) {
+    relib::common::UseJournalFormat(*logger, fmt::format("relib-worker[{}] ", ::getpid()));
+  } else {
+    logger->set_pattern(fmt::format("%Y-%m-%dT%H:%M:%S.%e %^%l%$ relib-worker[{}] %v", ::getpid()));
+  }
   logger->set_level(spdlog::level::from_str(log_level));
   spdlog::set_default_logger(logger);
 
@@ -69,6 +76,8 @@ int main(int argc, char** argv) {
   // Module code may fork and exec: the link must not leak into children.
   ::fcntl(link_fd, F_SETFD, FD_CLOEXEC);
   if (fd_channel >= 0) ::fcntl(fd_channel, F_SETFD, FD_CLOEXEC);
+  // A worker whose relibd is gone ends, even while a call hangs in module code.
+  relib::agent::WatchParent(link_fd, std::chrono::milliseconds(2000));
 
   // Lifecycle commands, and so module hooks, run on this thread (calls run on
   // the executors, which install their own alternate stacks).

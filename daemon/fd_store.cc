@@ -29,9 +29,14 @@ std::vector<std::pair<std::string, common::UniqueFd>> FdStore::Duplicates(const 
   return copies;
 }
 
-void FdStore::Drop(const std::string& module) {
+std::vector<std::string> FdStore::Drop(const std::string& module) {
+  std::vector<std::string> keys;
   std::lock_guard<std::mutex> lock(mutex_);
-  fds_.erase(module);
+  auto it = fds_.find(module);
+  if (it == fds_.end()) return keys;
+  for (const auto& [key, fd] : it->second) keys.push_back(key);
+  fds_.erase(it);
+  return keys;
 }
 
 }  // namespace relib::daemon

@@ -27,8 +27,8 @@ class FdStore {
   absl::Status Put(const std::string& module, const std::string& key, common::UniqueFd fd);
   // Duplicates of the module's fds, keyed, in key order.
   std::vector<std::pair<std::string, common::UniqueFd>> Duplicates(const std::string& module) const;
-  // Closes the module's fds (on unload).
-  void Drop(const std::string& module);
+  // Closes the module's fds (on unload); returns their keys.
+  std::vector<std::string> Drop(const std::string& module);
 
  private:
   mutable std::mutex mutex_;

@@ -11,6 +11,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <string>
 
 #include "absl/status/status.h"
 
@@ -30,6 +31,26 @@ void KillWorkerGroup(pid_t worker_pid);
 // makes more of them reparent to relibd. Never touches a worker. Blocks for
 // at most about `timeout`. Returns how many processes it killed.
 int KillAdoptedProcesses(std::chrono::milliseconds timeout);
+
+// --- What a relibd that died (SIGKILL, crash) left behind ---------------
+// A relibd claims its run dir with a file naming its pid and start time.
+// The next relibd on that run dir (or, for default run dirs, in the same
+// temp dir) finds the owner gone, kills the workers whose scratch dir is in
+// the run dir (and their process groups), and removes what the predecessor
+// made there. Workers normally end by themselves when relibd dies (see
+// agent/parent_watch.h); this catches the rest (stopped, stuck in the
+// kernel, or from a relibd without that).
+
+// Writes `<run_dir>/relibd.owner`. `created`: relibd made `run_dir` itself
+// (its default temp dir), so a successor may remove the whole directory.
+absl::Status ClaimRunDir(const std::string& run_dir, bool created);
+// Kills a dead predecessor's workers in `run_dir` and removes its worker
+// scratch dirs and good copies (nothing else: the dir may hold the user's
+// files). FAILED_PRECONDITION if a relibd that still runs owns `run_dir`.
+absl::Status CleanUpRunDir(const std::string& run_dir);
+// Default run dirs (`<tmp_dir>/relibd-*` made by relibd) whose relibd is
+// gone: their workers killed, the dirs removed. Returns how many.
+int RemoveStaleRunDirs(const std::string& tmp_dir);
 
 }  // namespace relib::daemon
 

@@ -1,5 +1,6 @@
 // relibd: the supervisor daemon. Parses flags, wires the Asio loop, the
-// Supervisor and the gRPC server together, and shuts down on SIGINT/SIGTERM.
+// Supervisor and the gRPC server together, restores the persistent module
+// table, talks to systemd, and stops gracefully on SIGINT/SIGTERM.
 #include <signal.h>
 #include <cerrno>
 #include <cstdlib>
@@ -9,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdio>
 #include <filesystem>
 #include <functional>
@@ -33,16 +35,20 @@
 #include "daemon/config_apply.h"
 #include "daemon/config_file.h"
 #include "daemon/event_bus.h"
+#include "daemon/log_setup.h"
 #include "daemon/module_dirs.h"
 #include "daemon/module_file.h"
+#include "daemon/module_table.h"
 #include "daemon/module_watcher.h"
 #include "daemon/orphans.h"
 #include "daemon/peer_listener.h"
 #include "daemon/rpc_service.h"
+#include "daemon/self_probe.h"
 #include "daemon/state_store.h"
 #include "daemon/supervisor.h"
+#include "daemon/systemd.h"
 #include "grpcpp/grpcpp.h"
-#include "spdlog/sinks/stdout_color_sinks.h"
+#include "grpcpp/resource_quota.h"
 #include "spdlog/spdlog.h"
 
 namespace {
@@ -89,12 +95,18 @@ void RemoveStaleSegments() {
 // hands it connections. Every server answers server reflection (generic
 // tools discover the API; its schema is public, installed with the SDK);
 // grpc.health.v1 answers only to the roles that may see relibd's state.
-std::unique_ptr<grpc::Server> BuildServer(grpc::Service* service, uint64_t max_message_bytes, bool with_health) {
+// Threads for synchronous RPCs are bounded (Events needs none: callback
+// API), and so are streams per connection, so a burst of clients cannot grow
+// relibd without limit.
+std::unique_ptr<grpc::Server> BuildServer(grpc::Service* service, uint64_t max_message_bytes, bool with_health,
+                                          grpc::ResourceQuota& quota) {
   grpc::ServerBuilder builder;
   if (!with_health) builder.SetOption(std::make_unique<grpc::HealthCheckServiceServerBuilderOption>(nullptr));
   builder.RegisterService(service);
   builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
+  builder.SetResourceQuota(quota);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, 100);
   return builder.BuildAndStart();
 }
 
@@ -106,6 +118,17 @@ void ReloadConfig(relib::daemon::ConfigApplier* applier, const char* trigger) {
     return;
   }
   applier->ReloadInBackground(trigger);
+}
+
+// "unix:/path" of a bound Unix socket, or "" (abstract or unnamed).
+std::string UnixAddressOf(int fd) {
+  sockaddr_un address{};
+  socklen_t length = sizeof(address);
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0 || address.sun_family != AF_UNIX ||
+      length <= offsetof(sockaddr_un, sun_path) || address.sun_path[0] == '\0') {
+    return "";
+  }
+  return std::string("unix:") + address.sun_path;
 }
 
 }  // namespace
@@ -126,8 +149,10 @@ int main(int argc, char** argv) {
   app.add_option("--worker", worker_path, "relib-worker executable")->capture_default_str();
   app.add_option("--run-dir", run_dir, "parent directory for worker scratch dirs (default: a new temp dir)");
   app.add_option("--state-dir", state_dir,
-                 "keep module state (host API save_state) in this directory so it survives relibd restarts");
-  app.add_option("--log-level", log_level, "trace, debug, info, warn, error")->capture_default_str();
+                 "keep the module table (every module, its group, options and version, with relibd's copy of it) and "
+                 "module state (host API save_state) here, so a restarted relibd loads them all again (default: "
+                 "$STATE_DIRECTORY under systemd; none = in memory only)");
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, critical, off")->capture_default_str();
   app.add_option("--load-deadline-ms", load_ms, "default deadline of copy + dlopen + static constructors")
       ->capture_default_str();
   app.add_option("--on-load-deadline-ms", on_load_ms, "default deadline of on_load")->capture_default_str();
@@ -232,6 +257,19 @@ int main(int argc, char** argv) {
   std::vector<const char*> arg_pointers;
   for (const std::string& arg : args) arg_pointers.push_back(arg.c_str());
 
+  // --- relibd as a system service (issue 9) ---
+  int stop_timeout_ms = 20000;
+  app.add_option("--stop-timeout-ms", stop_timeout_ms,
+                 "on SIGTERM, time for every module's before_unload (each within its own deadline) before the "
+                 "workers are stopped; keep it below systemd's TimeoutStopSec")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 3600 * 1000));
+  int max_rpc_threads = 128;
+  app.add_option("--max-rpc-threads", max_rpc_threads,
+                 "threads serving synchronous RPCs at most (gRPC resource quota); more concurrent requests are "
+                 "refused with RESOURCE_EXHAUSTED")
+      ->capture_default_str()
+      ->check(CLI::Range(4, 4096));
   app.set_version_flag("--version", std::string("relibd ") + RELIB_VERSION);
   try {
     app.parse(static_cast<int>(arg_pointers.size()), arg_pointers.data());
@@ -239,23 +277,46 @@ int main(int argc, char** argv) {
     // --help and --version exit 0; every other command-line error is a usage error (2).
     return app.exit(e) == 0 ? 0 : 2;
   }
+  auto level = relib::daemon::ParseLogLevel(log_level);
+  if (!level.ok()) {
+    std::fprintf(stderr, "relibd: --log-level: %s\n", std::string(level.status().message()).c_str());
+    return 2;
+  }
 
   ::signal(SIGPIPE, SIG_IGN);
-  auto logger = spdlog::stderr_color_mt("relibd");
-  logger->set_pattern(fmt::format("%Y-%m-%dT%H:%M:%S.%e %^%l%$ relibd[{}] %v", ::getpid()));
-  logger->set_level(spdlog::level::from_str(log_level));
-  spdlog::set_default_logger(logger);
+  // Before anything is spawned: workers must not inherit LISTEN_FDS.
+  relib::daemon::systemd::PassedFds passed = relib::daemon::systemd::TakePassedFds();
+  relib::daemon::SetUpLogging(*level);
+  const relib::daemon::systemd::Notifier notifier;
+  if (state_dir.empty()) {
+    if (const char* from_systemd = std::getenv("STATE_DIRECTORY"); from_systemd && *from_systemd) {
+      state_dir = std::string(from_systemd).substr(0, std::string(from_systemd).find(':'));
+    }
+  }
 
   std::optional<relib::common::TempDir> owned_run_dir;
   if (run_dir.empty()) {
     const char* tmp = std::getenv("TMPDIR");
-    auto created = relib::common::TempDir::Create(tmp && *tmp ? tmp : "/tmp", "relibd-");
+    std::string tmp_dir = tmp && *tmp ? tmp : "/tmp";
+    // What SIGKILLed relibds left there: their workers and run dirs.
+    relib::daemon::RemoveStaleRunDirs(tmp_dir);
+    auto created = relib::common::TempDir::Create(tmp_dir, "relibd-");
     if (!created.ok()) {
       spdlog::critical("phase=startup {}", created.status().ToString());
       return 1;
     }
     owned_run_dir.emplace(std::move(created).value());
     run_dir = owned_run_dir->path();
+  } else {
+    std::error_code ignored;
+    std::filesystem::create_directories(run_dir, ignored);
+    if (absl::Status cleaned = relib::daemon::CleanUpRunDir(run_dir); !cleaned.ok()) {
+      spdlog::critical("phase=startup {}", cleaned.ToString());
+      return 1;
+    }
+  }
+  if (absl::Status claimed = relib::daemon::ClaimRunDir(run_dir, owned_run_dir.has_value()); !claimed.ok()) {
+    spdlog::warn("phase=startup {}; a successor cannot clean up after this relibd", claimed.ToString());
   }
   for (const std::string& limit : worker_limits) {
     if (absl::Status added = options.worker.limits.Add(limit); !added.ok()) {
@@ -308,7 +369,13 @@ int main(int argc, char** argv) {
                      worker_path);
     return 1;
   }
-  if (!PrepareSocketPath(socket_path)) return 1;
+  if (passed.api_socket) {
+    spdlog::info("phase=startup socket activation: serving the listening socket systemd passed ({})",
+                 UnixAddressOf(passed.api_socket->get()));
+  } else if (!PrepareSocketPath(socket_path)) {
+    return 1;
+  }
+  for (const std::string& name : passed.ignored) spdlog::warn("phase=startup passed fd {} not used; closed", name);
   relib::daemon::SocketOptions socket_options;
   std::vector<gid_t> view_gids, control_gids;
   {
@@ -384,6 +451,25 @@ int main(int argc, char** argv) {
   }
   options.state_store = state_store->get();
   options.worker.max_state_bytes = std::min((*state_store)->capacity(), max_module_state);
+  std::unique_ptr<relib::daemon::ModuleTable> table;
+  if (state_dir.empty()) {
+    spdlog::warn("phase=startup no state dir (--state-dir, or StateDirectory= under systemd): modules and their state "
+                 "are kept in memory only; a restart of relibd loses them");
+  } else {
+    auto opened = relib::daemon::ModuleTable::Open(state_dir);
+    if (!opened.ok()) {
+      spdlog::critical("phase=startup {}", opened.status().ToString());
+      return 1;
+    }
+    table = std::move(opened).value();
+    options.table = table.get();
+  }
+  options.on_fd_stored = [&notifier](const std::string& module, const std::string& key, int fd) {
+    notifier.StoreFd(module, key, fd);
+  };
+  options.on_fd_dropped = [&notifier](const std::string& module, const std::string& key) {
+    notifier.RemoveFd(module, key);
+  };
 
   // Stops main: a signal number, or -1 when no worker can start.
   std::promise<int> stop_signal;
@@ -402,6 +488,7 @@ int main(int argc, char** argv) {
   relib::daemon::Supervisor supervisor(io, options, events);
   auto watcher = std::make_unique<relib::daemon::ModuleWatcher>(supervisor, std::chrono::milliseconds(watch_debounce_ms));
   supervisor.set_change_listener([w = watcher.get()] { w->Sync(); });
+  for (auto& stored : passed.stored) supervisor.AdoptStoredFd(stored.module, stored.key, std::move(stored.fd));
 
   // One server per role: the server a connection is handed to is its
   // authorization (see daemon/peer_listener.h).
@@ -415,58 +502,99 @@ int main(int argc, char** argv) {
   std::unique_ptr<relib::daemon::ConfigApplier> config_applier;
   if (config) {
     config_applier = std::make_unique<relib::daemon::ConfigApplier>(supervisor, events, std::move(*config));
-    config_applier->set_reload_hooks([] { /* sd_notify RELOADING=1 + MONOTONIC_USEC goes here */ },
-                                     [] { /* sd_notify READY=1 goes here */ });
+    config_applier->set_reload_hooks([&notifier] { notifier.Reloading(); },
+                                     [&notifier, &supervisor] {
+                                       notifier.Ready(relib::daemon::StatusLine(supervisor.Status()));
+                                     });
     for (auto* service : {&control_service, &view_service, &no_service}) {
       service->set_config_reloader([a = config_applier.get()] { return a->Reload("ReloadConfig RPC"); });
     }
   }
-  boost::asio::signal_set hangups(io, SIGHUP);
-  std::function<void()> wait_for_hangup = [&] {
-    hangups.async_wait([&](const boost::system::error_code& ec, int) {
+
+  // Signals are taken from here on (a SIGTERM during the restore waits for it).
+  // SIGHUP is never fatal: it reloads the config file, if there is one.
+  boost::asio::signal_set signals(io, SIGINT, SIGTERM, SIGHUP);
+  std::function<void()> wait_for_signal = [&] {
+    signals.async_wait([&](const boost::system::error_code& ec, int signal) {
       if (ec) return;
-      ReloadConfig(config_applier.get(), "SIGHUP");
-      wait_for_hangup();
+      if (signal == SIGHUP) {
+        ReloadConfig(config_applier.get(), "SIGHUP");
+        wait_for_signal();
+        return;
+      }
+      stop(signal);
     });
   };
-  wait_for_hangup();
+  wait_for_signal();
+  std::thread io_thread([&] { io.run(); });
+
+  // The persistent table comes back before relibd serves or says READY.
+  if (table) {
+    auto entries = table->Entries();
+    if (!entries.empty()) {
+      notifier.Status(fmt::format("restoring {} modules", entries.size()));
+      auto [restored, failed] = supervisor.Restore(entries);
+      spdlog::info("phase=restore {} modules restored, {} failed (from {})", restored, failed, table->directory());
+    }
+  }
+
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  std::unique_ptr<grpc::Server> control_server = BuildServer(&control_service, max_message_bytes, true);
-  std::unique_ptr<grpc::Server> view_server = BuildServer(&view_service, max_message_bytes, true);
-  std::unique_ptr<grpc::Server> no_server = BuildServer(&no_service, max_message_bytes, false);
-  if (!control_server || !view_server || !no_server) {
-    spdlog::critical("phase=startup cannot start the gRPC servers");
+  grpc::ResourceQuota quota("relibd");
+  quota.SetMaxThreads(max_rpc_threads);
+  std::unique_ptr<grpc::Server> control_server = BuildServer(&control_service, max_message_bytes, true, quota);
+  std::unique_ptr<grpc::Server> view_server = BuildServer(&view_service, max_message_bytes, true, quota);
+  std::unique_ptr<grpc::Server> no_server = BuildServer(&no_service, max_message_bytes, false, quota);
+  auto fail_start = [&](const std::string& why) {
+    spdlog::critical("phase=startup {}", why);
+    supervisor.Shutdown();
+    work.reset();
+    io.stop();
+    io_thread.join();
     return 1;
+  };
+  if (!control_server || !view_server || !no_server) return fail_start("cannot start the gRPC servers");
+  // The socket systemd passed, or our own.
+  std::string probe_target = "unix:" + socket_path;
+  absl::StatusOr<relib::common::UniqueFd> listening;
+  if (passed.api_socket) {
+    probe_target = UnixAddressOf(passed.api_socket->get());
+    listening = std::move(*passed.api_socket);
+  } else {
+    listening = relib::daemon::BindUnixSocket(socket_path, socket_options);
   }
-  auto listening = relib::daemon::BindUnixSocket(socket_path, socket_options);
   if (!listening.ok()) {
-    spdlog::critical("phase=startup cannot listen on unix:{}: {}", socket_path, listening.status().ToString());
-    return 1;
+    return fail_start(fmt::format("cannot listen on unix:{}: {}", socket_path, listening.status().ToString()));
   }
   auto listener = relib::daemon::PeerListener::Start(std::move(listening).value(), access, peers,
                                                      {control_server.get(), view_server.get(), no_server.get()});
-  if (!listener.ok()) {
-    spdlog::critical("phase=startup {}", listener.status().ToString());
-    return 1;
+  if (!listener.ok()) return fail_start(listener.status().ToString());
+  spdlog::info("phase=startup listening on {} worker={} run-dir={} state={} ({} bytes)", probe_target, worker_path,
+               run_dir, (*state_store)->location(), (*state_store)->capacity());
+  // The file's modules, applied as a config reload against what runs now (after the
+  // restore of the persistent module table: README "Ownership"), before READY.
+  if (config_applier) config_applier->Apply();
+  notifier.Ready(relib::daemon::StatusLine(supervisor.Status()));
+  // WATCHDOG=1 only while relibd answers over its own socket; STATUS= kept current.
+  std::optional<relib::daemon::SelfProbe> probe;
+  if (notifier.enabled() && !probe_target.empty()) {
+    auto interval = notifier.WatchdogInterval()
+                        ? std::chrono::duration_cast<std::chrono::milliseconds>(*notifier.WatchdogInterval() / 2)
+                        : std::chrono::milliseconds(10000);
+    probe.emplace(probe_target, std::max(interval, std::chrono::milliseconds(50)), notifier);
   }
 
-  boost::asio::signal_set signals(io, SIGINT, SIGTERM);
-  signals.async_wait([&](const boost::system::error_code& ec, int signal) {
-    if (!ec) stop(signal);
-  });
-  std::thread io_thread([&] { io.run(); });
-  spdlog::info("phase=startup listening on unix:{} worker={} run-dir={} state={} ({} bytes)", socket_path, worker_path,
-               run_dir, (*state_store)->location(), (*state_store)->capacity());
-  // The file's modules, applied as a config reload against what runs now (after a
-  // restore of the persistent module table, when there is one: README "Ownership").
-  if (config_applier) config_applier->Apply();
-
   int signal = stop_signal.get_future().get();
+  probe.reset();
   if (signal < 0) {
     spdlog::critical("phase=shutdown no relib-worker can start; exiting (code 3) so the service manager can take over");
+    notifier.Stopping("no relib-worker can start");
   } else {
     spdlog::info("phase=shutdown signal {} received", signal);
+    notifier.Stopping("stopping: modules run before_unload");
+    // A stop is not an unload: every module stays in the table and comes
+    // back at the next start, reading what its before_unload saved.
+    supervisor.GracefulStop(std::chrono::milliseconds(stop_timeout_ms));
   }
   // Workers first: RPCs waiting on them then fail fast instead of holding up
   // the server's shutdown; event streams end; idle client channels are not

@@ -13,7 +13,9 @@
 
 namespace relib::daemon {
 
-class RpcService final : public v1::Relibd::Service {
+// Events uses gRPC's callback API (no thread per stream: see EventStream in
+// rpc_service.cc); the other methods are synchronous.
+class RpcService final : public v1::Relibd::WithCallbackMethod_Events<v1::Relibd::Service> {
  public:
   // `granted`: the role of every connection this instance serves (one
   // instance per role, see PeerListener); calls needing more are answered
@@ -27,7 +29,11 @@ class RpcService final : public v1::Relibd::Service {
   grpc::Status Unload(grpc::ServerContext*, const v1::UnloadRequest*, v1::UnloadResponse*) override;
   grpc::Status Call(grpc::ServerContext*, const v1::CallRequest*, v1::CallResponse*) override;
   grpc::Status Status(grpc::ServerContext*, const v1::StatusRequest*, v1::StatusResponse*) override;
-  grpc::Status Events(grpc::ServerContext*, const v1::EventsRequest*, grpc::ServerWriter<v1::Event>*) override;
+  // A subscriber more than kMaxEventBacklog events behind is ended with
+  // RESOURCE_EXHAUSTED; more than EventBus::kMaxSubscribers streams at once
+  // are refused with RESOURCE_EXHAUSTED.
+  grpc::ServerWriteReactor<v1::Event>* Events(grpc::CallbackServerContext*, const v1::EventsRequest*) override;
+  static constexpr size_t kMaxEventBacklog = 256;
   grpc::Status Watch(grpc::ServerContext*, const v1::WatchRequest*, v1::WatchResponse*) override;
   grpc::Status ReloadConfig(grpc::ServerContext*, const v1::ReloadConfigRequest*, v1::ReloadConfigResponse*) override;
 
@@ -39,7 +45,7 @@ class RpcService final : public v1::Relibd::Service {
 
  private:
   // OK if this instance's role includes `needed`.
-  grpc::Status Require(grpc::ServerContext* context, Role needed) const;
+  grpc::Status Require(grpc::ServerContextBase* context, Role needed) const;
 
   Supervisor& supervisor_;
   EventBus& events_;

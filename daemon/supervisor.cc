@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <optional>
 #include <filesystem>
+#include <map>
 #include <system_error>
 #include <vector>
 
@@ -146,7 +147,7 @@ std::chrono::milliseconds Supervisor::CommandDeadline(const v1::ModuleOptions& o
 
 absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker(const std::string& group) {
   std::unique_lock<std::mutex> lock(mutex_);
-  if (shut_down_) return absl::UnavailableError("relibd is shutting down");
+  if (shut_down_ || stopping_) return absl::UnavailableError("relibd is shutting down");
   Group& g = groups_[group];
   if (g.worker && g.worker->alive()) return g.worker;
   WorkerHandle::Callbacks callbacks;
@@ -169,7 +170,9 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker(const std
   callbacks.on_store_fd = [this](pid_t pid, const v1::link::StoreFd& store, common::UniqueFd fd) {
     spdlog::debug("module={} worker pid={} phase=store-fd key={}", store.module(), pid,
                   common::EscapeForLog(store.key(), 64));
+    const int raw = fd.get();
     absl::Status stored = fd_store_.Put(store.module(), store.key(), std::move(fd));
+    if (stored.ok() && options_.on_fd_stored) options_.on_fd_stored(store.module(), store.key(), raw);
     if (!stored.ok()) {
       spdlog::warn("module={} worker pid={} phase=store-fd {}", store.module(), pid, std::string(stored.message()));
     }
@@ -248,7 +251,7 @@ void Supervisor::OnWorkerExit(const std::string& group, pid_t pid, const WorkerE
   std::optional<Clock::time_point> restart_at;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (shut_down_) return;  // an orderly stop, not a failure
+    if (shut_down_ || stopping_) return;  // an orderly stop, not a failure
     Group& g = groups_[group];
     if (g.worker && g.worker->pid() == pid) g.worker.reset();
     const auto now = Clock::now();
@@ -443,9 +446,12 @@ absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const s
       std::lock_guard<std::mutex> lock(mutex_);
       modules_.erase(name);
     }
-    fd_store_.Drop(name);
+    for (const std::string& key : fd_store_.Drop(name)) {
+      if (options_.on_fd_dropped) options_.on_fd_dropped(name, key);
+    }
     RemoveFile(candidate);
-    spdlog::error("module={} path={} phase=load {}", name, path, std::string(status.message()));
+    spdlog::error("module={} path={} phase=load {}", name, common::EscapeForLog(path, 4096),
+                  common::EscapeForLog(std::string(status.message()), 8192));
     Publish(v1::EVENT_KIND_FAILED, name, 0, 0, std::string(status.message()));
     return status;
   };
@@ -480,8 +486,9 @@ absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const s
                                    "'; restarting it");
     if (LostWorker(group, *worker, *record, why)) return absl::UnavailableError(why);
   }
+  Persist(info, candidate);
   spdlog::info("module={} version=1 worker pid={} group={} phase=load loaded from {}", name, info.worker_pid(), group,
-               path);
+               common::EscapeForLog(path, 4096));
   Publish(v1::EVENT_KIND_LOADED, name, 1, info.worker_pid(), path);
   return info;
 }
@@ -578,8 +585,8 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
       }
       if (failure_report && !failure_report->name().empty()) record->last_failure_report = *failure_report;
     }
-    spdlog::error("module={} version={} path={} phase=reload{} {}", name, version, common::EscapeForLog(path),
-                  cause.empty() ? "" : " cause=" + cause, std::string(status.message()));
+    spdlog::error("module={} version={} path={} phase=reload{} {}", name, version, common::EscapeForLog(path, 4096),
+                  cause.empty() ? "" : " cause=" + cause, common::EscapeForLog(std::string(status.message()), 8192));
     Publish(v1::EVENT_KIND_FAILED, name, before.version(), before.worker_pid(), std::string(status.message()),
             failure_report && !failure_report->name().empty() ? failure_report : nullptr, cause);
     return status;
@@ -640,6 +647,7 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
     }
   }
   RemoveFile(old_good_copy);
+  Persist(response.module(), candidate);
   if (!fresh) {
     *response.mutable_report() = reply->reload().report();
     response.set_swap_pause_micros(reply->reload().swap_pause_micros());
@@ -709,7 +717,14 @@ absl::StatusOr<v1::UnloadReport> Supervisor::Unload(const std::string& name, boo
     modules_.erase(name);
   }
   RemoveFile(good_copy);
-  fd_store_.Drop(name);
+  for (const std::string& key : fd_store_.Drop(name)) {
+    if (options_.on_fd_dropped) options_.on_fd_dropped(name, key);
+  }
+  if (options_.table != nullptr) {
+    if (absl::Status removed = options_.table->Remove(name); !removed.ok()) {
+      spdlog::error("module={} phase=unload cannot remove it from the module table: {}", name, removed.ToString());
+    }
+  }
   spdlog::info("module={} version={} phase=unload unmapped={}", name, info.version(), report.unmapped());
   Publish(v1::EVENT_KIND_UNLOADED, name, info.version(), info.worker_pid(), "", &report);
   NotifyChange();
@@ -782,8 +797,8 @@ absl::StatusOr<v1::CallResponse> Supervisor::Call(const std::string& name, const
     if (!status.ok()) stats->set_call_errors(stats->call_errors() + 1);
   }
   if (!status.ok()) {
-    spdlog::warn("module={} version={} phase=call export={} {}", name, version, export_name,
-                 std::string(status.message()));
+    spdlog::warn("module={} version={} phase=call export={} {}", name, version, common::EscapeForLog(export_name, 256),
+                 common::EscapeForLog(std::string(status.message()), 8192));
     return status;
   }
   v1::CallResponse response;
@@ -824,6 +839,109 @@ v1::StatusResponse Supervisor::Status(bool with_reports) const {
     }
   }
   return response;
+}
+
+void Supervisor::Persist(const v1::ModuleInfo& info, const std::string& file) {
+  if (options_.table == nullptr) return;
+  if (absl::Status saved = options_.table->Put(info, file); !saved.ok()) {
+    spdlog::error("module={} version={} phase=persist not in the module table, so a restart of relibd will not "
+                  "bring it back: {}",
+                  info.name(), info.version(), saved.ToString());
+  }
+}
+
+void Supervisor::AdoptStoredFd(const std::string& module, const std::string& key, common::UniqueFd fd) {
+  if (absl::Status stored = fd_store_.Put(module, key, std::move(fd)); !stored.ok()) {
+    spdlog::warn("module={} phase=restore stored fd not taken back: {}", module, stored.ToString());
+  }
+}
+
+std::pair<int, int> Supervisor::Restore(const std::vector<ModuleTable::Entry>& entries) {
+  std::vector<std::string> groups;
+  for (const ModuleTable::Entry& entry : entries) {
+    const v1::ModuleInfo& module = entry.module;
+    auto record = std::make_shared<Record>();
+    record->info = module;
+    record->info.set_state(v1::MODULE_STATE_RESTARTING);
+    record->info.set_last_error("restoring after a restart of relibd");
+    // relibd's working copy comes from the table's copy (which stays as it is).
+    auto copy = StageCopy(module.name(), module.version(), entry.copy);
+    if (copy.ok()) {
+      record->good_copy = *copy;
+      if (std::find(groups.begin(), groups.end(), module.worker()) == groups.end()) groups.push_back(module.worker());
+    } else {
+      record->info.set_state(v1::MODULE_STATE_FAILED);
+      record->info.set_last_error(absl::StrCat("restore failed: ", copy.status().message()));
+      spdlog::error("module={} version={} phase=restore {}", module.name(), module.version(),
+                    record->info.last_error());
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    modules_[module.name()] = record;
+  }
+  for (const std::string& group : groups) RestartGroup(group);
+  int restored = 0, failed = 0;
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const auto& [name, record] : modules_) {
+    if (record->info.state() == v1::MODULE_STATE_LOADED) {
+      ++restored;
+    } else {
+      ++failed;
+      // Crashed its worker while restoring: the restarter keeps trying (and
+      // gives up as for any crash loop); the table keeps it either way.
+    }
+  }
+  return {restored, failed};
+}
+
+void Supervisor::GracefulStop(std::chrono::milliseconds bound) {
+  const auto deadline = Clock::now() + bound;
+  struct Target {
+    std::string name;
+    uint64_t version;
+    v1::ModuleOptions options;
+    std::shared_ptr<WorkerHandle> worker;
+  };
+  std::vector<Target> targets;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+    for (const auto& [name, record] : modules_) {
+      const v1::ModuleInfo& info = record->info;
+      if (info.state() != v1::MODULE_STATE_LOADED) continue;
+      auto it = groups_.find(info.worker());
+      if (it == groups_.end() || !it->second.worker || it->second.worker->pid() != info.worker_pid()) continue;
+      targets.push_back({name, info.version(), info.options(), it->second.worker});
+    }
+  }
+  // One thread per group: groups stop side by side, modules of a group one
+  // after another (a worker runs one command at a time).
+  std::map<std::shared_ptr<WorkerHandle>, std::vector<Target>> by_worker;
+  for (Target& target : targets) by_worker[target.worker].push_back(std::move(target));
+  std::vector<std::thread> stoppers;
+  for (auto& [worker, modules] : by_worker) {
+    stoppers.emplace_back([this, deadline, worker = worker, modules = std::move(modules)] {
+      for (const Target& target : modules) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        auto own = CommandDeadline(target.options, {common::Phase::kBeforeUnload, common::Phase::kUnloadChecks});
+        if (left.count() <= 0 || !worker->alive()) break;
+        v1::link::ToWorker command;
+        command.mutable_unload()->set_name(target.name);
+        command.mutable_unload()->set_force(true);
+        auto reply = worker->Request(std::move(command), absl::StrCat("stop of module '", target.name, "'"),
+                                     std::min(left, own));
+        absl::Status status = reply.ok() ? ReplyStatus(*reply) : reply.status();
+        if (status.ok()) {
+          spdlog::info("module={} version={} worker pid={} phase=stop before_unload ran; unloaded for the stop",
+                       target.name, target.version, worker->pid());
+        } else {
+          spdlog::warn("module={} version={} worker pid={} phase=stop {}", target.name, target.version, worker->pid(),
+                       std::string(status.message()));
+        }
+      }
+    });
+  }
+  for (std::thread& stopper : stoppers) stopper.join();
+  Shutdown();
 }
 
 void Supervisor::Shutdown() {

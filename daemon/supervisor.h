@@ -26,6 +26,7 @@
 #include "daemon/fd_store.h"
 #include "daemon/module_dirs.h"
 #include "daemon/module_file.h"
+#include "daemon/module_table.h"
 #include "daemon/recovery.h"
 #include "daemon/state_store.h"
 #include "daemon/worker_handle.h"
@@ -65,6 +66,14 @@ struct SupervisorOptions {
   // max_failed_starts), from the io thread or a thread inside Load/Reload or
   // the restarter; must only make main stop.
   std::function<void(const std::string& why)> on_fatal;
+  // The persistent module table (issue 9): every successful load and reload
+  // is recorded, every unload forgets. Null: modules live in memory only.
+  // REQUIRES: outlives the supervisor.
+  ModuleTable* table = nullptr;
+  // A module stored an fd (called with the fd still owned by the store) /
+  // its fds were dropped on unload: for systemd's fd store. Optional.
+  std::function<void(const std::string& module, const std::string& key, int fd)> on_fd_stored;
+  std::function<void(const std::string& module, const std::string& key)> on_fd_dropped;
 };
 
 // Thread-safe: RPC threads call the public methods concurrently. Operations
@@ -110,6 +119,18 @@ class Supervisor {
   // `with_reports`: include each module's last_failure_report.
   v1::StatusResponse Status(bool with_reports = false) const;
 
+  // At start, before serving: puts every entry of the persistent table back
+  // into its group at its version (relibd's copy of it) with its state and
+  // stored fds, one group after another. A module that cannot be restored
+  // is FAILED with the reason; never fatal. Returns {restored, failed}.
+  std::pair<int, int> Restore(const std::vector<ModuleTable::Entry>& entries);
+  // A module fd handed back by the service manager at start (FDSTORE).
+  void AdoptStoredFd(const std::string& module, const std::string& key, common::UniqueFd fd);
+  // Graceful stop (SIGTERM): runs each loaded module's before_unload (an
+  // unload with force, each within its own deadlines) so it can checkpoint,
+  // all within `bound`; then Shutdown. Modules stay in the persistent table:
+  // a stop is not an unload. Requests that come meanwhile fail UNAVAILABLE.
+  void GracefulStop(std::chrono::milliseconds bound);
   // Stops restarts and the workers, waiting a few seconds at most; later
   // requests fail with UNAVAILABLE.
   void Shutdown();
@@ -157,6 +178,9 @@ class Supervisor {
                   const std::string& why);
   void RestartLoop();
   void RestartGroup(const std::string& group);
+  // Records `name` in the persistent table (logs a failure: the module runs
+  // on, it just would not come back after a restart).
+  void Persist(const v1::ModuleInfo& info, const std::string& file);
   void Publish(v1::EventKind kind, const std::string& module, uint64_t version, int32_t pid,
                const std::string& message, const v1::UnloadReport* report = nullptr, const std::string& cause = "");
   void NotifyChange() const {
@@ -177,6 +201,8 @@ class Supervisor {
   FdStore fd_store_;
   std::condition_variable restart_wakeup_;
   bool shut_down_ ABSL_GUARDED_BY(mutex_) = false;
+  // GracefulStop began: no new workers, no restarts.
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   std::thread restarter_;
   std::function<void()> change_listener_;
 };

@@ -1,6 +1,7 @@
 #include "tests/relibd_process.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -69,6 +70,15 @@ CommandResult RunCommandAs(const common::SpawnOptions::Credentials& user, const 
 absl::StatusOr<std::unique_ptr<RelibdProcess>> RelibdProcess::Start(const std::vector<std::string>& extra_args,
                                                                    bool default_module_dirs,
                                                                    const std::string& relibd_path) {
+  RelibdStartOptions start;
+  start.args = extra_args;
+  start.default_module_dirs = default_module_dirs;
+  start.relibd = relibd_path;
+  return Start(start);
+}
+
+absl::StatusOr<std::unique_ptr<RelibdProcess>> RelibdProcess::Start(const RelibdStartOptions& start) {
+  const std::vector<std::string>& extra_args = start.args;
   auto dir = common::TempDir::Create("/tmp", "relibd-test-");
   if (!dir.ok()) return dir.status();
   std::string socket = dir->path() + "/relibd.sock";
@@ -76,7 +86,9 @@ absl::StatusOr<std::unique_ptr<RelibdProcess>> RelibdProcess::Start(const std::v
   common::UniqueFd log_fd(::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
   common::UniqueFd null_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   common::SpawnOptions options;
-  options.argv = {relibd_path, "--socket", socket, "--run-dir", dir->path(), "--log-level", "debug"};
+  options.argv = {start.relibd, "--socket", socket, "--log-level", "debug"};
+  bool run_dir_given = std::find(extra_args.begin(), extra_args.end(), "--run-dir") != extra_args.end();
+  if (!start.own_run_dir && !run_dir_given) options.argv.insert(options.argv.end(), {"--run-dir", dir->path()});
   // The real worker unless the test names another.
   if (std::find(extra_args.begin(), extra_args.end(), "--worker") == extra_args.end()) {
     options.argv.insert(options.argv.end(), {"--worker", kWorkerPath});
@@ -87,15 +99,26 @@ absl::StatusOr<std::unique_ptr<RelibdProcess>> RelibdProcess::Start(const std::v
   if (std::find(extra_args.begin(), extra_args.end(), "--worker-user") == extra_args.end()) {
     options.argv.insert(options.argv.end(), {"--worker-user", "root"});
   }
-  if (default_module_dirs) {
+  if (start.default_module_dirs) {
     options.argv.insert(options.argv.end(), {"--allow-module-dir", kBuildDir, "--allow-module-dir", dir->path()});
   }
   options.argv.insert(options.argv.end(), extra_args.begin(), extra_args.end());
+  if (!start.shell_prefix.empty()) {
+    options.argv.insert(options.argv.begin(), {"/bin/sh", "-c", start.shell_prefix + "; exec \"$0\" \"$@\""});
+  }
   options.fds = {{null_fd.get(), 0}, {log_fd.get(), 1}, {log_fd.get(), 2}};
+  options.fds.insert(options.fds.end(), start.fds.begin(), start.fds.end());
+  options.extra_env = start.env;
+  if (start.journal_stream) {
+    struct stat st{};
+    ::fstat(log_fd.get(), &st);
+    options.extra_env.push_back("JOURNAL_STREAM=" + std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino));
+  }
   auto process = common::ChildProcess::Spawn(options);
   if (!process.ok()) return process.status();
   std::unique_ptr<RelibdProcess> relibd(
       new RelibdProcess(std::move(dir).value(), std::move(process).value(), socket));
+  if (!start.connect_to.empty()) socket = relibd->socket_ = start.connect_to;
   auto deadline = std::chrono::system_clock::now() + std::chrono::seconds(20);
   // Connect only once the socket exists: a channel that failed once backs
   // off for a second or more before trying again.

@@ -27,8 +27,31 @@ CommandResult RunCommand(const std::vector<std::string>& argv, const std::string
 CommandResult RunCommandAs(const common::SpawnOptions::Credentials& user, const std::vector<std::string>& argv,
                            const std::string& input = "");
 
+// How to start relibd beyond its flags (the service tests need these).
+struct RelibdStartOptions {
+  std::vector<std::string> args;
+  // Extra environment entries "K=V".
+  std::vector<std::string> env;
+  // Fds handed to relibd: {test's fd, fd number in relibd}.
+  std::vector<std::pair<int, int>> fds;
+  // Shell commands run right before relibd is exec'ed in the same process
+  // (e.g. "ulimit -n 1024", "export LISTEN_PID=$$").
+  std::string shell_prefix;
+  // Set JOURNAL_STREAM to relibd's stderr (the log file), as systemd does.
+  bool journal_stream = false;
+  // Connect here instead of --socket (socket activation).
+  std::string connect_to;
+  // Leave out the harness's --run-dir (relibd then makes its own temp dir).
+  bool own_run_dir = false;
+  // Pass the build tree and the test's dir as --allow-module-dir.
+  bool default_module_dirs = true;
+  // The executable to run (an installed copy, say).
+  std::string relibd = kRelibdPath;
+};
+
 class RelibdProcess {
  public:
+  static absl::StatusOr<std::unique_ptr<RelibdProcess>> Start(const RelibdStartOptions& options);
   // Starts relibd with `extra_args` (`--worker` among them replaces the real
   // worker) and waits until it accepts connections. Unless
   // `default_module_dirs` is false, the build tree and the test's own dir are
