@@ -198,10 +198,10 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker(const std
 }
 
 absl::StatusOr<std::string> Supervisor::StageCopy(const std::string& name, uint64_t version,
-                                                  const std::string& path) {
+                                                  const std::string& path, bool own_copy) {
   std::string copy = absl::StrCat(options_.good_dir, "/", name, ".v", version, ".so");
   std::string source = path;
-  if (options_.module_dirs != nullptr) {
+  if (options_.module_dirs != nullptr && !own_copy) {
     auto allowed = options_.module_dirs->Check(path);
     if (!allowed.ok()) return allowed.status();
     source = *allowed;  // symlinks resolved: the very file that was checked
@@ -865,7 +865,7 @@ std::pair<int, int> Supervisor::Restore(const std::vector<ModuleTable::Entry>& e
     record->info.set_state(v1::MODULE_STATE_RESTARTING);
     record->info.set_last_error("restoring after a restart of relibd");
     // relibd's working copy comes from the table's copy (which stays as it is).
-    auto copy = StageCopy(module.name(), module.version(), entry.copy);
+    auto copy = StageCopy(module.name(), module.version(), entry.copy, /*own_copy=*/true);
     if (copy.ok()) {
       record->good_copy = *copy;
       if (std::find(groups.begin(), groups.end(), module.worker()) == groups.end()) groups.push_back(module.worker());

@@ -157,7 +157,10 @@ class Supervisor {
   std::shared_ptr<Record> Find(const std::string& name) const;
   // Copies `path` to good_dir as the candidate of `version`, refusing what
   // cannot be a module before copying (see CopyModuleFile).
-  absl::StatusOr<std::string> StageCopy(const std::string& name, uint64_t version, const std::string& path);
+  // `own_copy`: `path` is relibd's own copy in its state dir (a restore),
+  // made when the module passed the allowed-directory check at its load.
+  absl::StatusOr<std::string> StageCopy(const std::string& name, uint64_t version, const std::string& path,
+                                        bool own_copy = false);
   // Loads the candidate in a throwaway worker and runs `self_test` there.
   absl::Status TryInScratchWorker(const std::string& name, const std::string& candidate,
                                   const std::string& path, uint64_t version, const v1::ModuleOptions& options);
