@@ -210,11 +210,11 @@ int RunLoad(const ClientOptions& options, const std::string& name, const std::st
   return kExitOk;
 }
 
-int RunReload(const ClientOptions& options, const std::string& name, const std::string& path, bool force,
-              bool staged, const ModuleFlags& flags) {
-  int unreachable = kExitUnreachable;
-  auto stub = Connect(options, &unreachable);
-  if (!stub) return unreachable;
+namespace {
+
+// One Reload request; prints its result or its error (with the report).
+int ReloadOne(const ClientOptions& options, v1::Relibd::Stub& stub, const std::string& name, const std::string& path,
+              bool force, bool staged, const ModuleFlags& flags) {
   v1::ReloadRequest request;
   request.set_name(name);
   request.set_path(AbsolutePath(path));
@@ -224,8 +224,8 @@ int RunReload(const ClientOptions& options, const std::string& name, const std::
   v1::ReloadResponse response;
   grpc::ClientContext context;
   Prepare(options, context);
-  grpc::Status status = stub->Reload(&context, request, &response);
-  if (!status.ok()) return FailWithReport(options, *stub, "reload " + name, context, status);
+  grpc::Status status = stub.Reload(&context, request, &response);
+  if (!status.ok()) return FailWithReport(options, stub, "reload " + name, context, status);
   std::string text = absl::StrCat("reloaded ", FormatModule(response.module()));
   if (response.swap_pause_micros() > 0) {
     absl::StrAppend(&text, "  swap pause: ", response.swap_pause_micros(), " us (calls of the module held, not failed)\n");
@@ -233,6 +233,16 @@ int RunReload(const ClientOptions& options, const std::string& name, const std::
   if (response.has_report()) absl::StrAppend(&text, FormatReport(response.report()));
   Print(options, response, text);
   return kExitOk;
+}
+
+}  // namespace
+
+int RunReload(const ClientOptions& options, const std::string& name, const std::string& path, bool force,
+              bool staged, const ModuleFlags& flags) {
+  int unreachable = kExitUnreachable;
+  auto stub = Connect(options, &unreachable);
+  if (!stub) return unreachable;
+  return ReloadOne(options, *stub, name, path, force, staged, flags);
 }
 
 int RunReloadAll(const ClientOptions& options, bool force, bool staged, const ModuleFlags& flags) {
@@ -249,22 +259,7 @@ int RunReloadAll(const ClientOptions& options, bool force, bool staged, const Mo
   // One module's failure does not stop the others; the exit code says whether any failed.
   int rc = kExitOk;
   for (const auto& module : modules.modules()) {
-    v1::ReloadRequest request;
-    request.set_name(module.name());
-    request.set_force(force);
-    request.set_staged(staged);
-    if (flags.set) *request.mutable_options() = ToProto(flags);
-    v1::ReloadResponse response;
-    grpc::ClientContext context;
-    Prepare(options, context);
-    grpc::Status status = stub->Reload(&context, request, &response);
-    if (!status.ok()) {
-      rc = FailWithReport(options, *stub, "reload " + module.name(), context, status);
-      continue;
-    }
-    std::string text = absl::StrCat("reloaded ", FormatModule(response.module()));
-    if (response.has_report()) absl::StrAppend(&text, FormatReport(response.report()));
-    Print(options, response, text);
+    if (int one = ReloadOne(options, *stub, module.name(), "", force, staged, flags); one != kExitOk) rc = one;
   }
   return rc;
 }
