@@ -28,8 +28,10 @@ std::string GroupOf(const ModuleConfig& module) { return module.group.empty() ? 
 
 std::vector<std::string> RestartNeeded(const std::vector<FlagSetting>& before, const std::vector<FlagSetting>& after) {
   std::map<std::string, std::pair<std::string, std::string>> values;  // key -> (before, after)
-  for (const auto& s : before) values[s.key].first = s.value;
-  for (const auto& s : after) values[s.key].second = s.value;
+  // A list key appears once per element: its elements joined.
+  auto add = [](std::string& to, const std::string& value) { to = to.empty() ? value : absl::StrCat(to, ", ", value); };
+  for (const auto& s : before) add(values[s.key].first, s.value);
+  for (const auto& s : after) add(values[s.key].second, s.value);
   std::vector<std::string> changed;
   for (const auto& [key, value] : values) {
     if (value.first == value.second) continue;
@@ -41,7 +43,9 @@ std::vector<std::string> RestartNeeded(const std::vector<FlagSetting>& before, c
 }
 
 ConfigApplier::ConfigApplier(Supervisor& supervisor, EventBus& events, RelibdConfig config)
-    : supervisor_(supervisor), events_(events), config_(std::move(config)), started_settings_(config_.settings) {}
+    : supervisor_(supervisor), events_(events), config_(std::move(config)), started_settings_(config_.settings) {
+  started_settings_.insert(started_settings_.end(), config_.limits.begin(), config_.limits.end());
+}
 
 ConfigApplier::~ConfigApplier() {
   {
@@ -103,7 +107,9 @@ absl::StatusOr<v1::ReloadConfigResponse> ConfigApplier::Reload(const std::string
       result = status;
     } else {
       v1::ReloadConfigResponse response = ApplyLocked(*parsed);
-      for (const std::string& line : RestartNeeded(started_settings_, parsed->settings)) {
+      std::vector<FlagSetting> now = parsed->settings;
+      now.insert(now.end(), parsed->limits.begin(), parsed->limits.end());
+      for (const std::string& line : RestartNeeded(started_settings_, now)) {
         spdlog::warn("phase=config {}", line);
         response.add_restart_needed(line);
       }

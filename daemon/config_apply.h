@@ -71,7 +71,7 @@ class ConfigApplier {
 
   std::mutex apply_mutex_;
   RelibdConfig config_ ABSL_GUARDED_BY(apply_mutex_);  // the file as last applied
-  const std::vector<FlagSetting> started_settings_;    // the file's settings at start
+  std::vector<FlagSetting> started_settings_;  // the file's settings and limits at start (set once)
 
   std::mutex background_mutex_;
   std::condition_variable background_wakeup_;

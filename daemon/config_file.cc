@@ -22,7 +22,9 @@ namespace {
 
 constexpr int64_t kMaxInt = std::numeric_limits<int32_t>::max();
 
-enum class Kind { kInt, kString, kPath, kChoice, kBool };
+// kList / kPathList: arrays of strings, one flag argument per element (the
+// flag is repeatable; the file's elements and the command line's add up).
+enum class Kind { kInt, kString, kPath, kChoice, kBool, kList, kPathList };
 
 // One key of the file. A key with a `flag` is a daemon-wide setting handed to
 // the command-line parser; one without is a module option ([defaults] and
@@ -50,12 +52,22 @@ const std::initializer_list<Section> kSections = {
      {{"socket", Kind::kPath, "--socket"},
       {"log_level", Kind::kChoice, "--log-level", 0, 0, {"trace", "debug", "info", "warn", "error"}},
       {"max_message_mb", Kind::kInt, "--max-message-mb", 1, common::kMaxMaxMessageMb},
-      {"watch_debounce_ms", Kind::kInt, "--watch-debounce-ms", 0, 60000}}},
+      {"watch_debounce_ms", Kind::kInt, "--watch-debounce-ms", 0, 60000},
+      {"socket_mode", Kind::kString, "--socket-mode"},
+      {"socket_owner", Kind::kString, "--socket-owner"},
+      {"socket_group", Kind::kString, "--socket-group"},
+      {"max_rpc_threads", Kind::kInt, "--max-rpc-threads", 4, 4096},
+      {"stop_timeout_ms", Kind::kInt, "--stop-timeout-ms", 0, 3600 * 1000}}},
+    {"access",
+     {{"view_groups", Kind::kList, "--view-group"},
+      {"control_groups", Kind::kList, "--control-group"},
+      {"allowed_module_dirs", Kind::kPathList, "--allow-module-dir"}}},
     {"paths", {{"run_dir", Kind::kPath, "--run-dir"}, {"state_dir", Kind::kPath, "--state-dir"}}},
     {"worker",
      {{"path", Kind::kPath, "--worker"},
       {"term_grace_ms", Kind::kInt, "--term-grace-ms", 0, 600000},
-      {"invalid_free", Kind::kChoice, "--invalid-free", 0, 0, {"abort", "leak"}}}},
+      {"invalid_free", Kind::kChoice, "--invalid-free", 0, 0, {"abort", "leak"}},
+      {"user", Kind::kString, "--worker-user"}}},
     {"limits",
      {{"max_module_size_mb", Kind::kInt, "--max-module-size-mb", 1, 1 << 20},
       {"state_store_mb", Kind::kInt, "--state-store-mb", 1, 1 << 20}}},
@@ -98,8 +110,14 @@ const std::initializer_list<Key> kModuleOnlyKeys = {
     {"unload_deadline_ms", Kind::kInt, {}, 0, kMaxInt},
 };
 
-// [groups.NAME]: no per-group setting exists yet (see GroupConfig).
-const std::initializer_list<Key> kGroupKeys = {};
+// [groups.NAME]: resource limits of the group's workers, each one
+// --worker-limit NAME:KIND=VALUE (sizes take a K/M/G suffix, so all are strings
+// or integers; relibd checks the value as it checks the flag).
+const std::initializer_list<Key> kGroupKeys = {
+    {"memory", Kind::kString, "--worker-limit"}, {"data", Kind::kString, "--worker-limit"},
+    {"nofile", Kind::kString, "--worker-limit"}, {"nproc", Kind::kString, "--worker-limit"},
+    {"cpu", Kind::kString, "--worker-limit"},    {"core", Kind::kString, "--worker-limit"},
+};
 
 const Key* FindKey(std::initializer_list<Key> keys, std::string_view name) {
   for (const Key& key : keys) {
@@ -226,6 +244,9 @@ class Parser {
         }
         return absl::StrCat(value);
       }
+      case Kind::kList:
+      case Kind::kPathList:
+        return absl::InternalError("lists are read by Values()");
       case Kind::kBool:
         if (!node.is_boolean()) return wrong_type("true or false");
         return std::string(node.as_boolean()->get() ? "true" : "false");
@@ -259,10 +280,27 @@ class Parser {
         if (FindKey(also_allowed, name)) continue;
         return UnknownKey(key, std::string(section.name), KeyNames(section.keys, also_allowed));
       }
-      auto value = Value(*known, node, absl::StrCat(section.name, ".", name));
+      const std::string full_name = absl::StrCat(section.name, ".", name);
+      if (known->kind == Kind::kList || known->kind == Kind::kPathList) {
+        const toml::array* array = node.as_array();
+        if (array == nullptr) {
+          return Error(node.source().begin,
+                       absl::StrCat("'", full_name, "' must be an array of strings, not ", TypeName(node.type())));
+        }
+        Key element = *known;
+        element.kind = known->kind == Kind::kPathList ? Kind::kPath : Kind::kString;
+        for (const toml::node& item : *array) {
+          auto value = Value(element, item, full_name);
+          if (!value.ok()) return value.status();
+          config.settings.push_back(FlagSetting{full_name, std::string(known->flag), std::move(value).value(),
+                                                static_cast<int>(key.source().begin.line)});
+        }
+        continue;
+      }
+      auto value = Value(*known, node, full_name);
       if (!value.ok()) return value.status();
-      config.settings.push_back(FlagSetting{absl::StrCat(section.name, ".", name), std::string(known->flag),
-                                            std::move(value).value(), static_cast<int>(key.source().begin.line)});
+      config.settings.push_back(FlagSetting{full_name, std::string(known->flag), std::move(value).value(),
+                                            static_cast<int>(key.source().begin.line)});
     }
     return absl::OkStatus();
   }
@@ -322,7 +360,20 @@ class Parser {
         return Error(key.source().begin, absl::StrCat("'groups.", name, "' must be a table ([groups.", name, "])"));
       }
       for (auto&& [option, value] : *node.as_table()) {
-        return UnknownKey(option, "groups." + name, KeyNames(kGroupKeys));
+        const std::string kind(option.str());
+        if (!FindKey(kGroupKeys, kind)) return UnknownKey(option, "groups." + name, KeyNames(kGroupKeys));
+        std::string text;
+        if (value.is_integer() && value.as_integer()->get() >= 0) {
+          text = absl::StrCat(value.as_integer()->get());
+        } else if (value.is_string() && !value.as_string()->get().empty()) {
+          text = value.as_string()->get();
+        } else {
+          return Error(value.source().begin, absl::StrCat("'groups.", name, ".", kind,
+                                                          "' must be a non-negative integer or a size like \"512M\""));
+        }
+        config.limits.push_back(FlagSetting{absl::StrCat("groups.", name, ".", kind), "--worker-limit",
+                                            absl::StrCat(name, ":", kind, "=", text),
+                                            static_cast<int>(option.source().begin.line)});
       }
       config.groups.push_back(GroupConfig{name, static_cast<int>(key.source().begin.line)});
     }
@@ -404,9 +455,11 @@ absl::StatusOr<RelibdConfig> ParseConfigFile(const std::string& path) {
 
 std::vector<std::string> FlagArguments(const RelibdConfig& config) {
   std::vector<std::string> args;
-  for (const FlagSetting& setting : config.settings) {
-    args.push_back(setting.flag);
-    args.push_back(setting.value);
+  for (const auto* settings : {&config.settings, &config.limits}) {
+    for (const FlagSetting& setting : *settings) {
+      args.push_back(setting.flag);
+      args.push_back(setting.value);
+    }
   }
   return args;
 }

@@ -24,8 +24,8 @@ struct FlagSetting {
   bool operator==(const FlagSetting&) const = default;
 };
 
-// One [groups.NAME] table. No per-group setting exists yet: the table only
-// declares the group. Per-group settings (rlimits, ...) become fields here.
+// One [groups.NAME] table: declares the group; its resource limits are in
+// RelibdConfig::limits.
 struct GroupConfig {
   std::string name;
   int line = 0;
@@ -46,7 +46,9 @@ struct ModuleConfig {
 
 struct RelibdConfig {
   std::string file;                   // the file as given (for messages)
-  std::vector<FlagSetting> settings;  // in the order of the key table, one per key present
+  std::vector<FlagSetting> settings;  // in the order of the key table, one per key (per list element) present
+  // [groups.NAME] limits as --worker-limit NAME:KIND=VALUE settings (by group, then kind).
+  std::vector<FlagSetting> limits;
   std::vector<GroupConfig> groups;    // sorted by name
   std::vector<ModuleConfig> modules;  // sorted by name
 };

@@ -43,6 +43,16 @@ socket = "/run/relibd/test.sock"
 log_level = "debug"
 max_message_mb = 32
 watch_debounce_ms = 150
+socket_mode = "0640"
+socket_owner = "root"
+socket_group = "relibd"
+max_rpc_threads = 64
+stop_timeout_ms = 15000
+
+[access]
+view_groups = ["viewers", "auditors"]
+control_groups = ["developers"]
+allowed_module_dirs = ["modules", "/opt/relibd/modules"]
 
 [paths]
 run_dir = "run"
@@ -52,6 +62,7 @@ state_dir = "/var/lib/relibd"
 path = "/usr/lib/relibd/relib-worker"
 term_grace_ms = 300
 invalid_free = "leak"
+user = "relib-worker"
 
 [limits]
 max_module_size_mb = 64
@@ -80,6 +91,12 @@ child_policy = "kill"
 capture_sites = true
 
 [groups.fast]
+memory = "768M"
+data = "512M"
+nofile = 256
+nproc = 64
+cpu = 30
+core = 0
 
 [modules.alpha]
 path = "lib/libalpha.so"
@@ -128,11 +145,33 @@ TEST_F(ConfigFileTest, EveryKeyIsParsed) {
   EXPECT_EQ(Value(*config, "--call-deadline-ms"), "1003");
   EXPECT_EQ(Value(*config, "--before-unload-deadline-ms"), "1004");
   EXPECT_EQ(Value(*config, "--unload-deadline-ms"), "1005");
-  EXPECT_EQ(config->settings.size(), 21u);
+  EXPECT_EQ(Value(*config, "--socket-mode"), "0640");
+  EXPECT_EQ(Value(*config, "--socket-owner"), "root");
+  EXPECT_EQ(Value(*config, "--socket-group"), "relibd");
+  EXPECT_EQ(Value(*config, "--max-rpc-threads"), "64");
+  EXPECT_EQ(Value(*config, "--stop-timeout-ms"), "15000");
+  EXPECT_EQ(Value(*config, "--worker-user"), "relib-worker");
+  auto values = [&](const std::string& flag) {
+    std::vector<std::string> found;
+    for (const FlagSetting& setting : config->settings) {
+      if (setting.flag == flag) found.push_back(setting.value);
+    }
+    return found;
+  };
+  EXPECT_EQ(values("--view-group"), (std::vector<std::string>{"viewers", "auditors"}));
+  EXPECT_EQ(values("--control-group"), (std::vector<std::string>{"developers"}));
+  EXPECT_EQ(values("--allow-module-dir"),
+            (std::vector<std::string>{dir_->path() + "/modules", "/opt/relibd/modules"}));
+  EXPECT_EQ(config->settings.size(), 21u + 11u);
   auto args = FlagArguments(*config);
-  EXPECT_EQ(args.size(), 42u);
+  EXPECT_EQ(args.size(), 2 * (21u + 11u + config->limits.size()));
   EXPECT_NE(std::find(args.begin(), args.end(), "--socket"), args.end());
 
+  std::vector<std::string> limits;
+  for (const FlagSetting& limit : config->limits) limits.push_back(limit.flag + " " + limit.value);
+  EXPECT_EQ(limits, (std::vector<std::string>{"--worker-limit fast:core=0", "--worker-limit fast:cpu=30",
+                                              "--worker-limit fast:data=512M", "--worker-limit fast:memory=768M",
+                                              "--worker-limit fast:nofile=256", "--worker-limit fast:nproc=64"}));
   ASSERT_EQ(config->groups.size(), 1u);
   EXPECT_EQ(config->groups[0].name, "fast");
 

@@ -286,3 +286,28 @@ TEST_F(ConfigTest, ReloadConfigWithoutAFileIsAPreconditionError) {
 
 }  // namespace
 }  // namespace relib::testing
+
+namespace relib::testing {
+namespace {
+
+TEST_F(ConfigTest, AccessSettingsComeFromTheFile) {
+  const std::string modules = files_->path() + "/mods";
+  fs::create_directories(modules);
+  fs::permissions(modules, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                               fs::perms::others_read | fs::perms::others_exec);
+  fs::copy_file(kHelloPath, modules + "/libhello.so");
+  WriteConfig(absl::StrCat("[server]\nsocket_mode = \"0600\"\n[access]\nallowed_module_dirs = [\"", modules,
+                           "\"]\ncontrol_groups = [\"root\"]\n"));
+  // Only the file's allowed directory: none from the harness.
+  auto relibd = RelibdProcess::Start({"--config", config_}, /*default_module_dirs=*/false);
+  ASSERT_THAT(relibd, IsOk());
+  relibd_ = std::move(relibd).value();
+  EXPECT_EQ(fs::status(relibd_->socket()).permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write);
+  EXPECT_TRUE(Load("inside", modules + "/libhello.so").ok()) << relibd_->Log();
+  grpc::Status outside = Load("outside", kHelloPath);
+  EXPECT_EQ(outside.error_code(), grpc::StatusCode::PERMISSION_DENIED) << outside.error_message();
+  EXPECT_THAT(outside.error_message(), ::testing::HasSubstr(modules));
+}
+
+}  // namespace
+}  // namespace relib::testing
