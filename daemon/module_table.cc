@@ -69,6 +69,8 @@ v1::ModuleInfo Persistent(const v1::ModuleInfo& module) {
   kept.set_version(module.version());
   kept.set_worker(module.worker());
   *kept.mutable_options() = module.options();
+  kept.set_watch(module.watch());    // watch-and-reload stays on across restarts
+  kept.set_source(module.source());  // config-owned modules stay the config file's
   return kept;
 }
 

@@ -27,6 +27,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "boost/asio/executor_work_guard.hpp"
 #include "boost/asio/io_context.hpp"
+#include "boost/asio/post.hpp"
 #include "boost/asio/signal_set.hpp"
 #include "common/message_limits.h"
 #include "common/socket_path.h"
@@ -557,6 +558,8 @@ int main(int argc, char** argv) {
   // The socket systemd passed, or our own.
   std::string probe_target = "unix:" + socket_path;
   absl::StatusOr<relib::common::UniqueFd> listening;
+  // A socket systemd passed is the socket unit's: its file stays when relibd stops.
+  const bool own_socket = !passed.api_socket;
   if (passed.api_socket) {
     probe_target = UnixAddressOf(passed.api_socket->get());
     listening = std::move(*passed.api_socket);
@@ -585,6 +588,17 @@ int main(int argc, char** argv) {
   }
 
   int signal = stop_signal.get_future().get();
+  {
+    // No SIGHUP may start a config reload from here on (the applier goes away
+    // below): cancel the wait on the io thread, where its handler runs.
+    std::promise<void> cancelled;
+    boost::asio::post(io, [&] {
+      boost::system::error_code ignored_error;
+      signals.cancel(ignored_error);
+      cancelled.set_value();
+    });
+    cancelled.get_future().wait();
+  }
   probe.reset();
   if (signal < 0) {
     spdlog::critical("phase=shutdown no relib-worker can start; exiting (code 3) so the service manager can take over");
@@ -616,7 +630,7 @@ int main(int argc, char** argv) {
   io.stop();
   io_thread.join();
   std::error_code ignored;
-  std::filesystem::remove(socket_path, ignored);
+  if (own_socket) std::filesystem::remove(socket_path, ignored);
   spdlog::info("phase=shutdown stopped");
   return signal < 0 ? 3 : 0;
 }

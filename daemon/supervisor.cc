@@ -735,11 +735,14 @@ absl::StatusOr<v1::ModuleInfo> Supervisor::SetWatch(const std::string& name, boo
   auto record = Find(name);
   if (!record) return absl::NotFoundError(absl::StrCat("no module named '", name, "'"));
   v1::ModuleInfo info;
+  std::string good_copy;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     record->info.set_watch(watch);
     info = record->info;
+    good_copy = record->good_copy;
   }
+  if (!good_copy.empty()) Persist(info, good_copy);
   spdlog::info("module={} phase=watch {} path={}", name, watch ? "on" : "off", common::EscapeForLog(info.path()));
   NotifyChange();
   return info;
@@ -890,6 +893,7 @@ std::pair<int, int> Supervisor::Restore(const std::vector<ModuleTable::Entry>& e
       // gives up as for any crash loop); the table keeps it either way.
     }
   }
+  NotifyChange();  // watched modules are watched again
   return {restored, failed};
 }
 

@@ -221,6 +221,35 @@ TEST_F(ServiceTest, SigkillThenRestartRestoresModulesGroupsVersionsAndState) {
   EXPECT_EQ(FindModule(status, "a"), nullptr);
 }
 
+// Watch-and-reload and config ownership are part of a module's entry: after
+// a restart a watched module is still watched (a new build reloads it) and
+// a module the config file declared is still the file's.
+TEST_F(ServiceTest, WatchAndSourceSurviveARestart) {
+  const std::string file = scratch_->path() + "/libwatched.so";
+  std::filesystem::copy_file(k_service_v1, file);
+  const std::string config = scratch_->path() + "/relibd.toml";
+  std::ofstream(config) << "[modules.fromfile]\npath = \"" << k_service_v1 << "\"\n";
+  ASSERT_NO_FATAL_FAILURE(StartWithState({"--config", config, "--allow-module-dir", scratch_->path()}));
+  ASSERT_EQ(relibd_->Ctl({"load", "w", file, "--watch"}).exit_code, 0);
+  ASSERT_NO_FATAL_FAILURE(KillDaemon());
+  ASSERT_NO_FATAL_FAILURE(StartWithState({"--config", config, "--allow-module-dir", scratch_->path()}));
+  v1::StatusResponse status = Status();
+  ASSERT_NE(FindModule(status, "w"), nullptr) << status.DebugString();
+  EXPECT_TRUE(FindModule(status, "w")->watch());
+  ASSERT_NE(FindModule(status, "fromfile"), nullptr) << status.DebugString();
+  EXPECT_EQ(FindModule(status, "fromfile")->source(), v1::MODULE_SOURCE_CONFIG);
+  EXPECT_EQ(FindModule(status, "fromfile")->state(), v1::MODULE_STATE_LOADED) << relibd_->Log();
+  // The watch works in the new relibd: a new build is picked up.
+  std::filesystem::copy_file(k_service_v2, file + ".tmp");
+  std::filesystem::rename(file + ".tmp", file);
+  std::string version;
+  for (int i = 0; i < 200 && version != "v2"; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    version = Call("w", "version");
+  }
+  EXPECT_EQ(version, "v2") << relibd_->Log();
+}
+
 // A module whose file vanished and whose copy is damaged restores as FAILED;
 // the others come back and relibd starts.
 TEST_F(ServiceTest, AModuleThatCannotBeRestoredIsFailedNotFatal) {
