@@ -581,14 +581,7 @@ class Bench {
            std::max(0.0, P50(total) - worker_p50), std::nullopt, "", "", "total - LoadResult.load_micros, p50s"});
     }
     // Worker RSS drift over many reloads of the small module.
-    v1::StatusRequest request;
-    v1::StatusResponse status;
-    grpc::ClientContext context;
-    stub_->Status(&context, request, &status);
-    pid_t worker = 0;
-    for (const auto& module : status.modules()) {
-      if (module.name() == "reload_small") worker = module.worker_pid();
-    }
+    pid_t worker = WorkerOf("reload_small");
     int64_t before = Snapshot(worker).rss_kib;
     for (int i = 0; i < scale_.drift_reloads; ++i) ReloadOnce(*stub_, "reload_small", i % 2 ? kBenchEchoV1 : kBenchEchoV2);
     int64_t after = Snapshot(worker).rss_kib;
@@ -598,17 +591,19 @@ class Bench {
          absl::StrCat("VmRSS ", before, " KiB -> ", after, " KiB")});
   }
 
-  void Fds() {
-    pid_t worker = 0;
-    {
-      v1::StatusRequest request;
-      v1::StatusResponse status;
-      grpc::ClientContext context;
-      stub_->Status(&context, request, &status);
-      for (const auto& module : status.modules()) {
-        if (module.name() == "fds") worker = module.worker_pid();
-      }
+  // Pid of the worker hosting `module` (0 if relibd does not know it).
+  pid_t WorkerOf(const std::string& module) {
+    v1::StatusResponse status;
+    grpc::ClientContext context;
+    stub_->Status(&context, v1::StatusRequest(), &status);
+    for (const auto& info : status.modules()) {
+      if (info.name() == module) return info.worker_pid();
     }
+    return 0;
+  }
+
+  void Fds() {
+    pid_t worker = WorkerOf("fds");
     CallFn relibd = RelibdCaller(relibd_->channel());
     v1::CallRequest request = EchoRequest("fds", 32);
     int few = CountFds(worker);
@@ -622,14 +617,7 @@ class Bench {
   }
 
   void Idle() {
-    pid_t worker = 0;
-    v1::StatusRequest request;
-    v1::StatusResponse status;
-    grpc::ClientContext context;
-    stub_->Status(&context, request, &status);
-    for (const auto& module : status.modules()) {
-      if (module.name() == "echo") worker = module.worker_pid();
-    }
+    pid_t worker = WorkerOf("echo");
     std::this_thread::sleep_for(std::chrono::milliseconds(300));  // let in-flight work settle
     ProcSnapshot d0 = Snapshot(relibd_->pid()), w0 = Snapshot(worker);
     auto start = Clock::now();

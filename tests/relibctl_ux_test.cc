@@ -10,7 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/util/json_util.h"
-#include "tests/relibd_process.h"
+#include "tests/relibd_fixture.h"
 #include "tests/test_paths.h"
 #include "tests/testing.h"
 #include "relib/module.h"
@@ -22,18 +22,8 @@ using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
-class RelibctlUxTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    auto relibd = RelibdProcess::Start();
-    ASSERT_THAT(relibd, IsOk());
-    relibd_ = std::move(relibd).value();
-  }
-  void TearDown() override {
-    if (HasFailure()) std::cerr << "---- relibd log ----\n" << relibd_->Log();
-  }
-  std::unique_ptr<RelibdProcess> relibd_;
-};
+// A real relibd per test (RelibdTest: started in SetUp, its log printed on failure).
+class RelibctlUxTest : public RelibdTest {};
 
 // The one JSON object relibctl prints for an error.
 google::protobuf::Struct ParseJson(const std::string& text) {
