@@ -4,7 +4,7 @@
 // the same files, fork + exec of relib-worker). Writes one JSON document of
 // figures; scripts/bench merges it with the Google Benchmark results.
 //
-// Usage: relib_bench_harness [--scale smoke|quick|full] [--out FILE]
+// Usage: relib_bench_harness [--scale smoke|quick|full] [--out FILE] [--only calls,throughput,reloads,fds,idle,swap,crash]
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -23,6 +23,7 @@
 #include <iostream>
 #include <memory>
 #include <optional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -30,6 +31,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "bench/bench_paths.h"
 #include "common/child_process.h"
 #include "common/message_limits.h"
@@ -478,7 +480,10 @@ class Bench {
  public:
   explicit Bench(Scale scale) : scale_(std::move(scale)) {}
 
-  std::vector<Figure> Run() {
+  // `only`: section names to run (calls, throughput, reloads, fds, idle, swap,
+  // crash); empty runs them all.
+  std::vector<Figure> Run(const std::set<std::string>& only) {
+    only_ = only;
     relibd_ = StartRelibd();
     echo_ = StartEchoServer();
     stub_ = v1::Relibd::NewStub(relibd_->channel());
@@ -487,16 +492,16 @@ class Bench {
     LoadModule(*stub_, "reload_big", kBenchBigV1, "reload_big");
     LoadModule(*stub_, "fds", kBenchEchoV1, "fds");
 
-    Calls();
-    ThroughputFigures();
-    Reloads();
-    Fds();
-    Idle();
-    SwapUnderLoad();
+    if (Want("calls")) Calls();
+    if (Want("throughput") || Want("swap")) ThroughputFigures();
+    if (Want("reloads")) Reloads();
+    if (Want("fds")) Fds();
+    if (Want("idle")) Idle();
+    if (Want("swap")) SwapUnderLoad();
     stub_.reset();
     echo_.reset();
     relibd_.reset();
-    CrashToServing();
+    if (Want("crash")) CrashToServing();
     return figures_;
   }
 
@@ -693,7 +698,10 @@ class Bench {
          "fork + exec + exit of relib-worker (--help)", "value<=10000", ""});
   }
 
+  bool Want(const std::string& section) const { return only_.empty() || only_.count(section) > 0; }
+
   Scale scale_;
+  std::set<std::string> only_;
   std::vector<Figure> figures_;
   std::unique_ptr<Server> relibd_;
   std::unique_ptr<Server> echo_;
@@ -706,21 +714,24 @@ class Bench {
 
 int main(int argc, char** argv) {
   std::string scale = "full", out;
+  std::set<std::string> only;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--scale" && i + 1 < argc) {
       scale = argv[++i];
     } else if (arg == "--out" && i + 1 < argc) {
       out = argv[++i];
+    } else if (arg == "--only" && i + 1 < argc) {
+      for (const std::string& section : std::vector<std::string>(absl::StrSplit(argv[++i], ','))) only.emplace(section);
     } else {
-      std::fprintf(stderr, "usage: %s [--scale smoke|quick|full] [--out FILE]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--scale smoke|quick|full] [--out FILE] [--only calls,throughput,reloads,fds,idle,swap,crash]\n", argv[0]);
       return 2;
     }
   }
   ::signal(SIGPIPE, SIG_IGN);
   try {
     relib::bench::Bench bench(relib::bench::ScaleNamed(scale));
-    std::string json = relib::bench::ToJson(bench.Run(), scale);
+    std::string json = relib::bench::ToJson(bench.Run(only), scale);
     if (out.empty()) {
       std::cout << json;
     } else {
