@@ -9,7 +9,7 @@ namespace relib::agent {
 
 namespace internal {
 // initial-exec: written from inside free() without allocating.
-extern thread_local const char* crash_note __attribute__((tls_model("initial-exec")));
+extern constinit thread_local const char* crash_note __attribute__((tls_model("initial-exec")));
 }  // namespace internal
 
 // Thread-local; async-signal-safe; never allocates. `text` is not copied: it

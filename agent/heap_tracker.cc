@@ -100,7 +100,8 @@ bool PlausibleChunk(uint64_t header) {
 //    puts a full barrier into every running thread of the process, and waits
 //    until each record is not busy. Either the owner saw walk_pending and
 //    takes registry_mutex (held by the walker), or the walker saw it busy and
-//    waits. Without membarrier (old kernel, seccomp) owners use a real fence.
+//    waits. Without membarrier (old kernel, seccomp) walk_pending stays set
+//    and owners always take registry_mutex instead.
 // A record outlives its thread: at thread exit it is released, its live
 // entries stay (they are still the modules' blocks), and the next thread that
 // needs a record adopts it.
@@ -186,8 +187,11 @@ bool RegisterMembarrier() {
   return ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0 &&
          ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0;
 }
-// Set before main (no module code runs earlier) and in a fork child (one thread).
+// Set before main (no module code runs earlier) and in a fork child (one
+// thread). Without it, walk_pending stays 1 in every record: owners always
+// take registry_mutex (slower, still correct).
 bool asymmetric_barrier = RegisterMembarrier();
+uint32_t IdlePending() { return asymmetric_barrier ? 0 : 1; }
 
 Entry* EntryAt(const Record* record, uint32_t slot) {
   return record->chunks[slot >> kChunkBits].load(std::memory_order_acquire) + (slot & (kChunkSlots - 1));
@@ -219,11 +223,7 @@ class OwnerSection {
  public:
   explicit OwnerSection(Record* record) : record_(record) {
     record->busy.store(1, std::memory_order_relaxed);
-    if (asymmetric_barrier) {
-      std::atomic_signal_fence(std::memory_order_seq_cst);
-    } else {
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-    }
+    std::atomic_signal_fence(std::memory_order_seq_cst);  // the walker's membarrier is the fence
     if (record->walk_pending.load(std::memory_order_acquire)) [[unlikely]] {
       record->busy.store(0, std::memory_order_release);
       registry_mutex.lock();
@@ -249,11 +249,7 @@ class OwnerSection {
 // Walk lives. REQUIRES: registry_mutex held.
 void ExcludeOwners(uint32_t count) {
   for (uint32_t i = 0; i < count; ++i) records[i].load(std::memory_order_relaxed)->walk_pending.store(1, std::memory_order_relaxed);
-  if (asymmetric_barrier) {
-    ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
-  } else {
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-  }
+  if (asymmetric_barrier) ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
   for (uint32_t i = 0; i < count; ++i) {
     Record* record = records[i].load(std::memory_order_relaxed);
     for (int spins = 0; record->busy.load(std::memory_order_acquire); ++spins) {
@@ -266,7 +262,9 @@ void ExcludeOwners(uint32_t count) {
   }
 }
 void AdmitOwners(uint32_t count) {
-  for (uint32_t i = 0; i < count; ++i) records[i].load(std::memory_order_relaxed)->walk_pending.store(0, std::memory_order_release);
+  for (uint32_t i = 0; i < count; ++i) {
+    records[i].load(std::memory_order_relaxed)->walk_pending.store(IdlePending(), std::memory_order_release);
+  }
 }
 
 class Walk {
@@ -314,6 +312,7 @@ Record* AdoptRecord() {
     if (memory == nullptr) return nullptr;
     record = new (memory) Record;
     record->index = count;
+    record->walk_pending.store(IdlePending(), std::memory_order_relaxed);
     records[count].store(record, std::memory_order_release);
     record_count.store(count + 1, std::memory_order_release);
   }

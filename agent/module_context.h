@@ -37,8 +37,9 @@ class RanSince {
 };
 
 namespace internal {
-// initial-exec: readable from inside malloc without calling malloc.
-extern thread_local ModuleId current_module __attribute__((tls_model("initial-exec")));
+// initial-exec: readable from inside malloc without calling malloc;
+// constinit: no thread-local initialisation check on each read.
+extern constinit thread_local ModuleId current_module __attribute__((tls_model("initial-exec")));
 // Read inline by malloc and free (InModule, IsInDynamicLoader).
 struct ModuleRange {
   std::atomic<uintptr_t> start{0};
@@ -54,8 +55,17 @@ inline ModuleId CurrentModule() { return internal::current_module; }
 // Sets the calling thread's module for the scope's lifetime. Nestable.
 class ModuleScope {
  public:
-  explicit ModuleScope(ModuleId id) : previous_(internal::current_module) { internal::current_module = id; }
-  ~ModuleScope() { internal::current_module = previous_; }
+  // The compiler barriers keep the stores where they are: the compiler knows
+  // that malloc and operator new read no program state, and would otherwise
+  // sink or drop a store to a (constinit) thread-local around such a call.
+  explicit ModuleScope(ModuleId id) : previous_(internal::current_module) {
+    internal::current_module = id;
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  }
+  ~ModuleScope() {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    internal::current_module = previous_;
+  }
   ModuleScope(const ModuleScope&) = delete;
   ModuleScope& operator=(const ModuleScope&) = delete;
 

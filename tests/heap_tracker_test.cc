@@ -195,7 +195,9 @@ TEST_F(HeapTrackerTest, TrailerSitsAtTheEndOfGlibcsUsableSize) {
       ASSERT_NE(p, nullptr);
       EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % 16, 0u);
       EXPECT_LE(malloc_usable_size(p) + 8, GlibcUsableSize(p)) << p;
-      if (!in_module) EXPECT_EQ(malloc_usable_size(p) + 8, GlibcUsableSize(p)) << p;
+      if (!in_module) {
+        EXPECT_EQ(malloc_usable_size(p) + 8, GlibcUsableSize(p)) << p;
+      }
     }
     for (void* p : blocks) std::free(p);
   }
