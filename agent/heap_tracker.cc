@@ -280,7 +280,10 @@ class Walk {
   uint32_t count_;
 };
 
+// The tracker's own memory: host scope, so the mapping tracker never counts
+// it as the module's (whose mappings the unmap policy removes at unload).
 void* MapZeroed(size_t bytes) {
+  HostScope host;
   void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   return p == MAP_FAILED ? nullptr : p;
 }
@@ -600,46 +603,15 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
   return false;
 }
 
-// A free in module scope. Validated when the module's own code frees; the
-// common case, the module freeing a block its thread allocated, is checked
-// and released in one pass over the thread's own record.
-[[maybe_unused]] __attribute__((noinline)) void ReleaseInModuleScope(void* user, const void* caller, const char* function) {
+// A free in module scope, every case: validated when the module's own code
+// frees (caller in the module's range), otherwise released as it is.
+[[maybe_unused]] __attribute__((noinline)) void ReleaseInModuleScopeSlow(void* user, const void* caller,
+                                                                         const char* function) {
   if (user == nullptr) return;
   ModuleId module = CurrentModule();
   if (!InModule(module, caller)) {
     ReleaseLocated(user, Locate(user));
     return;
-  }
-  auto address = reinterpret_cast<uintptr_t>(user);
-  Record* record = my_record;
-  if (address % 16 == 0 && address >= kLowestBlock && record != nullptr) {
-    SetCrashNote(kUnreadableHeader);
-    uint64_t header = ChunkHeader(user);
-    bool plausible = PlausibleChunk(header);
-    uint64_t* trailer = TrailerAt(user, ChunkUsable(header));
-    uint64_t value = plausible ? LoadTrailer(trailer) : 0;
-    SetCrashNote(nullptr);
-    uint32_t slot = SlotOf(value);
-    if ((value & (kTagMask | kUnusedBits)) == kModuleTag && RecordOf(value) == record->index &&
-        slot < record->used.load(std::memory_order_relaxed)) {
-      Entry* entry = OwnEntryAt(record, slot);
-      bool forgotten = false;
-      {
-        OwnerSection section(record);
-        if (entry->block.load(std::memory_order_relaxed) == user && entry->module == module) {
-          record->usage[module].Add(-static_cast<int64_t>(entry->size), -1);
-          entry->block.store(nullptr, std::memory_order_relaxed);
-          entry->next = record->free_head;
-          record->free_head = entry;
-          forgotten = true;
-        }
-      }
-      if (forgotten) [[likely]] {
-        StoreTrailer(trailer, FreedTrailer(user));
-        __libc_free(user);
-        return;
-      }
-    }
   }
   ModuleId owner = kHost;
   Located block;
@@ -649,6 +621,47 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
     return;
   }
   ReleaseLocated(user, block);
+}
+
+// The common case of a free in module scope, checked and released in one
+// pass over the thread's own record: the module's code frees a block its
+// thread allocated. Anything else goes to ReleaseInModuleScopeSlow.
+[[maybe_unused]] __attribute__((noinline)) void ReleaseInModuleScope(void* user, const void* caller,
+                                                                     const char* function) {
+  ModuleId module = CurrentModule();
+  auto address = reinterpret_cast<uintptr_t>(user);
+  Record* record = my_record;
+  if (address % 16 != 0 || address < kLowestBlock || record == nullptr || !InModule(module, caller)) [[unlikely]] {
+    ReleaseInModuleScopeSlow(user, caller, function);
+    return;
+  }
+  SetCrashNote(kUnreadableHeader);
+  uint64_t header = ChunkHeader(user);
+  uint64_t* trailer = TrailerAt(user, ChunkUsable(header));
+  uint64_t value = PlausibleChunk(header) ? LoadTrailer(trailer) : 0;
+  SetCrashNote(nullptr);
+  uint32_t slot = SlotOf(value);
+  if ((value & (kTagMask | kUnusedBits)) != kModuleTag || RecordOf(value) != record->index ||
+      slot >= record->used.load(std::memory_order_relaxed)) [[unlikely]] {
+    ReleaseInModuleScopeSlow(user, caller, function);
+    return;
+  }
+  Entry* entry = OwnEntryAt(record, slot);
+  {
+    OwnerSection section(record);
+    if (entry->block.load(std::memory_order_relaxed) != user || entry->module != module) [[unlikely]] {
+      goto slow;  // another module's block, or Detach took it meanwhile
+    }
+    record->usage[module].Add(-static_cast<int64_t>(entry->size), -1);
+    entry->block.store(nullptr, std::memory_order_relaxed);
+    entry->next = record->free_head;
+    record->free_head = entry;
+  }
+  StoreTrailer(trailer, FreedTrailer(user));
+  __libc_free(user);
+  return;
+slow:
+  ReleaseInModuleScopeSlow(user, caller, function);
 }
 
 [[maybe_unused]] __attribute__((noinline)) void ReleaseModuleBlockFromHost(void* user) { ReleaseLocated(user, Locate(user)); }

@@ -432,10 +432,11 @@ TEST_F(HeapTrackerTest, InvalidFreesByModuleCodeAreRefused) {
     void* own = std::malloc(256);
     std::memset(own, 0x5a, 256);
     void* freed = std::malloc(64);
+    void* freed_again = Launder(freed);  // hidden from -Wuse-after-free before the first free
     std::free(freed);
     std::free(Launder(host));                             // the host's
     std::free(Launder(others));                           // another module's
-    std::free(Launder(freed));                            // already freed
+    std::free(freed_again);                               // already freed
     std::free(Launder(static_cast<char*>(own) + 64));     // interior
     std::free(Launder(static_cast<char*>(host) + 512));   // interior of the host's
     std::free(Launder(stack + 64));                       // never allocated
