@@ -425,7 +425,7 @@ inline void* AllocateHostBlock(size_t size, size_t align, bool zero) {
 
 // Host scope (the common case) takes the inline path: glibc's call and a
 // trailer write.
-inline __attribute__((always_inline)) void* Allocate(size_t size, size_t align, const void* site, bool zero) {
+[[maybe_unused]] inline __attribute__((always_inline)) void* Allocate(size_t size, size_t align, const void* site, bool zero) {
   if (CurrentModule() == kHost) [[likely]] return AllocateHostBlock(size, align, zero);
   return AllocateInModuleScope(size, align, site, zero);
 }
@@ -667,7 +667,7 @@ slow:
 [[maybe_unused]] __attribute__((noinline)) void ReleaseModuleBlockFromHost(void* user) { ReleaseLocated(user, Locate(user)); }
 
 // Host scope (the common case): one trailer read and write around glibc's free.
-inline __attribute__((always_inline)) void Release(void* user, const void* caller, const char* function) {
+[[maybe_unused]] inline __attribute__((always_inline)) void Release(void* user, const void* caller, const char* function) {
   if (CurrentModule() != kHost) [[unlikely]] {
     ReleaseInModuleScope(user, caller, function);
     return;
