@@ -1,12 +1,7 @@
 #include "agent/crash_note.h"
 
-namespace relib::agent {
-namespace {
-// initial-exec: written from inside free() without allocating.
-thread_local const char* note __attribute__((tls_model("initial-exec"))) = nullptr;
-}  // namespace
+namespace relib::agent::internal {
 
-void SetCrashNote(const char* text) { note = text; }
-const char* CrashNote() { return note; }
+constinit thread_local const char* crash_note __attribute__((tls_model("initial-exec"))) = nullptr;
 
-}  // namespace relib::agent
+}  // namespace relib::agent::internal

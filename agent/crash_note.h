@@ -7,13 +7,19 @@
 
 namespace relib::agent {
 
+namespace internal {
+// initial-exec: written from inside free() without allocating.
+extern constinit thread_local const char* crash_note __attribute__((tls_model("initial-exec")));
+}  // namespace internal
+
 // Thread-local; async-signal-safe; never allocates. `text` is not copied: it
 // must stay valid until cleared (static storage or a thread-local buffer).
-// nullptr clears the note.
-void SetCrashNote(const char* text);
+// nullptr clears the note. Inline: free() sets and clears it on every free
+// that module code makes.
+inline void SetCrashNote(const char* text) { internal::crash_note = text; }
 
 // The calling thread's note, or nullptr.
-const char* CrashNote();
+inline const char* CrashNote() { return internal::crash_note; }
 
 }  // namespace relib::agent
 

@@ -1,14 +1,17 @@
 #include "agent/heap_tracker.h"
 
 #include <errno.h>
+#include <linux/membarrier.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <sched.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
@@ -27,34 +30,113 @@ void* __libc_memalign(size_t, size_t);
 namespace relib::agent::heap {
 namespace {
 
-// Immediately before every user pointer.
-struct Tail {
-  uint64_t size;    // requested size
-  uint32_t module;  // owner; 0 = host; kFreed once freed
-  uint32_t offset;  // user pointer - base pointer
-};
-// Before the Tail of module blocks only: list membership for leak walks.
-struct Node {
-  Node* prev;
-  Node* next;
-  const void* site;
-  uint32_t shard;
-  uint32_t check;  // CheckWord(user, module): tells a real block from bytes that look like one
-};
-constexpr uint32_t kFreed = UINT32_MAX;
-// Below this nothing is ever mapped (vm.mmap_min_addr), so no header either.
+// ---- Blocks ----
+//
+// A block is the chunk glibc returns (its alignment, its size class), asked
+// for kTrailer bytes more than the caller wants. The last 8 bytes of the
+// chunk's usable size hold the trailer:
+//   host block    address ^ kHostSalt
+//   freed block   address ^ kFreedSalt (so module code freeing it again is caught)
+//   module block  kModuleTag | record << kSlotBits | slot: the Entry holding
+//                 the module, the requested size and the allocation site.
+// A trailer rather than a header: any header moves requests of 1017-1032
+// bytes (1 KiB among them) out of glibc's tcache onto its slower bins, and a
+// request that is a multiple of 16 has 8 bytes of slack in its chunk anyway,
+// so the trailer costs such a request neither memory nor a size class.
+constexpr size_t kTrailer = sizeof(uint64_t);
+constexpr uint64_t kHostSalt = 0xa5c396e14f27d08bull;
+constexpr uint64_t kFreedSalt = 0x5ac31e69f4728db0ull;
+constexpr uint64_t kTagMask = 0xffffull << 48;  // user addresses are below 2^47
+constexpr uint64_t kModuleTag = 0xc35aull << 48;
+constexpr int kSlotBits = 26;  // live module blocks per record (thread)
+constexpr int kRecordBits = 16;
+constexpr uint32_t kMaxSlots = 1u << kSlotBits;
+constexpr uint32_t kMaxRecords = 1u << kRecordBits;
+constexpr uint64_t kUnusedBits = ~kTagMask & ~((uint64_t{1} << (kSlotBits + kRecordBits)) - 1);
+// Below this nothing is ever mapped (vm.mmap_min_addr), so no block either.
 constexpr uintptr_t kLowestBlock = 65536;
-static_assert(sizeof(Tail) == 16 && sizeof(Node) == 32);
-constexpr size_t kHostHeader = sizeof(Tail);
-constexpr size_t kModuleHeader = sizeof(Tail) + sizeof(Node);
-constexpr uint32_t kShards = 16;
 // glibc's default M_MXFAST (64 * sizeof(size_t) / 4), restored after FreeAll.
 constexpr int kDefaultMaxFast = 64 * sizeof(size_t) / 4;
 
-// A test-and-test-and-set lock: one atomic exchange to take it, a plain
-// release store to drop it. A shard is normally used by one thread (each
-// thread allocates into its own shard), so it is almost never contended, and
-// a std::mutex would add a second read-modify-write on unlock.
+// glibc's chunk header: the word before the user pointer is the chunk size,
+// flags in its low 3 bits (IS_MMAPPED = 2, NON_MAIN_ARENA = 4). The usable
+// size is the chunk size less 8, less 16 for an mmapped chunk (glibc's
+// musable(); heap_tracker_test checks it against glibc's malloc_usable_size).
+constexpr uint64_t kChunkMmapped = 2;
+constexpr uint64_t kChunkNonMainArena = 4;
+inline size_t ChunkUsable(uint64_t header) { return (header & ~uint64_t{7}) - ((header & kChunkMmapped) ? 16 : 8); }
+inline uint64_t ChunkHeader(const void* user) { return static_cast<const uint64_t*>(user)[-1]; }
+inline size_t UsableSize(const void* user) { return ChunkUsable(ChunkHeader(user)); }
+inline uint64_t* TrailerAt(void* user, size_t usable) {
+  return reinterpret_cast<uint64_t*>(static_cast<char*>(user) + usable - kTrailer);
+}
+inline uint64_t* TrailerOf(void* user) { return TrailerAt(user, UsableSize(user)); }
+// Trailers are read by a thread freeing a block while Detach may rewrite them.
+inline uint64_t LoadTrailer(const uint64_t* trailer) { return __atomic_load_n(trailer, __ATOMIC_RELAXED); }
+inline void StoreTrailer(uint64_t* trailer, uint64_t value) { __atomic_store_n(trailer, value, __ATOMIC_RELAXED); }
+inline uint64_t HostTrailer(const void* user) { return reinterpret_cast<uintptr_t>(user) ^ kHostSalt; }
+inline uint64_t FreedTrailer(const void* user) { return reinterpret_cast<uintptr_t>(user) ^ kFreedSalt; }
+// A word that may be a chunk header (validation reads it before trusting it).
+bool PlausibleChunk(uint64_t header) {
+  uint64_t size = header & ~uint64_t{7};
+  if (size < 32 || size % 16 != 0 || size >= (uint64_t{1} << 44)) return false;
+  return !((header & kChunkMmapped) && (header & kChunkNonMainArena));
+}
+
+// ---- Records: each thread's books ----
+//
+// A thread that allocates module memory owns a Record: a table of entries
+// (one per live module block it allocated) and per-module counters. The
+// owner changes them with plain loads and stores and no atomic
+// read-modify-write: that is what makes the hot path cheap. Others touch a
+// record only
+//  - to free one of its blocks (a remote free): under the record's
+//    remote_lock, the entry is cleared and its slot queued for the owner; the
+//    bytes go to remote_usage;
+//  - to walk it (TopSites, FreeAll, Detach, fork): the walker excludes every
+//    owner with an asymmetric Dekker handshake. The owner marks itself busy
+//    and then reads walk_pending with no fence between (a compiler barrier);
+//    the walker sets walk_pending, runs membarrier(PRIVATE_EXPEDITED), which
+//    puts a full barrier into every running thread of the process, and waits
+//    until each record is not busy. Either the owner saw walk_pending and
+//    takes registry_mutex (held by the walker), or the walker saw it busy and
+//    waits. Without membarrier (old kernel, seccomp) walk_pending stays set
+//    and owners always take registry_mutex instead.
+// A record outlives its thread: at thread exit it is released, its live
+// entries stay (they are still the modules' blocks), and the next thread that
+// needs a record adopts it.
+
+struct Entry {
+  std::atomic<void*> block;  // the live block; null while the slot is free
+  uint64_t size;             // requested size
+  union {
+    const void* site;  // while live: caller of the allocation, when captured
+    Entry* next;       // while free: the next free entry
+  };
+  uint32_t module;
+  uint32_t slot;  // its own index, for the trailer
+};
+static_assert(sizeof(Entry) == 32);
+constexpr int kChunkBits = 16;  // entries are mapped 65536 (2 MiB, touched as used) at a time
+constexpr uint32_t kChunkSlots = 1u << kChunkBits;
+constexpr uint32_t kChunks = kMaxSlots >> kChunkBits;
+
+// Written by one thread at a time, read by any (LiveUsage): plain loads and
+// stores of atomics, no read-modify-write.
+struct Counter {
+  std::atomic<int64_t> bytes{0};
+  std::atomic<int64_t> blocks{0};
+  void Add(int64_t size, int64_t count) {
+    bytes.store(bytes.load(std::memory_order_relaxed) + size, std::memory_order_relaxed);
+    blocks.store(blocks.load(std::memory_order_relaxed) + count, std::memory_order_relaxed);
+  }
+  void Reset() {
+    bytes.store(0, std::memory_order_relaxed);
+    blocks.store(0, std::memory_order_relaxed);
+  }
+};
+
+// A test-and-test-and-set lock (remote frees only; never on the owner's path).
 class SpinLock {
  public:
   void lock() {
@@ -74,143 +156,333 @@ class SpinLock {
   std::atomic<bool> locked_{false};
 };
 
-struct alignas(64) Shard {
-  SpinLock mutex;
-  Node* first = nullptr;
-  // Written only under `mutex`, read without it (LiveUsage): plain loads and
-  // stores of an atomic, no read-modify-write.
-  std::atomic<int64_t> bytes{0};
-  std::atomic<int64_t> blocks{0};
-  void Add(int64_t size, int64_t count) {
-    bytes.store(bytes.load(std::memory_order_relaxed) + size, std::memory_order_relaxed);
-    blocks.store(blocks.load(std::memory_order_relaxed) + count, std::memory_order_relaxed);
-  }
+struct Record {
+  // The owner's line.
+  alignas(64) std::atomic<uint32_t> busy{0};
+  std::atomic<uint32_t> walk_pending{0};
+  Entry* free_head = nullptr;      // owner (or a walker)
+  Entry* first_chunk = nullptr;    // chunks[0], for the owner
+  std::atomic<uint32_t> used{0};   // slots handed out so far; walkers scan below it
+  uint32_t index = 0;              // in `records`
+  std::atomic<bool> taken{false};  // a live thread owns it
+  // Remote frees.
+  alignas(64) SpinLock remote_lock;
+  std::atomic<Entry*> remote_head{nullptr};  // entries freed by other threads, for the owner
+  alignas(64) Counter usage[kMaxModules];      // owner
+  Counter remote_usage[kMaxModules];           // under remote_lock (negative: frees by others)
+  std::atomic<Entry*> chunks[kChunks] = {};
 };
+
+// Records are never unmapped; `records[i]` is set before record_count
+// covers it. registry_mutex serialises new records, adoption, walks and the
+// owners that found a walk pending.
+std::atomic<Record*> records[kMaxRecords];
+std::atomic<uint32_t> record_count{0};
+std::mutex registry_mutex;
+thread_local Record* my_record __attribute__((tls_model("initial-exec"))) = nullptr;
+pthread_key_t record_key;
+bool record_key_created = false;  // under registry_mutex
+
+bool RegisterMembarrier() {
+  return ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0 &&
+         ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0;
+}
+// Set before main (no module code runs earlier) and in a fork child (one
+// thread). Without it, walk_pending stays 1 in every record: owners always
+// take registry_mutex (slower, still correct).
+bool asymmetric_barrier = RegisterMembarrier();
+uint32_t IdlePending() { return asymmetric_barrier ? 0 : 1; }
+
+Entry* EntryAt(const Record* record, uint32_t slot) {
+  return record->chunks[slot >> kChunkBits].load(std::memory_order_acquire) + (slot & (kChunkSlots - 1));
+}
+// The owner's faster EntryAt (chunk 0 is in its own cache line).
+Entry* OwnEntryAt(const Record* record, uint32_t slot) {
+  return slot < kChunkSlots ? record->first_chunk + slot : EntryAt(record, slot);
+}
+uint64_t ModuleTrailer(uint32_t record, uint32_t slot) {
+  return kModuleTag | uint64_t{record} << kSlotBits | slot;
+}
+uint32_t RecordOf(uint64_t trailer) { return static_cast<uint32_t>(trailer >> kSlotBits) & (kMaxRecords - 1); }
+uint32_t SlotOf(uint64_t trailer) { return static_cast<uint32_t>(trailer) & (kMaxSlots - 1); }
+
+// The entry a trailer names, checking every step (the trailer may be any
+// bytes: validation of a pointer module code frees); nullptr if none.
+Entry* FindEntry(uint64_t trailer) {
+  if ((trailer & kTagMask) != kModuleTag || (trailer & kUnusedBits) != 0) return nullptr;
+  uint32_t index = RecordOf(trailer), slot = SlotOf(trailer);
+  if (index >= record_count.load(std::memory_order_acquire)) return nullptr;
+  Record* record = records[index].load(std::memory_order_acquire);
+  if (slot >= record->used.load(std::memory_order_acquire)) return nullptr;
+  Entry* chunk = record->chunks[slot >> kChunkBits].load(std::memory_order_acquire);
+  return chunk ? chunk + (slot & (kChunkSlots - 1)) : nullptr;
+}
+
+// The owner's side of the handshake (see Records above).
+class OwnerSection {
+ public:
+  explicit OwnerSection(Record* record) : record_(record) {
+    record->busy.store(1, std::memory_order_relaxed);
+    std::atomic_signal_fence(std::memory_order_seq_cst);  // the walker's membarrier is the fence
+    if (record->walk_pending.load(std::memory_order_acquire)) [[unlikely]] {
+      record->busy.store(0, std::memory_order_release);
+      registry_mutex.lock();
+      locked_ = true;
+    }
+  }
+  ~OwnerSection() {
+    if (locked_) {
+      registry_mutex.unlock();
+    } else {
+      record_->busy.store(0, std::memory_order_release);
+    }
+  }
+  OwnerSection(const OwnerSection&) = delete;
+  OwnerSection& operator=(const OwnerSection&) = delete;
+
+ private:
+  Record* record_;
+  bool locked_ = false;
+};
+
+// The walker's side: every record's owner is outside its section while a
+// Walk lives. REQUIRES: registry_mutex held.
+void ExcludeOwners(uint32_t count) {
+  for (uint32_t i = 0; i < count; ++i) records[i].load(std::memory_order_relaxed)->walk_pending.store(1, std::memory_order_relaxed);
+  if (asymmetric_barrier) ::syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+  for (uint32_t i = 0; i < count; ++i) {
+    Record* record = records[i].load(std::memory_order_relaxed);
+    for (int spins = 0; record->busy.load(std::memory_order_acquire); ++spins) {
+      if (spins < 64) {
+        __builtin_ia32_pause();
+      } else {
+        ::sched_yield();  // the owner was preempted inside its section
+      }
+    }
+  }
+}
+void AdmitOwners(uint32_t count) {
+  for (uint32_t i = 0; i < count; ++i) {
+    records[i].load(std::memory_order_relaxed)->walk_pending.store(IdlePending(), std::memory_order_release);
+  }
+}
+
+class Walk {
+ public:
+  Walk() : lock_(registry_mutex), count_(record_count.load(std::memory_order_acquire)) { ExcludeOwners(count_); }
+  ~Walk() { AdmitOwners(count_); }
+  uint32_t count() const { return count_; }
+  Walk(const Walk&) = delete;
+  Walk& operator=(const Walk&) = delete;
+
+ private:
+  std::lock_guard<std::mutex> lock_;
+  uint32_t count_;
+};
+
+// The tracker's own memory: host scope, so the mapping tracker never counts
+// it as the module's (whose mappings the unmap policy removes at unload).
+void* MapZeroed(size_t bytes) {
+  HostScope host;
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+// At thread exit (a pthread key destructor): the record is free to adopt.
+void ReleaseRecord(void* record) {
+  my_record = nullptr;
+  static_cast<Record*>(record)->taken.store(false, std::memory_order_release);
+}
+
+// The calling thread's record, adopting a released one or mapping a new one;
+// nullptr if none can be had (kMaxRecords threads hold one, or no memory).
+Record* AdoptRecord() {
+  HostScope host;  // pthread_setspecific may allocate
+  std::lock_guard<std::mutex> lock(registry_mutex);
+  if (!record_key_created) {
+    if (::pthread_key_create(&record_key, &ReleaseRecord) != 0) return nullptr;
+    record_key_created = true;
+  }
+  Record* record = nullptr;
+  uint32_t count = record_count.load(std::memory_order_relaxed);
+  for (uint32_t i = 0; i < count && record == nullptr; ++i) {
+    Record* candidate = records[i].load(std::memory_order_relaxed);
+    if (!candidate->taken.load(std::memory_order_acquire)) record = candidate;
+  }
+  if (record == nullptr) {
+    if (count == kMaxRecords) return nullptr;
+    void* memory = MapZeroed(sizeof(Record));
+    if (memory == nullptr) return nullptr;
+    record = new (memory) Record;
+    record->index = count;
+    record->walk_pending.store(IdlePending(), std::memory_order_relaxed);
+    records[count].store(record, std::memory_order_release);
+    record_count.store(count + 1, std::memory_order_release);
+  }
+  record->taken.store(true, std::memory_order_relaxed);
+  ::pthread_setspecific(record_key, record);
+  my_record = record;
+  return record;
+}
+
+// More free slots for the owner when its list is empty: those other threads
+// freed, else up to 64 never used. Returns the new list's head or nullptr.
+// REQUIRES: inside the owner's section.
+Entry* RefillSlots(Record* record) {
+  if (record->remote_head.load(std::memory_order_relaxed) != nullptr) {
+    std::lock_guard<SpinLock> lock(record->remote_lock);
+    Entry* head = record->remote_head.load(std::memory_order_relaxed);
+    record->remote_head.store(nullptr, std::memory_order_relaxed);
+    return head;
+  }
+  uint32_t used = record->used.load(std::memory_order_relaxed);
+  if (used == kMaxSlots) return nullptr;
+  uint32_t chunk = used >> kChunkBits;
+  if (record->chunks[chunk].load(std::memory_order_relaxed) == nullptr) {
+    auto* entries = static_cast<Entry*>(MapZeroed(sizeof(Entry) * kChunkSlots));
+    if (entries == nullptr) return nullptr;
+    // Resident as used, 4 KiB at a time, never a whole huge page at once.
+    ::madvise(entries, sizeof(Entry) * kChunkSlots, MADV_NOHUGEPAGE);
+    record->chunks[chunk].store(entries, std::memory_order_release);
+    if (chunk == 0) record->first_chunk = entries;
+  }
+  uint32_t end = std::min(used + 64, (chunk + 1) << kChunkBits);
+  for (uint32_t slot = used; slot < end; ++slot) {
+    Entry* entry = EntryAt(record, slot);
+    entry->slot = slot;
+    entry->next = slot + 1 < end ? entry + 1 : nullptr;
+  }
+  record->used.store(end, std::memory_order_release);
+  return EntryAt(record, used);
+}
 
 struct ModuleHeap {
   std::atomic<bool> active{false};
   std::atomic<bool> capture_sites{false};
-  Shard shards[kShards];
 };
 ModuleHeap modules[kMaxModules];
 
-// Shard locks are held across fork(), so a child forked while another thread
-// allocated module memory never finds one locked for ever. Only active
-// modules' shards can be held (allocation checks `active` first).
-bool locked_for_fork[kMaxModules];
-void LockShardsForFork() {
-  for (ModuleId id = 1; id < kMaxModules; ++id) {
-    locked_for_fork[id] = modules[id].active.load(std::memory_order_acquire);
-    if (!locked_for_fork[id]) continue;
-    for (Shard& shard : modules[id].shards) shard.mutex.lock();
+// Enters a fresh block of `module` in the calling thread's record and writes
+// its trailer; false if no entry can be had (the caller frees the block).
+bool TrackModuleBlock(void* user, uint64_t* trailer, size_t size, ModuleId module, const void* site) {
+  Record* record = my_record;
+  if (record == nullptr) [[unlikely]] {
+    record = AdoptRecord();
+    if (record == nullptr) return false;
   }
-}
-void UnlockShardsAfterFork() {
-  for (ModuleId id = 1; id < kMaxModules; ++id) {
-    if (!locked_for_fork[id]) continue;
-    for (Shard& shard : modules[id].shards) shard.mutex.unlock();
+  uint32_t slot;
+  {
+    OwnerSection section(record);
+    Entry* entry = record->free_head;
+    if (entry == nullptr) [[unlikely]] {
+      entry = RefillSlots(record);
+      if (entry == nullptr) return false;
+    }
+    record->free_head = entry->next;
+    slot = entry->slot;
+    entry->size = size;
+    entry->site = modules[module].capture_sites.load(std::memory_order_relaxed) ? site : nullptr;
+    entry->module = module;
+    entry->block.store(user, std::memory_order_release);
+    record->usage[module].Add(static_cast<int64_t>(size), 1);
   }
-}
-[[maybe_unused]] const bool shards_held_across_fork =
-    ::pthread_atfork(&LockShardsForFork, &UnlockShardsAfterFork, &UnlockShardsAfterFork) == 0;
-
-std::atomic<uint32_t> next_shard{0};
-thread_local uint32_t thread_shard __attribute__((tls_model("initial-exec"))) = UINT32_MAX;
-
-uint32_t CheckWord(const void* user, uint32_t module) {
-  uint64_t x = reinterpret_cast<uintptr_t>(user) ^ (uint64_t{module} << 48) ^ 0x6a09e667f3bcc909ull;
-  x ^= x >> 31;
-  x *= 0x9e3779b97f4a7c15ull;
-  x ^= x >> 29;
-  return static_cast<uint32_t>(x);
+  StoreTrailer(trailer, ModuleTrailer(record->index, slot));
+  return true;
 }
 
-uint32_t ThreadShard() {
-  if (thread_shard == UINT32_MAX) thread_shard = next_shard.fetch_add(1, std::memory_order_relaxed) % kShards;
-  return thread_shard;
-}
-
-Tail* TailOf(void* user) { return reinterpret_cast<Tail*>(static_cast<char*>(user) - sizeof(Tail)); }
-Node* NodeOf(void* user) { return reinterpret_cast<Node*>(static_cast<char*>(user) - kModuleHeader); }
-void* UserOf(Node* node) { return reinterpret_cast<char*>(node) + kModuleHeader; }
-
-void Link(Shard& shard, Node* node) {
-  node->prev = nullptr;
-  node->next = shard.first;
-  if (shard.first) shard.first->prev = node;
-  shard.first = node;
-}
-
-void Unlink(Shard& shard, Node* node) {
-  if (node->prev) {
-    node->prev->next = node->next;
-  } else {
-    shard.first = node->next;
-  }
-  if (node->next) node->next->prev = node->prev;
-}
-
-void* Allocate(size_t size, size_t align, const void* site, bool zero) {
-  ModuleId module = CurrentModule();
-  if (module != kHost && (!modules[module].active.load(std::memory_order_relaxed) || IsInDynamicLoader(site))) {
-    module = kHost;
-  }
-  if (align > (size_t{1} << 31)) {  // the header keeps the padding in 32 bits
-    errno = EINVAL;
-    return nullptr;
-  }
-  size_t header = module == kHost ? kHostHeader : kModuleHeader;
-  size_t pad = align <= 16 ? header : (header + align - 1) / align * align;
-  if (size > SIZE_MAX - pad) {
+// glibc's block for `size` bytes and the trailer, without the trailer written.
+inline void* RawAllocate(size_t size, size_t align, bool zero) {
+  if (size > SIZE_MAX - 64) [[unlikely]] {
     errno = ENOMEM;
     return nullptr;
   }
-  void* base;
-  if (align <= 16) {
-    base = zero ? __libc_calloc(1, pad + size) : __libc_malloc(pad + size);
-  } else {
-    base = __libc_memalign(align, pad + size);
-    if (base && zero) std::memset(base, 0, pad + size);
+  if (align <= 16) [[likely]] return zero ? __libc_calloc(1, size + kTrailer) : __libc_malloc(size + kTrailer);
+  void* user = __libc_memalign(align, size + kTrailer);
+  if (user && zero) std::memset(user, 0, size + kTrailer);
+  return user;
+}
+
+inline void* AllocateHostBlock(size_t size, size_t align, bool zero) {
+  void* user = RawAllocate(size, align, zero);
+  if (user != nullptr) [[likely]] StoreTrailer(TrailerOf(user), HostTrailer(user));
+  return user;
+}
+
+[[maybe_unused]] __attribute__((noinline)) void* AllocateInModuleScope(size_t size, size_t align, const void* site, bool zero) {
+  ModuleId module = CurrentModule();
+  if (!modules[module].active.load(std::memory_order_relaxed) || IsInDynamicLoader(site)) {
+    return AllocateHostBlock(size, align, zero);
   }
-  if (base == nullptr) return nullptr;
-  void* user = static_cast<char*>(base) + pad;
-  Tail* tail = TailOf(user);
-  tail->size = size;
-  tail->offset = static_cast<uint32_t>(pad);
-  __atomic_store_n(&tail->module, module, __ATOMIC_RELAXED);
-  if (module != kHost) {
-    Node* node = NodeOf(user);
-    ModuleHeap& heap = modules[module];
-    node->site = heap.capture_sites.load(std::memory_order_relaxed) ? site : nullptr;
-    node->shard = ThreadShard();
-    node->check = CheckWord(user, module);
-    Shard& shard = heap.shards[node->shard];
-    std::lock_guard<SpinLock> lock(shard.mutex);
-    Link(shard, node);
-    shard.Add(static_cast<int64_t>(size), 1);
+  void* user = RawAllocate(size, align, zero);
+  if (user == nullptr) [[unlikely]] return nullptr;
+  if (!TrackModuleBlock(user, TrailerOf(user), size, module, site)) [[unlikely]] {
+    __libc_free(user);
+    errno = ENOMEM;
+    return nullptr;
   }
   return user;
 }
 
-// Frees a block known to be one (validated, or freed by host code).
-void ReleaseBlock(void* user) {
-  Tail* tail = TailOf(user);
-  uint32_t module = __atomic_load_n(&tail->module, __ATOMIC_RELAXED);
-  if (module != kHost && module < kMaxModules) {
-    Node* node = NodeOf(user);
-    Shard& shard = modules[module].shards[node->shard % kShards];
-    std::lock_guard<SpinLock> lock(shard.mutex);
-    // Re-check under the lock: Detach/FreeAll may have taken the block.
-    if (__atomic_load_n(&tail->module, __ATOMIC_RELAXED) == module) {
-      Unlink(shard, node);
-      shard.Add(-static_cast<int64_t>(tail->size), -1);
-    }
+// Host scope (the common case) takes the inline path: glibc's call and a
+// trailer write.
+[[maybe_unused]] inline __attribute__((always_inline)) void* Allocate(size_t size, size_t align, const void* site, bool zero) {
+  if (CurrentModule() == kHost) [[likely]] return AllocateHostBlock(size, align, zero);
+  return AllocateInModuleScope(size, align, site, zero);
+}
+
+// A block about to be freed or reallocated: where its trailer is, what it
+// says, and its entry if it is a module block.
+struct Located {
+  uint64_t* trailer;
+  uint64_t value;
+  Entry* entry;  // nullptr for a host block
+};
+
+// REQUIRES: `user` is a live block (host code frees it: not validated).
+Located Locate(void* user) {
+  Located block;
+  block.trailer = TrailerOf(user);
+  block.value = LoadTrailer(block.trailer);
+  block.entry = nullptr;
+  if ((block.value & kTagMask) == kModuleTag) {
+    block.entry = EntryAt(records[RecordOf(block.value)].load(std::memory_order_relaxed), SlotOf(block.value));
   }
-  // So a second free of this block by its module is recognised (glibc's own
-  // bookkeeping overwrites the first 16 bytes of the chunk: the Node of a
-  // module block, but the Tail only of host blocks).
-  __atomic_store_n(&tail->module, kFreed, __ATOMIC_RELAXED);
-  __libc_free(static_cast<char*>(user) - tail->offset);
+  return block;
+}
+
+// Takes `user` out of its record. False if it is no longer there: Detach
+// made it a host block (or FreeAll freed it) meanwhile.
+bool ForgetModuleBlock(void* user, const Located& block) {
+  Record* record = records[RecordOf(block.value)].load(std::memory_order_relaxed);
+  Entry* entry = block.entry;
+  if (record == my_record) {
+    OwnerSection section(record);
+    if (entry->block.load(std::memory_order_relaxed) != user) return false;
+    record->usage[entry->module].Add(-static_cast<int64_t>(entry->size), -1);
+    entry->block.store(nullptr, std::memory_order_relaxed);
+    entry->next = record->free_head;
+    record->free_head = entry;
+    return true;
+  }
+  std::lock_guard<SpinLock> lock(record->remote_lock);
+  if (entry->block.load(std::memory_order_relaxed) != user) return false;
+  record->remote_usage[entry->module].Add(-static_cast<int64_t>(entry->size), -1);
+  entry->block.store(nullptr, std::memory_order_relaxed);
+  entry->next = record->remote_head.load(std::memory_order_relaxed);
+  record->remote_head.store(entry, std::memory_order_release);
+  return true;
+}
+
+void ReleaseLocated(void* user, const Located& block) {
+  if (block.entry != nullptr && !ForgetModuleBlock(user, block)) [[unlikely]] {
+    // Detached meanwhile: free it as the host block it became. Freed by
+    // FreeAll: nothing left to free.
+    if (LoadTrailer(block.trailer) != HostTrailer(user)) return;
+  }
+  // So a second free by module code is recognised (glibc's own bookkeeping
+  // overwrites the first 16 bytes of a freed chunk, never its last 8).
+  StoreTrailer(block.trailer, FreedTrailer(user));
+  __libc_free(user);
 }
 
 // ---- Validation of frees made by module code ----
@@ -220,29 +492,33 @@ std::atomic<InvalidFreePolicy> invalid_free_policy{InvalidFreePolicy::kAbort};
 enum class Verdict { kOwn, kHost, kOtherModule, kFreed, kNotABlock };
 
 constexpr char kUnreadableHeader[] =
-    "invalid free by module code: not a heap block (the memory before the pointer is not mapped)";
+    "invalid free by module code: not a heap block (the memory around the pointer is not mapped)";
 
-// What `user`, freed by code of `module`, is. Reads the header only after
-// the cheap checks; a wild pointer can still fault there, which the crash
-// note then explains. `owner` receives the owning module of kOtherModule.
-Verdict Classify(void* user, ModuleId module, ModuleId* owner) {
+// What `user`, freed by code of `module`, is. Reads the chunk header and the
+// trailer only after the cheap checks, trusts neither before checking it; a
+// wild pointer can still fault there, which the crash note then explains.
+// `owner` receives the owning module of kOtherModule; `block` is filled for kOwn.
+Verdict Classify(void* user, ModuleId module, ModuleId* owner, Located* block) {
   auto address = reinterpret_cast<uintptr_t>(user);
-  // Every block this allocator hands out is 16-aligned (glibc's alignment,
-  // headers of 16 or 48 bytes, larger alignments padded to themselves).
+  // Every block this allocator hands out is 16-aligned (glibc's alignment, or more).
   if (address % 16 != 0 || address < kLowestBlock) return Verdict::kNotABlock;
   SetCrashNote(kUnreadableHeader);
-  Tail* tail = TailOf(user);
-  uint32_t tag = __atomic_load_n(&tail->module, __ATOMIC_RELAXED);
-  uint32_t offset = tail->offset;
   Verdict verdict = Verdict::kNotABlock;
-  if (tag == kFreed) {
-    verdict = Verdict::kFreed;
-  } else if (tag == kHost) {
-    if (offset >= kHostHeader && offset % 16 == 0) verdict = Verdict::kHost;
-  } else if (tag < kMaxModules && offset >= kModuleHeader && offset % 16 == 0 &&
-             NodeOf(user)->check == CheckWord(user, tag)) {
-    *owner = tag;
-    verdict = tag == module ? Verdict::kOwn : Verdict::kOtherModule;
+  uint64_t header = ChunkHeader(user);
+  if (PlausibleChunk(header)) {
+    uint64_t* trailer = TrailerAt(user, ChunkUsable(header));
+    uint64_t value = LoadTrailer(trailer);
+    if (Entry* entry = FindEntry(value); entry != nullptr) {
+      if (entry->block.load(std::memory_order_acquire) == user) {
+        *owner = entry->module;
+        verdict = entry->module == module ? Verdict::kOwn : Verdict::kOtherModule;
+        *block = Located{trailer, value, entry};
+      }
+    } else if (value == HostTrailer(user)) {
+      verdict = Verdict::kHost;
+    } else if (value == FreedTrailer(user)) {
+      verdict = Verdict::kFreed;
+    }
   }
   SetCrashNote(nullptr);
   return verdict;
@@ -312,51 +588,134 @@ bool FromModuleCode(const void* caller, ModuleId* module) {
   return true;
 }
 
-// False if `user`, freed by `caller` through `function`, must not be freed
-// (after OnInvalidFree returned under kLeak).
-bool MayFree(void* user, const void* caller, const char* function) {
+// Locates `user` for a free or realloc by `caller`; false if it must not be
+// freed (after OnInvalidFree returned under kLeak).
+bool LocateForFree(void* user, const void* caller, const char* function, Located* block) {
   ModuleId module;
-  if (!FromModuleCode(caller, &module)) return true;
+  if (!FromModuleCode(caller, &module)) {
+    *block = Locate(user);
+    return true;
+  }
   ModuleId owner = kHost;
-  Verdict verdict = Classify(user, module, &owner);
-  if (verdict == Verdict::kOwn) return true;
+  Verdict verdict = Classify(user, module, &owner, block);
+  if (verdict == Verdict::kOwn) [[likely]] return true;
   OnInvalidFree(user, module, verdict, owner, function);
   return false;
 }
 
-[[maybe_unused]] void Release(void* user, const void* caller, const char* function) {
-  if (user == nullptr || !MayFree(user, caller, function)) return;
-  ReleaseBlock(user);
+// A free in module scope, every case: validated when the module's own code
+// frees (caller in the module's range), otherwise released as it is.
+[[maybe_unused]] __attribute__((noinline)) void ReleaseInModuleScopeSlow(void* user, const void* caller,
+                                                                         const char* function) {
+  if (user == nullptr) return;
+  ModuleId module = CurrentModule();
+  if (!InModule(module, caller)) {
+    ReleaseLocated(user, Locate(user));
+    return;
+  }
+  ModuleId owner = kHost;
+  Located block;
+  Verdict verdict = Classify(user, module, &owner, &block);
+  if (verdict != Verdict::kOwn) {
+    OnInvalidFree(user, module, verdict, owner, function);
+    return;
+  }
+  ReleaseLocated(user, block);
+}
+
+// The common case of a free in module scope, checked and released in one
+// pass over the thread's own record: the module's code frees a block its
+// thread allocated. Anything else goes to ReleaseInModuleScopeSlow.
+[[maybe_unused]] __attribute__((noinline)) void ReleaseInModuleScope(void* user, const void* caller,
+                                                                     const char* function) {
+  ModuleId module = CurrentModule();
+  auto address = reinterpret_cast<uintptr_t>(user);
+  Record* record = my_record;
+  if (address % 16 != 0 || address < kLowestBlock || record == nullptr || !InModule(module, caller)) [[unlikely]] {
+    ReleaseInModuleScopeSlow(user, caller, function);
+    return;
+  }
+  SetCrashNote(kUnreadableHeader);
+  uint64_t header = ChunkHeader(user);
+  uint64_t* trailer = TrailerAt(user, ChunkUsable(header));
+  uint64_t value = PlausibleChunk(header) ? LoadTrailer(trailer) : 0;
+  SetCrashNote(nullptr);
+  uint32_t slot = SlotOf(value);
+  if ((value & (kTagMask | kUnusedBits)) != kModuleTag || RecordOf(value) != record->index ||
+      slot >= record->used.load(std::memory_order_relaxed)) [[unlikely]] {
+    ReleaseInModuleScopeSlow(user, caller, function);
+    return;
+  }
+  Entry* entry = OwnEntryAt(record, slot);
+  {
+    OwnerSection section(record);
+    if (entry->block.load(std::memory_order_relaxed) != user || entry->module != module) [[unlikely]] {
+      goto slow;  // another module's block, or Detach took it meanwhile
+    }
+    record->usage[module].Add(-static_cast<int64_t>(entry->size), -1);
+    entry->block.store(nullptr, std::memory_order_relaxed);
+    entry->next = record->free_head;
+    record->free_head = entry;
+  }
+  StoreTrailer(trailer, FreedTrailer(user));
+  __libc_free(user);
+  return;
+slow:
+  ReleaseInModuleScopeSlow(user, caller, function);
+}
+
+[[maybe_unused]] __attribute__((noinline)) void ReleaseModuleBlockFromHost(void* user) { ReleaseLocated(user, Locate(user)); }
+
+// Host scope (the common case): one trailer read and write around glibc's free.
+[[maybe_unused]] inline __attribute__((always_inline)) void Release(void* user, const void* caller, const char* function) {
+  if (CurrentModule() != kHost) [[unlikely]] {
+    ReleaseInModuleScope(user, caller, function);
+    return;
+  }
+  if (user == nullptr) return;
+  uint64_t* trailer = TrailerOf(user);
+  if ((LoadTrailer(trailer) & kTagMask) == kModuleTag) [[unlikely]] {
+    ReleaseModuleBlockFromHost(user);
+    return;
+  }
+  StoreTrailer(trailer, FreedTrailer(user));
+  __libc_free(user);
 }
 
 [[maybe_unused]] void* Reallocate(void* user, size_t size, const void* site, const char* function) {
   if (user == nullptr) return Allocate(size, 16, site, false);
-  if (!MayFree(user, site, function)) {
+  Located block;
+  if (!LocateForFree(user, site, function, &block)) {
     errno = EINVAL;
     return nullptr;
   }
   if (size == 0) {
-    ReleaseBlock(user);
+    ReleaseLocated(user, block);
     return nullptr;
   }
-  Tail* tail = TailOf(user);
-  bool host_block = __atomic_load_n(&tail->module, __ATOMIC_RELAXED) == kHost && tail->offset == kHostHeader;
-  if (host_block && CurrentModule() == kHost) {
-    if (size > SIZE_MAX - kHostHeader) {
+  if (block.entry == nullptr && CurrentModule() == kHost) {
+    if (size > SIZE_MAX - 64) {
       errno = ENOMEM;
       return nullptr;
     }
-    void* base = __libc_realloc(static_cast<char*>(user) - kHostHeader, size + kHostHeader);
-    if (base == nullptr) return nullptr;
-    void* moved = static_cast<char*>(base) + kHostHeader;
-    TailOf(moved)->size = size;
+    void* moved = __libc_realloc(user, size + kTrailer);
+    if (moved == nullptr) return nullptr;
+    StoreTrailer(TrailerOf(moved), HostTrailer(moved));
     return moved;
   }
+  size_t old_size = block.entry ? block.entry->size : UsableSize(user) - kTrailer;
   void* moved = Allocate(size, 16, site, false);
   if (moved == nullptr) return nullptr;
-  std::memcpy(moved, user, std::min<size_t>(size, tail->size));
-  ReleaseBlock(user);
+  std::memcpy(moved, user, std::min(size, old_size));
+  ReleaseLocated(user, block);
   return moved;
+}
+
+[[maybe_unused]] size_t UsableBytes(void* user) {
+  if (user == nullptr) return 0;
+  Located block = Locate(user);
+  if (block.entry != nullptr && block.entry->block.load(std::memory_order_relaxed) == user) return block.entry->size;
+  return UsableSize(user) - kTrailer;
 }
 
 [[maybe_unused]] bool IsPowerOfTwo(size_t x) { return x != 0 && (x & (x - 1)) == 0; }
@@ -372,36 +731,97 @@ bool MayFree(void* user, const void* caller, const char* function) {
   }
 }
 
-// Takes every block of `id` off its lists; `free_blocks` also frees them.
+// Hands back the pages of a record's entries from `keep` up to `used` (a
+// module that leaked a million blocks leaves 32 MB of entries otherwise) and
+// rebuilds its free list below `keep`. REQUIRES: a Walk and the record's
+// remote_lock; no entry at or above `keep` is live.
+void Shrink(Record* record, uint32_t keep, uint32_t used) {
+  Entry* head = nullptr;
+  for (uint32_t slot = keep; slot-- > 0;) {
+    Entry* entry = EntryAt(record, slot);
+    if (entry->block.load(std::memory_order_relaxed) != nullptr) continue;
+    entry->next = head;
+    head = entry;
+  }
+  record->free_head = head;
+  record->remote_head.store(nullptr, std::memory_order_relaxed);
+  record->used.store(keep, std::memory_order_release);
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  for (uint32_t chunk = keep >> kChunkBits; chunk <= (used - 1) >> kChunkBits; ++chunk) {
+    Entry* entries = record->chunks[chunk].load(std::memory_order_relaxed);
+    uint32_t begin = std::max(keep, chunk << kChunkBits) - (chunk << kChunkBits);
+    uint32_t end = std::min(used, (chunk + 1) << kChunkBits) - (chunk << kChunkBits);
+    uintptr_t from = (reinterpret_cast<uintptr_t>(entries + begin) + page - 1) / page * page;
+    uintptr_t to = reinterpret_cast<uintptr_t>(entries + end) / page * page;
+    if (from < to) ::madvise(reinterpret_cast<void*>(from), to - from, MADV_DONTNEED);
+  }
+}
+
+// Takes every block of `id` out of the records; `free_blocks` frees them,
+// otherwise they become host blocks.
 Usage TakeAll(ModuleId id, bool free_blocks) {
   Usage usage;
   if (id == kHost || id >= kMaxModules) return usage;
-  ModuleHeap& heap = modules[id];
-  heap.active = false;
-  for (Shard& shard : heap.shards) {
-    Node* list;
-    {
-      std::lock_guard<SpinLock> lock(shard.mutex);
-      list = shard.first;
-      shard.first = nullptr;
-      for (Node* node = list; node; node = node->next) {
-        Tail* tail = TailOf(UserOf(node));
-        usage.bytes += static_cast<int64_t>(tail->size);
-        usage.blocks += 1;
-        __atomic_store_n(&tail->module, kHost, __ATOMIC_RELAXED);
+  modules[id].active = false;
+  Walk walk;
+  for (uint32_t i = 0; i < walk.count(); ++i) {
+    Record* record = records[i].load(std::memory_order_relaxed);
+    std::lock_guard<SpinLock> lock(record->remote_lock);
+    uint32_t used = record->used.load(std::memory_order_relaxed);
+    uint32_t live_end = 0;  // one past the last entry still live
+    for (uint32_t slot = 0; slot < used; ++slot) {
+      Entry* entry = EntryAt(record, slot);
+      void* user = entry->block.load(std::memory_order_relaxed);
+      if (user != nullptr && entry->module != id) live_end = slot + 1;
+      if (user == nullptr || entry->module != id) continue;
+      usage.bytes += static_cast<int64_t>(entry->size);
+      usage.blocks += 1;
+      entry->block.store(nullptr, std::memory_order_relaxed);
+      entry->next = record->free_head;  // the owner is excluded
+      record->free_head = entry;
+      uint64_t* trailer = TrailerOf(user);
+      if (free_blocks) {
+        StoreTrailer(trailer, FreedTrailer(user));
+        __libc_free(user);
+      } else {
+        StoreTrailer(trailer, HostTrailer(user));
       }
-      shard.bytes.store(0, std::memory_order_relaxed);
-      shard.blocks.store(0, std::memory_order_relaxed);
     }
-    while (free_blocks && list) {
-      Node* next = list->next;
-      void* user = UserOf(list);
-      __libc_free(static_cast<char*>(user) - TailOf(user)->offset);
-      list = next;
-    }
+    record->usage[id].Reset();
+    record->remote_usage[id].Reset();
+    if (live_end < used) Shrink(record, live_end, used);
   }
   return usage;
 }
+
+// fork(): the child must find no lock held and no record half-changed by a
+// thread that does not exist there. The parent quiesces every owner as a
+// walker does and holds every remote lock across the fork.
+uint32_t forked_records = 0;
+void PrepareFork() {
+  registry_mutex.lock();
+  forked_records = record_count.load(std::memory_order_acquire);
+  ExcludeOwners(forked_records);
+  for (uint32_t i = 0; i < forked_records; ++i) records[i].load(std::memory_order_relaxed)->remote_lock.lock();
+}
+void ParentAfterFork() {
+  for (uint32_t i = 0; i < forked_records; ++i) records[i].load(std::memory_order_relaxed)->remote_lock.unlock();
+  AdmitOwners(forked_records);
+  registry_mutex.unlock();
+}
+void ChildAfterFork() {
+  asymmetric_barrier = RegisterMembarrier();
+  for (uint32_t i = 0; i < forked_records; ++i) {
+    Record* record = records[i].load(std::memory_order_relaxed);
+    record->remote_lock.unlock();
+    // Threads other than this one are gone: their records are free to adopt.
+    if (record != my_record) record->taken.store(false, std::memory_order_relaxed);
+  }
+  AdmitOwners(forked_records);
+  registry_mutex.unlock();
+}
+[[maybe_unused]] const bool fork_handlers_installed =
+    ::pthread_atfork(&PrepareFork, &ParentAfterFork, &ChildAfterFork) == 0;
 
 }  // namespace
 
@@ -422,23 +842,32 @@ void StartTracking(ModuleId id, bool capture_sites) {
 Usage LiveUsage(ModuleId id) {
   Usage usage;
   if (id == kHost || id >= kMaxModules) return usage;
-  for (const Shard& shard : modules[id].shards) {
-    usage.bytes += shard.bytes.load(std::memory_order_relaxed);
-    usage.blocks += shard.blocks.load(std::memory_order_relaxed);
+  uint32_t count = record_count.load(std::memory_order_acquire);
+  for (uint32_t i = 0; i < count; ++i) {
+    const Record* record = records[i].load(std::memory_order_acquire);
+    for (const Counter* counter : {&record->usage[id], &record->remote_usage[id]}) {
+      usage.bytes += counter->bytes.load(std::memory_order_relaxed);
+      usage.blocks += counter->blocks.load(std::memory_order_relaxed);
+    }
   }
   return usage;
 }
 
 std::vector<Site> TopSites(ModuleId id, size_t n) {
-  HostScope host;
+  HostScope host;  // the map and the vector are the agent's
   std::map<const void*, Site> by_site;
   if (id != kHost && id < kMaxModules) {
-    for (Shard& shard : modules[id].shards) {
-      std::lock_guard<SpinLock> lock(shard.mutex);
-      for (Node* node = shard.first; node; node = node->next) {
-        Site& site = by_site[node->site];
-        site.address = node->site;
-        site.bytes += static_cast<int64_t>(TailOf(UserOf(node))->size);
+    Walk walk;
+    for (uint32_t i = 0; i < walk.count(); ++i) {
+      Record* record = records[i].load(std::memory_order_relaxed);
+      std::lock_guard<SpinLock> lock(record->remote_lock);  // a remote free reuses `site`
+      uint32_t used = record->used.load(std::memory_order_relaxed);
+      for (uint32_t slot = 0; slot < used; ++slot) {
+        const Entry* entry = EntryAt(record, slot);
+        if (entry->block.load(std::memory_order_relaxed) == nullptr || entry->module != id) continue;
+        Site& site = by_site[entry->site];
+        site.address = entry->site;
+        site.bytes += static_cast<int64_t>(entry->size);
         site.blocks += 1;
       }
     }
@@ -476,7 +905,7 @@ using relib::agent::heap::IsPowerOfTwo;
 using relib::agent::heap::NewOrThrow;
 using relib::agent::heap::Release;
 using relib::agent::heap::Reallocate;
-using relib::agent::heap::TailOf;
+using relib::agent::heap::UsableBytes;
 
 extern "C" {
 
@@ -527,7 +956,7 @@ void* pvalloc(size_t size) {
   size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   return Allocate((size + page - 1) / page * page, page, __builtin_return_address(0), false);
 }
-size_t malloc_usable_size(void* p) { return p ? TailOf(p)->size : 0; }
+size_t malloc_usable_size(void* p) { return UsableBytes(p); }
 
 }  // extern "C"
 

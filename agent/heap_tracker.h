@@ -1,13 +1,18 @@
 // Per-module heap accounting. The worker executable defines malloc, free,
 // calloc, realloc, reallocarray, posix_memalign, aligned_alloc, memalign,
 // valloc, pvalloc, malloc_usable_size and every operator new/delete; each
-// block carries a small header naming the module that was running when it was
-// allocated (CurrentModule()), so the agent knows at any time how much each
-// module holds and can report or free what it leaked.
+// block carries an 8-byte trailer saying whether it is the host's or which
+// module's (the module that was running when it was allocated,
+// CurrentModule()), so the agent knows at any time how much each module holds
+// and can report or free what it leaked.
 //
-// Hot path: one header write, and for module blocks one lock of a
-// (module, shard) pair — never a global lock. Allocations made by the dynamic
-// loader are never attributed (link maps, TLS blocks).
+// Hot path: glibc's malloc/free of the same size class (the trailer sits in
+// the chunk's slack), one trailer write, and for module blocks an entry in
+// the allocating thread's own table and counters, changed with plain loads
+// and stores: no lock and no atomic read-modify-write unless another thread
+// frees the block. Walks of the tables (TopSites, FreeAll, Detach, fork)
+// stop the owners briefly instead (membarrier). Allocations made by the
+// dynamic loader are never attributed (link maps, TLS blocks).
 //
 // Frees are validated: when code of the running module itself (the caller's
 // return address lies in the module's mapped range) frees, reallocates or
@@ -63,19 +68,23 @@ void SetInvalidFreePolicy(InvalidFreePolicy policy);
 // records the caller address of each block (costs a little per allocation).
 void StartTracking(ModuleId id, bool capture_sites);
 
-// Live blocks of `id`. Thread-safe, lock-free (may lag concurrent updates).
+// Live blocks of `id`. Thread-safe, lock-free (may lag concurrent updates:
+// a block allocated on one thread and freed on another is counted on both).
 Usage LiveUsage(ModuleId id);
 
 // Live blocks of `id` grouped by allocation site, largest first, at most `n`.
 // Sites are recorded only when capture was on.
 std::vector<Site> TopSites(ModuleId id, size_t n);
 
-// Frees every live block of `id` and hands the freed memory back to the
-// kernel (malloc_trim, all arenas). REQUIRES: no code holds pointers into
-// them any more (the module is unloaded and its threads are gone).
+// Frees every live block of `id` (whichever thread allocated it, live or
+// exited) and hands the freed memory back to the kernel (malloc_trim, all
+// arenas). REQUIRES: no code holds pointers into them any more (the module is
+// unloaded and its threads are gone).
 Usage FreeAll(ModuleId id);
 
-// Stops tracking `id`: live blocks stay allocated and become host blocks.
+// Stops tracking `id`: live blocks stay allocated and become host blocks (a
+// free racing with Detach frees the block either as the module's or as the
+// host's, never twice).
 Usage Detach(ModuleId id);
 
 }  // namespace relib::agent::heap

@@ -8,22 +8,21 @@
 
 namespace relib::agent {
 namespace internal {
-thread_local ModuleId current_module __attribute__((tls_model("initial-exec"))) = kHost;
+constinit thread_local ModuleId current_module __attribute__((tls_model("initial-exec"))) = kHost;
+ModuleRange module_ranges[kMaxModules];
+std::atomic<uintptr_t> loader_start{0};
+std::atomic<uintptr_t> loader_end{0};
 }  // namespace internal
 
 namespace {
 
+using internal::loader_end;
+using internal::loader_start;
+
 std::atomic<bool> used[kMaxModules];
-struct Range {
-  std::atomic<uintptr_t> start{0};
-  std::atomic<uintptr_t> end{0};
-};
-Range ranges[kMaxModules];
+auto& ranges = internal::module_ranges;
 
 char names[kMaxModules][64];
-
-std::atomic<uintptr_t> loader_start{0};
-std::atomic<uintptr_t> loader_end{0};
 
 int FindLoader(dl_phdr_info* info, size_t, void*) {
   if (info->dlpi_name == nullptr || std::strstr(info->dlpi_name, "/ld-linux") == nullptr) return 0;
@@ -99,18 +98,6 @@ ModuleId ModuleOfAddress(const void* address) {
     if (start != 0 && a >= start && a < ranges[id].end.load(std::memory_order_relaxed)) return id;
   }
   return kHost;
-}
-
-bool InModule(ModuleId id, const void* address) {
-  if (id == kHost || id >= kMaxModules) return false;
-  auto a = reinterpret_cast<uintptr_t>(address);
-  uintptr_t start = ranges[id].start.load(std::memory_order_relaxed);
-  return start != 0 && a >= start && a < ranges[id].end.load(std::memory_order_relaxed);
-}
-
-bool IsInDynamicLoader(const void* address) {
-  auto a = reinterpret_cast<uintptr_t>(address);
-  return a >= loader_start.load(std::memory_order_relaxed) && a < loader_end.load(std::memory_order_relaxed);
 }
 
 }  // namespace relib::agent

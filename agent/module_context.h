@@ -37,8 +37,17 @@ class RanSince {
 };
 
 namespace internal {
-// initial-exec: readable from inside malloc without calling malloc.
-extern thread_local ModuleId current_module __attribute__((tls_model("initial-exec")));
+// initial-exec: readable from inside malloc without calling malloc;
+// constinit: no thread-local initialisation check on each read.
+extern constinit thread_local ModuleId current_module __attribute__((tls_model("initial-exec")));
+// Read inline by malloc and free (InModule, IsInDynamicLoader).
+struct ModuleRange {
+  std::atomic<uintptr_t> start{0};
+  std::atomic<uintptr_t> end{0};
+};
+extern ModuleRange module_ranges[kMaxModules];
+extern std::atomic<uintptr_t> loader_start;
+extern std::atomic<uintptr_t> loader_end;
 }  // namespace internal
 
 inline ModuleId CurrentModule() { return internal::current_module; }
@@ -46,8 +55,17 @@ inline ModuleId CurrentModule() { return internal::current_module; }
 // Sets the calling thread's module for the scope's lifetime. Nestable.
 class ModuleScope {
  public:
-  explicit ModuleScope(ModuleId id) : previous_(internal::current_module) { internal::current_module = id; }
-  ~ModuleScope() { internal::current_module = previous_; }
+  // The compiler barriers keep the stores where they are: the compiler knows
+  // that malloc and operator new read no program state, and would otherwise
+  // sink or drop a store to a (constinit) thread-local around such a call.
+  explicit ModuleScope(ModuleId id) : previous_(internal::current_module) {
+    internal::current_module = id;
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  }
+  ~ModuleScope() {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    internal::current_module = previous_;
+  }
   ModuleScope(const ModuleScope&) = delete;
   ModuleScope& operator=(const ModuleScope&) = delete;
 
@@ -72,7 +90,12 @@ void SetModuleRange(ModuleId id, uintptr_t start, uintptr_t end);
 // The module whose range contains `address`, or kHost.
 ModuleId ModuleOfAddress(const void* address);
 // True if `address` lies in the range of module `id`.
-bool InModule(ModuleId id, const void* address);
+inline bool InModule(ModuleId id, const void* address) {
+  if (id == kHost || id >= kMaxModules) return false;
+  auto a = reinterpret_cast<uintptr_t>(address);
+  uintptr_t start = internal::module_ranges[id].start.load(std::memory_order_relaxed);
+  return start != 0 && a >= start && a < internal::module_ranges[id].end.load(std::memory_order_relaxed);
+}
 
 // Human name of a module id, readable from a signal handler (NUL-terminated,
 // at most 63 characters; "" for unknown ids).
@@ -81,7 +104,11 @@ const char* ModuleName(ModuleId id);
 
 // The dynamic loader's own text range: allocations it makes (link maps, TLS
 // blocks) are never attributed to a module even inside module scope.
-bool IsInDynamicLoader(const void* address);
+inline bool IsInDynamicLoader(const void* address) {
+  auto a = reinterpret_cast<uintptr_t>(address);
+  return a >= internal::loader_start.load(std::memory_order_relaxed) &&
+         a < internal::loader_end.load(std::memory_order_relaxed);
+}
 
 }  // namespace relib::agent
 
