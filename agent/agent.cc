@@ -59,6 +59,7 @@ void FillReport(const UnloadReport& report, v1::UnloadReport& out) {
   out.set_path(report.path);
   out.set_refused(report.refused);
   out.set_unmapped(report.unmapped);
+  out.set_unmapped_proof(report.unmapped_proof);
   for (const auto& line : report.remaining_mappings) out.add_remaining_mappings(line);
   for (const auto& reason : report.pin_reasons) out.add_pin_reasons(reason);
   out.set_before_unload_error(report.before_unload_error);

@@ -22,6 +22,7 @@
 #include "absl/strings/str_replace.h"
 #include "agent/elf_file.h"
 #include "agent/exit_handler_tracker.h"
+#include "agent/file_in_use.h"
 #include "agent/heap_tracker.h"
 #include "agent/host_buffer.h"
 #include "agent/module_context.h"
@@ -110,6 +111,9 @@ struct ModuleLoader::Module {
   const relib_module_descriptor* descriptor = nullptr;
   bool thread_safe = false;
   PinningFacts pinning;
+  // ProbeFileUse sees mappings of the copy on its file system: its answer
+  // after dlclose proves "unmapped" (otherwise the maps scan does).
+  bool probe_sees_mappings = false;
   // Handed to on_load; must stay at a fixed address while loaded.
   relib_host_api host_api{};
   ModuleLogFn* log = nullptr;
@@ -294,6 +298,8 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
     RemoveFile(module->copy_path);
     return absl::ResourceExhaustedError(absl::StrCat("cannot load ", path, ": too many modules in this worker"));
   }
+  // Before any module code runs, while nothing else has the fresh copy open.
+  module->probe_sees_mappings = ProbeSeesMappings(module->copy_path);
   heap::StartTracking(module->id, options.capture_sites);
   SetModuleName(module->id, name.c_str());
   EnterPhase(common::Phase::kLoad, *module);
@@ -616,8 +622,14 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
     maps::Unmap(id, [this](const maps::Region& region) { return IsModuleFile(region.path); });
   }
 
-  auto remaining = common::ReadMappingsOfFile(0, module.copy_path);
-  if (remaining.ok()) {
+  // The cheap proof first: no open description of the copy's inode is left
+  // anywhere, so no mapping of it is (each holds one). Anything else (a
+  // mapping, or only an fd someone keeps) is sorted out by the full scan.
+  if (module.probe_sees_mappings && ProbeFileUse(module.copy_path) == FileUse::kUnused) {
+    report.unmapped = true;
+    report.unmapped_proof = "file lease";
+  } else if (auto remaining = common::ReadMappingsOfFile(0, module.copy_path); remaining.ok()) {
+    report.unmapped_proof = "/proc/self/maps";
     report.unmapped = remaining->empty();
     for (const auto& mapping : *remaining) report.remaining_mappings.push_back(mapping.line);
     if (!report.unmapped) report.pin_reasons = ExplainPins(module, *remaining);

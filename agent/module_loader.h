@@ -1,7 +1,7 @@
 // Loads, calls and unloads relib modules inside the worker process, and runs
 // the unload checks: threads, thread-local destructors, pthread keys, fds,
-// mappings (anonymous and file-backed), heap leaks, and finally proof from
-// /proc/self/maps that the library is unmapped.
+// mappings (anonymous and file-backed), heap leaks, and finally proof that
+// the library is unmapped (a file lease, or /proc/self/maps).
 #ifndef RELIB_AGENT_MODULE_LOADER_H_
 #define RELIB_AGENT_MODULE_LOADER_H_
 
@@ -77,6 +77,8 @@ struct UnloadReport {
   std::string path;  // the original path the version was loaded from
   bool refused = false;
   bool unmapped = false;
+  // How `unmapped` was established: "file lease" or "/proc/self/maps".
+  std::string unmapped_proof;
   std::vector<std::string> remaining_mappings;
   std::vector<std::string> pin_reasons;
   std::string before_unload_error;
