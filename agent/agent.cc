@@ -415,7 +415,8 @@ void Agent::Execute(const v1::link::ToWorker& command, v1::link::Reply& reply) {
         return;
       }
       ModuleOptions options = FromProto(load.options());
-      auto info = loader_.Load(load.name(), load.path(), load.version(), options, load.display_path());
+      auto info = loader_.Load(load.name(), load.path(), load.version(), options, load.display_path(),
+                               load.placed_in_scratch());
       SetStatus(info.status(), reply);
       if (info.ok()) {
         scheduler_.Configure(load.name(), LimitsFor(options, info->thread_safe, &info->warnings));
@@ -460,7 +461,7 @@ void Agent::Execute(const v1::link::ToWorker& command, v1::link::Reply& reply) {
         held = true;
       };
       auto info = loader_.Reload(load.name(), load.path(), load.version(), command.reload().force(), &options, report,
-                                 load.display_path(), hold);
+                                 load.display_path(), hold, load.placed_in_scratch());
       auto* result = reply.mutable_reload();
       if (info.ok()) {
         scheduler_.Configure(load.name(), LimitsFor(options, info->thread_safe, &info->warnings));
