@@ -873,6 +873,14 @@ v1::StatusResponse Supervisor::Status(bool with_reports) const {
   return response;
 }
 
+std::vector<v1::ModuleInfo> Supervisor::Modules() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<v1::ModuleInfo> modules;
+  modules.reserve(modules_.size());
+  for (const auto& [name, record] : modules_) modules.push_back(record->info);
+  return modules;
+}
+
 void Supervisor::Persist(const v1::ModuleInfo& info, const std::string& file) {
   if (options_.table == nullptr) return;
   if (absl::Status saved = options_.table->Put(info, file); !saved.ok()) {

@@ -118,6 +118,9 @@ class Supervisor {
   void set_change_listener(std::function<void()> listener) { change_listener_ = std::move(listener); }
   // `with_reports`: include each module's last_failure_report.
   v1::StatusResponse Status(bool with_reports = false) const;
+  // Every module's record as it stands, without asking the workers for fresh
+  // usage as Status does (so without waking them). Thread-safe.
+  std::vector<v1::ModuleInfo> Modules() const;
 
   // At start, before serving: puts every entry of the persistent table back
   // into its group at its version (relibd's copy of it) with its state and
