@@ -560,8 +560,14 @@ class Bench {
          {Module{"reload_small", "small", "small module", kBenchEchoV1, kBenchEchoV2, scale_.reloads_small, "ratio<=3"},
           Module{"reload_big", "big", "~5 MB module", kBenchBigV1, kBenchBigV2, scale_.reloads_big, "ratio<=2"}}) {
       for (int i = 0; i < 5; ++i) ReloadOnce(*stub_, m.name, i % 2 ? m.v1 : m.v2);
-      std::vector<double> total, worker, before, unload, baseline;
+      std::vector<double> total, worker, before, unload, baseline, round_trip;
+      // The floor's RPC part: a bare gRPC sync unary round trip (32 B echo),
+      // measured between the halves like the copy + dlopen baseline.
+      CallFn bare = EchoCaller(echo_->channel());
+      const v1::CallRequest echo_request = EchoRequest("echo", 32);
       for (int half = 0; half < 2; ++half) {
+        auto r = CallLatencies(bare, echo_request, m.n / 2 + 1);
+        round_trip.insert(round_trip.end(), r.begin(), r.end());
         for (int i = 0; i < m.n / 2 + 1; ++i) {
           ReloadSample s = ReloadOnce(*stub_, m.name, i % 2 ? m.v1 : m.v2);
           total.push_back(s.total_us);
@@ -584,6 +590,14 @@ class Bench {
       Add({absl::StrCat("reload_phase_relibd_", m.key),
            absl::StrCat("  phase: relibd (RPC, file checks, its copy, link) (", m.label, ")"), "µs",
            std::max(0.0, P50(total) - worker_p50), std::nullopt, "", "", "total - LoadResult.load_micros, p50s"});
+      // What no reload through an RPC can go below: the bare round trip plus
+      // the baseline's copy + dlopen + dlsym + dlclose.
+      const double floor = P50(round_trip) + P50(baseline);
+      Add({absl::StrCat("reload_floor_", m.key),
+           absl::StrCat("  floor: bare gRPC round trip + copy + dlopen + dlsym + dlclose (", m.label, ")"), "µs",
+           P50(total), floor, "the reload p50 against the sum of the two p50s", "",
+           absl::StrFormat("bare gRPC sync unary round trip p50 %.0f µs + baseline p50 %.0f µs", P50(round_trip),
+                           P50(baseline))});
     }
     // Worker RSS drift over many reloads of the small module.
     pid_t worker = WorkerOf("reload_small");
