@@ -577,6 +577,7 @@ absl::Status Supervisor::TryInScratchWorker(const std::string& name, const std::
 absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, const std::string& new_path,
                                                       bool force, const v1::ModuleOptions* new_options, bool staged,
                                                       v1::UnloadReport* failure_report, const std::string& cause) {
+  const auto started = std::chrono::steady_clock::now();
   auto record = Find(name);
   if (!record) return absl::NotFoundError(absl::StrCat("no module named '", name, "'"));
   std::unique_lock<std::mutex> operation(record->operation);
@@ -644,8 +645,10 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
                                          common::Phase::kUnloadChecks, common::Phase::kOnLoad,
                                          common::Phase::kUnloadChecks, common::Phase::kLoad, common::Phase::kOnLoad});
   }
+  const auto sent = std::chrono::steady_clock::now();
   auto reply = (*worker)->Request(std::move(command), absl::StrCat("reload of module '", name, "'"), deadline,
                                   std::move(fds));
+  const auto answered = std::chrono::steady_clock::now();
   // On success the worker owns the placed file; otherwise it may never have seen it.
   if (!reply.ok() || !ReplyStatus(*reply).ok()) RemoveFile(placed);
   // A dead or killed worker already marked the module RESTARTING or FAILED (OnWorkerExit).
@@ -686,6 +689,11 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
   Publish(v1::EVENT_KIND_RELOADED, name, version, response.module().worker_pid(), path,
           fresh ? nullptr : &response.report(), cause);
   NotifyChange();
+  auto micros = [](auto from, auto to) {
+    return std::chrono::duration_cast<std::chrono::microseconds>(to - from).count();
+  };
+  response.set_worker_round_trip_micros(micros(sent, answered));
+  response.set_daemon_micros(micros(started, std::chrono::steady_clock::now()));
   return response;
 }
 
