@@ -59,6 +59,7 @@ void FillReport(const UnloadReport& report, v1::UnloadReport& out) {
   out.set_path(report.path);
   out.set_refused(report.refused);
   out.set_unmapped(report.unmapped);
+  out.set_unmapped_proof(report.unmapped_proof);
   for (const auto& line : report.remaining_mappings) out.add_remaining_mappings(line);
   for (const auto& reason : report.pin_reasons) out.add_pin_reasons(reason);
   out.set_before_unload_error(report.before_unload_error);
@@ -414,7 +415,8 @@ void Agent::Execute(const v1::link::ToWorker& command, v1::link::Reply& reply) {
         return;
       }
       ModuleOptions options = FromProto(load.options());
-      auto info = loader_.Load(load.name(), load.path(), load.version(), options, load.display_path());
+      auto info = loader_.Load(load.name(), load.path(), load.version(), options, load.display_path(),
+                               load.placed_in_scratch());
       SetStatus(info.status(), reply);
       if (info.ok()) {
         scheduler_.Configure(load.name(), LimitsFor(options, info->thread_safe, &info->warnings));
@@ -459,7 +461,7 @@ void Agent::Execute(const v1::link::ToWorker& command, v1::link::Reply& reply) {
         held = true;
       };
       auto info = loader_.Reload(load.name(), load.path(), load.version(), command.reload().force(), &options, report,
-                                 load.display_path(), hold);
+                                 load.display_path(), hold, load.placed_in_scratch());
       auto* result = reply.mutable_reload();
       if (info.ok()) {
         scheduler_.Configure(load.name(), LimitsFor(options, info->thread_safe, &info->warnings));

@@ -22,6 +22,7 @@
 #include "absl/strings/str_replace.h"
 #include "agent/elf_file.h"
 #include "agent/exit_handler_tracker.h"
+#include "agent/file_in_use.h"
 #include "agent/heap_tracker.h"
 #include "agent/host_buffer.h"
 #include "agent/module_context.h"
@@ -110,6 +111,9 @@ struct ModuleLoader::Module {
   const relib_module_descriptor* descriptor = nullptr;
   bool thread_safe = false;
   PinningFacts pinning;
+  // ProbeFileUse sees mappings of the copy on its file system: its answer
+  // after dlclose proves "unmapped" (otherwise the maps scan does).
+  bool probe_sees_mappings = false;
   // Handed to on_load; must stay at a fixed address while loaded.
   relib_host_api host_api{};
   ModuleLogFn* log = nullptr;
@@ -256,9 +260,13 @@ void ModuleLoader::EnterPhase(common::Phase phase, const Module& module, const s
 absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const std::string& name,
                                                                          const std::string& file, uint64_t version,
                                                                          const ModuleOptions& options,
-                                                                         const std::string& display_path) {
+                                                                         const std::string& display_path,
+                                                                         bool placed_in_scratch) {
   const std::string& path = display_path.empty() ? file : display_path;  // what messages show
+  // A placed file is this load's: nothing else removes it if the load fails.
+  const bool placed = placed_in_scratch && file.rfind(scratch_dir_ + "/", 0) == 0;
   if (absl::Status checked = CheckSharedObject(file); !checked.ok()) {
+    if (placed) RemoveFile(file);
     return absl::Status(checked.code(), absl::StrReplaceAll(checked.message(), {{file, path}}));
   }
   auto module = std::make_unique<Module>();
@@ -266,11 +274,15 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
   module->version = version;
   module->source_path = path;
   module->options = options;
-  module->copy_path = absl::StrCat(scratch_dir_, "/", name, ".v", version, ".", next_copy_id_++, ".so");
   std::error_code error;
-  const bool own_copy = file.rfind(scratch_dir_ + "/", 0) == 0 || IsModuleFile(file);
-  if (own_copy || !LinkReadOnlyCopy(file, display_path, module->copy_path)) {
-    std::filesystem::copy_file(file, module->copy_path, std::filesystem::copy_options::overwrite_existing, error);
+  if (placed) {
+    module->copy_path = file;  // relibd's link, already private to this load
+  } else {
+    module->copy_path = absl::StrCat(scratch_dir_, "/", name, ".v", version, ".", next_copy_id_++, ".so");
+    const bool own_copy = file.rfind(scratch_dir_ + "/", 0) == 0 || IsModuleFile(file);
+    if (own_copy || !LinkReadOnlyCopy(file, display_path, module->copy_path)) {
+      std::filesystem::copy_file(file, module->copy_path, std::filesystem::copy_options::overwrite_existing, error);
+    }
   }
   if (error) {
     return absl::InternalError(absl::StrCat("cannot copy ", path, " to ", module->copy_path, ": ", error.message()));
@@ -294,6 +306,8 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
     RemoveFile(module->copy_path);
     return absl::ResourceExhaustedError(absl::StrCat("cannot load ", path, ": too many modules in this worker"));
   }
+  // Before any module code runs, while nothing else has the fresh copy open.
+  module->probe_sees_mappings = ProbeSeesMappings(module->copy_path);
   heap::StartTracking(module->id, options.capture_sites);
   SetModuleName(module->id, name.c_str());
   EnterPhase(common::Phase::kLoad, *module);
@@ -440,10 +454,12 @@ LoadInfo Describe(const relib_module_descriptor& descriptor, const PinningFacts&
 }  // namespace
 
 absl::StatusOr<LoadInfo> ModuleLoader::Load(const std::string& name, const std::string& path, uint64_t version,
-                                            const ModuleOptions& options, const std::string& display_path) {
+                                            const ModuleOptions& options, const std::string& display_path,
+                                            bool placed_in_scratch) {
   if (IsLoaded(name)) return absl::AlreadyExistsError(absl::StrCat("module '", name, "' is already loaded"));
   auto start = std::chrono::steady_clock::now();
-  RELIB_ASSIGN_OR_RETURN(std::unique_ptr<Module> module, Open(name, path, version, options, display_path));
+  RELIB_ASSIGN_OR_RETURN(std::unique_ptr<Module> module,
+                         Open(name, path, version, options, display_path, placed_in_scratch));
   if (absl::Status status = RunOnLoad(*module); !status.ok()) {
     std::string note;
     Discard(std::move(module), &note);
@@ -616,8 +632,14 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
     maps::Unmap(id, [this](const maps::Region& region) { return IsModuleFile(region.path); });
   }
 
-  auto remaining = common::ReadMappingsOfFile(0, module.copy_path);
-  if (remaining.ok()) {
+  // The cheap proof first: no open description of the copy's inode is left
+  // anywhere, so no mapping of it is (each holds one). Anything else (a
+  // mapping, or only an fd someone keeps) is sorted out by the full scan.
+  if (module.probe_sees_mappings && ProbeFileUse(module.copy_path) == FileUse::kUnused) {
+    report.unmapped = true;
+    report.unmapped_proof = "file lease";
+  } else if (auto remaining = common::ReadMappingsOfFile(0, module.copy_path); remaining.ok()) {
+    report.unmapped_proof = "/proc/self/maps";
     report.unmapped = remaining->empty();
     for (const auto& mapping : *remaining) report.remaining_mappings.push_back(mapping.line);
     if (!report.unmapped) report.pin_reasons = ExplainPins(module, *remaining);
@@ -753,14 +775,14 @@ absl::Status ModuleLoader::Unload(const std::string& name, bool force, UnloadRep
 absl::StatusOr<LoadInfo> ModuleLoader::Reload(const std::string& name, const std::string& path, uint64_t version,
                                               bool force, const ModuleOptions* options, UnloadReport& report,
                                               const std::string& display_path,
-                                              const std::function<void()>& before_swap) {
+                                              const std::function<void()>& before_swap, bool placed_in_scratch) {
   auto it = modules_.find(name);  // the control thread is the only writer
   if (it == modules_.end()) return absl::NotFoundError(absl::StrCat("module '", name, "' is not loaded"));
   std::unique_ptr<Module>& current = it->second;
   auto start = std::chrono::steady_clock::now();
   // A file that cannot even be opened never disturbs the running version.
-  RELIB_ASSIGN_OR_RETURN(std::unique_ptr<Module> next,
-                         Open(name, path, version, options ? *options : current->options, display_path));
+  RELIB_ASSIGN_OR_RETURN(std::unique_ptr<Module> next, Open(name, path, version, options ? *options : current->options,
+                                                            display_path, placed_in_scratch));
   if (before_swap) before_swap();
   std::string ignored;
   if (absl::Status status = RunBeforeUnload(*current, force, report); !status.ok()) {

@@ -1,7 +1,7 @@
 // Loads, calls and unloads relib modules inside the worker process, and runs
 // the unload checks: threads, thread-local destructors, pthread keys, fds,
-// mappings (anonymous and file-backed), heap leaks, and finally proof from
-// /proc/self/maps that the library is unmapped.
+// mappings (anonymous and file-backed), heap leaks, and finally proof that
+// the library is unmapped (a file lease, or /proc/self/maps).
 #ifndef RELIB_AGENT_MODULE_LOADER_H_
 #define RELIB_AGENT_MODULE_LOADER_H_
 
@@ -77,6 +77,8 @@ struct UnloadReport {
   std::string path;  // the original path the version was loaded from
   bool refused = false;
   bool unmapped = false;
+  // How `unmapped` was established: "file lease" or "/proc/self/maps".
+  std::string unmapped_proof;
   std::vector<std::string> remaining_mappings;
   std::vector<std::string> pin_reasons;
   std::string before_unload_error;
@@ -116,10 +118,11 @@ struct ModuleUsage {
 // Module log sink: (spdlog level, module name, text). Must be thread-safe.
 using ModuleLogFn = std::function<void(int level, const std::string& module, std::string_view text)>;
 
-// Owns every module loaded in this process. Each load copies the file into
-// `scratch_dir` under a name never used before in this process, so the
-// original may be overwritten at any time and dlopen never returns a cached
-// old copy.
+// Owns every module loaded in this process. Each load copies (or, for a
+// read-only file, hard-links) the file into `scratch_dir` under a name never
+// used before in this process, or takes the file relibd placed there for it,
+// so the original may be overwritten at any time and dlopen never returns a
+// cached old copy.
 //
 // Threads: Load, Unload and Reload come from one control thread, which also
 // runs every module hook. Call, IsLoaded and Usage are thread-safe and may
@@ -143,9 +146,13 @@ class ModuleLoader {
   // FAILED_PRECONDITION (ABI mismatch, on_load failed), RESOURCE_EXHAUSTED
   // (too many modules). Nothing stays loaded on error.
   // `display_path` (default: `path`) is what messages and reports show when
-  // `path` is relibd's private copy of the file.
+  // `path` is relibd's private copy of the file. `placed_in_scratch`: `path`
+  // is a read-only file relibd put in the scratch directory for this load
+  // alone under a name never used before: it is loaded as it is (no copy) and
+  // removed with the version.
   absl::StatusOr<LoadInfo> Load(const std::string& name, const std::string& path, uint64_t version,
-                                const ModuleOptions& options, const std::string& display_path = "");
+                                const ModuleOptions& options, const std::string& display_path = "",
+                                bool placed_in_scratch = false);
 
   // before_unload, then the checks, dlclose, unmap verification. `report` is
   // filled as far as the unload got. Errors: NOT_FOUND (not loaded);
@@ -166,7 +173,8 @@ class ModuleLoader {
   absl::StatusOr<LoadInfo> Reload(const std::string& name, const std::string& path, uint64_t version, bool force,
                                   const ModuleOptions* options, UnloadReport& report,
                                   const std::string& display_path = "",
-                                  const std::function<void()>& before_swap = nullptr);
+                                  const std::function<void()>& before_swap = nullptr,
+                                  bool placed_in_scratch = false);
 
   // Calls an export. Errors: NOT_FOUND (module or export), UNKNOWN (the
   // export returned an error code; the message holds its text, cut to a few
@@ -197,7 +205,8 @@ class ModuleLoader {
 
   // Copy + dlopen + descriptor + ABI checks, no on_load.
   absl::StatusOr<std::unique_ptr<Module>> Open(const std::string& name, const std::string& path, uint64_t version,
-                                               const ModuleOptions& options, const std::string& display_path);
+                                               const ModuleOptions& options, const std::string& display_path,
+                                               bool placed_in_scratch = false);
   absl::Status RunOnLoad(Module& module);
   // before_unload (fills report); FAILED_PRECONDITION if it failed and !force.
   absl::Status RunBeforeUnload(Module& module, bool force, UnloadReport& report);

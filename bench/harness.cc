@@ -359,6 +359,8 @@ struct ReloadSample {
   double worker_us = 0;         // the worker's whole reload (LoadResult.load_micros)
   double before_unload_us = 0;  // UnloadReport.before_unload_micros
   double unload_us = 0;         // UnloadReport.unload_micros: checks + dlclose
+  double daemon_us = 0;         // ReloadResponse.daemon_micros: inside relibd's supervisor
+  double round_trip_us = 0;     // ReloadResponse.worker_round_trip_micros: command sent -> reply read
   std::optional<double> swap_pause_us;
 };
 
@@ -376,6 +378,8 @@ ReloadSample ReloadOnce(v1::Relibd::Stub& stub, const std::string& name, const s
   sample.worker_us = static_cast<double>(response.module().stats().load_micros());
   sample.before_unload_us = static_cast<double>(response.report().before_unload_micros());
   sample.unload_us = static_cast<double>(response.report().unload_micros());
+  sample.daemon_us = static_cast<double>(response.daemon_micros());
+  sample.round_trip_us = static_cast<double>(response.worker_round_trip_micros());
   sample.swap_pause_us = SwapPauseMicros(response);
   return sample;
 }
@@ -560,14 +564,23 @@ class Bench {
          {Module{"reload_small", "small", "small module", kBenchEchoV1, kBenchEchoV2, scale_.reloads_small, "ratio<=3"},
           Module{"reload_big", "big", "~5 MB module", kBenchBigV1, kBenchBigV2, scale_.reloads_big, "ratio<=2"}}) {
       for (int i = 0; i < 5; ++i) ReloadOnce(*stub_, m.name, i % 2 ? m.v1 : m.v2);
-      std::vector<double> total, worker, before, unload, baseline;
+      std::vector<double> total, worker, before, unload, baseline, round_trip, rpc_layer, daemon_own, link;
+      // The floor's RPC part: a bare gRPC sync unary round trip (32 B echo),
+      // measured between the halves like the copy + dlopen baseline.
+      CallFn bare = EchoCaller(echo_->channel());
+      const v1::CallRequest echo_request = EchoRequest("echo", 32);
       for (int half = 0; half < 2; ++half) {
+        auto r = CallLatencies(bare, echo_request, m.n / 2 + 1);
+        round_trip.insert(round_trip.end(), r.begin(), r.end());
         for (int i = 0; i < m.n / 2 + 1; ++i) {
           ReloadSample s = ReloadOnce(*stub_, m.name, i % 2 ? m.v1 : m.v2);
           total.push_back(s.total_us);
           worker.push_back(s.worker_us);
           before.push_back(s.before_unload_us);
           unload.push_back(s.unload_us);
+          rpc_layer.push_back(s.total_us - s.daemon_us);
+          daemon_own.push_back(s.daemon_us - s.round_trip_us);
+          link.push_back(s.round_trip_us - s.worker_us);
         }
         auto b = CopyDlopenLatencies(m.v1, m.v2, m.n / 2 + 1);
         baseline.insert(baseline.end(), b.begin(), b.end());
@@ -584,6 +597,24 @@ class Bench {
       Add({absl::StrCat("reload_phase_relibd_", m.key),
            absl::StrCat("  phase: relibd (RPC, file checks, its copy, link) (", m.label, ")"), "µs",
            std::max(0.0, P50(total) - worker_p50), std::nullopt, "", "", "total - LoadResult.load_micros, p50s"});
+      Add({absl::StrCat("reload_phase_rpc_", m.key),
+           absl::StrCat("    of which gRPC client <-> relibd's supervisor (", m.label, ")"), "µs", P50(rpc_layer),
+           std::nullopt, "", "", "p50 of total - ReloadResponse.daemon_micros"});
+      Add({absl::StrCat("reload_phase_daemon_", m.key),
+           absl::StrCat("    of which relibd's own work: dir checks, its copy, link placement, cleanup (", m.label, ")"),
+           "µs", P50(daemon_own), std::nullopt, "", "", "p50 of daemon_micros - worker_round_trip_micros"});
+      Add({absl::StrCat("reload_phase_link_", m.key),
+           absl::StrCat("    of which the worker link around the worker's reload: command, reply, thread hand-offs (",
+                        m.label, ")"),
+           "µs", P50(link), std::nullopt, "", "", "p50 of worker_round_trip_micros - LoadResult.load_micros"});
+      // What no reload through an RPC can go below: the bare round trip plus
+      // the baseline's copy + dlopen + dlsym + dlclose.
+      const double floor = P50(round_trip) + P50(baseline);
+      Add({absl::StrCat("reload_floor_", m.key),
+           absl::StrCat("  floor: bare gRPC round trip + copy + dlopen + dlsym + dlclose (", m.label, ")"), "µs",
+           P50(total), floor, "the reload p50 against the sum of the two p50s", "",
+           absl::StrFormat("bare gRPC sync unary round trip p50 %.0f µs + baseline p50 %.0f µs", P50(round_trip),
+                           P50(baseline))});
     }
     // Worker RSS drift over many reloads of the small module.
     pid_t worker = WorkerOf("reload_small");

@@ -45,9 +45,24 @@ absl::Status DurableCopy(const std::string& from, const std::string& to) {
   common::UniqueFd out(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (!out.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("create ", temp));
   absl::Status status;
+  // In the kernel (no trip of every byte through user space) while it can;
+  // across file systems that do not support that, through a buffer.
+  bool kernel_copy = true;
   char buffer[1 << 16];
   while (status.ok()) {
-    ssize_t n = ::read(in.get(), buffer, sizeof(buffer));
+    ssize_t n;
+    if (kernel_copy) {
+      n = ::copy_file_range(in.get(), nullptr, out.get(), nullptr, 1 << 20, 0);
+      if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP)) {
+        kernel_copy = false;  // nothing was copied by the failed call: go on from the same offsets
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) status = absl::ErrnoToStatus(errno, absl::StrCat("copy ", from, " to ", temp));
+      if (n <= 0) break;
+      continue;
+    }
+    n = ::read(in.get(), buffer, sizeof(buffer));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) status = absl::ErrnoToStatus(errno, absl::StrCat("read ", from));
     if (n <= 0) break;

@@ -81,8 +81,9 @@ void ModuleWatcher::Run() {
 
 void ModuleWatcher::Resync() {
   std::map<std::string, Watched> wanted;
-  const v1::StatusResponse status = supervisor_.Status();
-  for (const v1::ModuleInfo& module : status.modules()) {
+  // Names, paths and watch flags only: no worker is asked for its usage (a
+  // resync follows every load, reload and unload).
+  for (const v1::ModuleInfo& module : supervisor_.Modules()) {
     if (!module.watch() || module.path().empty()) continue;
     Watched& watched = wanted[module.name()];
     std::filesystem::path path(module.path());

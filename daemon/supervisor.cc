@@ -208,14 +208,37 @@ absl::StatusOr<std::string> Supervisor::StageCopy(const std::string& name, uint6
   }
   if (absl::Status copied = CopyModuleFile(source, copy, options_.max_module_bytes); !copied.ok()) return copied;
   if (options_.worker.run_as) {
-    // The worker (another user) reads the copy; nobody else may.
-    if (::chown(copy.c_str(), -1, options_.worker.run_as->gid) != 0 || ::chmod(copy.c_str(), 0640) != 0) {
+    // The worker (another user) reads the copy; nobody else may, and it
+    // stays read-only (never written again, see CopyModuleFile).
+    if (::chown(copy.c_str(), -1, options_.worker.run_as->gid) != 0 || ::chmod(copy.c_str(), 0440) != 0) {
       absl::Status status = absl::ErrnoToStatus(errno, "give the worker's group the copy " + copy);
       RemoveFile(copy);
       return status;
     }
   }
   return copy;
+}
+
+// Below this size a worker under another user copies the file itself: the
+// copy is its own, so its unload check can prove "unmapped" with a file lease
+// (agent/file_in_use.h), a few µs, where a file relibd owns needs the scan of
+// /proc/self/maps (~150 µs on a worker of ~180 mappings). Copying 512 KiB
+// costs about as much; above it the link wins (a 5 MB copy is ~1.2 ms).
+constexpr uint64_t kPlaceInScratchBytes = 512 << 10;
+
+std::string Supervisor::PlaceInScratch(WorkerHandle& worker, const std::string& copy,
+                                       v1::link::LoadCommand& load) const {
+  if (!options_.worker.run_as) return "";  // a worker of relibd's own user links relibd's copy itself
+  struct stat st {};
+  if (::stat(copy.c_str(), &st) != 0 || static_cast<uint64_t>(st.st_size) < kPlaceInScratchBytes) return "";
+  // The name is new in this worker, so dlopen can never answer with another
+  // version it still has mapped under the same name.
+  std::string placed = absl::StrCat(worker.scratch_dir(), "/", load.name(), ".v", load.version(), ".placed",
+                                    worker.NextPlacementId(), ".so");
+  if (::link(copy.c_str(), placed.c_str()) != 0) return "";
+  load.set_path(placed);
+  load.set_placed_in_scratch(true);
+  return placed;
 }
 
 void Supervisor::OnWorkerLog(pid_t pid, const v1::link::Log& log) {
@@ -468,9 +491,12 @@ absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const s
   }
   std::vector<common::UniqueFd> fds;
   auto command = LoadCommand(name, candidate, path, 1, options, false, fds);
+  const std::string placed = PlaceInScratch(**worker, candidate, *command.mutable_load());
   auto reply = (*worker)->Request(std::move(command), absl::StrCat("load of module '", name, "'"),
                                   CommandDeadline(options, {common::Phase::kLoad, common::Phase::kOnLoad}),
                                   std::move(fds));
+  // On success the worker owns the placed file; otherwise it may never have seen it.
+  if (!reply.ok() || !ReplyStatus(*reply).ok()) RemoveFile(placed);
   if (!reply.ok()) return fail(reply.status());
   if (absl::Status status = ReplyStatus(*reply); !status.ok()) return fail(status);
   v1::ModuleInfo info;
@@ -551,6 +577,7 @@ absl::Status Supervisor::TryInScratchWorker(const std::string& name, const std::
 absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, const std::string& new_path,
                                                       bool force, const v1::ModuleOptions* new_options, bool staged,
                                                       v1::UnloadReport* failure_report, const std::string& cause) {
+  const auto started = std::chrono::steady_clock::now();
   auto record = Find(name);
   if (!record) return absl::NotFoundError(absl::StrCat("no module named '", name, "'"));
   std::unique_lock<std::mutex> operation(record->operation);
@@ -604,6 +631,7 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
   if (!worker.ok()) return fail(worker.status(), false);
   std::vector<common::UniqueFd> fds;
   v1::link::ToWorker command = LoadCommand(name, candidate, path, version, options, false, fds);
+  const std::string placed = PlaceInScratch(**worker, candidate, *command.mutable_load());
   std::chrono::milliseconds deadline;
   if (fresh) {
     deadline = CommandDeadline(options, {common::Phase::kLoad, common::Phase::kOnLoad});
@@ -617,8 +645,12 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
                                          common::Phase::kUnloadChecks, common::Phase::kOnLoad,
                                          common::Phase::kUnloadChecks, common::Phase::kLoad, common::Phase::kOnLoad});
   }
+  const auto sent = std::chrono::steady_clock::now();
   auto reply = (*worker)->Request(std::move(command), absl::StrCat("reload of module '", name, "'"), deadline,
                                   std::move(fds));
+  const auto answered = std::chrono::steady_clock::now();
+  // On success the worker owns the placed file; otherwise it may never have seen it.
+  if (!reply.ok() || !ReplyStatus(*reply).ok()) RemoveFile(placed);
   // A dead or killed worker already marked the module RESTARTING or FAILED (OnWorkerExit).
   if (!reply.ok()) return fail(reply.status(), true);
   v1::ReloadResponse response;
@@ -657,6 +689,11 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
   Publish(v1::EVENT_KIND_RELOADED, name, version, response.module().worker_pid(), path,
           fresh ? nullptr : &response.report(), cause);
   NotifyChange();
+  auto micros = [](auto from, auto to) {
+    return std::chrono::duration_cast<std::chrono::microseconds>(to - from).count();
+  };
+  response.set_worker_round_trip_micros(micros(sent, answered));
+  response.set_daemon_micros(micros(started, std::chrono::steady_clock::now()));
   return response;
 }
 
@@ -842,6 +879,14 @@ v1::StatusResponse Supervisor::Status(bool with_reports) const {
     }
   }
   return response;
+}
+
+std::vector<v1::ModuleInfo> Supervisor::Modules() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<v1::ModuleInfo> modules;
+  modules.reserve(modules_.size());
+  for (const auto& [name, record] : modules_) modules.push_back(record->info);
+  return modules;
 }
 
 void Supervisor::Persist(const v1::ModuleInfo& info, const std::string& file) {

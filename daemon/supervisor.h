@@ -118,6 +118,9 @@ class Supervisor {
   void set_change_listener(std::function<void()> listener) { change_listener_ = std::move(listener); }
   // `with_reports`: include each module's last_failure_report.
   v1::StatusResponse Status(bool with_reports = false) const;
+  // Every module's record as it stands, without asking the workers for fresh
+  // usage as Status does (so without waking them). Thread-safe.
+  std::vector<v1::ModuleInfo> Modules() const;
 
   // At start, before serving: puts every entry of the persistent table back
   // into its group at its version (relibd's copy of it) with its state and
@@ -159,6 +162,12 @@ class Supervisor {
   // cannot be a module before copying (see CopyModuleFile).
   // `own_copy`: `path` is relibd's own copy in its state dir (a restore),
   // made when the module passed the allowed-directory check at its load.
+  // For a worker under another user (--worker-user), which cannot hard-link
+  // relibd's copy itself: hard-links `copy` into the worker's scratch dir and
+  // points `load` at it (placed_in_scratch), for files of at least
+  // kPlaceInScratchBytes. Returns the placed path ("" if none: the worker
+  // copies the file itself). Never fails: without a link the worker copies.
+  std::string PlaceInScratch(WorkerHandle& worker, const std::string& copy, v1::link::LoadCommand& load) const;
   absl::StatusOr<std::string> StageCopy(const std::string& name, uint64_t version, const std::string& path,
                                         bool own_copy = false);
   // Loads the candidate in a throwaway worker and runs `self_test` there.

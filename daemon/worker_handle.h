@@ -122,6 +122,11 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   void Stop(std::chrono::milliseconds grace);
 
   pid_t pid() const { return pid_; }
+  // The worker's private scratch directory (module copies live there).
+  const std::string& scratch_dir() const { return scratch_.path(); }
+  // A number never returned before by this handle: names a file placed in
+  // the scratch directory. Thread-safe.
+  uint64_t NextPlacementId() { return next_placement_id_.fetch_add(1) + 1; }
   const std::string& group() const { return group_; }
   bool alive() const { return alive_.load(); }
   int64_t started_at_unix_ms() const { return started_at_unix_ms_; }
@@ -169,6 +174,7 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   boost::asio::io_context& io_;
   common::ChildProcess process_;
   common::TempDir scratch_;
+  std::atomic<uint64_t> next_placement_id_{0};
   common::FlightRecorder recorder_;
   const std::string group_;
   const WorkerOptions options_;

@@ -407,5 +407,45 @@ TEST_F(UnloadChecksTest, NodeleteAndSelfDlopenAreExplained) {
   EXPECT_FALSE(response.report().remaining_mappings().empty());
 }
 
+// The unmap proof: a file lease when nothing has the copy open, the full
+// maps scan otherwise, and both catch what the other could miss.
+TEST_F(UnloadChecksTest, UnmappedIsProvenByAFileLeaseWhenNothingHoldsTheCopy) {
+  LoadOrDie("km", k_keys_maps);
+  v1::UnloadResponse response;
+  ASSERT_TRUE(Unload("km", &response).ok());
+  EXPECT_TRUE(response.report().unmapped()) << response.report().DebugString();
+  EXPECT_EQ(response.report().unmapped_proof(), "file lease");
+
+  LoadOrDie("km", k_keys_maps);
+  v1::ReloadResponse reload;
+  ASSERT_TRUE(Reload("km", k_keys_maps, &reload).ok());
+  EXPECT_TRUE(reload.report().unmapped());
+  EXPECT_EQ(reload.report().unmapped_proof(), "file lease");
+}
+
+TEST_F(UnloadChecksTest, RawMappingOfItsOwnFileIsStillFoundByTheMapsScan) {
+  pid_t worker = LoadOrDie("km", k_keys_maps);
+  ASSERT_EQ(Call("km", "map_own_file_raw"), "mapped");
+  v1::UnloadResponse response;
+  ASSERT_TRUE(Unload("km", &response).ok());
+  EXPECT_FALSE(response.report().unmapped());
+  EXPECT_EQ(response.report().unmapped_proof(), "/proc/self/maps");
+  EXPECT_THAT(response.report().pin_reasons(), Contains(HasSubstr("no module made through the agent")));
+  EXPECT_EQ(response.report().remaining_mappings_size(), 1);
+  EXPECT_EQ(ModuleMappings(worker, "/km.v1.").size(), 1u);  // what the report says is what /proc shows
+}
+
+TEST_F(UnloadChecksTest, FdOfItsOwnFileLeavesTheProofToTheMapsScan) {
+  LoadOrDie("km", k_keys_maps);
+  ASSERT_FALSE(Call("km", "open_own_file").empty());
+  v1::UnloadResponse response;
+  ASSERT_TRUE(Unload("km", &response).ok());
+  // The kept fd (fd policy report) makes the lease impossible; the scan
+  // finds no mapping.
+  EXPECT_TRUE(response.report().unmapped()) << response.report().DebugString();
+  EXPECT_EQ(response.report().unmapped_proof(), "/proc/self/maps");
+  EXPECT_EQ(response.report().open_fds_size(), 1);
+}
+
 }  // namespace
 }  // namespace relib::testing

@@ -85,5 +85,53 @@ TEST_F(WorkerUserTest, PrivilegedPortReachesTheModuleThroughTheFdStore) {
   EXPECT_STREQ(line, "1\n");
 }
 
+// A large module reaches a worker under another user without a second copy:
+// relibd places a hard link to its read-only copy in the worker's scratch
+// dir; the unload proves "unmapped" by the maps scan (the worker does not own
+// the file) and removes the link. A small one is still copied by the worker,
+// which then owns the file and proves "unmapped" with a lease.
+TEST_F(WorkerUserTest, LargeModuleIsLinkedIntoTheWorkerNotCopiedAgain) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--worker-user", worker_user_}));
+  pid_t worker = LoadOrDie("large", k_large);
+  EXPECT_EQ(Call("large", "sum"), "6");
+  auto mapped_file = [&](const std::string& tag) {
+    for (const std::string& line : ModuleMappings(worker, tag)) {
+      std::string path = line.substr(line.find('/'));
+      if (path.find("/worker-") != std::string::npos) return path;
+    }
+    return std::string();
+  };
+  for (int version = 1; version <= 2; ++version) {
+    std::string tag = "/large.v" + std::to_string(version) + ".";
+    std::string mapped = mapped_file(tag);
+    ASSERT_FALSE(mapped.empty()) << "version " << version;
+    std::string good = relibd_->dir() + "/good/large.v" + std::to_string(version) + ".so";
+    struct stat mapped_stat {}, good_stat {};
+    ASSERT_EQ(::stat(mapped.c_str(), &mapped_stat), 0) << mapped;
+    ASSERT_EQ(::stat(good.c_str(), &good_stat), 0) << good;
+    EXPECT_EQ(mapped_stat.st_ino, good_stat.st_ino) << mapped << " should be a link to " << good;
+    EXPECT_EQ(mapped_stat.st_uid, 0u) << "relibd's copy stays relibd's";
+    EXPECT_EQ(mapped_stat.st_mode & 0222, 0u) << "and read-only";
+    if (version == 1) {
+      v1::ReloadResponse reload;
+      ASSERT_TRUE(Reload("large", k_large, &reload).ok());
+      EXPECT_TRUE(reload.report().unmapped()) << reload.report().DebugString();
+      EXPECT_EQ(reload.report().unmapped_proof(), "/proc/self/maps");
+      EXPECT_TRUE(ModuleMappings(worker, "/large.v1.").empty());
+      EXPECT_FALSE(std::filesystem::exists(mapped)) << "the worker removed the old version's link";
+    }
+  }
+  std::string last = mapped_file("/large.v2.");
+  v1::UnloadResponse unload;
+  ASSERT_TRUE(Unload("large", &unload).ok());
+  EXPECT_TRUE(unload.report().unmapped());
+  EXPECT_FALSE(std::filesystem::exists(last));
+
+  LoadOrDie("small", k_keys_maps);
+  ASSERT_TRUE(Unload("small", &unload).ok());
+  EXPECT_TRUE(unload.report().unmapped());
+  EXPECT_EQ(unload.report().unmapped_proof(), "file lease");
+}
+
 }  // namespace
 }  // namespace relib::testing

@@ -1,8 +1,13 @@
 // A pthread key, a C11 thread-specific key and an anonymous mapping the
-// module never releases.
+// module never releases; a mapping of its own file made with the raw system
+// call (no interposer sees it) and an fd of its own file.
+#include <dlfcn.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <threads.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstring>
@@ -39,8 +44,36 @@ std::string MapAnonymous(std::string_view input) {
   return text;
 }
 
+// The file this module was loaded from (the worker's copy).
+std::string OwnFile() {
+  Dl_info info;
+  if (::dladdr(reinterpret_cast<void*>(&OwnFile), &info) == 0 || info.dli_fname == nullptr) {
+    throw relib::Error("dladdr failed");
+  }
+  return info.dli_fname;
+}
+
+// One page of the module's own file, mapped behind every interposer's back;
+// the fd is closed, so only the mapping holds the file.
+std::string MapOwnFileRaw(std::string_view) {
+  int fd = ::open(OwnFile().c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw relib::Error("open of the module's own file failed");
+  long p = ::syscall(SYS_mmap, nullptr, 4096, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (p == -1) throw relib::Error("mmap failed");
+  return "mapped";
+}
+
+// An fd of the module's own file, never closed (nothing mapped).
+std::string OpenOwnFile(std::string_view) {
+  int fd = ::open(OwnFile().c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw relib::Error("open of the module's own file failed");
+  return std::to_string(fd);
+}
+
 }  // namespace
 
 RELIB_MODULE("keys-maps", nullptr, nullptr, relib::Export<CreateKey>("create_key"),
              relib::Export<CreateC11Key>("create_c11_key"),
-             relib::Export<MapAnonymous>("map_anonymous"));
+             relib::Export<MapAnonymous>("map_anonymous"), relib::Export<MapOwnFileRaw>("map_own_file_raw"),
+             relib::Export<OpenOwnFile>("open_own_file"));
