@@ -58,7 +58,8 @@ struct SpawnOptions {
 // signalled. Not thread-safe; move-only.
 class ChildProcess {
  public:
-  // fork + exec. Errors: fork/pidfd failures; an exec failure shows up as
+  // clone (sharing memory until the exec, like vfork) + exec. Errors:
+  // clone/pidfd failures; an exec failure shows up as
   // exit code 127 of the child, a failure to apply `rlimits`, `credentials`
   // or `no_new_privs` as exit code 126 (the program never runs).
   static absl::StatusOr<ChildProcess> Spawn(const SpawnOptions& options);

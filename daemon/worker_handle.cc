@@ -26,9 +26,11 @@ namespace asio = boost::asio;
 namespace {
 
 // The watchdog's period while anything is in flight; it stops after
-// kWatchLinger with nothing in flight (an idle relibd does not poll).
+// kWatchLinger with nothing in flight (an idle relibd does not poll). The
+// linger only spares back-to-back commands a re-arm each; once relibd is
+// idle it costs kWatchLinger / kWatchInterval wakeups, so it is short.
 constexpr std::chrono::milliseconds kWatchInterval{20};
-constexpr std::chrono::milliseconds kWatchLinger{1000};
+constexpr std::chrono::milliseconds kWatchLinger{100};
 // A heartbeat older than this means the worker is not being scheduled.
 constexpr int64_t kHeartbeatStallNs = 1'000'000'000;
 
@@ -42,7 +44,8 @@ std::atomic<uint64_t> next_recorder_serial{1};
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<WorkerHandle>> WorkerHandle::Start(asio::io_context& io, const WorkerOptions& options,
-                                                                  std::string group, Callbacks callbacks) {
+                                                                  std::string group, WorkerLimits limits,
+                                                                  Callbacks callbacks) {
   auto scratch = common::TempDir::Create(options.run_dir, "worker-");
   if (!scratch.ok()) return scratch.status();
   auto recorder = common::FlightRecorder::Create(
@@ -75,7 +78,6 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> WorkerHandle::Start(asio::io_conte
   spawn.fds = {{worker_end.get(), 3}, {worker_channel.get(), 4}, {recorder->fd(), 5}};
   spawn.credentials = options.run_as;
   spawn.no_new_privs = options.run_as.has_value();
-  WorkerLimits limits = options.limits.For(group);
   spawn.rlimits = limits.ToRlimits();
   // Everything the worker starts inherits its group: killed with it on exit.
   spawn.new_process_group = true;
@@ -111,6 +113,11 @@ WorkerHandle::WorkerHandle(asio::io_context& io, common::ChildProcess process, c
       watchdog_(io) {}
 
 WorkerHandle::~WorkerHandle() = default;
+
+void WorkerHandle::AssignGroup(std::string group) {
+  auto self = shared_from_this();
+  asio::post(io_, [self, group = std::move(group)]() mutable { self->group_ = std::move(group); });
+}
 
 void WorkerHandle::StartIo() {
   auto self = shared_from_this();

@@ -87,11 +87,12 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
     std::function<std::chrono::milliseconds(const std::string& module, common::Phase phase)> phase_deadline;
   };
 
-  // Spawns the worker with no inherited fds but its end of the link.
-  // `group` names the isolation group (for logs and status).
+  // Spawns the worker with no inherited fds but its end of the link, under
+  // `limits` (the group's: WorkerLimitTable::For). `group` names the
+  // isolation group in logs ("spare" for a spare worker, see AssignGroup).
   static absl::StatusOr<std::shared_ptr<WorkerHandle>> Start(boost::asio::io_context& io,
                                                              const WorkerOptions& options, std::string group,
-                                                             Callbacks callbacks);
+                                                             WorkerLimits limits, Callbacks callbacks);
   ~WorkerHandle();
 
   // Thread-safe. Sends `command` (its id is assigned here) from the calling
@@ -121,8 +122,13 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   // is still alive after `grace`.
   void Stop(std::chrono::milliseconds grace);
 
+  // A spare worker now serves `group`: its log lines say so from here on.
+  // Thread-safe.
+  void AssignGroup(std::string group);
+
   pid_t pid() const { return pid_; }
-  const std::string& group() const { return group_; }
+  // The limits it was started with; never change.
+  const WorkerLimits& limits() const { return limits_; }
   bool alive() const { return alive_.load(); }
   int64_t started_at_unix_ms() const { return started_at_unix_ms_; }
 
@@ -170,7 +176,7 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   common::ChildProcess process_;
   common::TempDir scratch_;
   common::FlightRecorder recorder_;
-  const std::string group_;
+  std::string group_;  // io thread only (AssignGroup posts there)
   const WorkerOptions options_;
   Callbacks callbacks_;
   const pid_t pid_;
