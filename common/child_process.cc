@@ -14,6 +14,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <set>
 
@@ -240,6 +243,41 @@ absl::StatusOr<ExitStatus> ChildProcess::Wait() {
   auto status = Reap(true);
   if (!status.ok()) return status.status();
   return **status;
+}
+
+std::optional<ExitStatus> ChildProcess::EndedWithoutReaping() const {
+  if (reaped()) return exit_status_;
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/stat", static_cast<int>(pid_));
+  UniqueFd fd(::open(path, O_RDONLY | O_CLOEXEC));
+  char text[1024];
+  ssize_t n = fd.valid() ? ::read(fd.get(), text, sizeof(text) - 1) : -1;
+  if (n <= 0) return std::nullopt;
+  text[n] = '\0';
+  // "pid (comm) S ...": comm may hold spaces and parentheses; field 3 is the
+  // state, field 52 the exit code in waitpid's encoding.
+  const char* paren = std::strrchr(text, ')');
+  if (paren == nullptr || paren[1] != ' ') return std::nullopt;
+  const char state = paren[2];
+  if (state != 'Z' && state != 'X') return std::nullopt;
+  const char* cursor = paren + 2;
+  for (int field = 3; field < 52; ++field) {
+    cursor = std::strchr(cursor, ' ');
+    if (cursor == nullptr) return std::nullopt;
+    ++cursor;
+  }
+  char* end = nullptr;
+  long code = std::strtol(cursor, &end, 10);
+  if (end == cursor) return std::nullopt;
+  const int raw = static_cast<int>(code);
+  // Only a death by signal ends every thread at once; a main thread that
+  // merely exited may leave others running (the process lives on).
+  if (!WIFSIGNALED(raw)) return std::nullopt;
+  ExitStatus status;
+  status.kind = ExitStatus::Kind::kSignaled;
+  status.code = WTERMSIG(raw);
+  status.core_dumped = WCOREDUMP(raw);
+  return status;
 }
 
 std::vector<ProcStat> ChildProcess::ForeignChildren() {

@@ -82,6 +82,13 @@ class ChildProcess {
   absl::StatusOr<std::optional<ExitStatus>> TryReap();
   // Blocks until the child exits and reaps it.
   absl::StatusOr<ExitStatus> Wait();
+  // How the child ended, once its main thread has exited, without reaping
+  // it (/proc/PID/stat exit_code): a process's pidfd turns readable then,
+  // while its other threads may still be exiting — on a busy machine for
+  // milliseconds — and only after them can it be reaped. Only a death by
+  // a signal is reported this way (it ends every thread); nullopt otherwise,
+  // while its main thread runs, or if /proc cannot tell.
+  std::optional<ExitStatus> EndedWithoutReaping() const;
   // SIGTERM, wait up to `grace_ms`, then SIGKILL; always reaps.
   ExitStatus Terminate(int grace_ms);
 

@@ -164,6 +164,9 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   void OnLinkClosed(const boost::system::error_code& ec);
   void Kill(const std::string& why);
   void OnProcessExit();
+  // Reaps the dead worker once its last thread is gone (waited for on a
+  // thread of its own), then kills what escaped it and came to relibd.
+  void ReapLater();
   void Finish();
   void Watch();
   // Updates peak_address_space_ from /proc/<pid>/statm.
