@@ -5,6 +5,7 @@
 // figures; scripts/bench merges it with the Google Benchmark results.
 //
 // Usage: relib_bench_harness [--scale smoke|quick|full] [--out FILE] [--only calls,throughput,reloads,fds,idle,swap,crash]
+// RELIB_BENCH_VERBOSE=1 prints every crash → serving sample.
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -732,6 +733,7 @@ class Bench {
         std::this_thread::sleep_for(std::chrono::microseconds(200));
       }
       samples.push_back(MicrosBetween(start, Clock::now()));
+      if (std::getenv("RELIB_BENCH_VERBOSE")) Progress(absl::StrFormat("crash sample %.0f µs", samples.back()));
     }
     return samples;
   }

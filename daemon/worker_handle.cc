@@ -11,6 +11,7 @@
 #include <cstring>
 #include <future>
 #include <thread>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "boost/asio/post.hpp"
@@ -569,6 +570,7 @@ void WorkerHandle::OnProcessExit() {
     // and, on a busy machine, took 2-13 ms inside waitid even with WNOHANG.
     // The reap and the clean-up follow on this thread.
     exit_status_ = *ended;
+    reap_pending_ = true;
     ReapLater();
   } else {
     auto status = process_.Wait();
@@ -608,6 +610,9 @@ void WorkerHandle::ReapLater() {
     asio::post(self->io_, [self] {
       self->process_.Wait().IgnoreError();  // reapable now: does not block
       KillAdoptedProcesses(std::chrono::milliseconds(1000));
+      self->reap_pending_ = false;
+      // Callers hear of the death once nothing of the worker is left.
+      if (self->deferred_failure_) self->FailAllPending(*std::exchange(self->deferred_failure_, std::nullopt));
     });
   }).detach();
 }
@@ -687,7 +692,11 @@ void WorkerHandle::Finish() {
   // The supervisor marks the modules first, so a caller woken below already
   // sees the new state.
   if (callbacks_.on_exit) callbacks_.on_exit(pid_, exit);
-  FailAllPending(reason);
+  if (reap_pending_) {
+    deferred_failure_ = reason;  // answered once reaped (ReapLater)
+  } else {
+    FailAllPending(reason);
+  }
 }
 
 void WorkerHandle::FailAllPending(const std::string& reason) {

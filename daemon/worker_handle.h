@@ -167,6 +167,10 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   // Reaps the dead worker once its last thread is gone (waited for on a
   // thread of its own), then kills what escaped it and came to relibd.
   void ReapLater();
+  // Set while a dead worker awaits its reap; the commands it left unanswered
+  // get `deferred_failure_` then (io thread only).
+  bool reap_pending_ = false;
+  std::optional<std::string> deferred_failure_;
   void Finish();
   void Watch();
   // Updates peak_address_space_ from /proc/<pid>/statm.
