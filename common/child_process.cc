@@ -6,12 +6,17 @@
 #include <string.h>
 #include <grp.h>
 #include <sys/prctl.h>
+#include <sched.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <set>
 
@@ -38,17 +43,22 @@ int PidfdSendSignal(int pidfd, int signal) {
   return static_cast<int>(::syscall(SYS_pidfd_send_signal, pidfd, signal, nullptr, 0));
 }
 
-// Only async-signal-safe calls between fork and exec.
+// The child runs in the parent's memory (CLONE_VM, like posix_spawn's
+// vfork), on its own small stack, while the parent waits: so nothing here
+// may allocate, take a lock or change state that libc shares between
+// threads. Only raw system calls and async-signal-safe ones until exec.
 // No PR_SET_PDEATHSIG: it fires when the forking *thread* exits, and relibd
 // forks from short-lived RPC threads. Children learn of their parent's death
 // from their own link (a worker exits on EOF).
 [[noreturn]] void ExecChild(const SpawnOptions& options, char* const* argv, char* const* envp) {
   if (options.new_process_group) ::setpgid(0, 0);
-  // Reset signal dispositions and mask the parent may have changed.
+  // Reset the signal dispositions (the child has its own table) before the
+  // mask the parent blocked everything with is lifted: no handler of the
+  // parent's may run here, in its memory.
+  for (int sig = 1; sig < NSIG; ++sig) ::signal(sig, SIG_DFL);
   sigset_t empty;
   sigemptyset(&empty);
   ::sigprocmask(SIG_SETMASK, &empty, nullptr);
-  for (int sig = 1; sig < NSIG; ++sig) ::signal(sig, SIG_DFL);
   // Move handed-over fds above any target number first so dup2 never
   // clobbers a source, then place them.
   int highest = 3;
@@ -80,15 +90,31 @@ int PidfdSendSignal(int pidfd, int signal) {
   if (options.credentials) {
     // Groups first, then gid, then uid: each step needs the privilege the
     // next one drops. Any failure is fatal: never run with more than asked.
+    // Raw system calls: libc's wrappers apply the change to every thread
+    // of the process, and in here "the process" would be the parent's.
     const auto& c = *options.credentials;
-    if (::setgroups(c.groups.size(), c.groups.data()) != 0) ::_exit(126);
-    if (::setresgid(c.gid, c.gid, c.gid) != 0) ::_exit(126);
-    if (::setresuid(c.uid, c.uid, c.uid) != 0) ::_exit(126);
+    if (::syscall(SYS_setgroups, c.groups.size(), c.groups.data()) != 0) ::_exit(126);
+    if (::syscall(SYS_setresgid, c.gid, c.gid, c.gid) != 0) ::_exit(126);
+    if (::syscall(SYS_setresuid, c.uid, c.uid, c.uid) != 0) ::_exit(126);
   }
   if (options.no_new_privs && ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) ::_exit(126);
   ::execve(argv[0], argv, envp);
   ::_exit(127);
 }
+
+struct ChildArgs {
+  const SpawnOptions* options;
+  char* const* argv;
+  char* const* envp;
+};
+
+int ChildMain(void* arg) {
+  const auto* args = static_cast<const ChildArgs*>(arg);
+  ExecChild(*args->options, args->argv, args->envp);
+}
+
+// The child's stack while it runs in the parent's memory until its exec.
+constexpr size_t kChildStackBytes = 64 << 10;
 
 }  // namespace
 
@@ -115,14 +141,30 @@ absl::StatusOr<ChildProcess> ChildProcess::Spawn(const SpawnOptions& options) {
   for (const auto& entry : options.extra_env) envp.push_back(const_cast<char*>(entry.c_str()));
   envp.push_back(nullptr);
 
+  // clone(CLONE_VM | CLONE_VFORK) instead of fork: no copy of the parent's
+  // page tables (relibd maps its state store and more), none to tear down
+  // again at exec, and the parent resumes once the child has exec'd.
+  void* stack = ::mmap(nullptr, kChildStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK,
+                       -1, 0);
+  if (stack == MAP_FAILED) return absl::ErrnoToStatus(errno, "mmap of the child's stack");
+  ChildArgs args{&options, argv.data(), envp.data()};
   pid_t pid;
+  int clone_errno = 0;
   {
+    // No signal handler of the parent's may run in the child (it would run
+    // in the parent's memory): everything is blocked around the clone; the
+    // child resets its handlers before it unblocks.
+    sigset_t all, old;
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_SETMASK, &all, &old);
     std::lock_guard<std::mutex> lock(owned_mutex);
-    pid = ::fork();
-    if (pid < 0) return absl::ErrnoToStatus(errno, "fork");
-    if (pid == 0) ExecChild(options, argv.data(), envp.data());
-    Owned().insert(pid);
+    pid = ::clone(ChildMain, static_cast<char*>(stack) + kChildStackBytes, CLONE_VM | CLONE_VFORK | SIGCHLD, &args);
+    clone_errno = errno;
+    if (pid > 0) Owned().insert(pid);
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   }
+  ::munmap(stack, kChildStackBytes);
+  if (pid < 0) return absl::ErrnoToStatus(clone_errno, "clone");
   // Also here, so the group exists before anyone signals it (the child may
   // not have run yet); EACCES once it has exec'd is fine: it did it itself.
   if (options.new_process_group) ::setpgid(pid, pid);
@@ -201,6 +243,41 @@ absl::StatusOr<ExitStatus> ChildProcess::Wait() {
   auto status = Reap(true);
   if (!status.ok()) return status.status();
   return **status;
+}
+
+std::optional<ExitStatus> ChildProcess::EndedWithoutReaping() const {
+  if (reaped()) return exit_status_;
+  char path[64];
+  std::snprintf(path, sizeof(path), "/proc/%d/stat", static_cast<int>(pid_));
+  UniqueFd fd(::open(path, O_RDONLY | O_CLOEXEC));
+  char text[1024];
+  ssize_t n = fd.valid() ? ::read(fd.get(), text, sizeof(text) - 1) : -1;
+  if (n <= 0) return std::nullopt;
+  text[n] = '\0';
+  // "pid (comm) S ...": comm may hold spaces and parentheses; field 3 is the
+  // state, field 52 the exit code in waitpid's encoding.
+  const char* paren = std::strrchr(text, ')');
+  if (paren == nullptr || paren[1] != ' ') return std::nullopt;
+  const char state = paren[2];
+  if (state != 'Z' && state != 'X') return std::nullopt;
+  const char* cursor = paren + 2;
+  for (int field = 3; field < 52; ++field) {
+    cursor = std::strchr(cursor, ' ');
+    if (cursor == nullptr) return std::nullopt;
+    ++cursor;
+  }
+  char* end = nullptr;
+  long code = std::strtol(cursor, &end, 10);
+  if (end == cursor) return std::nullopt;
+  const int raw = static_cast<int>(code);
+  // Only a death by signal ends every thread at once; a main thread that
+  // merely exited may leave others running (the process lives on).
+  if (!WIFSIGNALED(raw)) return std::nullopt;
+  ExitStatus status;
+  status.kind = ExitStatus::Kind::kSignaled;
+  status.code = WTERMSIG(raw);
+  status.core_dumped = WCOREDUMP(raw);
+  return status;
 }
 
 std::vector<ProcStat> ChildProcess::ForeignChildren() {

@@ -58,7 +58,8 @@ struct SpawnOptions {
 // signalled. Not thread-safe; move-only.
 class ChildProcess {
  public:
-  // fork + exec. Errors: fork/pidfd failures; an exec failure shows up as
+  // clone (sharing memory until the exec, like vfork) + exec. Errors:
+  // clone/pidfd failures; an exec failure shows up as
   // exit code 127 of the child, a failure to apply `rlimits`, `credentials`
   // or `no_new_privs` as exit code 126 (the program never runs).
   static absl::StatusOr<ChildProcess> Spawn(const SpawnOptions& options);
@@ -81,6 +82,13 @@ class ChildProcess {
   absl::StatusOr<std::optional<ExitStatus>> TryReap();
   // Blocks until the child exits and reaps it.
   absl::StatusOr<ExitStatus> Wait();
+  // How the child ended, once its main thread has exited, without reaping
+  // it (/proc/PID/stat exit_code): a process's pidfd turns readable then,
+  // while its other threads may still be exiting — on a busy machine for
+  // milliseconds — and only after them can it be reaped. Only a death by
+  // a signal is reported this way (it ends every thread); nullopt otherwise,
+  // while its main thread runs, or if /proc cannot tell.
+  std::optional<ExitStatus> EndedWithoutReaping() const;
   // SIGTERM, wait up to `grace_ms`, then SIGKILL; always reaps.
   ExitStatus Terminate(int grace_ms);
 

@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <future>
 #include <mutex>
 #include <optional>
@@ -23,8 +24,6 @@
 
 #include "CLI/CLI.hpp"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
-#include "grpcpp/ext/health_check_service_server_builder_option.h"
-#include "grpcpp/health_check_service_interface.h"
 #include "boost/asio/executor_work_guard.hpp"
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/post.hpp"
@@ -36,6 +35,8 @@
 #include "daemon/config_apply.h"
 #include "daemon/config_file.h"
 #include "daemon/event_bus.h"
+#include "daemon/event_streams.h"
+#include "daemon/health_service.h"
 #include "daemon/log_setup.h"
 #include "daemon/module_dirs.h"
 #include "daemon/module_file.h"
@@ -92,22 +93,36 @@ void RemoveStaleSegments() {
   }
 }
 
+// How long an idle sync-server polling thread waits before it wakes to wait
+// again (gRPC's default is 10 s).
+constexpr int kSyncPollTimeoutMs = 3600 * 1000;
+
 // A started gRPC server with no listening port of its own: PeerListener
 // hands it connections. Every server answers server reflection (generic
 // tools discover the API; its schema is public, installed with the SDK);
 // grpc.health.v1 answers only to the roles that may see relibd's state.
-// Threads for synchronous RPCs are bounded (Events needs none: callback
-// API), and so are streams per connection, so a burst of clients cannot grow
-// relibd without limit.
-std::unique_ptr<grpc::Server> BuildServer(grpc::Service* service, uint64_t max_message_bytes, bool with_health,
-                                          grpc::ResourceQuota& quota) {
+// Threads for synchronous RPCs are bounded (Events needs none: asynchronous
+// API, on the completion queue put in `events_queue`), and so are streams per
+// connection, so a burst of clients cannot grow relibd without limit.
+std::unique_ptr<grpc::Server> BuildServer(grpc::Service* service, uint64_t max_message_bytes,
+                                          relib::daemon::HealthService* health, grpc::ResourceQuota& quota,
+                                          std::unique_ptr<grpc::ServerCompletionQueue>* events_queue) {
   grpc::ServerBuilder builder;
-  if (!with_health) builder.SetOption(std::make_unique<grpc::HealthCheckServiceServerBuilderOption>(nullptr));
+  *events_queue = builder.AddCompletionQueue();
   builder.RegisterService(service);
+  if (health) builder.RegisterService(health);
   builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
   builder.SetResourceQuota(quota);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, 100);
+  // A sync server's polling threads wake when their completion-queue wait
+  // times out (10 s by default) only to wait again; a shutdown wakes them
+  // anyway, so the timeout only costs idle wakeups.
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::CQ_TIMEOUT_MSEC, kSyncPollTimeoutMs);
+  // No keepalive pings (gRPC's server default: one every 2 h per
+  // connection, a timer each): on a Unix socket a peer that is gone closes
+  // its end, which gRPC sees at once.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, std::numeric_limits<int>::max());
   return builder.BuildAndStart();
 }
 
@@ -179,6 +194,14 @@ int main(int argc, char** argv) {
                  "exit with code 3; a crash loop in a group never does")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  // ---- restart speed and idle (issue 12) ----
+  app.add_option("--spare-workers", options.spare_workers,
+                 "keep this many (0 or 1) started, idle, module-less workers; a group that needs a worker and has "
+                 "the common limits (--worker-limit '*' only) takes the spare instead of waiting for a new one, so a "
+                 "crashed module serves again sooner; off while an nproc limit is set")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1));
+  // ---- end restart speed and idle ----
   int max_module_size_mb = static_cast<int>(relib::daemon::kDefaultMaxModuleSizeMb);
   app.add_option("--max-module-size-mb", max_module_size_mb,
                  "module files larger than this are refused before they are copied")
@@ -539,15 +562,28 @@ int main(int argc, char** argv) {
     }
   }
 
-  grpc::EnableDefaultHealthCheckService(true);
+  // relibd's own health service, not gRPC's default (see daemon/health_service.h).
+  relib::daemon::HealthService control_health, view_health;
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ResourceQuota quota("relibd");
   quota.SetMaxThreads(max_rpc_threads);
-  std::unique_ptr<grpc::Server> control_server = BuildServer(&control_service, max_message_bytes, true, quota);
-  std::unique_ptr<grpc::Server> view_server = BuildServer(&view_service, max_message_bytes, true, quota);
-  std::unique_ptr<grpc::Server> no_server = BuildServer(&no_service, max_message_bytes, false, quota);
+  std::unique_ptr<grpc::ServerCompletionQueue> control_queue, view_queue, no_queue;
+  std::unique_ptr<grpc::Server> control_server =
+      BuildServer(&control_service, max_message_bytes, &control_health, quota, &control_queue);
+  std::unique_ptr<grpc::Server> view_server =
+      BuildServer(&view_service, max_message_bytes, &view_health, quota, &view_queue);
+  std::unique_ptr<grpc::Server> no_server = BuildServer(&no_service, max_message_bytes, nullptr, quota, &no_queue);
+  // Each server's Events streams; destroyed only after its server shut down.
+  std::vector<std::unique_ptr<relib::daemon::EventStreams>> event_streams;
+  auto stop_servers = [&](std::chrono::system_clock::time_point deadline) {
+    for (grpc::Server* server : {control_server.get(), view_server.get(), no_server.get()}) {
+      if (server) server->Shutdown(deadline);
+    }
+    event_streams.clear();
+  };
   auto fail_start = [&](const std::string& why) {
     spdlog::critical("phase=startup {}", why);
+    stop_servers(std::chrono::system_clock::now());
     supervisor.Shutdown();
     work.reset();
     io.stop();
@@ -555,6 +591,13 @@ int main(int argc, char** argv) {
     return 1;
   };
   if (!control_server || !view_server || !no_server) return fail_start("cannot start the gRPC servers");
+  for (auto [service, queue] : {std::pair{&control_service, &control_queue}, std::pair{&view_service, &view_queue},
+                                std::pair{&no_service, &no_queue}}) {
+    event_streams.push_back(std::make_unique<relib::daemon::EventStreams>(
+        *service, events, std::move(*queue),
+        [service = service](grpc::ServerContext* context) { return service->AdmitEvents(context); },
+        relib::daemon::RpcService::kMaxEventBacklog));
+  }
   // The socket systemd passed, or our own.
   std::string probe_target = "unix:" + socket_path;
   absl::StatusOr<relib::common::UniqueFd> listening;
@@ -613,15 +656,12 @@ int main(int argc, char** argv) {
   // Workers first: RPCs waiting on them then fail fast instead of holding up
   // the server's shutdown; event streams end; idle client channels are not
   // waited for beyond a short grace.
-  for (grpc::Server* server : {control_server.get(), view_server.get()}) {
-    if (auto* health = server->GetHealthCheckService()) health->Shutdown();  // NOT_SERVING from now on
-  }
+  for (auto* health : {&control_health, &view_health}) health->Shutdown();  // NOT_SERVING from now on
   supervisor.Shutdown();
   relib::daemon::KillAdoptedProcesses(std::chrono::milliseconds(2000));
   events.Close();
   listener->reset();
-  auto grace = std::chrono::system_clock::now() + std::chrono::milliseconds(300);
-  for (grpc::Server* server : {control_server.get(), view_server.get(), no_server.get()}) server->Shutdown(grace);
+  stop_servers(std::chrono::system_clock::now() + std::chrono::milliseconds(300));
   config_applier.reset();  // after the supervisor (a reload in progress fails fast) and the last RPC
   // After the workers (a reload it runs now fails fast) and after the last
   // RPC (which may still notify it of a change).

@@ -1,9 +1,5 @@
 #include "daemon/rpc_service.h"
 
-#include <deque>
-#include <memory>
-#include <mutex>
-
 #include "absl/strings/str_cat.h"
 #include "common/api_metadata.h"
 #include "daemon/report_metadata.h"
@@ -91,109 +87,6 @@ grpc::Status RpcService::Status(grpc::ServerContext* context, const v1::StatusRe
   response->set_daemon_version(RELIB_VERSION);
   response->set_abi_version(RELIB_ABI_VERSION);
   return grpc::Status::OK;
-}
-
-namespace {
-
-// One Events stream: a bus subscriber whose bounded queue feeds gRPC's
-// asynchronous writes. Owned by itself from creation to OnDone (the bus may
-// hold a reference a little longer).
-class EventStream final : public grpc::ServerWriteReactor<v1::Event>,
-                          public EventBus::Subscriber,
-                          public std::enable_shared_from_this<EventStream> {
- public:
-  static void Begin(std::shared_ptr<EventStream> self) {
-    self->self_ = self;
-    if (absl::Status attached = self->bus_.Attach(self); !attached.ok()) {
-      self->End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, std::string(attached.message())));
-      return;
-    }
-    // Tell the client the stream is live before any event happens, so it can
-    // start acting knowing nothing will be missed.
-    self->StartSendInitialMetadata();
-  }
-  explicit EventStream(EventBus& bus, size_t max_backlog) : bus_(bus), max_backlog_(max_backlog) {}
-
-  void OnEvent(const v1::Event& event) override {
-    std::unique_lock<std::mutex> lock(mutex_);
-    if (finishing_) return;
-    if (queue_.size() >= max_backlog_) {
-      lock.unlock();
-      End(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                       absl::StrCat("event subscriber fell behind by more than ", max_backlog_,
-                                    " events (it does not read); stream ended at sequence ", event.sequence())));
-      return;
-    }
-    queue_.push_back(event);
-    WriteNextLocked(lock);
-  }
-  void OnClose() override { End(grpc::Status::OK); }
-  void OnWriteDone(bool ok) override {
-    std::unique_lock<std::mutex> lock(mutex_);
-    writing_ = false;
-    if (!ok) {  // the client is gone
-      lock.unlock();
-      End(grpc::Status::OK);
-      return;
-    }
-    WriteNextLocked(lock);
-  }
-  void OnCancel() override { End(grpc::Status::CANCELLED); }
-  void OnDone() override {
-    bus_.Detach(this);
-    std::shared_ptr<EventStream> self;
-    std::lock_guard<std::mutex> lock(mutex_);
-    self = std::move(self_);  // freed once no publisher holds it either
-    queue_.clear();
-  }
-
- private:
-  // Starts the next write if none is under way. Releases `lock` before
-  // calling gRPC, which may run OnWriteDone on this thread.
-  void WriteNextLocked(std::unique_lock<std::mutex>& lock) {
-    if (writing_ || finishing_ || queue_.empty()) return;
-    writing_ = true;
-    current_ = std::move(queue_.front());
-    queue_.pop_front();
-    lock.unlock();
-    StartWrite(&current_);
-  }
-  void End(const grpc::Status& status) {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (finishing_) return;
-      finishing_ = true;
-      queue_.clear();
-    }
-    bus_.Detach(this);
-    Finish(status);
-  }
-
-  EventBus& bus_;
-  const size_t max_backlog_;
-  std::mutex mutex_;
-  std::deque<v1::Event> queue_;
-  v1::Event current_;  // the message of the write under way
-  bool writing_ = false;
-  bool finishing_ = false;
-  std::shared_ptr<EventStream> self_;
-};
-
-// A stream refused before it starts (the caller lacks the view role).
-class RefusedStream final : public grpc::ServerWriteReactor<v1::Event> {
- public:
-  explicit RefusedStream(grpc::Status status) { Finish(std::move(status)); }
-  void OnDone() override { delete this; }
-};
-
-}  // namespace
-
-grpc::ServerWriteReactor<v1::Event>* RpcService::Events(grpc::CallbackServerContext* context,
-                                                        const v1::EventsRequest*) {
-  if (grpc::Status denied = Require(context, Role::kView); !denied.ok()) return new RefusedStream(std::move(denied));
-  auto stream = std::make_shared<EventStream>(events_, kMaxEventBacklog);
-  EventStream::Begin(stream);
-  return stream.get();
 }
 
 grpc::Status RpcService::Watch(grpc::ServerContext* context, const v1::WatchRequest* request,

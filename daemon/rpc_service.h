@@ -13,9 +13,10 @@
 
 namespace relib::daemon {
 
-// Events uses gRPC's callback API (no thread per stream: see EventStream in
-// rpc_service.cc); the other methods are synchronous.
-class RpcService final : public v1::Relibd::WithCallbackMethod_Events<v1::Relibd::Service> {
+// Events uses gRPC's asynchronous API (no thread per stream, served by
+// EventStreams, see daemon/event_streams.h); the other methods are
+// synchronous.
+class RpcService final : public v1::Relibd::WithAsyncMethod_Events<v1::Relibd::Service> {
  public:
   // `granted`: the role of every connection this instance serves (one
   // instance per role, see PeerListener); calls needing more are answered
@@ -29,10 +30,11 @@ class RpcService final : public v1::Relibd::WithCallbackMethod_Events<v1::Relibd
   grpc::Status Unload(grpc::ServerContext*, const v1::UnloadRequest*, v1::UnloadResponse*) override;
   grpc::Status Call(grpc::ServerContext*, const v1::CallRequest*, v1::CallResponse*) override;
   grpc::Status Status(grpc::ServerContext*, const v1::StatusRequest*, v1::StatusResponse*) override;
+  // Whether the caller of an Events stream may follow events (the view
+  // role): OK or PERMISSION_DENIED. Thread-safe.
+  grpc::Status AdmitEvents(grpc::ServerContext* context) const { return Require(context, Role::kView); }
   // A subscriber more than kMaxEventBacklog events behind is ended with
-  // RESOURCE_EXHAUSTED; more than EventBus::kMaxSubscribers streams at once
-  // are refused with RESOURCE_EXHAUSTED.
-  grpc::ServerWriteReactor<v1::Event>* Events(grpc::CallbackServerContext*, const v1::EventsRequest*) override;
+  // RESOURCE_EXHAUSTED (see EventStreams).
   static constexpr size_t kMaxEventBacklog = 256;
   grpc::Status Watch(grpc::ServerContext*, const v1::WatchRequest*, v1::WatchResponse*) override;
   grpc::Status ReloadConfig(grpc::ServerContext*, const v1::ReloadConfigRequest*, v1::ReloadConfigResponse*) override;

@@ -57,7 +57,16 @@ void RemoveFile(const std::string& path) {
 }  // namespace
 
 Supervisor::Supervisor(boost::asio::io_context& io, SupervisorOptions options, EventBus& events)
-    : io_(io), options_(std::move(options)), events_(events), recovery_(options_.restart) {
+    : io_(io),
+      options_(std::move(options)),
+      events_(events),
+      // A spare would be one more process of the worker user: under an
+      // nproc limit it could make a module's fork fail where it would not.
+      spare_enabled_(options_.spare_workers > 0 && !options_.worker.limits.LimitsProcesses()),
+      recovery_(options_.restart) {
+  if (options_.spare_workers > 0 && !spare_enabled_) {
+    spdlog::info("phase=startup no spare worker: an nproc worker limit is set and a spare would count against it");
+  }
   std::error_code ignored;
   std::filesystem::create_directories(options_.good_dir, ignored);
   // Workers running as another user reach their module copies here by name.
@@ -145,16 +154,28 @@ std::chrono::milliseconds Supervisor::CommandDeadline(const v1::ModuleOptions& o
   return total;
 }
 
-absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker(const std::string& group) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  if (shut_down_ || stopping_) return absl::UnavailableError("relibd is shutting down");
-  Group& g = groups_[group];
-  if (g.worker && g.worker->alive()) return g.worker;
+WorkerHandle::Callbacks Supervisor::WorkerCallbacks(std::shared_ptr<Assignment> assignment) {
   WorkerHandle::Callbacks callbacks;
-  callbacks.on_exit = [this, group](pid_t pid, const WorkerExit& exit) { OnWorkerExit(group, pid, exit); };
+  callbacks.on_exit = [this, assignment](pid_t pid, const WorkerExit& exit) {
+    std::string group;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      group = assignment->group;
+    }
+    if (group.empty()) {
+      OnSpareExit(pid, exit);
+    } else {
+      OnWorkerExit(group, pid, exit);
+    }
+  };
   callbacks.on_ready = [this](pid_t) {
     std::lock_guard<std::mutex> lock(mutex_);
     recovery_.WorkerReady();
+    spare_failures_ = 0;
+    if (!ever_ready_) {
+      ever_ready_ = true;
+      WantSpareLocked(Clock::now());
+    }
   };
   callbacks.on_log = [this](pid_t pid, const v1::link::Log& log) { OnWorkerLog(pid, log); };
   callbacks.on_usage = [this](pid_t pid, const v1::link::Usage& usage) { OnWorkerUsage(pid, usage); };
@@ -181,7 +202,103 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker(const std
   callbacks.phase_deadline = [this](const std::string& module, common::Phase phase) {
     return PhaseDeadlineOf(module, phase);
   };
-  auto worker = WorkerHandle::Start(io_, options_.worker, group, std::move(callbacks));
+  return callbacks;
+}
+
+std::shared_ptr<WorkerHandle> Supervisor::TakeSpareLocked(const std::string& group) {
+  if (!spare_) return nullptr;
+  // Its rlimits were set at its exec: it fits only a group that would get the same.
+  if (!spare_->alive() || spare_->limits() != options_.worker.limits.For(group)) return nullptr;
+  std::shared_ptr<WorkerHandle> worker = std::move(spare_);
+  spare_.reset();
+  spare_assignment_->group = group;
+  spare_assignment_.reset();
+  worker->AssignGroup(group);
+  // The next spare starts once the restarter is free (after a restore it runs).
+  WantSpareLocked(Clock::now());
+  return worker;
+}
+
+void Supervisor::WantSpareLocked(Clock::time_point when) {
+  if (!spare_enabled_ || !ever_ready_ || spare_ || shut_down_ || stopping_) return;
+  if (!spare_due_ || when < *spare_due_) spare_due_ = when;
+  restart_wakeup_.notify_all();
+}
+
+void Supervisor::StartSpare() {
+  auto assignment = std::make_shared<Assignment>();
+  // Spawned without the lock: a fork must not hold up calls.
+  auto worker = WorkerHandle::Start(io_, options_.worker, "spare", options_.worker.limits.Common(),
+                                    WorkerCallbacks(assignment));
+  std::string give_up;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (worker.ok() && !shut_down_ && !stopping_ && !spare_) {
+      spare_ = *worker;
+      spare_assignment_ = assignment;
+      spdlog::info("worker pid={} phase=spare started (hosts nothing until a group needs a worker)", spare_->pid());
+      return;
+    }
+    if (!worker.ok()) {
+      spdlog::error("phase=spare cannot start a spare worker {}: {}", options_.worker.worker_path,
+                    worker.status().ToString());
+      if (recovery_.StartFailed()) {
+        give_up = absl::StrCat(recovery_.failed_starts(), " worker starts in a row failed; last: ",
+                               worker.status().message());
+      }
+      ++spare_failures_;
+      WantSpareLocked(Clock::now() + SpareDelayLocked());
+    }
+  }
+  if (worker.ok()) (*worker)->Stop(std::chrono::milliseconds(2000));  // not wanted any more
+  if (!give_up.empty()) GiveUp(give_up);
+}
+
+std::chrono::milliseconds Supervisor::SpareDelayLocked() const {
+  if (spare_failures_ == 0) return options_.restart.backoff_initial;
+  auto delay = options_.restart.backoff_initial * (int64_t{1} << std::min(spare_failures_ - 1, 16));
+  return std::min(options_.restart.backoff_max, delay);
+}
+
+void Supervisor::OnSpareExit(pid_t pid, const WorkerExit& exit) {
+  std::string give_up;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (spare_ && spare_->pid() == pid) {
+      spare_.reset();
+      spare_assignment_.reset();
+    }
+    if (shut_down_ || stopping_) return;  // stopped with relibd
+    spdlog::warn("worker pid={} phase=spare the spare worker ended: {}", pid, exit.reason);
+    // A spare that could not even start is a failed worker start like any
+    // other (a broken relib-worker makes relibd give up); one that died later
+    // (killed from outside) is replaced after a short delay.
+    if (!exit.ready) {
+      ++spare_failures_;
+      if (recovery_.StartFailed()) {
+        give_up = absl::StrCat(recovery_.failed_starts(), " worker starts in a row failed; last: ", exit.reason);
+      }
+    }
+    if (give_up.empty()) WantSpareLocked(Clock::now() + SpareDelayLocked());
+  }
+  if (!give_up.empty()) GiveUp(give_up);
+}
+
+absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker(const std::string& group) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (shut_down_ || stopping_) return absl::UnavailableError("relibd is shutting down");
+  Group& g = groups_[group];
+  if (g.worker && g.worker->alive()) return g.worker;
+  if (std::shared_ptr<WorkerHandle> spare = TakeSpareLocked(group)) {
+    g.worker = std::move(spare);
+    spdlog::info("worker pid={} group={} phase=spare the spare worker serves the group", g.worker->pid(), group);
+    Publish(v1::EVENT_KIND_WORKER_STARTED, "", 0, g.worker->pid(), group);
+    return g.worker;
+  }
+  auto assignment = std::make_shared<Assignment>();
+  assignment->group = group;
+  auto worker = WorkerHandle::Start(io_, options_.worker, group, options_.worker.limits.For(group),
+                                    WorkerCallbacks(assignment));
   if (!worker.ok()) {
     spdlog::error("group={} phase=spawn cannot start worker {}: {}", group, options_.worker.worker_path,
                   worker.status().ToString());
@@ -356,20 +473,33 @@ bool Supervisor::LostWorker(const std::string& group, const std::shared_ptr<Work
 void Supervisor::RestartLoop() {
   std::unique_lock<std::mutex> lock(mutex_);
   while (!shut_down_) {
-    if (restart_queue_.empty()) {
-      restart_wakeup_.wait(lock);
-      continue;
-    }
+    // Restarts first: a spare is started only when no restart is due.
     auto next = std::min_element(restart_queue_.begin(), restart_queue_.end());
-    if (next->first > Clock::now()) {
-      restart_wakeup_.wait_until(lock, next->first);
+    const auto now = Clock::now();
+    if (next != restart_queue_.end() && next->first <= now) {
+      std::string group = next->second;
+      restart_queue_.erase(next);
+      lock.unlock();
+      RestartGroup(group);
+      lock.lock();
       continue;
     }
-    std::string group = next->second;
-    restart_queue_.erase(next);
-    lock.unlock();
-    RestartGroup(group);
-    lock.lock();
+    if (spare_due_ && *spare_due_ <= now) {
+      spare_due_.reset();
+      if (spare_enabled_ && !spare_ && !stopping_) {
+        lock.unlock();
+        StartSpare();
+        lock.lock();
+      }
+      continue;
+    }
+    std::optional<Clock::time_point> wake = spare_due_;
+    if (next != restart_queue_.end() && (!wake || next->first < *wake)) wake = next->first;
+    if (wake) {
+      restart_wakeup_.wait_until(lock, *wake);
+    } else {
+      restart_wakeup_.wait(lock);
+    }
   }
 }
 
@@ -535,7 +665,8 @@ absl::Status Supervisor::TryInScratchWorker(const std::string& name, const std::
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (shut_down_) return absl::UnavailableError("relibd is shutting down");
-    auto started = WorkerHandle::Start(io_, options_.worker, "staging-" + name, std::move(callbacks));
+    auto started = WorkerHandle::Start(io_, options_.worker, "staging-" + name,
+                                       options_.worker.limits.For("staging-" + name), std::move(callbacks));
     if (!started.ok()) return started.status();
     handle = *started;
     scratch_workers_.push_back(handle);
@@ -1003,6 +1134,8 @@ void Supervisor::Shutdown() {
       if (g.worker) workers.push_back(std::move(g.worker));
     }
     for (auto& scratch : scratch_workers_) workers.push_back(scratch);
+    if (spare_) workers.push_back(std::move(spare_));
+    spare_assignment_.reset();
   }
   // Workers first: a restore in progress then fails fast and the restarter exits.
   for (auto& worker : workers) worker->Stop(std::chrono::milliseconds(2000));

@@ -15,6 +15,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -74,6 +75,12 @@ struct SupervisorOptions {
   // its fds were dropped on unload: for systemd's fd store. Optional.
   std::function<void(const std::string& module, const std::string& key, int fd)> on_fd_stored;
   std::function<void(const std::string& module, const std::string& key)> on_fd_dropped;
+  // Warm spare workers, 0 or 1 (--spare-workers): once a worker has started,
+  // relibd keeps one more started and idle, hosting nothing, with the limits
+  // every group has ("*"); a group that needs a worker and would get those
+  // same limits takes it instead of waiting for a fork + exec, and a new
+  // spare starts in the background. Off while any nproc limit is set.
+  int spare_workers = 1;
 };
 
 // Thread-safe: RPC threads call the public methods concurrently. Operations
@@ -149,9 +156,29 @@ class Supervisor {
   struct Group {
     std::shared_ptr<WorkerHandle> worker;
   };
+  // Which group a worker serves, shared with its callbacks: "" while it is
+  // the spare. Guarded by mutex_.
+  struct Assignment {
+    std::string group;
+  };
   using Clock = std::chrono::steady_clock;
 
+  // The group's live worker: the one it has, else the spare (if it fits),
+  // else a new one.
   absl::StatusOr<std::shared_ptr<WorkerHandle>> EnsureWorker(const std::string& group);
+  // What every group worker and the spare report through.
+  WorkerHandle::Callbacks WorkerCallbacks(std::shared_ptr<Assignment> assignment);
+  // The spare, handed to `group`, if it is alive and was started with the
+  // limits `group` gets; else null (and the spare stays). REQUIRES: mutex_.
+  std::shared_ptr<WorkerHandle> TakeSpareLocked(const std::string& group) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Asks the restarter for a spare at `when` (if spares are on and none is
+  // there). REQUIRES: mutex_.
+  void WantSpareLocked(Clock::time_point when) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Delay before the next spare after one failed or died. REQUIRES: mutex_.
+  std::chrono::milliseconds SpareDelayLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // On the restarter thread.
+  void StartSpare();
+  void OnSpareExit(pid_t pid, const WorkerExit& exit);
   // A load command for `name` carrying its saved state and (unless
   // `without_fds`) its stored fds, which go in `fds`.
   v1::link::ToWorker LoadCommand(const std::string& name, const std::string& file, const std::string& path,
@@ -208,6 +235,15 @@ class Supervisor {
   std::map<std::string, Group> groups_ ABSL_GUARDED_BY(mutex_);
   // Throwaway workers of staged reloads in progress (stopped on shutdown too).
   std::vector<std::shared_ptr<WorkerHandle>> scratch_workers_ ABSL_GUARDED_BY(mutex_);
+  const bool spare_enabled_;
+  std::shared_ptr<WorkerHandle> spare_ ABSL_GUARDED_BY(mutex_);
+  std::shared_ptr<Assignment> spare_assignment_ ABSL_GUARDED_BY(mutex_);
+  // When the restarter starts the next spare; unset: none wanted.
+  std::optional<Clock::time_point> spare_due_ ABSL_GUARDED_BY(mutex_);
+  // Spares start only once some worker said hello (a worker that cannot
+  // start at all is reported by the loads that need one, not by spares).
+  bool ever_ready_ ABSL_GUARDED_BY(mutex_) = false;
+  int spare_failures_ ABSL_GUARDED_BY(mutex_) = 0;  // in a row, reset by a hello
   Recovery recovery_ ABSL_GUARDED_BY(mutex_);
   std::deque<std::pair<Clock::time_point, std::string>> restart_queue_ ABSL_GUARDED_BY(mutex_);
   FdStore fd_store_;

@@ -4,11 +4,14 @@
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <future>
+#include <thread>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "boost/asio/post.hpp"
@@ -26,9 +29,11 @@ namespace asio = boost::asio;
 namespace {
 
 // The watchdog's period while anything is in flight; it stops after
-// kWatchLinger with nothing in flight (an idle relibd does not poll).
+// kWatchLinger with nothing in flight (an idle relibd does not poll). The
+// linger only spares back-to-back commands a re-arm each; once relibd is
+// idle it costs kWatchLinger / kWatchInterval wakeups, so it is short.
 constexpr std::chrono::milliseconds kWatchInterval{20};
-constexpr std::chrono::milliseconds kWatchLinger{1000};
+constexpr std::chrono::milliseconds kWatchLinger{100};
 // A heartbeat older than this means the worker is not being scheduled.
 constexpr int64_t kHeartbeatStallNs = 1'000'000'000;
 
@@ -42,7 +47,8 @@ std::atomic<uint64_t> next_recorder_serial{1};
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<WorkerHandle>> WorkerHandle::Start(asio::io_context& io, const WorkerOptions& options,
-                                                                  std::string group, Callbacks callbacks) {
+                                                                  std::string group, WorkerLimits limits,
+                                                                  Callbacks callbacks) {
   auto scratch = common::TempDir::Create(options.run_dir, "worker-");
   if (!scratch.ok()) return scratch.status();
   auto recorder = common::FlightRecorder::Create(
@@ -75,7 +81,6 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> WorkerHandle::Start(asio::io_conte
   spawn.fds = {{worker_end.get(), 3}, {worker_channel.get(), 4}, {recorder->fd(), 5}};
   spawn.credentials = options.run_as;
   spawn.no_new_privs = options.run_as.has_value();
-  WorkerLimits limits = options.limits.For(group);
   spawn.rlimits = limits.ToRlimits();
   // Everything the worker starts inherits its group: killed with it on exit.
   spawn.new_process_group = true;
@@ -111,6 +116,11 @@ WorkerHandle::WorkerHandle(asio::io_context& io, common::ChildProcess process, c
       watchdog_(io) {}
 
 WorkerHandle::~WorkerHandle() = default;
+
+void WorkerHandle::AssignGroup(std::string group) {
+  auto self = shared_from_this();
+  asio::post(io_, [self, group = std::move(group)]() mutable { self->group_ = std::move(group); });
+}
 
 void WorkerHandle::StartIo() {
   auto self = shared_from_this();
@@ -552,11 +562,21 @@ void WorkerHandle::Stop(std::chrono::milliseconds grace) {
 void WorkerHandle::OnProcessExit() {
   // Nothing the worker started outlives it: its group now, while the zombie
   // worker still holds the group id; then what escaped the group and came to
-  // relibd (a subreaper) when the worker died.
+  // relibd (a subreaper) when the worker's last thread was gone.
   KillWorkerGroup(pid_);
-  auto status = process_.Wait();
-  KillAdoptedProcesses(std::chrono::milliseconds(1000));
-  exit_status_ = status.ok() ? *status : common::ExitStatus{};
+  if (std::optional<common::ExitStatus> ended = process_.EndedWithoutReaping()) {
+    // Killed by a signal: how it ended is known, so the restart need not
+    // wait for the reap — which waits for the worker's last threads to exit
+    // and, on a busy machine, took 2-13 ms inside waitid even with WNOHANG.
+    // The reap and the clean-up follow on this thread.
+    exit_status_ = *ended;
+    reap_pending_ = true;
+    ReapLater();
+  } else {
+    auto status = process_.Wait();
+    KillAdoptedProcesses(std::chrono::milliseconds(1000));
+    exit_status_ = status.ok() ? *status : common::ExitStatus{};
+  }
   alive_ = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -572,6 +592,29 @@ void WorkerHandle::OnProcessExit() {
   drain_timer_->async_wait([self](const boost::system::error_code& ec) {
     if (!ec) self->Finish();
   });
+}
+
+void WorkerHandle::ReapLater() {
+  // Waiting for the worker's last threads happens off the io thread, which
+  // meanwhile reads the replies of the restart; only the reap itself (then
+  // immediate) and the clean-up come back to it.
+  int pidfd = ::fcntl(process_.pidfd(), F_DUPFD_CLOEXEC, 0);
+  auto self = shared_from_this();
+  std::thread([self, pidfd] {
+    if (pidfd >= 0) {
+      siginfo_t info{};
+      while (::waitid(P_PIDFD, pidfd, &info, WEXITED | WNOWAIT) != 0 && errno == EINTR) {
+      }
+      ::close(pidfd);
+    }
+    asio::post(self->io_, [self] {
+      self->process_.Wait().IgnoreError();  // reapable now: does not block
+      KillAdoptedProcesses(std::chrono::milliseconds(1000));
+      self->reap_pending_ = false;
+      // Callers hear of the death once nothing of the worker is left.
+      if (self->deferred_failure_) self->FailAllPending(*std::exchange(self->deferred_failure_, std::nullopt));
+    });
+  }).detach();
 }
 
 void WorkerHandle::Finish() {
@@ -649,7 +692,11 @@ void WorkerHandle::Finish() {
   // The supervisor marks the modules first, so a caller woken below already
   // sees the new state.
   if (callbacks_.on_exit) callbacks_.on_exit(pid_, exit);
-  FailAllPending(reason);
+  if (reap_pending_) {
+    deferred_failure_ = reason;  // answered once reaped (ReapLater)
+  } else {
+    FailAllPending(reason);
+  }
 }
 
 void WorkerHandle::FailAllPending(const std::string& reason) {

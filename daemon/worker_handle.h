@@ -87,11 +87,12 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
     std::function<std::chrono::milliseconds(const std::string& module, common::Phase phase)> phase_deadline;
   };
 
-  // Spawns the worker with no inherited fds but its end of the link.
-  // `group` names the isolation group (for logs and status).
+  // Spawns the worker with no inherited fds but its end of the link, under
+  // `limits` (the group's: WorkerLimitTable::For). `group` names the
+  // isolation group in logs ("spare" for a spare worker, see AssignGroup).
   static absl::StatusOr<std::shared_ptr<WorkerHandle>> Start(boost::asio::io_context& io,
                                                              const WorkerOptions& options, std::string group,
-                                                             Callbacks callbacks);
+                                                             WorkerLimits limits, Callbacks callbacks);
   ~WorkerHandle();
 
   // Thread-safe. Sends `command` (its id is assigned here) from the calling
@@ -121,13 +122,18 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   // is still alive after `grace`.
   void Stop(std::chrono::milliseconds grace);
 
+  // A spare worker now serves `group`: its log lines say so from here on.
+  // Thread-safe.
+  void AssignGroup(std::string group);
+
   pid_t pid() const { return pid_; }
   // The worker's private scratch directory (module copies live there).
   const std::string& scratch_dir() const { return scratch_.path(); }
   // A number never returned before by this handle: names a file placed in
   // the scratch directory. Thread-safe.
   uint64_t NextPlacementId() { return next_placement_id_.fetch_add(1) + 1; }
-  const std::string& group() const { return group_; }
+  // The limits it was started with; never change.
+  const WorkerLimits& limits() const { return limits_; }
   bool alive() const { return alive_.load(); }
   int64_t started_at_unix_ms() const { return started_at_unix_ms_; }
 
@@ -163,6 +169,13 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   void OnLinkClosed(const boost::system::error_code& ec);
   void Kill(const std::string& why);
   void OnProcessExit();
+  // Reaps the dead worker once its last thread is gone (waited for on a
+  // thread of its own), then kills what escaped it and came to relibd.
+  void ReapLater();
+  // Set while a dead worker awaits its reap; the commands it left unanswered
+  // get `deferred_failure_` then (io thread only).
+  bool reap_pending_ = false;
+  std::optional<std::string> deferred_failure_;
   void Finish();
   void Watch();
   // Updates peak_address_space_ from /proc/<pid>/statm.
@@ -176,7 +189,7 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   common::TempDir scratch_;
   std::atomic<uint64_t> next_placement_id_{0};
   common::FlightRecorder recorder_;
-  const std::string group_;
+  std::string group_;  // io thread only (AssignGroup posts there)
   const WorkerOptions options_;
   Callbacks callbacks_;
   const pid_t pid_;

@@ -95,10 +95,21 @@ absl::Status WorkerLimitTable::Add(const std::string& flag) {
   return absl::OkStatus();
 }
 
-WorkerLimits WorkerLimitTable::For(const std::string& group) const {
+WorkerLimits WorkerLimitTable::For(const std::string& group) const { return Merged(&group); }
+
+WorkerLimits WorkerLimitTable::Common() const { return Merged(nullptr); }
+
+bool WorkerLimitTable::LimitsProcesses() const {
+  for (const auto& [group, kinds] : values_) {
+    if (kinds.count("nproc")) return true;
+  }
+  return false;
+}
+
+WorkerLimits WorkerLimitTable::Merged(const std::string* group) const {
   std::map<std::string, uint64_t> merged;
   if (auto all = values_.find("*"); all != values_.end()) merged = all->second;
-  if (auto own = values_.find(group); own != values_.end()) {
+  if (auto own = group ? values_.find(*group) : values_.end(); own != values_.end()) {
     for (const auto& [kind, value] : own->second) merged[kind] = value;
   }
   WorkerLimits limits;

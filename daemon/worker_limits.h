@@ -24,6 +24,8 @@ struct WorkerLimits {
   std::optional<uint64_t> cpu_seconds;   // RLIMIT_CPU: SIGXCPU at the limit, SIGKILL 2 s later
   uint64_t core_bytes = 0;               // RLIMIT_CORE: core dumps off unless asked for
 
+  bool operator==(const WorkerLimits&) const = default;
+
   // As SpawnOptions::rlimits.
   std::vector<std::pair<int, std::pair<uint64_t, uint64_t>>> ToRlimits() const;
   // Why a worker with these limits that ended as `status` died, if a limit
@@ -43,8 +45,17 @@ class WorkerLimitTable {
   // flag otherwise.
   absl::Status Add(const std::string& flag);
   WorkerLimits For(const std::string& group) const;
+  // The "*" values alone: what a group with no values of its own gets (and
+  // what a spare worker, which serves no group yet, is started with).
+  WorkerLimits Common() const;
+  // Whether any group (or "*") limits processes: a spare worker would count
+  // against such a limit (RLIMIT_NPROC counts the user's processes).
+  bool LimitsProcesses() const;
 
  private:
+  // "*" merged with `group`'s own values (none when null).
+  WorkerLimits Merged(const std::string* group) const;
+
   std::map<std::string, std::map<std::string, uint64_t>> values_;
 };
 

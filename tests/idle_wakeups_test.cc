@@ -1,0 +1,79 @@
+// An idle relibd goes quiet: once nothing is in flight, relibd (every thread,
+// including gRPC's) and its workers wake at most a few times a second, with
+// a module loaded, a spare worker standing by and a client connected with an
+// open Events stream. Counted from /proc/PID/task/*/status.
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "tests/event_log.h"
+#include "tests/relibd_fixture.h"
+
+namespace relib::testing {
+namespace {
+
+class IdleWakeupsTest : public RelibdTest {
+ protected:
+  void SetUp() override {}
+
+  // Voluntary context switches of every thread of `pid`, by thread (name/tid).
+  static std::map<std::string, int64_t> Switches(pid_t pid) {
+    std::map<std::string, int64_t> by_thread;
+    std::error_code error;
+    for (const auto& task : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", error)) {
+      std::ifstream in(task.path() / "status");
+      std::string line, name;
+      int64_t switches = 0;
+      while (std::getline(in, line)) {
+        if (line.rfind("Name:", 0) == 0) name = line.substr(6);
+        if (line.rfind("voluntary_ctxt_switches:", 0) == 0) switches = std::stoll(line.substr(24));
+      }
+      by_thread[absl::StrCat(name, "/", task.path().filename().string())] = switches;
+    }
+    return by_thread;
+  }
+  // Wakeups per second of `pid` over `seconds`, and a per-thread account.
+  static double WakeupsPerSecond(pid_t pid, double seconds, std::string* account) {
+    auto before = Switches(pid);
+    auto start = std::chrono::steady_clock::now();
+    std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+    auto after = Switches(pid);
+    double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    int64_t total = 0;
+    for (const auto& [thread, count] : after) {
+      int64_t delta = count - (before.count(thread) ? before[thread] : 0);
+      total += delta;
+      if (delta > 0) absl::StrAppend(account, thread, " ", delta, "; ");
+    }
+    return static_cast<double>(total) / elapsed;
+  }
+};
+
+TEST_F(IdleWakeupsTest, IdleRelibdAndWorkerWakeAtMostFiveTimesASecond) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon());
+  pid_t worker = LoadOrDie("m", k_versioned_v1);
+  for (int i = 0; i < 50; ++i) ASSERT_EQ(Call("m", "version"), "v1");
+  EventLog events(relibd_->stub());  // a connected client with a stream open
+  ASSERT_EQ(Call("m", "version"), "v1");
+  // What activity left behind (a watchdog lingering, gRPC's connection
+  // timers) has settled after this.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  std::string relibd_account, worker_account;
+  double relibd = WakeupsPerSecond(relibd_->process().pid(), 5.0, &relibd_account);
+  EXPECT_LE(relibd, 5.0) << relibd_account;
+  double in_worker = WakeupsPerSecond(worker, 3.0, &worker_account);
+  EXPECT_LE(in_worker, 5.0) << worker_account;
+}
+
+TEST_F(IdleWakeupsTest, RelibdGoesQuietSoonAfterActivity) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon());
+  LoadOrDie("m", k_versioned_v1);
+  for (int i = 0; i < 200; ++i) ASSERT_EQ(Call("m", "version"), "v1");
+  // Within half a second of the last call, relibd stops watching the worker.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  std::string account;
+  double rate = WakeupsPerSecond(relibd_->process().pid(), 2.0, &account);
+  EXPECT_LE(rate, 5.0) << account;
+}
+
+}  // namespace
+}  // namespace relib::testing
