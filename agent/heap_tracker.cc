@@ -364,7 +364,9 @@ ModuleHeap modules[kMaxModules];
 
 // Enters a fresh block of `module` in the calling thread's record and writes
 // its trailer; false if no entry can be had (the caller frees the block).
-bool TrackModuleBlock(void* user, uint64_t* trailer, size_t size, ModuleId module, const void* site) {
+// Every case (a thread with no record yet, a walk pending, no free slot);
+// the common one is TrackOwnBlockFast.
+__attribute__((noinline)) bool TrackModuleBlock(void* user, uint64_t* trailer, size_t size, ModuleId module, const void* site) {
   Record* record = my_record;
   if (record == nullptr) [[unlikely]] {
     record = AdoptRecord();
@@ -386,6 +388,47 @@ bool TrackModuleBlock(void* user, uint64_t* trailer, size_t size, ModuleId modul
     entry->block.store(user, std::memory_order_release);
     record->usage[module].Add(static_cast<int64_t>(size), 1);
   }
+  StoreTrailer(trailer, ModuleTrailer(record->index, slot));
+  return true;
+}
+
+// The owner's side of the handshake written out inline (OwnerSection's
+// common case): marks the record busy; false, and not busy, if a walk is
+// pending (the caller takes the path that waits for it). No call on this
+// path, so the interposers keep their values in registers and save none.
+inline __attribute__((always_inline)) bool EnterOwnSection(Record* record) {
+  record->busy.store(1, std::memory_order_relaxed);
+  std::atomic_signal_fence(std::memory_order_seq_cst);  // the walker's membarrier is the fence
+  if (record->walk_pending.load(std::memory_order_acquire)) [[unlikely]] {
+    record->busy.store(0, std::memory_order_release);
+    return false;
+  }
+  return true;
+}
+inline __attribute__((always_inline)) void LeaveOwnSection(Record* record) {
+  record->busy.store(0, std::memory_order_release);
+}
+
+// TrackModuleBlock's common case: the thread has a record, no walk is
+// pending, a free slot is at hand. False (nothing changed) otherwise.
+// `recorded_site` is the allocation site, or nullptr when capture is off.
+inline __attribute__((always_inline)) bool TrackOwnBlockFast(void* user, uint64_t* trailer, size_t size,
+                                                             ModuleId module, const void* recorded_site) {
+  Record* record = my_record;
+  if (record == nullptr || !EnterOwnSection(record)) [[unlikely]] return false;
+  Entry* entry = record->free_head;
+  if (entry == nullptr) [[unlikely]] {
+    LeaveOwnSection(record);
+    return false;
+  }
+  record->free_head = entry->next;
+  uint32_t slot = entry->slot;
+  entry->size = size;
+  entry->site = recorded_site;
+  entry->module = module;
+  entry->block.store(user, std::memory_order_release);
+  record->usage[module].Add(static_cast<int64_t>(size), 1);
+  LeaveOwnSection(record);
   StoreTrailer(trailer, ModuleTrailer(record->index, slot));
   return true;
 }
@@ -415,6 +458,19 @@ inline void* AllocateHostBlock(size_t size, size_t align, bool zero) {
   }
   void* user = RawAllocate(size, align, zero);
   if (user == nullptr) [[unlikely]] return nullptr;
+  uint64_t* trailer = TrailerOf(user);
+  const void* recorded_site = modules[module].capture_sites.load(std::memory_order_relaxed) ? site : nullptr;
+  if (TrackOwnBlockFast(user, trailer, size, module, recorded_site)) [[likely]] return user;
+  if (!TrackModuleBlock(user, trailer, size, module, site)) [[unlikely]] {
+    __libc_free(user);
+    errno = ENOMEM;
+    return nullptr;
+  }
+  return user;
+}
+
+// The block that could not be entered by TrackOwnBlockFast: every other case.
+__attribute__((noinline)) void* TrackOrDrop(void* user, size_t size, ModuleId module, const void* site) {
   if (!TrackModuleBlock(user, TrailerOf(user), size, module, site)) [[unlikely]] {
     __libc_free(user);
     errno = ENOMEM;
@@ -423,10 +479,31 @@ inline void* AllocateHostBlock(size_t size, size_t align, bool zero) {
   return user;
 }
 
+// AllocateInModuleScope for malloc and operator new (16-aligned, not
+// zeroed): the same steps, with only size and site live across glibc's call,
+// so the common case saves few registers and makes no other call.
+[[maybe_unused]] __attribute__((noinline)) void* MallocInModuleScope(size_t size, const void* site) {
+  ModuleId module = CurrentModule();
+  ModuleHeap& heap = modules[module];
+  if (!heap.active.load(std::memory_order_relaxed) || IsInDynamicLoader(site)) [[unlikely]] {
+    return AllocateHostBlock(size, 16, false);
+  }
+  const void* recorded_site = heap.capture_sites.load(std::memory_order_relaxed) ? site : nullptr;
+  void* user = RawAllocate(size, 16, false);
+  if (user == nullptr) [[unlikely]] return nullptr;
+  // The thread's module is the same after glibc's call (scopes nest).
+  module = CurrentModule();
+  if (TrackOwnBlockFast(user, TrailerOf(user), size, module, recorded_site)) [[likely]] return user;
+  return TrackOrDrop(user, size, module, site);
+}
+
 // Host scope (the common case) takes the inline path: glibc's call and a
 // trailer write.
 [[maybe_unused]] inline __attribute__((always_inline)) void* Allocate(size_t size, size_t align, const void* site, bool zero) {
   if (CurrentModule() == kHost) [[likely]] return AllocateHostBlock(size, align, zero);
+  if (__builtin_constant_p(align) && align == 16 && __builtin_constant_p(zero) && !zero) {
+    return MallocInModuleScope(size, site);
+  }
   return AllocateInModuleScope(size, align, site, zero);
 }
 
@@ -647,21 +724,22 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
     return;
   }
   Entry* entry = OwnEntryAt(record, slot);
-  {
-    OwnerSection section(record);
-    if (entry->block.load(std::memory_order_relaxed) != user || entry->module != module) [[unlikely]] {
-      goto slow;  // another module's block, or Detach took it meanwhile
-    }
-    record->usage[module].Add(-static_cast<int64_t>(entry->size), -1);
-    entry->block.store(nullptr, std::memory_order_relaxed);
-    entry->next = record->free_head;
-    record->free_head = entry;
+  if (!EnterOwnSection(record)) [[unlikely]] {
+    ReleaseInModuleScopeSlow(user, caller, function);  // waits for the walk
+    return;
   }
+  if (entry->block.load(std::memory_order_relaxed) != user || entry->module != module) [[unlikely]] {
+    LeaveOwnSection(record);
+    ReleaseInModuleScopeSlow(user, caller, function);  // another module's block, or Detach took it meanwhile
+    return;
+  }
+  record->usage[module].Add(-static_cast<int64_t>(entry->size), -1);
+  entry->block.store(nullptr, std::memory_order_relaxed);
+  entry->next = record->free_head;
+  record->free_head = entry;
+  LeaveOwnSection(record);
   StoreTrailer(trailer, FreedTrailer(user));
   __libc_free(user);
-  return;
-slow:
-  ReleaseInModuleScopeSlow(user, caller, function);
 }
 
 [[maybe_unused]] __attribute__((noinline)) void ReleaseModuleBlockFromHost(void* user) { ReleaseLocated(user, Locate(user)); }
