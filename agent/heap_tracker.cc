@@ -164,6 +164,7 @@ struct Record {
   Entry* first_chunk = nullptr;    // chunks[0], for the owner
   std::atomic<uint32_t> used{0};   // slots handed out so far; walkers scan below it
   uint32_t index = 0;              // in `records`
+  uint64_t trailer_high = 0;       // its module trailers >> kSlotBits (tag, index): one compare checks both
   std::atomic<bool> taken{false};  // a live thread owns it
   // Remote frees.
   alignas(64) SpinLock remote_lock;
@@ -179,7 +180,7 @@ struct Record {
 std::atomic<Record*> records[kMaxRecords];
 std::atomic<uint32_t> record_count{0};
 std::mutex registry_mutex;
-thread_local Record* my_record __attribute__((tls_model("initial-exec"))) = nullptr;
+thread_local Record* my_record __attribute__((tls_model("local-exec"))) = nullptr;
 pthread_key_t record_key;
 bool record_key_created = false;  // under registry_mutex
 
@@ -315,6 +316,7 @@ Record* AdoptRecord() {
     if (memory == nullptr) return nullptr;
     record = new (memory) Record;
     record->index = count;
+    record->trailer_high = ModuleTrailer(count, 0) >> kSlotBits;
     record->walk_pending.store(IdlePending(), std::memory_order_relaxed);
     records[count].store(record, std::memory_order_release);
     record_count.store(count + 1, std::memory_order_release);
@@ -356,9 +358,12 @@ Entry* RefillSlots(Record* record) {
   return EntryAt(record, used);
 }
 
+// Per module: whether it is tracked and whether sites are captured, in one
+// byte so the allocation path reads both with one load.
+constexpr uint8_t kActive = 1;
+constexpr uint8_t kCaptureSites = 2;
 struct ModuleHeap {
-  std::atomic<bool> active{false};
-  std::atomic<bool> capture_sites{false};
+  std::atomic<uint8_t> flags{0};
 };
 ModuleHeap modules[kMaxModules];
 
@@ -383,7 +388,7 @@ __attribute__((noinline)) bool TrackModuleBlock(void* user, uint64_t* trailer, s
     record->free_head = entry->next;
     slot = entry->slot;
     entry->size = size;
-    entry->site = modules[module].capture_sites.load(std::memory_order_relaxed) ? site : nullptr;
+    entry->site = (modules[module].flags.load(std::memory_order_relaxed) & kCaptureSites) ? site : nullptr;
     entry->module = module;
     entry->block.store(user, std::memory_order_release);
     record->usage[module].Add(static_cast<int64_t>(size), 1);
@@ -429,7 +434,7 @@ inline __attribute__((always_inline)) bool TrackOwnBlockFast(void* user, uint64_
   entry->block.store(user, std::memory_order_release);
   record->usage[module].Add(static_cast<int64_t>(size), 1);
   LeaveOwnSection(record);
-  StoreTrailer(trailer, ModuleTrailer(record->index, slot));
+  StoreTrailer(trailer, record->trailer_high << kSlotBits | slot);
   return true;
 }
 
@@ -453,13 +458,14 @@ inline void* AllocateHostBlock(size_t size, size_t align, bool zero) {
 
 [[maybe_unused]] __attribute__((noinline)) void* AllocateInModuleScope(size_t size, size_t align, const void* site, bool zero) {
   ModuleId module = CurrentModule();
-  if (!modules[module].active.load(std::memory_order_relaxed) || IsInDynamicLoader(site)) {
+  uint8_t flags = modules[module].flags.load(std::memory_order_relaxed);
+  if (!(flags & kActive) || IsInDynamicLoader(site)) {
     return AllocateHostBlock(size, align, zero);
   }
   void* user = RawAllocate(size, align, zero);
   if (user == nullptr) [[unlikely]] return nullptr;
   uint64_t* trailer = TrailerOf(user);
-  const void* recorded_site = modules[module].capture_sites.load(std::memory_order_relaxed) ? site : nullptr;
+  const void* recorded_site = (flags & kCaptureSites) ? site : nullptr;
   if (TrackOwnBlockFast(user, trailer, size, module, recorded_site)) [[likely]] return user;
   if (!TrackModuleBlock(user, trailer, size, module, site)) [[unlikely]] {
     __libc_free(user);
@@ -484,11 +490,11 @@ __attribute__((noinline)) void* TrackOrDrop(void* user, size_t size, ModuleId mo
 // so the common case saves few registers and makes no other call.
 [[maybe_unused]] __attribute__((noinline)) void* MallocInModuleScope(size_t size, const void* site) {
   ModuleId module = CurrentModule();
-  ModuleHeap& heap = modules[module];
-  if (!heap.active.load(std::memory_order_relaxed) || IsInDynamicLoader(site)) [[unlikely]] {
+  uint8_t flags = modules[module].flags.load(std::memory_order_relaxed);
+  if (!(flags & kActive) || IsInDynamicLoader(site)) [[unlikely]] {
     return AllocateHostBlock(size, 16, false);
   }
-  const void* recorded_site = heap.capture_sites.load(std::memory_order_relaxed) ? site : nullptr;
+  const void* recorded_site = (flags & kCaptureSites) ? site : nullptr;
   void* user = RawAllocate(size, 16, false);
   if (user == nullptr) [[unlikely]] return nullptr;
   // The thread's module is the same after glibc's call (scopes nest).
@@ -630,7 +636,7 @@ class Line {
   size_t length_ = 0;
 };
 
-thread_local Line invalid_free_note __attribute__((tls_model("initial-exec")));
+thread_local Line invalid_free_note __attribute__((tls_model("local-exec")));
 
 // Handles an invalid free by `module`'s code; returns only under kLeak.
 void OnInvalidFree(void* user, ModuleId module, Verdict verdict, ModuleId owner, const char* function) {
@@ -718,8 +724,8 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
   uint64_t value = PlausibleChunk(header) ? LoadTrailer(trailer) : 0;
   SetCrashNote(nullptr);
   uint32_t slot = SlotOf(value);
-  if ((value & (kTagMask | kUnusedBits)) != kModuleTag || RecordOf(value) != record->index ||
-      slot >= record->used.load(std::memory_order_relaxed)) [[unlikely]] {
+  // The tag, the unused bits and the record index in one compare.
+  if ((value >> kSlotBits) != record->trailer_high || slot >= record->used.load(std::memory_order_relaxed)) [[unlikely]] {
     ReleaseInModuleScopeSlow(user, caller, function);
     return;
   }
@@ -840,7 +846,7 @@ void Shrink(Record* record, uint32_t keep, uint32_t used) {
 Usage TakeAll(ModuleId id, bool free_blocks) {
   Usage usage;
   if (id == kHost || id >= kMaxModules) return usage;
-  modules[id].active = false;
+  modules[id].flags.fetch_and(static_cast<uint8_t>(~kActive));
   Walk walk;
   for (uint32_t i = 0; i < walk.count(); ++i) {
     Record* record = records[i].load(std::memory_order_relaxed);
@@ -913,8 +919,7 @@ void SetInvalidFreePolicy(InvalidFreePolicy policy) { invalid_free_policy.store(
 
 void StartTracking(ModuleId id, bool capture_sites) {
   if (id == kHost || id >= kMaxModules) return;
-  modules[id].capture_sites = capture_sites;
-  modules[id].active = true;
+  modules[id].flags.store(kActive | (capture_sites ? kCaptureSites : 0));
 }
 
 Usage LiveUsage(ModuleId id) {
