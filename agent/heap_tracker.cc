@@ -487,8 +487,10 @@ __attribute__((noinline)) void* TrackOrDrop(void* user, size_t size, ModuleId mo
 
 // AllocateInModuleScope for malloc and operator new (16-aligned, not
 // zeroed): the same steps, with only size and site live across glibc's call,
-// so the common case saves few registers and makes no other call.
-[[maybe_unused]] __attribute__((noinline)) void* MallocInModuleScope(size_t size, const void* site) {
+// so the common case saves few registers and makes no other call. Inlined
+// into the interposers (one call layer less: ~0.6 ns a pair in module scope,
+// no change measured in host scope); every other case is out of line.
+[[maybe_unused]] inline __attribute__((always_inline)) void* MallocInModuleScope(size_t size, const void* site) {
   ModuleId module = CurrentModule();
   uint8_t flags = modules[module].flags.load(std::memory_order_relaxed);
   if (!(flags & kActive) || IsInDynamicLoader(site)) [[unlikely]] {
@@ -709,7 +711,8 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
 // The common case of a free in module scope, checked and released in one
 // pass over the thread's own record: the module's code frees a block its
 // thread allocated. Anything else goes to ReleaseInModuleScopeSlow.
-[[maybe_unused]] __attribute__((noinline)) void ReleaseInModuleScope(void* user, const void* caller,
+// Inlined into the interposers, like MallocInModuleScope.
+[[maybe_unused]] inline __attribute__((always_inline)) void ReleaseInModuleScope(void* user, const void* caller,
                                                                      const char* function) {
   ModuleId module = CurrentModule();
   auto address = reinterpret_cast<uintptr_t>(user);
