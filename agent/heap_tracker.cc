@@ -807,15 +807,24 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
 
 [[maybe_unused]] bool IsPowerOfTwo(size_t x) { return x != 0 && (x & (x - 1)) == 0; }
 
-[[maybe_unused]] void* NewOrThrow(size_t size, size_t align, const void* site) {
-  if (size == 0) size = 1;
+// operator new after a failed allocation: the new_handler loop.
+[[maybe_unused]] __attribute__((noinline)) void* NewOrThrowSlow(size_t size, size_t align, const void* site) {
   for (;;) {
-    void* p = Allocate(size, align, site, false);
-    if (p) return p;
     std::new_handler handler = std::get_new_handler();
     if (!handler) throw std::bad_alloc();
     handler();
+    void* p = Allocate(size, align, site, false);
+    if (p) return p;
   }
+}
+
+// Inline, so that operator new with its constant alignment takes malloc's
+// path (MallocInModuleScope).
+[[maybe_unused]] inline __attribute__((always_inline)) void* NewOrThrow(size_t size, size_t align, const void* site) {
+  if (size == 0) size = 1;
+  void* p = Allocate(size, align, site, false);
+  if (p != nullptr) [[likely]] return p;
+  return NewOrThrowSlow(size, align, site);
 }
 
 // Hands back the pages of a record's entries from `keep` up to `used` (a
