@@ -2,6 +2,6 @@
 
 namespace relib::agent::internal {
 
-constinit thread_local const char* crash_note __attribute__((tls_model("initial-exec"))) = nullptr;
+constinit thread_local const char* crash_note __attribute__((tls_model("local-exec"))) = nullptr;
 
 }  // namespace relib::agent::internal

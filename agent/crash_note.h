@@ -8,8 +8,10 @@
 namespace relib::agent {
 
 namespace internal {
-// initial-exec: written from inside free() without allocating.
-extern constinit thread_local const char* crash_note __attribute__((tls_model("initial-exec")));
+// local-exec: written from inside free() without allocating, at a fixed
+// offset from the thread pointer (the agent is only ever linked into the host
+// executable, agent/CMakeLists.txt), with no GOT load.
+extern constinit thread_local const char* crash_note __attribute__((tls_model("local-exec")));
 }  // namespace internal
 
 // Thread-local; async-signal-safe; never allocates. `text` is not copied: it

@@ -8,7 +8,7 @@
 
 namespace relib::agent {
 namespace internal {
-constinit thread_local ModuleId current_module __attribute__((tls_model("initial-exec"))) = kHost;
+constinit thread_local ModuleId current_module __attribute__((tls_model("local-exec"))) = kHost;
 ModuleRange module_ranges[kMaxModules];
 std::atomic<uintptr_t> loader_start{0};
 std::atomic<uintptr_t> loader_end{0};

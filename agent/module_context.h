@@ -37,9 +37,11 @@ class RanSince {
 };
 
 namespace internal {
-// initial-exec: readable from inside malloc without calling malloc;
+// local-exec: readable from inside malloc without calling malloc, at a fixed
+// offset from the thread pointer (the agent is only ever linked into the host
+// executable, agent/CMakeLists.txt), with no GOT load;
 // constinit: no thread-local initialisation check on each read.
-extern constinit thread_local ModuleId current_module __attribute__((tls_model("initial-exec")));
+extern constinit thread_local ModuleId current_module __attribute__((tls_model("local-exec")));
 // Read inline by malloc and free (InModule, IsInDynamicLoader).
 struct ModuleRange {
   std::atomic<uintptr_t> start{0};
