@@ -561,12 +561,16 @@ class Bench {
     throughput_8_ = ours.calls_per_s;
     Add({"call_throughput_8", "`Call` throughput, 8 client threads", "calls/s", ours.calls_per_s, theirs.calls_per_s,
          "bare echo server, 8 client threads", "ratio>=0.8",
-         ours.errors ? absl::StrCat(ours.errors, " errors") : ""});
+         absl::StrCat(absl::StrFormat("p50 %.0f µs, p99 %.0f µs", P50(ours.latencies),
+                                      Percentile(ours.latencies, 0.99)),
+                      ours.errors ? absl::StrCat(", ", ours.errors, " errors") : "")});
     if (forward_) {
       Throughput floor = MeasureThroughput(forward_->socket(), false, "echo", 8, scale_.throughput_s);
       Add({"call_floor_throughput_8", "  floor: bare gRPC server + one round trip to a child process, 8 client threads",
            "calls/s", floor.calls_per_s, theirs.calls_per_s, "bare echo server, 8 client threads", "",
-           floor.errors ? absl::StrCat(floor.errors, " errors") : ""});
+           absl::StrCat(absl::StrFormat("p50 %.0f µs, p99 %.0f µs", P50(floor.latencies),
+                                        Percentile(floor.latencies, 0.99)),
+                        floor.errors ? absl::StrCat(", ", floor.errors, " errors") : "")});
       Add({"call_vs_floor_throughput_8", "  `Call` throughput, 8 client threads, vs that floor", "calls/s",
            ours.calls_per_s, floor.calls_per_s, "floor", "", ""});
     }
