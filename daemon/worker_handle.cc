@@ -50,6 +50,10 @@ std::atomic<uint64_t> next_recorder_serial{1};
 // once empty so one huge reply does not pin memory.
 constexpr size_t kReadChunk = 64 << 10;
 constexpr size_t kKeepReadBuffer = 4 << 20;
+// The WorkerHandle whose read side this thread leads (in Lead), if any: a
+// reply it completes itself needs no wake-up.
+thread_local const void* leading_here = nullptr;
+
 // A Request leads the read side only if no two Requests overlapped for this
 // long (see Request).
 constexpr std::chrono::milliseconds kOverlapMemory{50};
@@ -421,6 +425,10 @@ void WorkerHandle::WakeLeader() {
 }
 
 void WorkerHandle::Lead(Waiter& waiter) {
+  leading_here = this;
+  struct Unmark {
+    ~Unmark() { leading_here = nullptr; }
+  } unmark;
   pollfd fds[2] = {{link_fd_, POLLIN, 0}, {wake_fd_.get(), POLLIN, 0}};
   while (true) {
     if (ReadAvailable(/*on_io_thread=*/false) == ReadResult::kEnded) return;  // the token is let go
@@ -679,7 +687,7 @@ absl::StatusOr<v1::link::Reply> WorkerHandle::Request(v1::link::ToWorker command
         std::lock_guard<std::mutex> lock(waiter.mutex);
         waiter.reply = std::move(reply);
         waiter.done = true;
-        if (waiter.leading) WakeLeader();
+        if (waiter.leading && leading_here != this) WakeLeader();
         waiter.wake.notify_one();
       },
       /*any_thread=*/true, std::move(fds), tail);
