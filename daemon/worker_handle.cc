@@ -57,6 +57,16 @@ thread_local const void* leading_here = nullptr;
 // A Request leads the read side only if no two Requests overlapped for this
 // long (see Request).
 constexpr std::chrono::milliseconds kOverlapMemory{50};
+// Whether a lone Request reads its own reply at all. Off: on this project's
+// 2-core machine under the load of other builds, three alternating quick runs
+// each of base / io-thread reading / lone-caller reading gave Call p50 vs
+// the floor of 32 B 1.66 1.33 1.37 / 1.20 1.51 1.27 / 1.72 1.39 1.59 and
+// 64 KiB 1.28 1.31 1.47 / 0.98 1.13 1.09 / 1.51 1.29 1.35: the io thread's
+// armed wait fires on the same reply, so leading wakes two threads instead
+// of two in turn, which loses where CPUs are contended. Under strace
+// (syscall-bound) leading won (29.6 syscalls per call vs the base's 56.5).
+// Measure again on a quiet machine before turning it on.
+constexpr bool kLoneCallReadsReply = false;
 
 // Frame of `command` (a call whose input is empty) with `tail` as its
 // input: everything but the tail, which goes on the wire from where it is.
@@ -699,7 +709,7 @@ absl::StatusOr<v1::link::Reply> WorkerHandle::Request(v1::link::ToWorker command
     // more than the hop it saves (measured: 8 clients lost a third of their
     // throughput).
     std::lock_guard<std::mutex> lock(mutex_);
-    lead = !reading_ && !read_ended_ && !closed_ && blocked_requests_ == 1 && now - last_overlap_ > kOverlapMemory;
+    lead = kLoneCallReadsReply && !reading_ && !read_ended_ && !closed_ && blocked_requests_ == 1 && now - last_overlap_ > kOverlapMemory;
     if (lead) reading_ = true;
   }
   if (lead) {
