@@ -1,8 +1,7 @@
 // relibd's handle on one relib-worker process: spawns it, talks the worker
 // link (commands are written by the sending thread itself when the socket
-// takes them; replies are read by a thread blocked in Request when no other
-// thread is reading — leader/follower, so a lone call wakes no other thread —
-// else by the Asio loop), enforces deadlines
+// takes them; the Asio loop reads replies and completes them — a lone
+// Request can read its own instead, see kLoneCallReadsReply), enforces deadlines
 // (each executing call's own, through the flight recorder; control phases';
 // a generous backstop per command) and notices the process's death through
 // its pidfd.
@@ -110,10 +109,10 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   void Send(v1::link::ToWorker command, std::string what, std::chrono::milliseconds deadline, ReplyCallback done,
             std::vector<common::UniqueFd> fds = {});
 
-  // Blocking form of Send for threads other than the io thread. While it
-  // waits, the calling thread reads the link itself whenever no other thread
-  // does (its own reply then costs no thread hop); frames other than replies
-  // to blocked Requests still go to the io thread, in order.
+  // Blocking form of Send for threads other than the io thread. With
+  // kLoneCallReadsReply, a lone waiting thread reads the link itself (its own
+  // reply then costs no thread hop); frames other than replies to blocked
+  // Requests still go to the io thread, in order.
   // `tail`, if not empty, is appended to the command's CallCommand.input on
   // the wire without being copied (REQUIRES: a call command whose input is
   // empty; `tail` stays valid until this returns).
