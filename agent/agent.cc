@@ -206,8 +206,12 @@ void Agent::RunCall(const v1::link::ToWorker& command, const absl::Status& admit
     if (recorder_ != nullptr) recorder_->EndCall(slot);
     SetStatus(output.status(), reply);
     if (output.ok()) {
-      reply.mutable_call()->set_output(std::move(output).value());
       reply.mutable_call()->set_version(version);
+      // The output goes on the wire from the module's buffer.
+      if (absl::Status sent = link_.SendCallReply(reply, *output); !sent.ok()) {
+        spdlog::warn("phase=link cannot send reply {}: {}", reply.id(), sent.ToString());
+      }
+      return;
     }
   }
   SendReply(answer);

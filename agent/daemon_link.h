@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <mutex>
+#include <string>
+#include <string_view>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
@@ -15,6 +17,7 @@
 namespace relib::v1::link {
 class ToWorker;
 class FromWorker;
+class Reply;
 }  // namespace relib::v1::link
 
 namespace relib::agent {
@@ -30,6 +33,10 @@ class DaemonLink {
 
   // Thread-safe; any thread (module log calls included) may send.
   absl::Status Send(const v1::link::FromWorker& message);
+  // Thread-safe. Sends `reply` (its CallResult, if any, without output) with
+  // `output` as its call output: the output goes on the wire from where it
+  // is (no copy into a frame).
+  absl::Status SendCallReply(const v1::link::Reply& reply, std::string_view output);
   // Sends a duplicate of `fd` on the fd channel, then `message` announcing
   // it, atomically with respect to other senders.
   absl::Status SendWithFd(const v1::link::FromWorker& message, int fd);
@@ -47,6 +54,8 @@ class DaemonLink {
   common::UniqueFd fd_channel_;
   const uint64_t frame_limit_;
   std::mutex send_mutex_;
+  // The reader's: payload bytes of the last frame (reused, see Receive).
+  std::string receive_buffer_;
 };
 
 }  // namespace relib::agent

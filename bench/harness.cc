@@ -220,6 +220,14 @@ std::unique_ptr<Server> StartEchoServer() {
   });
 }
 
+// The floor baseline: the bare echo server plus one round trip to a child
+// process (bench/forward_server.cc).
+std::unique_ptr<Server> StartForwardServer() {
+  return Server::Start("relib-bench-forward-", [](const std::string&, const std::string& socket) {
+    return std::vector<std::string>{kForwardServerPath, socket};
+  });
+}
+
 // A Call to relibd or to the bare echo server, behind one signature.
 using CallFn = std::function<grpc::Status(const v1::CallRequest&, v1::CallResponse*)>;
 
@@ -493,6 +501,7 @@ class Bench {
     only_ = only;
     relibd_ = StartRelibd();
     echo_ = StartEchoServer();
+    if (Want("calls") || Want("throughput")) forward_ = StartForwardServer();
     stub_ = v1::Relibd::NewStub(relibd_->channel());
     LoadModule(*stub_, "echo", kBenchEchoV1, "default");
     LoadModule(*stub_, "reload_small", kBenchEchoV1, "reload");
@@ -507,6 +516,7 @@ class Bench {
     if (Want("swap")) SwapUnderLoad();
     stub_.reset();
     echo_.reset();
+    forward_.reset();
     relibd_.reset();
     if (Want("crash")) CrashToServing();
     return figures_;
@@ -522,6 +532,7 @@ class Bench {
   void Calls() {
     CallFn relibd = RelibdCaller(relibd_->channel());
     CallFn bare = EchoCaller(echo_->channel());
+    CallFn floor = EchoCaller(forward_->channel());
     struct Size {
       const char* label;
       const char* key;
@@ -531,16 +542,23 @@ class Bench {
     for (const Size& size : {Size{"32 B", "32b", 32, scale_.call_32b}, Size{"64 KiB", "64k", 64 << 10, scale_.call_64k},
                              Size{"1 MiB", "1m", 1 << 20, scale_.call_1m}}) {
       v1::CallRequest request = EchoRequest("echo", size.bytes);
-      // Alternate halves so drift of the machine hits both sides alike.
-      std::vector<double> ours, theirs;
+      // Alternate halves so drift of the machine hits every side alike.
+      std::vector<double> ours, theirs, floors;
       for (int half = 0; half < 2; ++half) {
         auto a = CallLatencies(relibd, request, size.n / 2 + 1);
         auto b = CallLatencies(bare, request, size.n / 2 + 1);
+        auto c = CallLatencies(floor, request, size.n / 2 + 1);
         ours.insert(ours.end(), a.begin(), a.end());
         theirs.insert(theirs.end(), b.begin(), b.end());
+        floors.insert(floors.end(), c.begin(), c.end());
       }
       Add({absl::StrCat("call_p50_", size.key), absl::StrCat("`Call` p50, ", size.label, " echo"), "µs", P50(ours),
            P50(theirs), "bare gRPC sync unary echo, Unix socket", "ratio<=1.3", ""});
+      Add({absl::StrCat("call_floor_p50_", size.key),
+           absl::StrCat("  floor: bare gRPC server + one round trip to a child process, ", size.label), "µs",
+           P50(floors), P50(theirs), "bare gRPC sync unary echo, Unix socket", "", ""});
+      Add({absl::StrCat("call_vs_floor_p50_", size.key), absl::StrCat("  `Call` p50, ", size.label, " vs that floor"),
+           "µs", P50(ours), P50(floors), "floor", "", ""});
     }
   }
 
@@ -550,7 +568,19 @@ class Bench {
     throughput_8_ = ours.calls_per_s;
     Add({"call_throughput_8", "`Call` throughput, 8 client threads", "calls/s", ours.calls_per_s, theirs.calls_per_s,
          "bare echo server, 8 client threads", "ratio>=0.8",
-         ours.errors ? absl::StrCat(ours.errors, " errors") : ""});
+         absl::StrCat(absl::StrFormat("p50 %.0f µs, p99 %.0f µs", P50(ours.latencies),
+                                      Percentile(ours.latencies, 0.99)),
+                      ours.errors ? absl::StrCat(", ", ours.errors, " errors") : "")});
+    if (forward_) {
+      Throughput floor = MeasureThroughput(forward_->socket(), false, "echo", 8, scale_.throughput_s);
+      Add({"call_floor_throughput_8", "  floor: bare gRPC server + one round trip to a child process, 8 client threads",
+           "calls/s", floor.calls_per_s, theirs.calls_per_s, "bare echo server, 8 client threads", "",
+           absl::StrCat(absl::StrFormat("p50 %.0f µs, p99 %.0f µs", P50(floor.latencies),
+                                        Percentile(floor.latencies, 0.99)),
+                        floor.errors ? absl::StrCat(", ", floor.errors, " errors") : "")});
+      Add({"call_vs_floor_throughput_8", "  `Call` throughput, 8 client threads, vs that floor", "calls/s",
+           ours.calls_per_s, floor.calls_per_s, "floor", "", ""});
+    }
   }
 
   void Reloads() {
@@ -794,6 +824,7 @@ class Bench {
   std::vector<Figure> figures_;
   std::unique_ptr<Server> relibd_;
   std::unique_ptr<Server> echo_;
+  std::unique_ptr<Server> forward_;  // the floor: echo + one round trip to a child
   std::unique_ptr<v1::Relibd::Stub> stub_;
   double throughput_8_ = 0;
 };

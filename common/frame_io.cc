@@ -1,5 +1,6 @@
 #include "common/frame_io.h"
 
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -54,9 +55,19 @@ absl::Status EncodeFrame(const google::protobuf::MessageLite& message, std::stri
 absl::Status WriteFrame(int fd, const google::protobuf::MessageLite& message, uint64_t limit) {
   std::string frame;
   if (absl::Status status = EncodeFrame(message, &frame, limit); !status.ok()) return status;
+  return WriteAll(fd, frame, {});
+}
+
+absl::Status WriteAll(int fd, std::string_view head, std::string_view tail) {
   size_t done = 0;
-  while (done < frame.size()) {
-    ssize_t n = ::write(fd, frame.data() + done, frame.size() - done);
+  const size_t total = head.size() + tail.size();
+  while (done < total) {
+    iovec iov[2];
+    int count = 0;
+    if (done < head.size()) iov[count++] = {const_cast<char*>(head.data()) + done, head.size() - done};
+    const size_t tail_done = done > head.size() ? done - head.size() : 0;
+    if (tail.size() > tail_done) iov[count++] = {const_cast<char*>(tail.data()) + tail_done, tail.size() - tail_done};
+    ssize_t n = ::writev(fd, iov, count);
     if (n < 0) {
       if (errno == EINTR) continue;
       return absl::ErrnoToStatus(errno, "write to link");
@@ -67,6 +78,11 @@ absl::Status WriteFrame(int fd, const google::protobuf::MessageLite& message, ui
 }
 
 absl::Status ReadFrame(int fd, google::protobuf::MessageLite* message, uint64_t limit) {
+  std::string buffer;
+  return ReadFrame(fd, message, limit, &buffer);
+}
+
+absl::Status ReadFrame(int fd, google::protobuf::MessageLite* message, uint64_t limit, std::string* buffer) {
   unsigned char header[kFrameHeaderBytes];
   absl::StatusOr<size_t> got = ReadFully(fd, header, sizeof(header));
   if (!got.ok()) return got.status();
@@ -76,11 +92,13 @@ absl::Status ReadFrame(int fd, google::protobuf::MessageLite* message, uint64_t 
   if (length > limit) {
     return absl::DataLossError(absl::StrCat("frame length ", length, " exceeds the link limit of ", limit, " bytes"));
   }
-  std::string payload(length, '\0');
-  got = ReadFully(fd, payload.data(), length);
+  if (buffer->size() < length) buffer->resize(length);
+  got = ReadFully(fd, buffer->data(), length);
   if (!got.ok()) return got.status();
   if (*got != length) return absl::DataLossError("link closed inside a frame");
-  if (!message->ParseFromString(payload)) return absl::DataLossError("unparsable link message");
+  if (!message->ParseFromArray(buffer->data(), static_cast<int>(length))) {
+    return absl::DataLossError("unparsable link message");
+  }
   return absl::OkStatus();
 }
 

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "absl/status/status.h"
 
@@ -35,10 +36,17 @@ absl::Status EncodeFrame(const google::protobuf::MessageLite& message, std::stri
 absl::Status WriteFrame(int fd, const google::protobuf::MessageLite& message,
                         uint64_t limit = kMaxFramePayloadBytes);
 
+// Blocking write of `head` then `tail` (one writev while the socket takes
+// them). Not thread-safe per fd: callers serialize. Errors: the write's errno.
+absl::Status WriteAll(int fd, std::string_view head, std::string_view tail);
+
 // Blocking read of one frame into `message`. Returns UNAVAILABLE "link closed"
 // on a clean EOF before a header, DATA_LOSS on a truncated frame, a frame
 // over `limit` bytes or an unparsable payload.
 absl::Status ReadFrame(int fd, google::protobuf::MessageLite* message, uint64_t limit = kMaxFramePayloadBytes);
+// As above, reading the payload into `buffer` (grown as needed, kept by the
+// caller for the next frame: no allocation per frame).
+absl::Status ReadFrame(int fd, google::protobuf::MessageLite* message, uint64_t limit, std::string* buffer);
 
 }  // namespace relib::common
 

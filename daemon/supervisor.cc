@@ -922,7 +922,7 @@ absl::StatusOr<v1::CallResponse> Supervisor::Call(const std::string& name, const
   if (!record) return absl::NotFoundError(absl::StrCat("no module named '", name, "'"));
   std::shared_ptr<WorkerHandle> worker;
   uint64_t version = 0;
-  v1::ModuleOptions options;
+  std::chrono::milliseconds call_deadline, queue_deadline, backstop;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     const v1::ModuleInfo& info = record->info;
@@ -935,29 +935,28 @@ absl::StatusOr<v1::CallResponse> Supervisor::Call(const std::string& name, const
     auto& group = groups_[info.worker()];
     if (group.worker && group.worker->pid() == info.worker_pid()) worker = group.worker;
     version = info.version();
-    options = info.options();
+    // The worker enforces the queue deadline and the flight recorder the
+    // call's own (from when it starts running); the backstop only catches a
+    // worker that stops answering: queue + call + a swap the call may be held
+    // for (the old version's in-flight calls, its unload, the new on_load).
+    const v1::ModuleOptions& options = info.options();
+    call_deadline = PhaseDeadline(options, common::Phase::kCall);
+    queue_deadline =
+        options.queue_deadline_ms() > 0 ? std::chrono::milliseconds(options.queue_deadline_ms()) : call_deadline;
+    backstop = queue_deadline + CommandDeadline(options, {common::Phase::kCall, common::Phase::kCall,
+                                                          common::Phase::kBeforeUnload, common::Phase::kUnloadChecks,
+                                                          common::Phase::kOnLoad});
   }
   if (!worker) return absl::UnavailableError(absl::StrCat("worker of module '", name, "' is gone"));
-  // The worker enforces the queue deadline and the flight recorder the
-  // call's own (from when it starts running); the backstop only catches a
-  // worker that stops answering: queue + call + a swap the call may be held
-  // for (the old version's in-flight calls, its unload, the new on_load).
-  const std::chrono::milliseconds call_deadline = PhaseDeadline(options, common::Phase::kCall);
-  const std::chrono::milliseconds queue_deadline =
-      options.queue_deadline_ms() > 0 ? std::chrono::milliseconds(options.queue_deadline_ms()) : call_deadline;
   v1::link::ToWorker command;
   auto* call = command.mutable_call();
   call->set_name(name);
   call->set_export_name(export_name);
-  call->set_input(input);
   call->set_deadline_ms(static_cast<uint32_t>(call_deadline.count()));
   call->set_queue_deadline_ms(static_cast<uint32_t>(queue_deadline.count()));
-  const std::chrono::milliseconds backstop =
-      queue_deadline + CommandDeadline(options, {common::Phase::kCall, common::Phase::kCall,
-                                                 common::Phase::kBeforeUnload, common::Phase::kUnloadChecks,
-                                                 common::Phase::kOnLoad});
+  // The input goes on the wire from the request itself (no copy).
   auto reply = worker->Request(std::move(command), absl::StrCat("call '", export_name, "' of module '", name, "'"),
-                               backstop);
+                               backstop, {}, input);
   absl::Status status = reply.ok() ? ReplyStatus(*reply) : reply.status();
   // The version that ran it (a reload may have swapped it since `version` was read).
   if (status.ok() && reply->call().version() != 0) version = reply->call().version();
@@ -973,7 +972,7 @@ absl::StatusOr<v1::CallResponse> Supervisor::Call(const std::string& name, const
     return status;
   }
   v1::CallResponse response;
-  response.set_output(reply->call().output());
+  response.set_output(std::move(*reply->mutable_call()->mutable_output()));
   response.set_version(version);
   return response;
 }

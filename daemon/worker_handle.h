@@ -1,6 +1,7 @@
 // relibd's handle on one relib-worker process: spawns it, talks the worker
 // link (commands are written by the sending thread itself when the socket
-// takes them, the Asio loop reads and completes replies), enforces deadlines
+// takes them; the Asio loop reads replies and completes them — a lone
+// Request can read its own instead, see kLoneCallReadsReply), enforces deadlines
 // (each executing call's own, through the flight recorder; control phases';
 // a generous backstop per command) and notices the process's death through
 // its pidfd.
@@ -11,6 +12,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <deque>
 #include <functional>
 #include <future>
@@ -19,6 +21,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -107,10 +110,16 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   void Send(v1::link::ToWorker command, std::string what, std::chrono::milliseconds deadline, ReplyCallback done,
             std::vector<common::UniqueFd> fds = {});
 
-  // Blocking form of Send for threads other than the io thread.
+  // Blocking form of Send for threads other than the io thread. With
+  // kLoneCallReadsReply, a lone waiting thread reads the link itself (its own
+  // reply then costs no thread hop); frames other than replies to blocked
+  // Requests still go to the io thread, in order.
+  // `tail`, if not empty, is appended to the command's CallCommand.input on
+  // the wire without being copied (REQUIRES: a call command whose input is
+  // empty; `tail` stays valid until this returns).
   absl::StatusOr<v1::link::Reply> Request(v1::link::ToWorker command, std::string what,
                                           std::chrono::milliseconds deadline,
-                                          std::vector<common::UniqueFd> fds = {});
+                                          std::vector<common::UniqueFd> fds = {}, std::string_view tail = {});
 
   // Thread-safe; not on the io thread. Asks the worker for its modules'
   // usage (answered by its link reader, never behind calls) and waits at
@@ -142,22 +151,68 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
     ReplyCallback done;
     std::string what;
     std::chrono::steady_clock::time_point backstop;  // max(): none
+    // `done` may run on any thread (a blocked Request's): a reader other
+    // than the io thread completes it in place.
+    bool any_thread = false;
   };
+  // A thread blocked in Request.
+  // (Its own mutex: completing one never contends with the link's.)
+  struct Waiter {
+    std::mutex mutex;
+    std::condition_variable wake;
+    bool done ABSL_GUARDED_BY(mutex) = false;
+    bool leading ABSL_GUARDED_BY(mutex) = false;  // it holds the read token
+    absl::StatusOr<v1::link::Reply> reply ABSL_GUARDED_BY(mutex);
+  };
+  // What a read of the link found.
+  enum class ReadResult { kDrained, kEnded };
 
   WorkerHandle(boost::asio::io_context& io, common::ChildProcess process, common::TempDir scratch,
                common::FlightRecorder recorder, int link_fd, common::UniqueFd fd_channel, std::string group,
                const WorkerOptions& options, Callbacks callbacks);
 
+  void SendCommand(v1::link::ToWorker command, std::string what, std::chrono::milliseconds deadline,
+                   ReplyCallback done, bool any_thread, std::vector<common::UniqueFd> fds, std::string_view tail);
+
+  // The read side. Exactly one thread at a time holds the read token
+  // (reading_) and reads: the io thread when the link is readable and nobody
+  // reads, or a thread blocked in Request that is the only one blocked (and
+  // none overlapped lately) and found nobody reading (it leads until its own reply came or another
+  // Request began; replies it reads for others are completed in place).
+  // Token holder: reads what the socket has (never blocks) and delivers
+  // every complete frame. kEnded: EOF, an error or a protocol error (the io
+  // thread is told, in order after the frames).
+  ReadResult ReadAvailable(bool on_io_thread);
+  // Token holder: one frame. A reply to a blocked Request completes here when
+  // nothing handed to the io thread is still undispatched; everything else
+  // goes to the io thread in order.
+  void Deliver(v1::link::FromWorker message, bool on_io_thread);
+  // The calling thread (not the io thread) reads until `waiter` is answered
+  // or reading ended. REQUIRES: it holds the read token.
+  void Lead(Waiter& waiter);
+  // Gives up the read token unless the socket has unread bytes (then false:
+  // keep reading).
+  bool ReleaseReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Makes the Request leading the read side look again (eventfd).
+  void WakeLeader();
+  // Token holder saw the end of the link: `why` and `eof` go to OnReadEnded on
+  // the io thread, after the frames handed there before.
+  void EndReading(boost::system::error_code ec, std::string protocol_error);
+
   // All below run on the io thread.
   void StartIo();
-  void ReadHeader();
-  void ReadPayload(uint32_t length);
-  void Dispatch(const v1::link::FromWorker& message);
+  // Waits for the link to become readable (Asio), then reads if no other
+  // thread does.
+  void ArmRead() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  void OnReadable();
+  void OnReadEnded(const boost::system::error_code& ec, const std::string& protocol_error);
+  void Dispatch(v1::link::FromWorker& message);
   // Answers the worker's host request `request_id` (save_state, store_fd).
   void AnswerHostCall(uint64_t request_id, const absl::Status& status);
   // Any thread. Writes one frame: directly if the socket takes it now and
   // nothing is queued before it, else queued for the io thread.
-  void WriteLocked(std::string frame) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // `tail` follows `frame` on the wire (one sendmsg).
+  void WriteLocked(std::string frame, std::string_view tail = {}) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void Write(std::string frame);
   // io thread: drains write_queue_.
   void WriteNext();
@@ -200,13 +255,31 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   const int link_fd_;  // link_'s descriptor, for writers on other threads
   common::UniqueFd fd_channel_;
   boost::asio::posix::stream_descriptor pidfd_watch_;
-  unsigned char header_[4];
-  std::string payload_;
+  // Wakes the Request leading the read side (in poll): its reply came by
+  // another way (the io thread), or Finish ran.
+  common::UniqueFd wake_fd_;
+  // Read token holder only: bytes received, [read_begin_, read_end_) not
+  // yet delivered.
+  std::string read_buffer_;
+  size_t read_begin_ = 0;
+  size_t read_end_ = 0;
 
   // Shared between the io thread and senders.
   mutable std::mutex mutex_;
   std::deque<std::string> write_queue_ ABSL_GUARDED_BY(mutex_);
   bool writing_ ABSL_GUARDED_BY(mutex_) = false;  // the io thread drains write_queue_
+  bool reading_ ABSL_GUARDED_BY(mutex_) = false;  // the read token is held
+  // EOF or an error was read: nobody reads any more.
+  bool read_ended_ ABSL_GUARDED_BY(mutex_) = false;
+  // Frames handed to the io thread and not yet dispatched there: while
+  // any are, later frames go there too (order is kept).
+  int frames_to_io_ ABSL_GUARDED_BY(mutex_) = 0;
+  // Threads in Request waiting for their reply.
+  int blocked_requests_ ABSL_GUARDED_BY(mutex_) = 0;
+  // When two Requests last waited at once.
+  std::chrono::steady_clock::time_point last_overlap_ ABSL_GUARDED_BY(mutex_);
+  // Finish ran while a Request read: it closes the link when it lets go.
+  bool close_deferred_ ABSL_GUARDED_BY(mutex_) = false;
   uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
   std::map<uint64_t, Pending> pending_ ABSL_GUARDED_BY(mutex_);
   // Usage requests waiting for their answer (see PollUsage).
