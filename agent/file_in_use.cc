@@ -1,6 +1,7 @@
 #include "agent/file_in_use.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -14,13 +15,16 @@ namespace relib::agent {
 FileUse ProbeFileUse(const std::string& path) {
   common::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
   if (!fd.valid()) return FileUse::kUnknown;
+  // An open racing the probe breaks the lease and signals this process: make
+  // that SIGURG (ignored by default), not SIGIO (which would end the worker).
+  if (::fcntl(fd.get(), F_SETSIG, SIGURG) != 0) return FileUse::kUnknown;
   if (::fcntl(fd.get(), F_SETLEASE, F_WRLCK) != 0) {
     // EAGAIN is the kernel's "another description is open" (fs/locks.c
     // check_conflicting_open); anything else is "cannot tell".
     return errno == EAGAIN ? FileUse::kInUse : FileUse::kUnknown;
   }
   // Taking the lease made this process the signal owner of a lease break;
-  // no owner means no SIGIO if an open races us before the unlock.
+  // no owner means no signal at all if an open races us before the unlock.
   ::fcntl(fd.get(), F_SETOWN, 0);
   ::fcntl(fd.get(), F_SETLEASE, F_UNLCK);
   return FileUse::kUnused;

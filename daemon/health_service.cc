@@ -4,6 +4,8 @@
 #include <optional>
 #include <string>
 
+#include "absl/strings/str_cat.h"
+
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/wire_format_lite.h"
@@ -95,6 +97,22 @@ grpc::Status HealthService::Watch(grpc::ServerContext* context, const grpc::Byte
   std::optional<std::string> service = ServiceOf(*request);
   if (!service) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "not a HealthCheckRequest");
   // The protocol's answer for a service it does not know, kept open.
+  {
+    std::lock_guard<std::mutex> count_lock(mutex_);
+    if (watches_ >= kMaxWatches) {
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          absl::StrCat("too many open health watches (", kMaxWatches, "); use Check"));
+    }
+    ++watches_;
+  }
+  // Declared before `lock`, so it runs after `lock` let go of the mutex.
+  struct Release {
+    HealthService* self;
+    ~Release() {
+      std::lock_guard<std::mutex> count_lock(self->mutex_);
+      --self->watches_;
+    }
+  } release{this};
   std::unique_lock<std::mutex> lock(mutex_);
   bool serving = serving_;
   int sent = service->empty() ? (serving ? kServing : kNotServing) : 3 /* SERVICE_UNKNOWN */;

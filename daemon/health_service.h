@@ -1,7 +1,8 @@
 // grpc.health.v1.Health for relibd's servers, on the synchronous API: gRPC
 // 1.51's built-in health service runs on its callback API, whose two polling
 // threads wake every second or so even when nobody calls. Check answers at
-// once; Watch holds a thread while it is open (nobody watches an idle relibd).
+// once; Watch holds a thread while it is open (nobody watches an idle relibd),
+// so at most kMaxWatches are open at once: RPC threads stay for the API.
 #ifndef RELIB_DAEMON_HEALTH_SERVICE_H_
 #define RELIB_DAEMON_HEALTH_SERVICE_H_
 
@@ -26,6 +27,9 @@ class HealthService final : public grpc::Service {
   // NOT_SERVING from now on; open Watch streams get it and end.
   void Shutdown();
 
+  // Watch streams open at once beyond this are refused (RESOURCE_EXHAUSTED).
+  static constexpr int kMaxWatches = 4;
+
  private:
   grpc::Status Check(grpc::ServerContext* context, const grpc::ByteBuffer* request, grpc::ByteBuffer* response);
   grpc::Status Watch(grpc::ServerContext* context, const grpc::ByteBuffer* request,
@@ -34,6 +38,7 @@ class HealthService final : public grpc::Service {
   std::mutex mutex_;
   std::condition_variable changed_;
   bool serving_ ABSL_GUARDED_BY(mutex_) = true;
+  int watches_ ABSL_GUARDED_BY(mutex_) = 0;
 };
 
 }  // namespace relib::daemon

@@ -208,7 +208,10 @@ WorkerHandle::Callbacks Supervisor::WorkerCallbacks(std::shared_ptr<Assignment> 
 std::shared_ptr<WorkerHandle> Supervisor::TakeSpareLocked(const std::string& group) {
   if (!spare_) return nullptr;
   // Its rlimits were set at its exec: it fits only a group that would get the same.
-  if (!spare_->alive() || spare_->limits() != options_.worker.limits.For(group)) return nullptr;
+  // A CPU-time limit counts from the exec, and a spare has already spent
+  // some: such a group gets a fresh worker.
+  const WorkerLimits wanted = options_.worker.limits.For(group);
+  if (!spare_->alive() || spare_->limits() != wanted || wanted.cpu_seconds) return nullptr;
   std::shared_ptr<WorkerHandle> worker = std::move(spare_);
   spare_.reset();
   spare_assignment_->group = group;

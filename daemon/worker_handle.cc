@@ -555,6 +555,11 @@ void WorkerHandle::SendCommand(v1::link::ToWorker command, std::string what, std
   const auto backstop = deadline.count() > 0 ? std::chrono::steady_clock::now() + deadline
                                              : std::chrono::steady_clock::time_point::max();
   std::unique_lock<std::mutex> lock(mutex_);
+  if (closed_ && answer_after_reap_) {
+    // Answered with the others once the dead worker is reaped.
+    pending_.emplace(next_id_++, Pending{std::move(done), std::move(what), backstop, any_thread});
+    return;
+  }
   if (closed_) {
     std::string reason = exit_reason_;
     lock.unlock();
@@ -664,12 +669,16 @@ void WorkerHandle::WriteLocked(std::string frame, std::string_view tail) {
       const int error = n < 0 ? errno : EPIPE;
       if (error == EINTR) continue;
       if (error == EAGAIN || error == EWOULDBLOCK) break;
-      // The worker is gone or going: its exit tells how.
+      // The worker is gone or going: its exit tells how. A write error is
+      // never itself a kill reason (it would hide a crash's attribution): it
+      // is handled like the link closing.
       if (!dying_) {
         dying_ = true;
         auto self = shared_from_this();
-        asio::post(io_, [self, why = absl::StrCat("write to worker link failed: ", std::strerror(error))] {
-          if (self->alive_ && !self->stopping_) self->Kill(why);
+        asio::post(io_, [self, error] {
+          if (self->alive_ && !self->stopping_) {
+            self->OnLinkClosed(boost::system::error_code(error, boost::system::system_category()));
+          }
         });
       }
       return;
@@ -765,7 +774,7 @@ void WorkerHandle::WriteNext() {
       }
     }
     if (ec) {
-      if (self->alive_ && !self->stopping_) self->Kill(absl::StrCat("write to worker link failed: ", ec.message()));
+      if (self->alive_ && !self->stopping_) self->OnLinkClosed(ec);
       return;
     }
     self->WriteNext();
@@ -843,6 +852,10 @@ void WorkerHandle::OnProcessExit() {
   // worker still holds the group id; then what escaped the group and came to
   // relibd (a subreaper) when the worker's last thread was gone.
   KillWorkerGroup(pid_);
+  // Escaped processes have been handed to relibd by now (the kernel
+  // reparents them before the pidfd turns readable); they go before the
+  // restart can start, or a restored module could find their ports or locks.
+  KillAdoptedProcesses(std::chrono::milliseconds(1000));
   if (std::optional<common::ExitStatus> ended = process_.EndedWithoutReaping()) {
     // Killed by a signal: how it ended is known, so the restart need not
     // wait for the reap — which waits for the worker's last threads to exit
@@ -853,7 +866,6 @@ void WorkerHandle::OnProcessExit() {
     ReapLater();
   } else {
     auto status = process_.Wait();
-    KillAdoptedProcesses(std::chrono::milliseconds(1000));
     exit_status_ = status.ok() ? *status : common::ExitStatus{};
   }
   alive_ = false;
@@ -890,6 +902,10 @@ void WorkerHandle::ReapLater() {
       self->process_.Wait().IgnoreError();  // reapable now: does not block
       KillAdoptedProcesses(std::chrono::milliseconds(1000));
       self->reap_pending_ = false;
+      {
+        std::lock_guard<std::mutex> lock(self->mutex_);
+        self->answer_after_reap_ = false;
+      }
       // Callers hear of the death once nothing of the worker is left.
       if (self->deferred_failure_) self->FailAllPending(*std::exchange(self->deferred_failure_, std::nullopt));
     });
@@ -908,7 +924,12 @@ void WorkerHandle::Finish() {
   }
   std::string reason;
   WorkerExit exit;
-  if (kill_reason_) {
+  // Died of the very signal its crash handler recorded: that crash is the
+  // story, whatever relibd meant to do (only a deadline's kill outranks it).
+  const bool crashed_itself = snapshot.crash_signal != 0 &&
+                              exit_status_->kind == common::ExitStatus::Kind::kSignaled &&
+                              exit_status_->code == snapshot.crash_signal;
+  if (kill_reason_ && !(crashed_itself && !killed_by_deadline_)) {
     reason = absl::StrCat("worker pid ", pid_, " ", how, " (", *kill_reason_, ")");
     exit.blamed_module = blamed_module_;
   } else {
@@ -958,6 +979,7 @@ void WorkerHandle::Finish() {
     closed_ = true;
     dying_ = true;
     exit_reason_ = reason;
+    answer_after_reap_ = reap_pending_;
     write_queue_.clear();
     if (reading_) {
       // A Request reads the link now: it closes it when it lets go (the

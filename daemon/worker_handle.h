@@ -230,6 +230,9 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   // Set while a dead worker awaits its reap; the commands it left unanswered
   // get `deferred_failure_` then (io thread only).
   bool reap_pending_ = false;
+  // Under mutex_: set by Finish while the reap is pending, so commands that
+  // still arrive are answered with the others once the worker is reaped.
+  bool answer_after_reap_ = false;
   std::optional<std::string> deferred_failure_;
   void Finish();
   void Watch();
