@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstddef>
@@ -59,13 +60,17 @@ void RemoveFile(const std::string& path) {
 // Writable files, files of this worker's scratch dir (a rollback to a copy
 // that may still be mapped: the same inode would make dlopen return the old
 // mapping) and failed links (another file system; a worker under another uid,
-// fs.protected_hardlinks) are copied. Returns true if `copy` was linked.
-bool LinkReadOnlyCopy(const std::string& file, const std::string& display_path, const std::string& copy) {
+// fs.protected_hardlinks) are copied. Returns true if `copy` was linked;
+// sets `refused` if the link failed with EPERM.
+bool LinkReadOnlyCopy(const std::string& file, const std::string& display_path, const std::string& copy,
+                      bool& refused) {
   if (display_path.empty() || display_path == file) return false;
   struct stat st;
   if (::stat(file.c_str(), &st) != 0 || !S_ISREG(st.st_mode) || (st.st_mode & 0222) != 0) return false;
   ::unlink(copy.c_str());
-  return ::link(file.c_str(), copy.c_str()) == 0;
+  if (::link(file.c_str(), copy.c_str()) == 0) return true;
+  if (errno == EPERM) refused = true;
+  return false;
 }
 
 struct RangeQuery {
@@ -280,7 +285,7 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
   } else {
     module->copy_path = absl::StrCat(scratch_dir_, "/", name, ".v", version, ".", next_copy_id_++, ".so");
     const bool own_copy = file.rfind(scratch_dir_ + "/", 0) == 0 || IsModuleFile(file);
-    if (own_copy || !LinkReadOnlyCopy(file, display_path, module->copy_path)) {
+    if (own_copy || links_refused_ || !LinkReadOnlyCopy(file, display_path, module->copy_path, links_refused_)) {
       std::filesystem::copy_file(file, module->copy_path, std::filesystem::copy_options::overwrite_existing, error);
     }
   }
@@ -307,7 +312,16 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
     return absl::ResourceExhaustedError(absl::StrCat("cannot load ", path, ": too many modules in this worker"));
   }
   // Before any module code runs, while nothing else has the fresh copy open.
-  module->probe_sees_mappings = ProbeSeesMappings(module->copy_path);
+  // A copy of its own (the lease needs the owner) on a file system already
+  // proved is not probed again.
+  struct stat copy_stat {};
+  const bool stated = ::stat(module->copy_path.c_str(), &copy_stat) == 0;
+  if (stated && copy_stat.st_uid == ::geteuid() && lease_sees_mappings_on_ == copy_stat.st_dev) {
+    module->probe_sees_mappings = true;
+  } else {
+    module->probe_sees_mappings = ProbeSeesMappings(module->copy_path);
+    if (stated && module->probe_sees_mappings) lease_sees_mappings_on_ = copy_stat.st_dev;
+  }
   heap::StartTracking(module->id, options.capture_sites);
   SetModuleName(module->id, name.c_str());
   EnterPhase(common::Phase::kLoad, *module);

@@ -12,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
@@ -243,6 +244,15 @@ class ModuleLoader {
   common::FlightRecorder* recorder_ = nullptr;
   uint64_t output_limit_ = common::OutputLimit(common::MegabytesToBytes(common::kDefaultMaxMessageMb));
   uint64_t next_copy_id_ = 1;
+  // Control thread only. The file system (st_dev) on which ProbeSeesMappings
+  // once proved that a mapping blocks the lease probe: a property of the
+  // kernel and that file system, not of one file, so later copies on it are
+  // not probed again (each unload still takes the lease, or scans the maps).
+  std::optional<dev_t> lease_sees_mappings_on_;
+  // Control thread only. A hard link to relibd's copy was refused with EPERM
+  // (a worker under another uid, fs.protected_hardlinks): relibd's copies all
+  // have one owner, so later ones are copied without trying the link again.
+  bool links_refused_ = false;
   // Written by the control thread only, under an exclusive lock; read under
   // a shared one by other threads (Call, Usage).
   mutable std::shared_mutex modules_mutex_;

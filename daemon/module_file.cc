@@ -83,7 +83,8 @@ absl::StatusOr<uint64_t> CopyBounded(int in, int out, uint64_t limit) {
 
 }  // namespace
 
-absl::Status CopyModuleFile(const std::string& path, const std::string& destination, uint64_t max_bytes) {
+absl::Status CopyModuleFile(const std::string& path, const std::string& destination, uint64_t max_bytes,
+                            std::optional<gid_t> group) {
   common::UniqueFd in(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
   if (!in.valid()) {
     if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("module file ", path, " does not exist"));
@@ -109,9 +110,13 @@ absl::Status CopyModuleFile(const std::string& path, const std::string& destinat
   }
 
   // Always a new inode: an earlier file of that name may be hard-linked by a
-  // worker that has it mapped, and must never be rewritten.
-  ::unlink(destination.c_str());
+  // worker that has it mapped, and must never be rewritten. The name is
+  // usually free (O_EXCL succeeds at once); only a leftover is unlinked.
   common::UniqueFd out(::open(destination.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (!out.valid() && errno == EEXIST) {
+    ::unlink(destination.c_str());
+    out = common::UniqueFd(::open(destination.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  }
   if (!out.valid()) {
     return absl::InternalError(absl::StrCat("cannot create relibd's copy of ", path, ": ", std::strerror(errno)));
   }
@@ -122,7 +127,10 @@ absl::Status CopyModuleFile(const std::string& path, const std::string& destinat
   } else if (*copied > max_bytes) {
     status = absl::InvalidArgumentError(absl::StrCat("module file ", path, " grew past the limit of ", max_bytes,
                                                      " bytes while it was copied (relibd --max-module-size-mb)"));
-  } else if (::fchmod(out.get(), 0400) != 0) {
+  } else if (group && ::fchown(out.get(), static_cast<uid_t>(-1), *group) != 0) {
+    status = absl::InternalError(
+        absl::StrCat("cannot give the worker's group relibd's copy of ", path, ": ", std::strerror(errno)));
+  } else if (::fchmod(out.get(), group ? 0440 : 0400) != 0) {
     status = absl::InternalError(absl::StrCat("cannot make relibd's copy of ", path, " read-only: ", std::strerror(errno)));
   } else if (::close(out.Release()) != 0) {
     status = absl::InternalError(absl::StrCat("cannot write relibd's copy of ", path, ": ", std::strerror(errno)));

@@ -206,15 +206,12 @@ absl::StatusOr<std::string> Supervisor::StageCopy(const std::string& name, uint6
     if (!allowed.ok()) return allowed.status();
     source = *allowed;  // symlinks resolved: the very file that was checked
   }
-  if (absl::Status copied = CopyModuleFile(source, copy, options_.max_module_bytes); !copied.ok()) return copied;
-  if (options_.worker.run_as) {
-    // The worker (another user) reads the copy; nobody else may, and it
-    // stays read-only (never written again, see CopyModuleFile).
-    if (::chown(copy.c_str(), -1, options_.worker.run_as->gid) != 0 || ::chmod(copy.c_str(), 0440) != 0) {
-      absl::Status status = absl::ErrnoToStatus(errno, "give the worker's group the copy " + copy);
-      RemoveFile(copy);
-      return status;
-    }
+  // A worker under another user reads the copy through its group; nobody
+  // else may, and it stays read-only (never written again, see CopyModuleFile).
+  std::optional<gid_t> group;
+  if (options_.worker.run_as) group = options_.worker.run_as->gid;
+  if (absl::Status copied = CopyModuleFile(source, copy, options_.max_module_bytes, group); !copied.ok()) {
+    return copied;
   }
   return copy;
 }
