@@ -57,7 +57,11 @@ void RemoveFile(const std::string& path) {
 }  // namespace
 
 Supervisor::Supervisor(boost::asio::io_context& io, SupervisorOptions options, EventBus& events)
-    : io_(io), options_(std::move(options)), events_(events), recovery_(options_.restart) {
+    : io_(io),
+      options_(std::move(options)),
+      events_(events),
+      recovery_(options_.restart),
+      good_copies_(io, options_.good_dir) {
   std::error_code ignored;
   std::filesystem::create_directories(options_.good_dir, ignored);
   // Workers running as another user reach their module copies here by name.
@@ -210,7 +214,9 @@ absl::StatusOr<std::string> Supervisor::StageCopy(const std::string& name, uint6
   // else may, and it stays read-only (never written again, see CopyModuleFile).
   std::optional<gid_t> group;
   if (options_.worker.run_as) group = options_.worker.run_as->gid;
-  if (absl::Status copied = CopyModuleFile(source, copy, options_.max_module_bytes, group); !copied.ok()) {
+  good_copies_.ForgetRemoval(copy);
+  if (absl::Status copied = CopyModuleFile(source, copy, options_.max_module_bytes, group, good_copies_.TakeSpare());
+      !copied.ok()) {
     return copied;
   }
   return copy;
@@ -675,7 +681,7 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
       return absl::UnavailableError(why);
     }
   }
-  RemoveFile(old_good_copy);
+  good_copies_.RemoveLater(old_good_copy);  // after the reply: nothing refers to it any more
   Persist(response.module(), candidate);
   if (!fresh) {
     *response.mutable_report() = reply->reload().report();
