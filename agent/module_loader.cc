@@ -1,6 +1,7 @@
 #include "agent/module_loader.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <link.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -71,6 +72,28 @@ bool LinkReadOnlyCopy(const std::string& file, const std::string& display_path, 
   if (::link(file.c_str(), copy.c_str()) == 0) return true;
   if (errno == EPERM) refused = true;
   return false;
+}
+
+// Fills the unnamed file `spare` (O_TMPFILE) with `from`'s bytes and mode and
+// links it at `to`. False (nothing left at `to`) if any step fails.
+bool CopyIntoSpare(common::UniqueFd spare, const std::string& from, const std::string& to) {
+  common::UniqueFd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
+  struct stat st;
+  if (!in.valid() || ::fstat(in.get(), &st) != 0 || !S_ISREG(st.st_mode)) return false;
+  off_t offset = 0;
+  while (offset < st.st_size) {
+    ssize_t n = ::copy_file_range(in.get(), &offset, spare.get(), nullptr, static_cast<size_t>(st.st_size - offset), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+  }
+  if (::fchmod(spare.get(), st.st_mode & 0777) != 0) return false;
+  const std::string self = absl::StrCat("/proc/self/fd/", spare.get());
+  if (::linkat(AT_FDCWD, self.c_str(), AT_FDCWD, to.c_str(), AT_SYMLINK_FOLLOW) != 0) return false;
+  if (::close(spare.Release()) != 0) {
+    ::unlink(to.c_str());
+    return false;
+  }
+  return true;
 }
 
 struct RangeQuery {
@@ -235,6 +258,7 @@ ModuleLoader::ModuleLoader(std::string scratch_dir, ModuleLogFn log, HostService
 }
 
 ModuleLoader::~ModuleLoader() {
+  for (const std::string& path : removals_after_reply_) RemoveFile(path);
   for (auto& [name, module] : modules_) {
     RemoveFile(module->copy_path);
     // The process is ending. Code a thread or a timer notification still runs
@@ -286,7 +310,11 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
     module->copy_path = absl::StrCat(scratch_dir_, "/", name, ".v", version, ".", next_copy_id_++, ".so");
     const bool own_copy = file.rfind(scratch_dir_ + "/", 0) == 0 || IsModuleFile(file);
     if (own_copy || links_refused_ || !LinkReadOnlyCopy(file, display_path, module->copy_path, links_refused_)) {
-      std::filesystem::copy_file(file, module->copy_path, std::filesystem::copy_options::overwrite_existing, error);
+      // The copy's name is new in this worker; a spare inode made after the
+      // last reply saves creating one now.
+      if (!spare_copy_.valid() || !CopyIntoSpare(std::move(spare_copy_), file, module->copy_path)) {
+        std::filesystem::copy_file(file, module->copy_path, std::filesystem::copy_options::overwrite_existing, error);
+      }
     }
   }
   if (error) {
@@ -786,6 +814,15 @@ absl::Status ModuleLoader::Unload(const std::string& name, bool force, UnloadRep
   return absl::OkStatus();
 }
 
+void ModuleLoader::FinishAfterReply() {
+  for (const std::string& path : removals_after_reply_) RemoveFile(path);
+  removals_after_reply_.clear();
+  if (!spare_copy_.valid()) {
+    // Without O_TMPFILE support there is no spare: copies create their file.
+    spare_copy_ = common::UniqueFd(::open(scratch_dir_.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600));
+  }
+}
+
 absl::StatusOr<LoadInfo> ModuleLoader::Reload(const std::string& name, const std::string& path, uint64_t version,
                                               bool force, const ModuleOptions* options, UnloadReport& report,
                                               const std::string& display_path,
@@ -829,7 +866,7 @@ absl::StatusOr<LoadInfo> ModuleLoader::Reload(const std::string& name, const std
                         absl::StrCat(status.message(), note, "; loading the previous version again also failed (",
                                      restored.message(), "), the module is no longer loaded"));
   }
-  RemoveFile(current->copy_path);
+  removals_after_reply_.push_back(current->copy_path);  // unmapped and checked; only the name is left
   LoadInfo info = Describe(*next->descriptor, next->pinning, MicrosSince(start));
   info.thread_safe = next->thread_safe;
   spdlog::info("reloaded module={} version={}->{} path={} unmapped={}", name, current->version, version, path,
