@@ -407,6 +407,7 @@ absl::Status Agent::Run() {
     // Usage first: a client that sees the reply then asks for Status finds it current.
     if (absl::Status status = SendUsage(); !status.ok()) return status;
     if (absl::Status status = link_.Send(answer); !status.ok()) return status;
+    loader_.FinishAfterReply();
   }
 }
 

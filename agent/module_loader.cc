@@ -1,11 +1,13 @@
 #include "agent/module_loader.h"
 
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <link.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstddef>
@@ -59,13 +61,39 @@ void RemoveFile(const std::string& path) {
 // Writable files, files of this worker's scratch dir (a rollback to a copy
 // that may still be mapped: the same inode would make dlopen return the old
 // mapping) and failed links (another file system; a worker under another uid,
-// fs.protected_hardlinks) are copied. Returns true if `copy` was linked.
-bool LinkReadOnlyCopy(const std::string& file, const std::string& display_path, const std::string& copy) {
+// fs.protected_hardlinks) are copied. Returns true if `copy` was linked;
+// sets `refused` if the link failed with EPERM.
+bool LinkReadOnlyCopy(const std::string& file, const std::string& display_path, const std::string& copy,
+                      bool& refused) {
   if (display_path.empty() || display_path == file) return false;
   struct stat st;
   if (::stat(file.c_str(), &st) != 0 || !S_ISREG(st.st_mode) || (st.st_mode & 0222) != 0) return false;
   ::unlink(copy.c_str());
-  return ::link(file.c_str(), copy.c_str()) == 0;
+  if (::link(file.c_str(), copy.c_str()) == 0) return true;
+  if (errno == EPERM) refused = true;
+  return false;
+}
+
+// Fills the unnamed file `spare` (O_TMPFILE) with `from`'s bytes and mode and
+// links it at `to`. False (nothing left at `to`) if any step fails.
+bool CopyIntoSpare(common::UniqueFd spare, const std::string& from, const std::string& to) {
+  common::UniqueFd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
+  struct stat st;
+  if (!in.valid() || ::fstat(in.get(), &st) != 0 || !S_ISREG(st.st_mode)) return false;
+  off_t offset = 0;
+  while (offset < st.st_size) {
+    ssize_t n = ::copy_file_range(in.get(), &offset, spare.get(), nullptr, static_cast<size_t>(st.st_size - offset), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+  }
+  if (::fchmod(spare.get(), st.st_mode & 0777) != 0) return false;
+  const std::string self = absl::StrCat("/proc/self/fd/", spare.get());
+  if (::linkat(AT_FDCWD, self.c_str(), AT_FDCWD, to.c_str(), AT_SYMLINK_FOLLOW) != 0) return false;
+  if (::close(spare.Release()) != 0) {
+    ::unlink(to.c_str());
+    return false;
+  }
+  return true;
 }
 
 struct RangeQuery {
@@ -230,6 +258,7 @@ ModuleLoader::ModuleLoader(std::string scratch_dir, ModuleLogFn log, HostService
 }
 
 ModuleLoader::~ModuleLoader() {
+  for (const std::string& path : removals_after_reply_) RemoveFile(path);
   for (auto& [name, module] : modules_) {
     RemoveFile(module->copy_path);
     // The process is ending. Code a thread or a timer notification still runs
@@ -280,8 +309,12 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
   } else {
     module->copy_path = absl::StrCat(scratch_dir_, "/", name, ".v", version, ".", next_copy_id_++, ".so");
     const bool own_copy = file.rfind(scratch_dir_ + "/", 0) == 0 || IsModuleFile(file);
-    if (own_copy || !LinkReadOnlyCopy(file, display_path, module->copy_path)) {
-      std::filesystem::copy_file(file, module->copy_path, std::filesystem::copy_options::overwrite_existing, error);
+    if (own_copy || links_refused_ || !LinkReadOnlyCopy(file, display_path, module->copy_path, links_refused_)) {
+      // The copy's name is new in this worker; a spare inode made after the
+      // last reply saves creating one now.
+      if (!spare_copy_.valid() || !CopyIntoSpare(std::move(spare_copy_), file, module->copy_path)) {
+        std::filesystem::copy_file(file, module->copy_path, std::filesystem::copy_options::overwrite_existing, error);
+      }
     }
   }
   if (error) {
@@ -307,7 +340,16 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
     return absl::ResourceExhaustedError(absl::StrCat("cannot load ", path, ": too many modules in this worker"));
   }
   // Before any module code runs, while nothing else has the fresh copy open.
-  module->probe_sees_mappings = ProbeSeesMappings(module->copy_path);
+  // A copy of its own (the lease needs the owner) on a file system already
+  // proved is not probed again.
+  struct stat copy_stat {};
+  const bool stated = ::stat(module->copy_path.c_str(), &copy_stat) == 0;
+  if (stated && copy_stat.st_uid == ::geteuid() && lease_sees_mappings_on_ == copy_stat.st_dev) {
+    module->probe_sees_mappings = true;
+  } else {
+    module->probe_sees_mappings = ProbeSeesMappings(module->copy_path);
+    if (stated && module->probe_sees_mappings) lease_sees_mappings_on_ = copy_stat.st_dev;
+  }
   heap::StartTracking(module->id, options.capture_sites);
   SetModuleName(module->id, name.c_str());
   EnterPhase(common::Phase::kLoad, *module);
@@ -772,6 +814,15 @@ absl::Status ModuleLoader::Unload(const std::string& name, bool force, UnloadRep
   return absl::OkStatus();
 }
 
+void ModuleLoader::FinishAfterReply() {
+  for (const std::string& path : removals_after_reply_) RemoveFile(path);
+  removals_after_reply_.clear();
+  if (!spare_copy_.valid()) {
+    // Without O_TMPFILE support there is no spare: copies create their file.
+    spare_copy_ = common::UniqueFd(::open(scratch_dir_.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600));
+  }
+}
+
 absl::StatusOr<LoadInfo> ModuleLoader::Reload(const std::string& name, const std::string& path, uint64_t version,
                                               bool force, const ModuleOptions* options, UnloadReport& report,
                                               const std::string& display_path,
@@ -815,7 +866,7 @@ absl::StatusOr<LoadInfo> ModuleLoader::Reload(const std::string& name, const std
                         absl::StrCat(status.message(), note, "; loading the previous version again also failed (",
                                      restored.message(), "), the module is no longer loaded"));
   }
-  RemoveFile(current->copy_path);
+  removals_after_reply_.push_back(current->copy_path);  // unmapped and checked; only the name is left
   LoadInfo info = Describe(*next->descriptor, next->pinning, MicrosSince(start));
   info.thread_safe = next->thread_safe;
   spdlog::info("reloaded module={} version={}->{} path={} unmapped={}", name, current->version, version, path,

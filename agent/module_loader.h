@@ -12,6 +12,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
@@ -27,6 +28,7 @@
 #include "agent/thread_tracker.h"
 #include "common/flight_recorder.h"
 #include "common/proc_maps.h"
+#include "common/unique_fd.h"
 #include "common/message_limits.h"
 
 namespace relib::agent {
@@ -160,6 +162,10 @@ class ModuleLoader {
   // threads are still alive after the grace period (report.refused) — in both
   // cases the module stays loaded.
   absl::Status Unload(const std::string& name, bool force, UnloadReport& report);
+  // File-system work the reply need not wait for: removes the copies of
+  // versions a Reload replaced and makes an unnamed inode (O_TMPFILE) in the
+  // scratch dir for the next copy. Control thread, after the reply is sent.
+  void FinishAfterReply();
 
   // Opens and checks the new file first (a bad file leaves the old version
   // untouched), then unloads the old version as Unload does and runs the new
@@ -243,6 +249,18 @@ class ModuleLoader {
   common::FlightRecorder* recorder_ = nullptr;
   uint64_t output_limit_ = common::OutputLimit(common::MegabytesToBytes(common::kDefaultMaxMessageMb));
   uint64_t next_copy_id_ = 1;
+  // Control thread only. The file system (st_dev) on which ProbeSeesMappings
+  // once proved that a mapping blocks the lease probe: a property of the
+  // kernel and that file system, not of one file, so later copies on it are
+  // not probed again (each unload still takes the lease, or scans the maps).
+  std::optional<dev_t> lease_sees_mappings_on_;
+  // Control thread only. A hard link to relibd's copy was refused with EPERM
+  // (a worker under another uid, fs.protected_hardlinks): relibd's copies all
+  // have one owner, so later ones are copied without trying the link again.
+  bool links_refused_ = false;
+  // Control thread only: see FinishAfterReply.
+  std::vector<std::string> removals_after_reply_;
+  common::UniqueFd spare_copy_;
   // Written by the control thread only, under an exclusive lock; read under
   // a shared one by other threads (Call, Usage).
   mutable std::shared_mutex modules_mutex_;

@@ -395,6 +395,21 @@ ReloadSample ReloadOnce(v1::Relibd::Stub& stub, const std::string& name, const s
   return sample;
 }
 
+// A Reload relibd refuses before any work (NOT_FOUND): its RPC path alone.
+double RefusedReloadOnce(v1::Relibd::Stub& stub) {
+  v1::ReloadRequest request;
+  request.set_name("relib-bench-no-such-module");
+  v1::ReloadResponse response;
+  grpc::ClientContext context;
+  auto start = Clock::now();
+  grpc::Status status = stub.Reload(&context, request, &response);
+  double micros = MicrosBetween(start, Clock::now());
+  if (status.error_code() != grpc::StatusCode::NOT_FOUND) {
+    throw std::runtime_error(absl::StrCat("reload of a missing module: ", status.error_message()));
+  }
+  return micros;
+}
+
 // copy + dlopen + dlsym + dlclose of `path`, as a plain process does it: the
 // floor a reload through relibd is measured against.
 double CopyDlopenOnce(const std::string& path, const std::string& copy) {
@@ -597,7 +612,7 @@ class Bench {
          {Module{"reload_small", "small", "small module", kBenchEchoV1, kBenchEchoV2, scale_.reloads_small, "ratio<=3"},
           Module{"reload_big", "big", "~5 MB module", kBenchBigV1, kBenchBigV2, scale_.reloads_big, "ratio<=2"}}) {
       for (int i = 0; i < 5; ++i) ReloadOnce(*stub_, m.name, i % 2 ? m.v1 : m.v2);
-      std::vector<double> total, worker, before, unload, baseline, round_trip, rpc_layer, daemon_own, link;
+      std::vector<double> total, worker, before, unload, baseline, round_trip, rpc_layer, daemon_own, link, refused;
       // The floor's RPC part: a bare gRPC sync unary round trip (32 B echo),
       // measured between the halves like the copy + dlopen baseline.
       CallFn bare = EchoCaller(echo_->channel());
@@ -617,6 +632,9 @@ class Bench {
         }
         auto b = CopyDlopenLatencies(m.v1, m.v2, m.n / 2 + 1);
         baseline.insert(baseline.end(), b.begin(), b.end());
+        // relibd's RPC path with no reload work: a Reload refused at once
+        // (no such module) against the same bare round trip.
+        for (int i = 0; i < m.n / 2 + 1; ++i) refused.push_back(RefusedReloadOnce(*stub_));
       }
       Add({absl::StrCat("reload_p50_", m.key), absl::StrCat("reload p50, ", m.label, ", through the gRPC API"), "µs",
            P50(total), P50(baseline), "copy + dlopen + dlsym + dlclose of the same files", m.target, ""});
@@ -640,6 +658,10 @@ class Bench {
            absl::StrCat("    of which the worker link around the worker's reload: command, reply, thread hand-offs (",
                         m.label, ")"),
            "µs", P50(link), std::nullopt, "", "", "p50 of worker_round_trip_micros - LoadResult.load_micros"});
+      Add({absl::StrCat("reload_rpc_floor_", m.key),
+           absl::StrCat("  relibd's RPC path alone: Reload refused at once, no such module (", m.label, " run)"), "µs",
+           P50(refused), P50(round_trip), "bare gRPC sync unary round trip (32 B echo)", "",
+           "relibd's server, transport and handler thread with no file, worker or table work"});
       // What no reload through an RPC can go below: the bare round trip plus
       // the baseline's copy + dlopen + dlsym + dlclose.
       const double floor = P50(round_trip) + P50(baseline);

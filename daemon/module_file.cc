@@ -81,9 +81,20 @@ absl::StatusOr<uint64_t> CopyBounded(int in, int out, uint64_t limit) {
   return copied;
 }
 
+// Links the unnamed file `fd` (O_TMPFILE) at `destination`, replacing a
+// leftover of that name. The /proc path links without CAP_DAC_READ_SEARCH.
+bool NameUnnamed(int fd, const std::string& destination) {
+  const std::string self = absl::StrCat("/proc/self/fd/", fd);
+  if (::linkat(AT_FDCWD, self.c_str(), AT_FDCWD, destination.c_str(), AT_SYMLINK_FOLLOW) == 0) return true;
+  if (errno != EEXIST) return false;
+  ::unlink(destination.c_str());
+  return ::linkat(AT_FDCWD, self.c_str(), AT_FDCWD, destination.c_str(), AT_SYMLINK_FOLLOW) == 0;
+}
+
 }  // namespace
 
-absl::Status CopyModuleFile(const std::string& path, const std::string& destination, uint64_t max_bytes) {
+absl::Status CopyModuleFile(const std::string& path, const std::string& destination, uint64_t max_bytes,
+                            std::optional<gid_t> group, common::UniqueFd spare) {
   common::UniqueFd in(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
   if (!in.valid()) {
     if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("module file ", path, " does not exist"));
@@ -109,11 +120,22 @@ absl::Status CopyModuleFile(const std::string& path, const std::string& destinat
   }
 
   // Always a new inode: an earlier file of that name may be hard-linked by a
-  // worker that has it mapped, and must never be rewritten.
-  ::unlink(destination.c_str());
-  common::UniqueFd out(::open(destination.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  // worker that has it mapped, and must never be rewritten. The name is
+  // usually free (O_EXCL succeeds at once); only a leftover is unlinked. A
+  // spare (unnamed, never seen by anyone) is such a new inode made ahead; it
+  // gets the name once complete.
+  common::UniqueFd out = std::move(spare);
+  bool named = false;  // `destination` is this copy (to remove on error)
   if (!out.valid()) {
-    return absl::InternalError(absl::StrCat("cannot create relibd's copy of ", path, ": ", std::strerror(errno)));
+    out = common::UniqueFd(::open(destination.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    if (!out.valid() && errno == EEXIST) {
+      ::unlink(destination.c_str());
+      out = common::UniqueFd(::open(destination.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    }
+    if (!out.valid()) {
+      return absl::InternalError(absl::StrCat("cannot create relibd's copy of ", path, ": ", std::strerror(errno)));
+    }
+    named = true;
   }
   absl::StatusOr<uint64_t> copied = CopyBounded(in.get(), out.get(), max_bytes);
   absl::Status status;
@@ -122,12 +144,17 @@ absl::Status CopyModuleFile(const std::string& path, const std::string& destinat
   } else if (*copied > max_bytes) {
     status = absl::InvalidArgumentError(absl::StrCat("module file ", path, " grew past the limit of ", max_bytes,
                                                      " bytes while it was copied (relibd --max-module-size-mb)"));
-  } else if (::fchmod(out.get(), 0400) != 0) {
+  } else if (group && ::fchown(out.get(), static_cast<uid_t>(-1), *group) != 0) {
+    status = absl::InternalError(
+        absl::StrCat("cannot give the worker's group relibd's copy of ", path, ": ", std::strerror(errno)));
+  } else if (::fchmod(out.get(), group ? 0440 : 0400) != 0) {
     status = absl::InternalError(absl::StrCat("cannot make relibd's copy of ", path, " read-only: ", std::strerror(errno)));
+  } else if (!named && !(named = NameUnnamed(out.get(), destination))) {
+    status = absl::InternalError(absl::StrCat("cannot name relibd's copy of ", path, ": ", std::strerror(errno)));
   } else if (::close(out.Release()) != 0) {
     status = absl::InternalError(absl::StrCat("cannot write relibd's copy of ", path, ": ", std::strerror(errno)));
   }
-  if (!status.ok()) ::unlink(destination.c_str());
+  if (!status.ok() && named) ::unlink(destination.c_str());
   return status;
 }
 

@@ -63,7 +63,8 @@ Supervisor::Supervisor(boost::asio::io_context& io, SupervisorOptions options, E
       // A spare would be one more process of the worker user: under an
       // nproc limit it could make a module's fork fail where it would not.
       spare_enabled_(options_.spare_workers > 0 && !options_.worker.limits.LimitsProcesses()),
-      recovery_(options_.restart) {
+      recovery_(options_.restart),
+      good_copies_(io, options_.good_dir) {
   if (options_.spare_workers > 0 && !spare_enabled_) {
     spdlog::info("phase=startup no spare worker: an nproc worker limit is set and a spare would count against it");
   }
@@ -326,15 +327,14 @@ absl::StatusOr<std::string> Supervisor::StageCopy(const std::string& name, uint6
     if (!allowed.ok()) return allowed.status();
     source = *allowed;  // symlinks resolved: the very file that was checked
   }
-  if (absl::Status copied = CopyModuleFile(source, copy, options_.max_module_bytes); !copied.ok()) return copied;
-  if (options_.worker.run_as) {
-    // The worker (another user) reads the copy; nobody else may, and it
-    // stays read-only (never written again, see CopyModuleFile).
-    if (::chown(copy.c_str(), -1, options_.worker.run_as->gid) != 0 || ::chmod(copy.c_str(), 0440) != 0) {
-      absl::Status status = absl::ErrnoToStatus(errno, "give the worker's group the copy " + copy);
-      RemoveFile(copy);
-      return status;
-    }
+  // A worker under another user reads the copy through its group; nobody
+  // else may, and it stays read-only (never written again, see CopyModuleFile).
+  std::optional<gid_t> group;
+  if (options_.worker.run_as) group = options_.worker.run_as->gid;
+  good_copies_.ForgetRemoval(copy);
+  if (absl::Status copied = CopyModuleFile(source, copy, options_.max_module_bytes, group, good_copies_.TakeSpare());
+      !copied.ok()) {
+    return copied;
   }
   return copy;
 }
@@ -812,7 +812,7 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
       return absl::UnavailableError(why);
     }
   }
-  RemoveFile(old_good_copy);
+  good_copies_.RemoveLater(old_good_copy);  // after the reply: nothing refers to it any more
   Persist(response.module(), candidate);
   if (!fresh) {
     *response.mutable_report() = reply->reload().report();

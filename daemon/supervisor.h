@@ -25,6 +25,7 @@
 #include "boost/asio/io_context.hpp"
 #include "daemon/event_bus.h"
 #include "daemon/fd_store.h"
+#include "daemon/good_copy_dir.h"
 #include "daemon/module_dirs.h"
 #include "daemon/module_file.h"
 #include "daemon/module_table.h"
@@ -247,6 +248,7 @@ class Supervisor {
   Recovery recovery_ ABSL_GUARDED_BY(mutex_);
   std::deque<std::pair<Clock::time_point, std::string>> restart_queue_ ABSL_GUARDED_BY(mutex_);
   FdStore fd_store_;
+  GoodCopyDir good_copies_;
   std::condition_variable restart_wakeup_;
   bool shut_down_ ABSL_GUARDED_BY(mutex_) = false;
   // GracefulStop began: no new workers, no restarts.

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <filesystem>
 #include <string>
+#include <thread>
 
 #include "tests/event_log.h"
 #include "tests/relibd_fixture.h"
@@ -20,6 +21,15 @@ using Clock = std::chrono::steady_clock;
 
 // The file the worker mapped for module version `tag` (e.g. "m.v1."), found
 // in its /proc/PID/maps.
+bool GoneWithin(const std::string& path, std::chrono::milliseconds limit) {
+  const auto until = Clock::now() + limit;
+  while (std::filesystem::exists(path)) {
+    if (Clock::now() > until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
 std::string MappedCopy(pid_t worker, const std::string& tag) {
   auto mappings = common::ReadMappings(worker);
   if (!mappings.ok()) return "";
@@ -51,8 +61,33 @@ TEST_F(RelibdTest, WorkerLinksRelibdsReadOnlyCopyInsteadOfCopyingAgain) {
   EXPECT_EQ(Call("m", "version"), "v1");
   ASSERT_TRUE(Reload("m", path).ok());
   EXPECT_EQ(Call("m", "version"), "v2");
-  EXPECT_FALSE(std::filesystem::exists(good)) << "the old version's copy is removed after the reload";
+  // Removed after the reply, on relibd's io thread.
+  EXPECT_TRUE(GoneWithin(good, std::chrono::seconds(2))) << "the old version's copy is removed after the reload";
   EXPECT_TRUE(MappedCopy(worker, "/m.v1.").empty());
+}
+
+// The old version's copy goes after the reply; a new copy that takes its name
+// meanwhile (unload, then load again: version 1 again) is never the one
+// removed, and every copy is a new read-only inode.
+TEST_F(RelibdTest, DeferredRemovalOfAnOldCopyNeverRemovesANewCopyOfThatName) {
+  std::string good_v1 = relibd_->dir() + "/good/m.v1.so";
+  std::string good_v2 = relibd_->dir() + "/good/m.v2.so";
+  for (int round = 0; round < 20; ++round) {
+    ASSERT_TRUE(Load("m", k_versioned_v1).ok());
+    struct stat first {};
+    ASSERT_EQ(::stat(good_v1.c_str(), &first), 0);
+    ASSERT_TRUE(Reload("m", k_versioned_v2).ok());  // posts the removal of m.v1.so
+    ASSERT_TRUE(Unload("m").ok());
+    ASSERT_TRUE(Load("m", k_versioned_v1).ok());  // m.v1.so again, a new inode
+    struct stat again {};
+    ASSERT_EQ(::stat(good_v1.c_str(), &again), 0);
+    EXPECT_EQ(again.st_mode & 0777, 0400u);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the io thread ran what was posted
+    ASSERT_TRUE(std::filesystem::exists(good_v1)) << "round " << round << ": the new copy was removed";
+    EXPECT_FALSE(std::filesystem::exists(good_v2));
+    EXPECT_EQ(Call("m", "version"), "v1");
+    ASSERT_TRUE(Unload("m").ok());
+  }
 }
 
 // With default flags the backoff is 100 ms; here 1.5 s, which a first crash

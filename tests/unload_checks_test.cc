@@ -435,6 +435,24 @@ TEST_F(UnloadChecksTest, RawMappingOfItsOwnFileIsStillFoundByTheMapsScan) {
   EXPECT_EQ(ModuleMappings(worker, "/km.v1.").size(), 1u);  // what the report says is what /proc shows
 }
 
+// The worker proves once per file system that a mapping blocks the lease
+// (ProbeSeesMappings) and trusts later copies on it without probing again:
+// a version loaded after that proof must still be caught holding a mapping.
+TEST_F(UnloadChecksTest, RawMappingOfALaterVersionIsStillFoundByTheMapsScan) {
+  pid_t worker = LoadOrDie("km", k_keys_maps);
+  v1::ReloadResponse reload;
+  ASSERT_TRUE(Reload("km", k_keys_maps, &reload).ok());
+  ASSERT_TRUE(Reload("km", k_keys_maps, &reload).ok());
+  EXPECT_EQ(reload.report().unmapped_proof(), "file lease");
+  ASSERT_EQ(Call("km", "map_own_file_raw"), "mapped");
+  v1::UnloadResponse response;
+  ASSERT_TRUE(Unload("km", &response).ok());
+  EXPECT_FALSE(response.report().unmapped());
+  EXPECT_EQ(response.report().unmapped_proof(), "/proc/self/maps");
+  EXPECT_EQ(response.report().remaining_mappings_size(), 1);
+  EXPECT_EQ(ModuleMappings(worker, "/km.v3.").size(), 1u);
+}
+
 TEST_F(UnloadChecksTest, FdOfItsOwnFileLeavesTheProofToTheMapsScan) {
   LoadOrDie("km", k_keys_maps);
   ASSERT_FALSE(Call("km", "open_own_file").empty());

@@ -6,7 +6,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <chrono>
 #include <filesystem>
+#include <thread>
 
 #include "tests/relibd_fixture.h"
 #include "tests/test_users.h"
@@ -118,6 +120,11 @@ TEST_F(WorkerUserTest, LargeModuleIsLinkedIntoTheWorkerNotCopiedAgain) {
       EXPECT_TRUE(reload.report().unmapped()) << reload.report().DebugString();
       EXPECT_EQ(reload.report().unmapped_proof(), "/proc/self/maps");
       EXPECT_TRUE(ModuleMappings(worker, "/large.v1.").empty());
+      // Removed right after the reply (ModuleLoader::FinishAfterReply).
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+      while (std::filesystem::exists(mapped) && std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }
       EXPECT_FALSE(std::filesystem::exists(mapped)) << "the worker removed the old version's link";
     }
   }

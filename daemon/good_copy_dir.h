@@ -1,0 +1,50 @@
+// relibd's directory of last-good copies: file-system work moved off a reload's reply path.
+#ifndef RELIB_DAEMON_GOOD_COPY_DIR_H_
+#define RELIB_DAEMON_GOOD_COPY_DIR_H_
+
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+
+#include "boost/asio/io_context.hpp"
+#include "common/unique_fd.h"
+
+namespace relib::daemon {
+
+// Creating an inode on ext4 (the bitmap search skips recently deleted
+// inodes) and unlinking one are each tens of µs. A reload needs a new inode
+// for its copy and frees the previous version's; neither needs to happen
+// while the client waits. This keeps one unnamed inode (O_TMPFILE) made
+// ahead for the next copy, and removes replaced copies on the io thread.
+// Thread-safe; the work posted to `io` holds its own reference, so it may
+// run after the owner is gone.
+class GoodCopyDir {
+ public:
+  GoodCopyDir(boost::asio::io_context& io, std::string dir);
+
+  // An unnamed, empty, writable file in the directory (mode 0600), or an
+  // invalid fd if none is ready (the caller creates the file itself). Posts
+  // the making of the next one.
+  common::UniqueFd TakeSpare();
+  // Removes `path` on the io thread, unless ForgetRemoval(path) comes first.
+  void RemoveLater(const std::string& path);
+  // Cancels a pending RemoveLater of `path`: a new copy is about to take that
+  // name (CopyModuleFile replaces a leftover file itself).
+  void ForgetRemoval(const std::string& path);
+
+ private:
+  struct State {
+    std::string dir;
+    std::mutex mutex;
+    common::UniqueFd spare;
+    bool making = false;
+    std::set<std::string> removals;
+  };
+  boost::asio::io_context& io_;
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace relib::daemon
+
+#endif  // RELIB_DAEMON_GOOD_COPY_DIR_H_
