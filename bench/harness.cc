@@ -79,7 +79,7 @@ struct Scale {
 Scale ScaleNamed(const std::string& name) {
   if (name == "smoke") return {name, 20, 5, 3, 0.2, 5, 3, 10, 1, 20, 0.3, 0.3, 2};
   if (name == "quick") return {name, 1000, 300, 60, 1.0, 100, 40, 500, 4, 500, 2.0, 1.0, 10};
-  return {name, 4000, 1000, 200, 3.0, 400, 100, 5000, 12, 2000, 5.0, 3.0, 30};
+  return {name, 4000, 1000, 200, 3.0, 400, 100, 10000, 12, 2000, 5.0, 3.0, 30};
 }
 
 // One row of the table.
