@@ -7,6 +7,7 @@
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -398,8 +399,11 @@ __attribute__((noinline)) bool TrackModuleBlock(void* user, uint64_t* trailer, s
     entry->module = module;
     entry->block.store(user, std::memory_order_release);
     record->usage[module].Add(static_cast<int64_t>(size), 1);
+    // Inside the section: a walker (FreeAll, Detach) that finds the entry
+    // live must find its trailer written too, or FreeAll frees the block
+    // before this store lands in it, and Detach's host trailer is overwritten.
+    StoreTrailer(trailer, ModuleTrailer(record->index, slot));
   }
-  StoreTrailer(trailer, ModuleTrailer(record->index, slot));
   return true;
 }
 
@@ -439,8 +443,8 @@ inline __attribute__((always_inline)) bool TrackOwnBlockFast(void* user, uint64_
   entry->module = module;
   entry->block.store(user, std::memory_order_release);
   record->usage[module].Add(static_cast<int64_t>(size), 1);
+  StoreTrailer(trailer, record->trailer_high << kSlotBits | slot);  // in the section, as in TrackModuleBlock
   LeaveOwnSection(record);
-  StoreTrailer(trailer, record->trailer_high << kSlotBits | slot);
   return true;
 }
 
@@ -585,10 +589,47 @@ enum class Verdict { kOwn, kHost, kOtherModule, kFreed, kNotABlock };
 constexpr char kUnreadableHeader[] =
     "invalid free by module code: not a heap block (the memory around the pointer is not mapped)";
 
+// True if the trailer `trailer` of the block whose header word is at
+// `header` is on that word's page: readable if the header was.
+inline bool TrailerOnHeaderPage(const void* user, const uint64_t* trailer) {
+  return ((reinterpret_cast<uintptr_t>(user) - kTrailer) ^ reinterpret_cast<uintptr_t>(trailer)) < 4096;
+}
+
+// Chunk headers (size and flags) up to which free's inline path reads the
+// trailer without checking that it is mapped: glibc's default mmap threshold
+// (128 KiB), below which every block comes from an arena. Exact for real
+// blocks, whose memory is mapped. NOT exact for a wild pointer: a word before
+// it that looks like a size below this, within that distance of the end of
+// its mapping (or of a PROT_NONE arena tail), still faults, under
+// --invalid-free leak too; the crash note names the cause. Farther trailers
+// (every size glibc cannot hand out from an arena by default, and the
+// review's 1 MiB case) go to ReadTrailerSafely.
+constexpr uint64_t kInlineTrailerReach = (uint64_t{128} << 10) + 32;
+
+// Reads the trailer a plausible `header` points at: the header is any word
+// before a pointer module code frees, so the trailer may be far away (up to
+// 2^44 bytes), in an unmapped or PROT_NONE page. Read directly on the
+// header's page or within kInlineTrailerReach (as free's inline path does:
+// remote frees of ordinary blocks take this path too); farther, by
+// process_vm_readv on this process, which fails with EFAULT instead of
+// faulting. False if it cannot be read (or the syscall is refused, e.g. by
+// seccomp: then the free is refused too, never done blind).
+bool ReadTrailerSafely(void* user, uint64_t header, const uint64_t* trailer, uint64_t* value) {
+  if (header < kInlineTrailerReach || TrailerOnHeaderPage(user, trailer)) {
+    *value = LoadTrailer(trailer);
+    return true;
+  }
+  iovec local{value, sizeof(*value)};
+  iovec remote{const_cast<uint64_t*>(trailer), sizeof(*value)};
+  return ::process_vm_readv(::getpid(), &local, 1, &remote, 1, 0) == static_cast<ssize_t>(sizeof(*value));
+}
+
 // What `user`, freed by code of `module`, is. Reads the chunk header and the
-// trailer only after the cheap checks, trusts neither before checking it; a
-// wild pointer can still fault there, which the crash note then explains.
-// `owner` receives the owning module of kOtherModule; `block` is filled for kOwn.
+// trailer only after the cheap checks, trusts neither before checking it,
+// and reads the trailer only if it is readable (ReadTrailerSafely); a wild
+// pointer whose header word is unmapped can still fault, which the crash
+// note then explains. `owner` receives the owning module of kOtherModule;
+// `block` is filled for kOwn.
 Verdict Classify(void* user, ModuleId module, ModuleId* owner, Located* block) {
   auto address = reinterpret_cast<uintptr_t>(user);
   // Every block this allocator hands out is 16-aligned (glibc's alignment, or more).
@@ -596,9 +637,9 @@ Verdict Classify(void* user, ModuleId module, ModuleId* owner, Located* block) {
   SetCrashNote(kUnreadableHeader);
   Verdict verdict = Verdict::kNotABlock;
   uint64_t header = ChunkHeader(user);
-  if (PlausibleChunk(header)) {
-    uint64_t* trailer = TrailerAt(user, ChunkUsable(header));
-    uint64_t value = LoadTrailer(trailer);
+  uint64_t value = 0;
+  uint64_t* trailer = TrailerAt(user, ChunkUsable(header));
+  if (PlausibleChunk(header) && ReadTrailerSafely(user, header, trailer, &value)) {
     if (Entry* entry = FindEntry(value); entry != nullptr) {
       if (entry->block.load(std::memory_order_acquire) == user) {
         *owner = entry->module;
@@ -730,7 +771,11 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
   SetCrashNote(kUnreadableHeader);
   uint64_t header = ChunkHeader(user);
   uint64_t* trailer = TrailerAt(user, ChunkUsable(header));
-  uint64_t value = PlausibleChunk(header) ? LoadTrailer(trailer) : 0;
+  // A trailer far from the header may be unmapped (the header is any word
+  // before a pointer the module frees): beyond kInlineTrailerReach the slow
+  // path reads it safely (a syscall, ~1.4 us here: too slow for every block
+  // that crosses a page, so nearer trailers are read here, see there).
+  uint64_t value = PlausibleChunk(header) & (header < kInlineTrailerReach) ? LoadTrailer(trailer) : 0;
   SetCrashNote(nullptr);
   uint32_t slot = SlotOf(value);
   // The tag, the unused bits and the record index in one compare.

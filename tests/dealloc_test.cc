@@ -151,5 +151,44 @@ TEST_F(DeallocTest, LeakPolicyRefusesTheFreeAndKeepsTheWorker) {
   EXPECT_THAT(relibd_->Log(), AllOf(HasSubstr("invalid free"), HasSubstr("module 'm'"), HasSubstr("refused")));
 }
 
+// A module freeing a pointer into static data whose preceding word looks like
+// a chunk size of 1 MiB: the tracker must not read the would-be trailer 1 MiB
+// away (a PROT_NONE page there). Under leak the free is refused and the worker
+// lives on; before the fix the worker died of SIGSEGV.
+TEST_F(DeallocTest, FarTrailerOfAPlausibleHeaderIsNotReadUnderLeak) {
+  SKIP_UNDER_SANITIZER();
+  relibd_.reset();
+  StartDaemon({"--invalid-free", "leak"});
+  v1::LoadResponse loaded;
+  ASSERT_TRUE(Load("m", k_dealloc, &loaded).ok());
+  for (int i = 0; i < 3; ++i) {
+    grpc::Status status;
+    std::string out = Call("m", "free_far_header", "", &status);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_THAT(out, HasSubstr("freed static data with header 0x")) << i;
+    EXPECT_EQ(Call("m", "ping"), "pong");
+  }
+  EXPECT_EQ(WorkerOf("m"), loaded.module().worker_pid());
+  EXPECT_THAT(relibd_->Log(), AllOf(HasSubstr("invalid free"), HasSubstr("module 'm'"), HasSubstr("not a heap block"),
+                                    HasSubstr("refused")));
+}
+
+// The same free under the default policy: the worker dies of relib's abort,
+// blamed on the module as an invalid free (before the fix: SIGSEGV).
+TEST_F(DeallocTest, FarTrailerOfAPlausibleHeaderAbortsAsAnInvalidFree) {
+  SKIP_UNDER_SANITIZER();
+  v1::LoadResponse loaded;
+  ASSERT_TRUE(Load("m", k_dealloc, &loaded).ok());
+  grpc::Status status;
+  std::string out = Call("m", "free_far_header", "", &status);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << out;
+  EXPECT_THAT(status.error_message(),
+              AllOf(HasSubstr("SIGABRT"), HasSubstr("in code of module 'm'"), HasSubstr("invalid free"),
+                    HasSubstr("not a heap block"), HasSubstr("export 'free_far_header'")));
+  v1::ModuleInfo m = WaitForState("m", v1::MODULE_STATE_LOADED);
+  EXPECT_NE(m.worker_pid(), loaded.module().worker_pid());
+  EXPECT_EQ(Call("m", "ping"), "pong");
+}
+
 }  // namespace
 }  // namespace relib::testing

@@ -4,6 +4,7 @@
 // testing/module/src/dealloc_validation.rs (there: the module's main frees
 // the address 0x1 through the global allocator).
 #include <malloc.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -61,6 +62,40 @@ std::string DoubleFree(std::string_view) {
   return "freed twice";
 }
 
+// A pointer into static data whose preceding word looks like a chunk size
+// (0x100001: 1 MiB, prev-in-use) puts the would-be trailer 1 MiB away. That
+// page is made PROT_NONE here (or, if something is mapped there, the first
+// free page farther on, the size adjusted to reach it), so reading the
+// trailer faults, deterministically. The thread first allocates and frees a
+// block of its own, so the free takes the tracker's inline path first.
+alignas(16) uint64_t far_header_array[8];
+std::string FreeFarHeader(std::string_view) {
+  std::free(Launder(std::malloc(64)));
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  auto user = reinterpret_cast<uintptr_t>(&far_header_array[2]);
+  uint64_t size = 0x100000;
+  void* guard = MAP_FAILED;
+  for (int attempt = 0; attempt < 64 && guard == MAP_FAILED; ++attempt, size += 0x100000) {
+    uintptr_t trailer = user + size - 16;  // glibc's usable size less the 8-byte trailer
+    guard = ::mmap(reinterpret_cast<void*>(trailer / page * page), page, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (guard != MAP_FAILED && reinterpret_cast<uintptr_t>(guard) != trailer / page * page) {
+      ::munmap(guard, page);  // an old kernel took the hint as a hint
+      guard = MAP_FAILED;
+    }
+  }
+  if (guard == MAP_FAILED) return "no free page for the guard";
+  size -= 0x100000;
+  far_header_array[1] = size | 1;
+  std::free(Launder(&far_header_array[2]));
+  ::munmap(guard, page);
+  return "freed static data with header 0x" + [&] {
+    char hex[32];
+    std::snprintf(hex, sizeof(hex), "%llx", static_cast<unsigned long long>(size | 1));
+    return std::string(hex);
+  }();
+}
+
 // Everything here frees only what the module (or libc/libstdc++ on its
 // behalf) allocated: must never be reported.
 std::string Churn(std::string_view input) {
@@ -103,4 +138,5 @@ std::string Ping(std::string_view) { return "pong"; }
 RELIB_MODULE("dealloc", nullptr, nullptr, relib::Export<FreeInput>("free_input"),
              relib::Export<ReallocInput>("realloc_input"), relib::Export<DeleteInput>("delete_input"),
              relib::Export<FreeBogus>("free_bogus"), relib::Export<FreeInterior>("free_interior"),
-             relib::Export<DoubleFree>("double_free"), relib::Export<Churn>("churn"), relib::Export<Ping>("ping"));
+             relib::Export<DoubleFree>("double_free"), relib::Export<Churn>("churn"), relib::Export<Ping>("ping"),
+             relib::Export<FreeFarHeader>("free_far_header"));
