@@ -471,6 +471,7 @@ struct ProcSnapshot {
   int64_t switches = 0;  // voluntary + nonvoluntary, summed over every thread
   int64_t cpu_ticks = 0;  // utime + stime
   int64_t rss_kib = 0;
+  int64_t grpc_timer_switches = 0;  // of `switches`: gRPC's timer threads
 };
 
 ProcSnapshot Snapshot(pid_t pid) {
@@ -478,7 +479,12 @@ ProcSnapshot Snapshot(pid_t pid) {
   std::error_code error;
   for (const auto& task : std::filesystem::directory_iterator(absl::StrCat("/proc/", pid, "/task"), error)) {
     std::string status = ReadText(task.path().string() + "/status");
-    snapshot.switches += StatusField(status, "voluntary_ctxt_switches") + StatusField(status, "nonvoluntary_ctxt_switches");
+    const int64_t switches =
+        StatusField(status, "voluntary_ctxt_switches") + StatusField(status, "nonvoluntary_ctxt_switches");
+    snapshot.switches += switches;
+    // gRPC 1.51's timer threads: every gRPC process has them.
+    const std::string comm = ReadText(task.path().string() + "/comm");
+    if (comm.rfind("grpc_global_tim", 0) == 0 || comm.rfind("timer_manager", 0) == 0) snapshot.grpc_timer_switches += switches;
   }
   std::string stat = ReadText(absl::StrCat("/proc/", pid, "/stat"));
   size_t paren = stat.rfind(')');
@@ -734,6 +740,11 @@ class Bench {
     }
     Add({"idle_wakeups_echo_floor", "  floor: idle wakeups per second, bare gRPC sync echo server", "/s", floor,
          std::nullopt, "", "", "its timer threads (grpc_global_timer, timer_manager) and sync poller; same window"});
+    const double grpc_timers = static_cast<double>(d1.grpc_timer_switches - d0.grpc_timer_switches) / seconds;
+    Add({"idle_wakeups_relibd_grpc_timers", "  of relibd's: gRPC's timer threads (grpc_global_timer, timer_manager)", "/s",
+         grpc_timers, std::nullopt, "", "", "the same threads as in the bare server"});
+    Add({"idle_wakeups_relibd_own", "  of relibd's: all its other threads (relibd's own and gRPC's pollers)", "/s",
+         static_cast<double>(d1.switches - d0.switches) / seconds - grpc_timers, std::nullopt, "", "", ""});
     if (spare) {
       Add({"idle_spare", "idle spare worker (--spare-workers 1): wakeups per second", "/s",
            static_cast<double>(s1.switches - s0.switches) / seconds, std::nullopt, "", "",
