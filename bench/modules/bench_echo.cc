@@ -44,7 +44,15 @@ std::string HoldFds(std::string_view input) {
   return std::to_string(held_fds.size());
 }
 
+// Closes every fd HoldFds opened; returns how many were closed.
+std::string ReleaseFds(std::string_view) {
+  size_t closed = held_fds.size();
+  for (int fd : held_fds) ::close(fd);
+  held_fds.clear();
+  return std::to_string(closed);
+}
+
 }  // namespace
 
 RELIB_MODULE("bench_echo", nullptr, nullptr, relib::Export<Version>("version"), relib::Export<Echo>("echo"),
-             relib::Export<Crash>("crash"), relib::Export<HoldFds>("hold_fds"));
+             relib::Export<Crash>("crash"), relib::Export<HoldFds>("hold_fds"), relib::Export<ReleaseFds>("release_fds"));
