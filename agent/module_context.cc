@@ -6,6 +6,8 @@
 #include <cstring>
 #include <iterator>
 
+#include "agent/loaded_range.h"
+
 namespace relib::agent {
 namespace internal {
 constinit thread_local ModuleId current_module __attribute__((tls_model("local-exec"))) = kHost;
@@ -26,15 +28,9 @@ char names[kMaxModules][64];
 
 int FindLoader(dl_phdr_info* info, size_t, void*) {
   if (info->dlpi_name == nullptr || std::strstr(info->dlpi_name, "/ld-linux") == nullptr) return 0;
-  uintptr_t start = UINTPTR_MAX, end = 0;
-  for (int i = 0; i < info->dlpi_phnum; ++i) {
-    const auto& ph = info->dlpi_phdr[i];
-    if (ph.p_type != PT_LOAD) continue;
-    start = std::min<uintptr_t>(start, info->dlpi_addr + ph.p_vaddr);
-    end = std::max<uintptr_t>(end, info->dlpi_addr + ph.p_vaddr + ph.p_memsz);
-  }
-  loader_start = start;
-  loader_end = end;
+  LoadedRange range = LoadedRangeOf(*info);
+  loader_start = range.start;
+  loader_end = range.end;
   return 1;
 }
 

@@ -26,6 +26,7 @@
 #include "agent/exit_handler_tracker.h"
 #include "agent/file_in_use.h"
 #include "agent/heap_tracker.h"
+#include "agent/loaded_range.h"
 #include "agent/host_buffer.h"
 #include "agent/module_context.h"
 #include "agent/process_hook_tracker.h"
@@ -105,12 +106,9 @@ struct RangeQuery {
 int FindRange(dl_phdr_info* info, size_t, void* data) {
   auto* query = static_cast<RangeQuery*>(data);
   if (info->dlpi_name == nullptr || *query->path != info->dlpi_name) return 0;
-  for (int i = 0; i < info->dlpi_phnum; ++i) {
-    const auto& ph = info->dlpi_phdr[i];
-    if (ph.p_type != PT_LOAD) continue;
-    query->start = std::min<uintptr_t>(query->start, info->dlpi_addr + ph.p_vaddr);
-    query->end = std::max<uintptr_t>(query->end, info->dlpi_addr + ph.p_vaddr + ph.p_memsz);
-  }
+  LoadedRange range = LoadedRangeOf(*info);
+  query->start = range.start;
+  query->end = range.end;
   return 1;
 }
 

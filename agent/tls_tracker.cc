@@ -60,32 +60,13 @@ std::vector<Entry> Take(pid_t tid, ModuleId module_or_host) {
   return taken;
 }
 
-// Registered once per thread with glibc (under the executable's own handle,
-// which is never unloaded): runs the thread's module destructors at exit.
-void RunThreadExit(void*) {
-  pid_t tid = static_cast<pid_t>(::gettid());
-  // Destructors may register new ones (a destructor touching another
-  // thread_local); drain until empty.
-  for (;;) {
-    std::vector<Entry> mine;
-    {
-      HostScope host;
-      mine = Take(tid, kHost);
-    }
-    if (mine.empty()) break;
-    RunNewestFirst(mine);
-    HostScope host;
-    mine.clear();
-    mine.shrink_to_fit();
-  }
-}
-
 // Destructors of each module run by RunOnThisThread since its last report.
 std::atomic<int64_t> run_by_ended_threads[kMaxModules];
 
-}  // namespace
-
-void RunOnThisThread() {
+// Runs this thread's registered module destructors, newest first, until none
+// are left (a destructor touching another thread_local registers a new one);
+// with `count`, tallies them in run_by_ended_threads.
+void DrainThisThread(bool count) {
   pid_t tid = static_cast<pid_t>(::gettid());
   for (;;) {
     std::vector<Entry> mine;
@@ -94,8 +75,10 @@ void RunOnThisThread() {
       mine = Take(tid, kHost);
     }
     if (mine.empty()) break;
-    for (const Entry& e : mine) {
-      if (e.module < kMaxModules) run_by_ended_threads[e.module].fetch_add(1, std::memory_order_relaxed);
+    if (count) {
+      for (const Entry& e : mine) {
+        if (e.module < kMaxModules) run_by_ended_threads[e.module].fetch_add(1, std::memory_order_relaxed);
+      }
     }
     RunNewestFirst(mine);
     HostScope host;
@@ -103,6 +86,14 @@ void RunOnThisThread() {
     mine.shrink_to_fit();
   }
 }
+
+// Registered once per thread with glibc (under the executable's own handle,
+// which is never unloaded): runs the thread's module destructors at exit.
+void RunThreadExit(void*) { DrainThisThread(/*count=*/false); }
+
+}  // namespace
+
+void RunOnThisThread() { DrainThisThread(/*count=*/true); }
 
 Outcome RunOrDiscard(ModuleId id) {
   Outcome outcome;

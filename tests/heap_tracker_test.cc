@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "agent/loaded_range.h"
 #include "agent/module_context.h"
 #include "tests/testing.h"
 
@@ -392,15 +393,9 @@ TEST_F(HeapTrackerTest, ForkWhileAnotherThreadAllocates) {
 // freed): this test's own code counts as the module's.
 int FindExecutable(dl_phdr_info* info, size_t, void* out) {
   if (info->dlpi_name != nullptr && info->dlpi_name[0] != '\0') return 0;
-  uintptr_t start = UINTPTR_MAX, end = 0;
-  for (int i = 0; i < info->dlpi_phnum; ++i) {
-    const auto& ph = info->dlpi_phdr[i];
-    if (ph.p_type != PT_LOAD) continue;
-    start = std::min<uintptr_t>(start, info->dlpi_addr + ph.p_vaddr);
-    end = std::max<uintptr_t>(end, info->dlpi_addr + ph.p_vaddr + ph.p_memsz);
-  }
-  static_cast<uintptr_t*>(out)[0] = start;
-  static_cast<uintptr_t*>(out)[1] = end;
+  relib::agent::LoadedRange range = relib::agent::LoadedRangeOf(*info);
+  static_cast<uintptr_t*>(out)[0] = range.start;
+  static_cast<uintptr_t*>(out)[1] = range.end;
   return 1;
 }
 
