@@ -140,6 +140,13 @@ std::unique_ptr<grpc::Server> BuildServer(grpc::Service* service, uint64_t max_m
   // connection, a timer each): on a Unix socket a peer that is gone closes
   // its end, which gRPC sees at once.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, std::numeric_limits<int>::max());
+  // No bandwidth-delay-product probing on relibd's side of a connection: the
+  // probe tunes the receive window for links with latency, and on a Unix
+  // socket it only arms a connection timer after activity, whose firings
+  // leave gRPC's timer thread waking several times a second afterwards
+  // (its timer shards fall out of step). A message still arrives whole:
+  // gRPC opens the stream's window to the size of the message being read.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   return builder.BuildAndStart();
 }
 
