@@ -49,6 +49,7 @@
 #include "daemon/state_store.h"
 #include "daemon/supervisor.h"
 #include "daemon/systemd.h"
+#include "grpc/grpc.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/resource_quota.h"
 #include "spdlog/spdlog.h"
@@ -93,16 +94,29 @@ void RemoveStaleSegments() {
   }
 }
 
-// gRPC's polling engine for relibd's servers: "poll", unless the environment
-// names one. With the default engine (epoll1) every thread waiting on any
-// completion queue of the process polls every connection: a request to the
-// control server was often read by a thread of the view or none server, or
-// by an Events thread, which then woke a control-server thread to run the
-// handler (~40 µs per RPC). With "poll" a connection is polled only through
-// the completion queues of the server it was handed to (those that listen,
-// see BuildServer), so the thread that reads a request runs its handler.
-// Read at gRPC's initialization: set before the first gRPC object exists.
-void ChoosePollingEngine() { ::setenv("GRPC_POLL_STRATEGY", "poll", /*overwrite=*/0); }
+// Keeps gRPC initialized for main's lifetime, with its "poll" polling
+// engine unless the environment names one (GRPC_POLL_STRATEGY). With the
+// default engine (epoll1) every thread waiting on any completion queue of the
+// process polls every connection: a request to the control server was often
+// read by a thread of another server or by an Events thread, which then woke
+// a control-server thread to run the handler. With "poll" a connection is
+// polled only through the listening completion queues of the server it was
+// handed to (see BuildServer), so the thread that reads a request runs it.
+// gRPC reads the variable when it initializes; it is set only for that
+// moment, so workers (and gRPC code in modules) get gRPC's default.
+// REQUIRES: no other thread running, no gRPC object created yet.
+class GrpcWithPollEngine {
+ public:
+  GrpcWithPollEngine() {
+    const bool given = std::getenv("GRPC_POLL_STRATEGY") != nullptr;
+    if (!given) ::setenv("GRPC_POLL_STRATEGY", "poll", 1);
+    grpc_init();
+    if (!given) ::unsetenv("GRPC_POLL_STRATEGY");
+  }
+  ~GrpcWithPollEngine() { grpc_shutdown(); }
+  GrpcWithPollEngine(const GrpcWithPollEngine&) = delete;
+  GrpcWithPollEngine& operator=(const GrpcWithPollEngine&) = delete;
+};
 
 // How long an idle sync-server polling thread waits before it wakes to wait
 // again (gRPC's default is 10 s).
@@ -174,7 +188,6 @@ std::string UnixAddressOf(int fd) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  ChoosePollingEngine();
   CLI::App app("relibd: live reload of native modules in supervised worker processes");
   // The last value of a repeated flag wins: the config file's values are put before the command line's.
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
@@ -336,6 +349,8 @@ int main(int argc, char** argv) {
   // Before anything is spawned: workers must not inherit LISTEN_FDS.
   relib::daemon::systemd::PassedFds passed = relib::daemon::systemd::TakePassedFds();
   relib::daemon::SetUpLogging(*level);
+  // Before any gRPC object and before any thread or child process starts.
+  const GrpcWithPollEngine grpc_library;
   const relib::daemon::systemd::Notifier notifier;
   if (state_dir.empty()) {
     if (const char* from_systemd = std::getenv("STATE_DIRECTORY"); from_systemd && *from_systemd) {
