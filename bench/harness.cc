@@ -535,7 +535,7 @@ class Bench {
  public:
   explicit Bench(Scale scale) : scale_(std::move(scale)) {}
 
-  // `only`: section names to run (calls, throughput, reloads, fds, idle, swap,
+  // `only`: section names to run (calls, throughput, reloads, rpc, fds, idle, swap,
   // crash); empty runs them all.
   std::vector<Figure> Run(const std::set<std::string>& only) {
     only_ = only;
