@@ -1,14 +1,25 @@
 // The baseline server of the Call figures: a bare gRPC sync unary echo on a
 // Unix socket, with relibd's own message types and message size limit, and
-// nothing behind it. Usage: relib_bench_echo_server SOCKET_PATH (runs until
-// SIGTERM).
+// nothing behind it. Usage: relib_bench_echo_server [--from-fd] SOCKET_PATH
+// (runs until SIGTERM). --from-fd: the server has no listening port; a
+// thread accepts on the socket and hands each connection to
+// grpc::AddInsecureChannelFromFd, as relibd does (daemon/peer_listener.h),
+// with gRPC's poll engine, as relibd uses.
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "common/message_limits.h"
 #include "grpcpp/grpcpp.h"
+#include "grpcpp/server_posix.h"
 #include "relib/bench/echo.grpc.pb.h"
 
 namespace {
@@ -16,19 +27,47 @@ namespace {
 class BareEcho final : public relib::bench::BareEcho::Service {
   grpc::Status Call(grpc::ServerContext*, const relib::v1::CallRequest* request,
                     relib::v1::CallResponse* response) override {
+    // The refused request of the "RPC path alone" figure: the same status
+    // and message as relibd's answer to a Reload of a module it lacks.
+    if (request->name() == "relib-bench-no-such-module") {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND, "no module named 'relib-bench-no-such-module'");
+    }
     response->set_output(request->input());
     response->set_version(1);
     return grpc::Status::OK;
   }
 };
 
+// Listens on `path` (a Unix socket) and hands every accepted connection to
+// `server`, until the process ends. -1 if it cannot listen.
+int ListenAndHandOver(const char* path, grpc::Server* server) {
+  int listening = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::snprintf(address.sun_path, sizeof(address.sun_path), "%s", path);
+  if (listening < 0 || ::bind(listening, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 ||
+      ::listen(listening, SOMAXCONN) != 0) {
+    return -1;
+  }
+  std::thread([listening, server] {
+    while (true) {
+      int fd = ::accept4(listening, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (fd >= 0) grpc::AddInsecureChannelFromFd(server, fd);
+    }
+  }).detach();
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s SOCKET_PATH\n", argv[0]);
+  const bool from_fd = argc == 3 && std::strcmp(argv[1], "--from-fd") == 0;
+  if (argc != 2 && !from_fd) {
+    std::fprintf(stderr, "usage: %s [--from-fd] SOCKET_PATH\n", argv[0]);
     return 2;
   }
+  const char* path = argv[argc - 1];
+  if (from_fd) ::setenv("GRPC_POLL_STRATEGY", "poll", 0);
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
@@ -37,12 +76,13 @@ int main(int argc, char** argv) {
 
   BareEcho service;
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(std::string("unix:") + argv[1], grpc::InsecureServerCredentials());
+  if (!from_fd) builder.AddListeningPort(std::string("unix:") + path, grpc::InsecureServerCredentials());
   builder.SetMaxReceiveMessageSize(relib::common::kDefaultMaxMessageMb << 20);
   builder.SetMaxSendMessageSize(relib::common::kDefaultMaxMessageMb << 20);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server) return 1;
+  if (from_fd && ListenAndHandOver(path, server.get()) != 0) return 1;
   int signal = 0;
   sigwait(&signals, &signal);
   server->Shutdown();

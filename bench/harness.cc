@@ -214,8 +214,11 @@ std::unique_ptr<Server> StartRelibd(const std::vector<std::string>& extra = {}) 
   });
 }
 
-std::unique_ptr<Server> StartEchoServer() {
-  return Server::Start("relib-bench-echo-", [](const std::string&, const std::string& socket) {
+// `from_fd`: the echo server accepts itself and hands connections to gRPC
+// by fd, with gRPC's poll engine, as relibd does (bench/echo_server.cc).
+std::unique_ptr<Server> StartEchoServer(bool from_fd = false) {
+  return Server::Start("relib-bench-echo-", [from_fd](const std::string&, const std::string& socket) {
+    if (from_fd) return std::vector<std::string>{kEchoServerPath, "--from-fd", socket};
     return std::vector<std::string>{kEchoServerPath, socket};
   });
 }
@@ -410,6 +413,22 @@ double RefusedReloadOnce(v1::Relibd::Stub& stub) {
   return micros;
 }
 
+// The bare echo server's answer to the same refusal (NOT_FOUND, the same
+// message; bench/echo_server.cc).
+double BareRefusalOnce(BareEcho::Stub& stub) {
+  v1::CallRequest request;
+  request.set_name("relib-bench-no-such-module");
+  v1::CallResponse response;
+  grpc::ClientContext context;
+  auto start = Clock::now();
+  grpc::Status status = stub.Call(&context, request, &response);
+  double micros = MicrosBetween(start, Clock::now());
+  if (status.error_code() != grpc::StatusCode::NOT_FOUND) {
+    throw std::runtime_error(absl::StrCat("bare refusal: ", status.error_message()));
+  }
+  return micros;
+}
+
 // copy + dlopen + dlsym + dlclose of `path`, as a plain process does it: the
 // floor a reload through relibd is measured against.
 double CopyDlopenOnce(const std::string& path, const std::string& copy) {
@@ -516,12 +535,13 @@ class Bench {
  public:
   explicit Bench(Scale scale) : scale_(std::move(scale)) {}
 
-  // `only`: section names to run (calls, throughput, reloads, fds, idle, swap,
+  // `only`: section names to run (calls, throughput, reloads, rpc, fds, idle, swap,
   // crash); empty runs them all.
   std::vector<Figure> Run(const std::set<std::string>& only) {
     only_ = only;
     relibd_ = StartRelibd();
     echo_ = StartEchoServer();
+    if (Want("reloads") || Want("rpc")) echo_from_fd_ = StartEchoServer(true);
     if (Want("calls") || Want("throughput")) forward_ = StartForwardServer();
     stub_ = v1::Relibd::NewStub(relibd_->channel());
     LoadModule(*stub_, "echo", kBenchEchoV1, "default");
@@ -532,11 +552,13 @@ class Bench {
     if (Want("calls")) Calls();
     if (Want("throughput") || Want("swap")) ThroughputFigures();
     if (Want("reloads")) Reloads();
+    if (Want("reloads") || Want("rpc")) RpcPathAlone();
     if (Want("fds")) Fds();
     if (Want("idle")) Idle();
     if (Want("swap")) SwapUnderLoad();
     stub_.reset();
     echo_.reset();
+    echo_from_fd_.reset();
     forward_.reset();
     relibd_.reset();
     if (Want("crash")) CrashToServing();
@@ -618,7 +640,7 @@ class Bench {
          {Module{"reload_small", "small", "small module", kBenchEchoV1, kBenchEchoV2, scale_.reloads_small, "ratio<=3"},
           Module{"reload_big", "big", "~5 MB module", kBenchBigV1, kBenchBigV2, scale_.reloads_big, "ratio<=2"}}) {
       for (int i = 0; i < 5; ++i) ReloadOnce(*stub_, m.name, i % 2 ? m.v1 : m.v2);
-      std::vector<double> total, worker, before, unload, baseline, round_trip, rpc_layer, daemon_own, link, refused;
+      std::vector<double> total, worker, before, unload, baseline, round_trip, rpc_layer, daemon_own, link;
       // The floor's RPC part: a bare gRPC sync unary round trip (32 B echo),
       // measured between the halves like the copy + dlopen baseline.
       CallFn bare = EchoCaller(echo_->channel());
@@ -638,9 +660,6 @@ class Bench {
         }
         auto b = CopyDlopenLatencies(m.v1, m.v2, m.n / 2 + 1);
         baseline.insert(baseline.end(), b.begin(), b.end());
-        // relibd's RPC path with no reload work: a Reload refused at once
-        // (no such module) against the same bare round trip.
-        for (int i = 0; i < m.n / 2 + 1; ++i) refused.push_back(RefusedReloadOnce(*stub_));
       }
       Add({absl::StrCat("reload_p50_", m.key), absl::StrCat("reload p50, ", m.label, ", through the gRPC API"), "µs",
            P50(total), P50(baseline), "copy + dlopen + dlsym + dlclose of the same files", m.target, ""});
@@ -664,10 +683,6 @@ class Bench {
            absl::StrCat("    of which the worker link around the worker's reload: command, reply, thread hand-offs (",
                         m.label, ")"),
            "µs", P50(link), std::nullopt, "", "", "p50 of worker_round_trip_micros - LoadResult.load_micros"});
-      Add({absl::StrCat("reload_rpc_floor_", m.key),
-           absl::StrCat("  relibd's RPC path alone: Reload refused at once, no such module (", m.label, " run)"), "µs",
-           P50(refused), P50(round_trip), "bare gRPC sync unary round trip (32 B echo)", "",
-           "relibd's server, transport and handler thread with no file, worker or table work"});
       // What no reload through an RPC can go below: the bare round trip plus
       // the baseline's copy + dlopen + dlsym + dlclose.
       const double floor = P50(round_trip) + P50(baseline);
@@ -720,6 +735,44 @@ class Bench {
     Add({"call_fds_1000", absl::StrCat("`Call` p50 with ", many, " fds open in the worker"), "µs", P50(loaded), P50(base),
          absl::StrCat("same worker with ", few, " fds"), "ratio<=1.1",
          absl::StrFormat("%+.0f µs per call", P50(loaded) - P50(base))});
+  }
+
+  // relibd's RPC path with no module work: a Reload refused at once (no
+  // such module), beside a bare gRPC server giving the same answer (gRPC's
+  // error path costs more than an OK answer, on both ends), and beside the
+  // bare server's OK round trip. Rounds of the three alternate, so drift
+  // weighs on all of them.
+  void RpcPathAlone() {
+    auto bare = BareEcho::NewStub(echo_->channel());
+    auto bare_from_fd = BareEcho::NewStub(echo_from_fd_->channel());
+    CallFn bare_ok = EchoCaller(echo_->channel());
+    const v1::CallRequest echo_request = EchoRequest("echo", 32);
+    std::vector<double> relibd, refused_bare, refused_bare_from_fd, ok_bare;
+    const int n = scale_.reloads_small;
+    for (int i = 0; i < 20; ++i) {  // warm-up
+      RefusedReloadOnce(*stub_);
+      BareRefusalOnce(*bare);
+      BareRefusalOnce(*bare_from_fd);
+    }
+    for (int round = 0; round < 10; ++round) {
+      for (int i = 0; i < n / 2 + 1; ++i) relibd.push_back(RefusedReloadOnce(*stub_));
+      for (int i = 0; i < n / 2 + 1; ++i) refused_bare.push_back(BareRefusalOnce(*bare));
+      for (int i = 0; i < n / 2 + 1; ++i) refused_bare_from_fd.push_back(BareRefusalOnce(*bare_from_fd));
+      auto ok = CallLatencies(bare_ok, echo_request, n / 2 + 1);
+      ok_bare.insert(ok_bare.end(), ok.begin(), ok.end());
+    }
+    Add({"rpc_path_refused", "relibd's RPC path alone: Reload refused at once, no such module", "µs", P50(relibd),
+         P50(refused_bare), "bare gRPC sync server, the same NOT_FOUND answer", "",
+         "relibd's server, transport and handler thread with no file, worker or table work"});
+    Add({"rpc_path_refused_floor_from_fd",
+         "  floor: bare gRPC sync server served as relibd serves (accepts itself, hands fds to gRPC, poll engine), "
+         "the same NOT_FOUND answer",
+         "µs", P50(refused_bare_from_fd), P50(refused_bare), "bare gRPC sync server, the same NOT_FOUND answer", "",
+         ""});
+    Add({"rpc_path_refused_vs_floor", "  relibd's RPC path alone vs that floor", "µs", P50(relibd),
+         P50(refused_bare_from_fd), "floor", "", ""});
+    Add({"rpc_path_error_cost", "  gRPC's own cost of an error answer (bare server, NOT_FOUND vs an OK 32 B echo)", "µs",
+         P50(refused_bare), P50(ok_bare), "bare gRPC sync unary round trip (32 B echo)", "", ""});
   }
 
   void Idle() {
@@ -866,6 +919,7 @@ class Bench {
   std::vector<Figure> figures_;
   std::unique_ptr<Server> relibd_;
   std::unique_ptr<Server> echo_;
+  std::unique_ptr<Server> echo_from_fd_;  // the same, served as relibd serves (see RpcPathAlone)
   std::unique_ptr<Server> forward_;  // the floor: echo + one round trip to a child
   std::unique_ptr<v1::Relibd::Stub> stub_;
   double throughput_8_ = 0;

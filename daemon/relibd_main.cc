@@ -49,6 +49,7 @@
 #include "daemon/state_store.h"
 #include "daemon/supervisor.h"
 #include "daemon/systemd.h"
+#include "grpc/grpc.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/resource_quota.h"
 #include "spdlog/spdlog.h"
@@ -93,6 +94,30 @@ void RemoveStaleSegments() {
   }
 }
 
+// Keeps gRPC initialized for main's lifetime, with its "poll" polling
+// engine unless the environment names one (GRPC_POLL_STRATEGY). With the
+// default engine (epoll1) every thread waiting on any completion queue of the
+// process polls every connection: a request to the control server was often
+// read by a thread of another server or by an Events thread, which then woke
+// a control-server thread to run the handler. With "poll" a connection is
+// polled only through the listening completion queues of the server it was
+// handed to (see BuildServer), so the thread that reads a request runs it.
+// gRPC reads the variable when it initializes; it is set only for that
+// moment, so workers (and gRPC code in modules) get gRPC's default.
+// REQUIRES: no other thread running, no gRPC object created yet.
+class GrpcWithPollEngine {
+ public:
+  GrpcWithPollEngine() {
+    const bool given = std::getenv("GRPC_POLL_STRATEGY") != nullptr;
+    if (!given) ::setenv("GRPC_POLL_STRATEGY", "poll", 1);
+    grpc_init();
+    if (!given) ::unsetenv("GRPC_POLL_STRATEGY");
+  }
+  ~GrpcWithPollEngine() { grpc_shutdown(); }
+  GrpcWithPollEngine(const GrpcWithPollEngine&) = delete;
+  GrpcWithPollEngine& operator=(const GrpcWithPollEngine&) = delete;
+};
+
 // How long an idle sync-server polling thread waits before it wakes to wait
 // again (gRPC's default is 10 s).
 constexpr int kSyncPollTimeoutMs = 3600 * 1000;
@@ -108,7 +133,13 @@ std::unique_ptr<grpc::Server> BuildServer(grpc::Service* service, uint64_t max_m
                                           relib::daemon::HealthService* health, grpc::ResourceQuota& quota,
                                           std::unique_ptr<grpc::ServerCompletionQueue>* events_queue) {
   grpc::ServerBuilder builder;
-  *events_queue = builder.AddCompletionQueue();
+  // Not "frequently polled": a server with such a queue and synchronous
+  // methods is a hybrid in gRPC, whose synchronous queues never poll, so the
+  // Events thread read every request and handed it to a synchronous thread.
+  // This queue polls no connection (it does not listen); the synchronous
+  // threads read their own requests and the Events thread is woken only for
+  // its own completions.
+  *events_queue = builder.AddCompletionQueue(/*is_frequently_polled=*/false);
   builder.RegisterService(service);
   if (health) builder.RegisterService(health);
   builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
@@ -123,6 +154,13 @@ std::unique_ptr<grpc::Server> BuildServer(grpc::Service* service, uint64_t max_m
   // connection, a timer each): on a Unix socket a peer that is gone closes
   // its end, which gRPC sees at once.
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, std::numeric_limits<int>::max());
+  // No bandwidth-delay-product probing on relibd's side of a connection: the
+  // probe tunes the receive window for links with latency, and on a Unix
+  // socket it only arms a connection timer after activity, whose firings
+  // leave gRPC's timer thread waking several times a second afterwards
+  // (its timer shards fall out of step). A message still arrives whole:
+  // gRPC opens the stream's window to the size of the message being read.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   return builder.BuildAndStart();
 }
 
@@ -311,6 +349,8 @@ int main(int argc, char** argv) {
   // Before anything is spawned: workers must not inherit LISTEN_FDS.
   relib::daemon::systemd::PassedFds passed = relib::daemon::systemd::TakePassedFds();
   relib::daemon::SetUpLogging(*level);
+  // Before any gRPC object and before any thread or child process starts.
+  const GrpcWithPollEngine grpc_library;
   const relib::daemon::systemd::Notifier notifier;
   if (state_dir.empty()) {
     if (const char* from_systemd = std::getenv("STATE_DIRECTORY"); from_systemd && *from_systemd) {

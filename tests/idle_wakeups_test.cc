@@ -75,5 +75,38 @@ TEST_F(IdleWakeupsTest, RelibdGoesQuietSoonAfterActivity) {
   EXPECT_LE(rate, 5.0) << account;
 }
 
+// gRPC's timer threads (grpc_global_timer, timer_manager): about one wakeup
+// a second each when no gRPC timer is pending. relibd's side of a connection
+// arms none after activity (no keepalive, no BDP probe): before, the probe's
+// timer after calls that moved data left the iomgr timer thread waking
+// 3-6 times a second for many seconds.
+TEST_F(IdleWakeupsTest, GrpcTimersStayQuietAfterCallsThatMoveData) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon());
+  LoadOrDie("m", k_versioned_v1);
+  v1::CallRequest request;
+  request.set_name("m");
+  request.set_export_name("version");
+  request.set_input(std::string(64 << 10, 'x'));
+  for (int i = 0; i < 200; ++i) {
+    v1::CallResponse response;
+    grpc::ClientContext context;
+    ASSERT_TRUE(relibd_->stub().Call(&context, request, &response).ok());
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  std::string account;
+  double timers = 0;
+  auto before = Switches(relibd_->process().pid());
+  auto start = std::chrono::steady_clock::now();
+  std::this_thread::sleep_for(std::chrono::seconds(5));
+  auto after = Switches(relibd_->process().pid());
+  double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  for (const auto& [thread, count] : after) {
+    int64_t delta = count - (before.count(thread) ? before[thread] : 0);
+    if (thread.rfind("grpc_global_tim", 0) == 0 || thread.rfind("timer_manager", 0) == 0) timers += delta;
+    if (delta > 0) absl::StrAppend(&account, thread, " ", delta, "; ");
+  }
+  EXPECT_LE(timers / elapsed, 3.0) << account;
+}
+
 }  // namespace
 }  // namespace relib::testing
