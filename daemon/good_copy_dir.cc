@@ -5,12 +5,9 @@
 
 #include <utility>
 
-#include "boost/asio/post.hpp"
-
 namespace relib::daemon {
 
-GoodCopyDir::GoodCopyDir(boost::asio::io_context& io, std::string dir)
-    : io_(io), state_(std::make_shared<State>()) {
+GoodCopyDir::GoodCopyDir(std::string dir) : state_(std::make_shared<State>()) {
   state_->dir = std::move(dir);
 }
 
@@ -22,7 +19,7 @@ common::UniqueFd GoodCopyDir::TakeSpare() {
     if (state_->making) return spare;
     state_->making = true;
   }
-  boost::asio::post(io_, [state = state_] {
+  chores_.Post([state = state_] {
     // A file system without O_TMPFILE: no spare, the caller creates files.
     common::UniqueFd made(::open(state->dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600));
     std::lock_guard<std::mutex> lock(state->mutex);
@@ -38,7 +35,7 @@ void GoodCopyDir::RemoveLater(const std::string& path) {
     std::lock_guard<std::mutex> lock(state_->mutex);
     state_->removals.insert(path);
   }
-  boost::asio::post(io_, [state = state_, path] {
+  chores_.Post([state = state_, path] {
     // Under the lock: ForgetRemoval either ran before (nothing to do) or
     // waits until the old file is gone, so a new copy's name is never removed.
     std::lock_guard<std::mutex> lock(state->mutex);

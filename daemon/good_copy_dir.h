@@ -7,7 +7,7 @@
 #include <set>
 #include <string>
 
-#include "boost/asio/io_context.hpp"
+#include "common/chore_thread.h"
 #include "common/unique_fd.h"
 
 namespace relib::daemon {
@@ -16,18 +16,19 @@ namespace relib::daemon {
 // inodes) and unlinking one are each tens of µs. A reload needs a new inode
 // for its copy and frees the previous version's; neither needs to happen
 // while the client waits. This keeps one unnamed inode (O_TMPFILE) made
-// ahead for the next copy, and removes replaced copies on the io thread.
-// Thread-safe; the work posted to `io` holds its own reference, so it may
-// run after the owner is gone.
+// ahead for the next copy, and removes replaced copies, on a chore thread
+// (common/chore_thread.h): never on the io thread, which reads the workers'
+// replies.
+// Thread-safe. The destructor finishes the removals still queued.
 class GoodCopyDir {
  public:
-  GoodCopyDir(boost::asio::io_context& io, std::string dir);
+  explicit GoodCopyDir(std::string dir);
 
   // An unnamed, empty, writable file in the directory (mode 0600), or an
   // invalid fd if none is ready (the caller creates the file itself). Posts
   // the making of the next one.
   common::UniqueFd TakeSpare();
-  // Removes `path` on the io thread, unless ForgetRemoval(path) comes first.
+  // Removes `path` on the chore thread, unless ForgetRemoval(path) comes first.
   void RemoveLater(const std::string& path);
   // Cancels a pending RemoveLater of `path`: a new copy is about to take that
   // name (CopyModuleFile replaces a leftover file itself).
@@ -41,8 +42,9 @@ class GoodCopyDir {
     bool making = false;
     std::set<std::string> removals;
   };
-  boost::asio::io_context& io_;
   std::shared_ptr<State> state_;
+  // Last: destroyed first, so queued chores still find the state.
+  common::ChoreThread chores_;
 };
 
 }  // namespace relib::daemon
