@@ -26,9 +26,13 @@ class GoodCopyDir {
 
   // An unnamed, empty, writable file in the directory (mode 0600), or an
   // invalid fd if none is ready (the caller creates the file itself). Posts
-  // the making of the next one.
-  common::UniqueFd TakeSpare();
-  // Removes `path` on the chore thread, unless ForgetRemoval(path) comes first.
+  // the making of the next one, unless `removal_follows` (the caller calls
+  // RemoveLater once its copy is in use, a reload) and a spare was ready:
+  // RemoveLater's chore then makes it, one wake-up of the chore thread per
+  // reload instead of two.
+  common::UniqueFd TakeSpare(bool removal_follows = false);
+  // Removes `path` on the chore thread, unless ForgetRemoval(path) comes
+  // first; then makes the next spare if none is ready or being made.
   void RemoveLater(const std::string& path);
   // Cancels a pending RemoveLater of `path`: a new copy is about to take that
   // name (CopyModuleFile replaces a leftover file itself).
