@@ -2,6 +2,7 @@
 #ifndef RELIB_DAEMON_GOOD_COPY_DIR_H_
 #define RELIB_DAEMON_GOOD_COPY_DIR_H_
 
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -26,13 +27,14 @@ class GoodCopyDir {
 
   // An unnamed, empty, writable file in the directory (mode 0600), or an
   // invalid fd if none is ready (the caller creates the file itself). Posts
-  // the making of the next one, unless `removal_follows` (the caller calls
-  // RemoveLater once its copy is in use, a reload) and a spare was ready:
-  // RemoveLater's chore then makes it, one wake-up of the chore thread per
-  // reload instead of two.
-  common::UniqueFd TakeSpare(bool removal_follows = false);
+  // the making of the next one, and runs the removals RemoveLater deferred:
+  // one wake-up of the chore thread per reload, at its start.
+  common::UniqueFd TakeSpare();
   // Removes `path` on the chore thread, unless ForgetRemoval(path) comes
-  // first; then makes the next spare if none is ready or being made.
+  // first: at the next TakeSpare (the next copy's start, when a CPU is free;
+  // not while the reply that replaced `path` goes out), or kRemovalDelay from
+  // now at the latest.
+  static constexpr std::chrono::milliseconds kRemovalDelay{100};
   void RemoveLater(const std::string& path);
   // Cancels a pending RemoveLater of `path`: a new copy is about to take that
   // name (CopyModuleFile replaces a leftover file itself).

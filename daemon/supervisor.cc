@@ -319,7 +319,7 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker(const std
 }
 
 absl::StatusOr<std::string> Supervisor::StageCopy(const std::string& name, uint64_t version,
-                                                  const std::string& path, bool own_copy, bool replaces_copy) {
+                                                  const std::string& path, bool own_copy) {
   std::string copy = absl::StrCat(options_.good_dir, "/", name, ".v", version, ".so");
   std::string source = path;
   if (options_.module_dirs != nullptr && !own_copy) {
@@ -332,7 +332,7 @@ absl::StatusOr<std::string> Supervisor::StageCopy(const std::string& name, uint6
   std::optional<gid_t> group;
   if (options_.worker.run_as) group = options_.worker.run_as->gid;
   good_copies_.ForgetRemoval(copy);
-  if (absl::Status copied = CopyModuleFile(source, copy, options_.max_module_bytes, group, good_copies_.TakeSpare(replaces_copy));
+  if (absl::Status copied = CopyModuleFile(source, copy, options_.max_module_bytes, group, good_copies_.TakeSpare());
       !copied.ok()) {
     return copied;
   }
@@ -753,7 +753,7 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
     return status;
   };
 
-  auto copy = StageCopy(name, version, path, /*own_copy=*/false, /*replaces_copy=*/!old_good_copy.empty());
+  auto copy = StageCopy(name, version, path);
   if (!copy.ok()) return fail(copy.status(), false);
   candidate = *copy;
   if (staged) {

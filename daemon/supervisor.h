@@ -196,10 +196,8 @@ class Supervisor {
   // kPlaceInScratchBytes. Returns the placed path ("" if none: the worker
   // copies the file itself). Never fails: without a link the worker copies.
   std::string PlaceInScratch(WorkerHandle& worker, const std::string& copy, v1::link::LoadCommand& load) const;
-  // `replaces_copy`: a reload, which removes the copy it replaces
-  // (GoodCopyDir::TakeSpare's removal_follows).
   absl::StatusOr<std::string> StageCopy(const std::string& name, uint64_t version, const std::string& path,
-                                        bool own_copy = false, bool replaces_copy = false);
+                                        bool own_copy = false);
   // Loads the candidate in a throwaway worker and runs `self_test` there.
   absl::Status TryInScratchWorker(const std::string& name, const std::string& candidate,
                                   const std::string& path, uint64_t version, const v1::ModuleOptions& options);
