@@ -376,15 +376,19 @@ absl::Status Agent::SendUsage(uint64_t request_id) {
   v1::link::FromWorker message;
   auto* usage = message.mutable_usage();
   usage->set_request_id(request_id);
+  FillUsage(*usage);
+  return link_.Send(message);
+}
+
+void Agent::FillUsage(v1::link::Usage& usage) {
   for (const ModuleUsage& module : loader_.Usage()) {
-    auto* m = usage->add_modules();
+    auto* m = usage.add_modules();
     m->set_name(module.name);
     m->set_heap_bytes(module.heap_bytes);
     m->set_heap_blocks(module.heap_blocks);
     m->set_threads(module.threads);
     m->set_open_fds(module.open_fds);
   }
-  return link_.Send(message);
 }
 
 absl::Status Agent::Run() {
@@ -404,8 +408,9 @@ absl::Status Agent::Run() {
     reply.set_id(command.id());
     Execute(command, reply);
     if (recorder_ != nullptr) recorder_->LeaveToIdle();
-    // Usage first: a client that sees the reply then asks for Status finds it current.
-    if (absl::Status status = SendUsage(); !status.ok()) return status;
+    // The usage rides with the reply and relibd applies it first: a client
+    // that sees the reply then asks for Status finds it current.
+    FillUsage(*reply.mutable_usage());
     if (absl::Status status = link_.Send(answer); !status.ok()) return status;
     loader_.FinishAfterReply();
   }

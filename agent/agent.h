@@ -83,6 +83,8 @@ class Agent : public HostServices {
   void DropResources(const std::string& module);
   void ForwardModuleLog(int level, const std::string& module, std::string_view text);
   absl::Status SendUsage(uint64_t request_id = 0);
+  // Every loaded module's live resources.
+  void FillUsage(v1::link::Usage& usage);
 
   // A cached value, with the request that saved it: answers may wake their
   // callers in any order, the newest request (relibd's order) wins.

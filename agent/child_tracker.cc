@@ -116,10 +116,11 @@ void Sweep() {
     ++i;
   }
   if (id == kHost) return;
-  pid_t last_pid = common::LastAllocatedPid();
-  auto now = std::chrono::steady_clock::now();
-  // With children files the scan is cheap: always do it.
+  // With children files the scan is cheap: always do it (an orphan adopted
+  // as subreaper takes no new pid, so the last pid alone would miss it).
   static const bool cheap = ::access("/proc/thread-self/children", R_OK) == 0;
+  pid_t last_pid = cheap ? -1 : common::LastAllocatedPid();
+  auto now = std::chrono::steady_clock::now();
   if (!cheap && !changed && last_pid >= 0 && last_pid == last_pid_seen && now - last_full_scan < kFullScanInterval) {
     return;
   }

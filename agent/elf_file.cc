@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstring>
 #include <optional>
+#include <string>
 #include <string_view>
 
 #include "absl/strings/str_cat.h"
@@ -49,7 +50,9 @@ absl::Status CheckHeader(const Elf64_Ehdr& header, size_t n, const std::string& 
 bool IsPowerOfTwo(uint64_t value) { return value != 0 && (value & (value - 1)) == 0; }
 
 // Reads a module file with pread and bounds checks only: nothing of it is
-// mapped, so a file that shrinks under us cannot fault this process.
+// mapped, so a file that shrinks under us cannot fault this process. A small
+// file is read whole, once (LoadAll): a check reads a dozen scattered pieces,
+// and each pread is a system call.
 class Image {
  public:
   Image(int fd, uint64_t size) : fd_(fd), size_(size) {}
@@ -57,8 +60,25 @@ class Image {
   uint64_t size() const { return size_; }
   bool InFile(uint64_t offset, uint64_t length) const { return offset <= size_ && length <= size_ - offset; }
 
+  // Reads the whole file into memory; later Reads are served from there.
+  absl::Status LoadAll() {
+    std::string bytes(static_cast<size_t>(size_), '\0');
+    RELIB_RETURN_IF_ERROR(Read(0, bytes.data(), bytes.size()));
+    bytes_ = std::move(bytes);
+    loaded_ = true;
+    return absl::OkStatus();
+  }
+  // The whole file after LoadAll, else null.
+  const unsigned char* data() const {
+    return loaded_ ? reinterpret_cast<const unsigned char*>(bytes_.data()) : nullptr;
+  }
+
   // Reads `length` bytes at `offset`. REQUIRES: InFile(offset, length).
   absl::Status Read(uint64_t offset, void* out, size_t length) const {
+    if (loaded_) {
+      std::memcpy(out, bytes_.data() + offset, length);
+      return absl::OkStatus();
+    }
     auto* bytes = static_cast<char*>(out);
     size_t done = 0;
     while (done < length) {
@@ -102,6 +122,8 @@ class Image {
  private:
   int fd_;
   uint64_t size_;
+  bool loaded_ = false;
+  std::string bytes_;
   std::vector<Elf64_Phdr> loads_;
 };
 
@@ -373,30 +395,30 @@ absl::StatusOr<ImageChecker::Descriptor> ImageChecker::FindDescriptor(std::strin
 
 }  // namespace
 
-absl::Status CheckSharedObject(const std::string& path) {
-  common::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+absl::StatusOr<common::UniqueFd> OpenSharedObject(const std::string& path, struct stat* st) {
+  common::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
   if (!fd.valid()) {
     if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("module file ", path, " does not exist"));
     return absl::ErrnoToStatus(errno, absl::StrCat("cannot open module file ", path));
   }
-  struct stat st;
-  if (::fstat(fd.get(), &st) != 0) return absl::ErrnoToStatus(errno, "fstat " + path);
-  if (!S_ISREG(st.st_mode)) return absl::InvalidArgumentError(absl::StrCat(path, " is not a regular file"));
+  if (::fstat(fd.get(), st) != 0) return absl::ErrnoToStatus(errno, "fstat " + path);
+  if (!S_ISREG(st->st_mode)) return absl::InvalidArgumentError(absl::StrCat(path, " is not a regular file"));
   Elf64_Ehdr header;
   ssize_t n = ::pread(fd.get(), &header, sizeof(header), 0);
   if (n < 0) return absl::ErrnoToStatus(errno, "read " + path);
-  return CheckHeader(header, static_cast<size_t>(n), path);
+  RELIB_RETURN_IF_ERROR(CheckHeader(header, static_cast<size_t>(n), path));
+  return fd;
 }
 
-absl::Status CheckModuleImage(const std::string& path, const std::string& display_path) {
-  common::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
-  if (!fd.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("cannot open module file ", display_path));
+absl::Status CheckSharedObject(const std::string& path) {
   struct stat st;
-  if (::fstat(fd.get(), &st) != 0) return absl::ErrnoToStatus(errno, "fstat " + display_path);
-  if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(absl::StrCat(display_path, " is not a regular file"));
-  }
-  Image image(fd.get(), static_cast<uint64_t>(st.st_size));
+  return OpenSharedObject(path, &st).status();
+}
+
+namespace {
+
+// CheckModuleImage on an open file of `size` bytes.
+absl::Status CheckImage(Image& image, const std::string& display_path) {
   Elf64_Ehdr header{};
   size_t header_bytes = std::min<uint64_t>(sizeof(header), image.size());
   RELIB_RETURN_IF_ERROR(image.Read(0, &header, header_bytes));
@@ -432,24 +454,13 @@ absl::Status CheckModuleImage(const std::string& path, const std::string& displa
       " (define it with RELIB_MODULE or relib/module.h)"));
 }
 
-absl::StatusOr<PinningFacts> InspectPinning(const std::string& path) {
-  common::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return absl::ErrnoToStatus(errno, "open " + path);
-  struct stat st;
-  if (::fstat(fd.get(), &st) != 0) return absl::ErrnoToStatus(errno, "fstat " + path);
-  size_t size = static_cast<size_t>(st.st_size);
-  void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd.get(), 0);
-  if (mapped == MAP_FAILED) return absl::ErrnoToStatus(errno, "mmap " + path);
-  struct Unmap {
-    void* p;
-    size_t n;
-    ~Unmap() { ::munmap(p, n); }
-  } unmap{mapped, size};
-  const auto* base = static_cast<const unsigned char*>(mapped);
+// InspectPinning on the bytes of a whole file that CheckImage accepted.
+absl::StatusOr<PinningFacts> PinningOf(const unsigned char* base, size_t size, const std::string& path) {
   auto in_file = [&](uint64_t offset, uint64_t length) { return offset <= size && length <= size - offset; };
   auto malformed = [&](const char* what) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": malformed ELF (", what, ")"));
   };
+  if (size < sizeof(Elf64_Ehdr)) return malformed("header");
   const auto& header = *reinterpret_cast<const Elf64_Ehdr*>(base);
   if (header.e_shoff == 0) return PinningFacts{};  // no section headers: nothing known
   if (header.e_shentsize != sizeof(Elf64_Shdr) || !in_file(header.e_shoff, uint64_t{header.e_shnum} * sizeof(Elf64_Shdr))) {
@@ -483,6 +494,51 @@ absl::StatusOr<PinningFacts> InspectPinning(const std::string& path) {
     }
   }
   return facts;
+}
+
+// Maps `fd` (`size` bytes) read-only for PinningOf.
+absl::StatusOr<PinningFacts> MapAndInspect(int fd, size_t size, const std::string& path) {
+  void* mapped = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  if (mapped == MAP_FAILED) return absl::ErrnoToStatus(errno, "mmap " + path);
+  struct Unmap {
+    void* p;
+    size_t n;
+    ~Unmap() { ::munmap(p, n); }
+  } unmap{mapped, size};
+  return PinningOf(static_cast<const unsigned char*>(mapped), size, path);
+}
+
+}  // namespace
+
+absl::Status CheckModuleImage(const std::string& path, const std::string& display_path) {
+  common::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+  if (!fd.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("cannot open module file ", display_path));
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return absl::ErrnoToStatus(errno, "fstat " + display_path);
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat(display_path, " is not a regular file"));
+  }
+  Image image(fd.get(), static_cast<uint64_t>(st.st_size));
+  return CheckImage(image, display_path);
+}
+
+absl::StatusOr<PinningFacts> InspectPinning(const std::string& path) {
+  common::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return absl::ErrnoToStatus(errno, "open " + path);
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return absl::ErrnoToStatus(errno, "fstat " + path);
+  return MapAndInspect(fd.get(), static_cast<size_t>(st.st_size), path);
+}
+
+absl::StatusOr<PinningFacts> CheckModuleFile(int fd, const struct stat& st, const std::string& display_path) {
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(absl::StrCat(display_path, " is not a regular file"));
+  }
+  Image image(fd, static_cast<uint64_t>(st.st_size));
+  if (image.size() <= kWholeImageBytes) RELIB_RETURN_IF_ERROR(image.LoadAll());
+  RELIB_RETURN_IF_ERROR(CheckImage(image, display_path));
+  if (image.data() != nullptr) return PinningOf(image.data(), static_cast<size_t>(image.size()), display_path);
+  return MapAndInspect(fd, static_cast<size_t>(image.size()), display_path);
 }
 
 }  // namespace relib::agent

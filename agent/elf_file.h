@@ -2,12 +2,16 @@
 #ifndef RELIB_AGENT_ELF_FILE_H_
 #define RELIB_AGENT_ELF_FILE_H_
 
+#include <sys/stat.h>
+
+#include <cstdint>
 #include <string>
 
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/unique_fd.h"
 
 namespace relib::agent {
 
@@ -15,6 +19,10 @@ namespace relib::agent {
 // machine. Errors: NOT_FOUND (missing), INVALID_ARGUMENT (not ELF, not a
 // shared object, wrong class or machine), the errno of open/read otherwise.
 absl::Status CheckSharedObject(const std::string& path);
+
+// CheckSharedObject that keeps the file open: returns the open file
+// (O_RDONLY | O_NONBLOCK) and fills `st` with its fstat. Same errors.
+absl::StatusOr<common::UniqueFd> OpenSharedObject(const std::string& path, struct stat* st);
 
 // OK if `path`, the file the dynamic loader is about to open, is a complete
 // relib module image, checked without running any of it: a 64-bit shared
@@ -44,6 +52,15 @@ struct PinningFacts {
 // REQUIRES: CheckSharedObject(path) is OK. Errors: INVALID_ARGUMENT for a
 // malformed file, the errno of open/mmap otherwise.
 absl::StatusOr<PinningFacts> InspectPinning(const std::string& path);
+
+// Files up to this size are read whole, once, by CheckModuleFile.
+inline constexpr uint64_t kWholeImageBytes = 1 << 20;
+
+// CheckModuleImage, then InspectPinning, on the open file `fd` whose fstat is
+// `st` (read with pread from offset 0; the file's offset is not used): one
+// open file for both, and a file of at most kWholeImageBytes read in one
+// pread. Messages name `display_path`. Errors: those of both.
+absl::StatusOr<PinningFacts> CheckModuleFile(int fd, const struct stat& st, const std::string& display_path);
 
 }  // namespace relib::agent
 

@@ -75,26 +75,23 @@ bool LinkReadOnlyCopy(const std::string& file, const std::string& display_path, 
   return false;
 }
 
-// Fills the unnamed file `spare` (O_TMPFILE) with `from`'s bytes and mode and
-// links it at `to`. False (nothing left at `to`) if any step fails.
-bool CopyIntoSpare(common::UniqueFd spare, const std::string& from, const std::string& to) {
-  common::UniqueFd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
-  struct stat st;
-  if (!in.valid() || ::fstat(in.get(), &st) != 0 || !S_ISREG(st.st_mode)) return false;
+// Fills the unnamed file `spare` (O_TMPFILE, opened for reading and
+// writing) with the bytes of `in` (`in_stat`: its fstat) and its mode, and
+// links it at `to`. Returns the copy, still open (for its checks), with its
+// fstat in `copy_stat`; an invalid fd (nothing left at `to`) if any step
+// fails.
+common::UniqueFd CopyIntoSpare(common::UniqueFd spare, int in, const struct stat& in_stat, const std::string& to,
+                               struct stat* copy_stat) {
   off_t offset = 0;
-  while (offset < st.st_size) {
-    ssize_t n = ::copy_file_range(in.get(), &offset, spare.get(), nullptr, static_cast<size_t>(st.st_size - offset), 0);
+  while (offset < in_stat.st_size) {
+    ssize_t n = ::copy_file_range(in, &offset, spare.get(), nullptr, static_cast<size_t>(in_stat.st_size - offset), 0);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
+    if (n <= 0) return {};
   }
-  if (::fchmod(spare.get(), st.st_mode & 0777) != 0) return false;
+  if (::fchmod(spare.get(), in_stat.st_mode & 0777) != 0 || ::fstat(spare.get(), copy_stat) != 0) return {};
   const std::string self = absl::StrCat("/proc/self/fd/", spare.get());
-  if (::linkat(AT_FDCWD, self.c_str(), AT_FDCWD, to.c_str(), AT_SYMLINK_FOLLOW) != 0) return false;
-  if (::close(spare.Release()) != 0) {
-    ::unlink(to.c_str());
-    return false;
-  }
-  return true;
+  if (::linkat(AT_FDCWD, self.c_str(), AT_FDCWD, to.c_str(), AT_SYMLINK_FOLLOW) != 0) return {};
+  return spare;
 }
 
 struct RangeQuery {
@@ -292,9 +289,13 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
   const std::string& path = display_path.empty() ? file : display_path;  // what messages show
   // A placed file is this load's: nothing else removes it if the load fails.
   const bool placed = placed_in_scratch && file.rfind(scratch_dir_ + "/", 0) == 0;
-  if (absl::Status checked = CheckSharedObject(file); !checked.ok()) {
+  // Opened once: checked as an ELF shared object before anything is copied,
+  // then the copy's source.
+  struct stat source_stat {};
+  absl::StatusOr<common::UniqueFd> source = OpenSharedObject(file, &source_stat);
+  if (!source.ok()) {
     if (placed) RemoveFile(file);
-    return absl::Status(checked.code(), absl::StrReplaceAll(checked.message(), {{file, path}}));
+    return absl::Status(source.status().code(), absl::StrReplaceAll(source.status().message(), {{file, path}}));
   }
   auto module = std::make_unique<Module>();
   module->name = name;
@@ -302,30 +303,49 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
   module->source_path = path;
   module->options = options;
   std::error_code error;
+  // The file dlopen will map, open for its checks, and its fstat.
+  common::UniqueFd image;
+  struct stat image_stat {};
   if (placed) {
     module->copy_path = file;  // relibd's link, already private to this load
+    image = std::move(source).value();
+    image_stat = source_stat;
   } else {
     module->copy_path = absl::StrCat(scratch_dir_, "/", name, ".v", version, ".", next_copy_id_++, ".so");
     const bool own_copy = file.rfind(scratch_dir_ + "/", 0) == 0 || IsModuleFile(file);
     if (own_copy || links_refused_ || !LinkReadOnlyCopy(file, display_path, module->copy_path, links_refused_)) {
       // The copy's name is new in this worker; a spare inode made after the
       // last reply saves creating one now.
-      if (!spare_copy_.valid() || !CopyIntoSpare(std::move(spare_copy_), file, module->copy_path)) {
+      if (spare_copy_.valid()) {
+        image = CopyIntoSpare(std::move(spare_copy_), source->get(), source_stat, module->copy_path, &image_stat);
+      }
+      if (!image.valid()) {
         std::filesystem::copy_file(file, module->copy_path, std::filesystem::copy_options::overwrite_existing, error);
       }
     }
   }
+  source = common::UniqueFd();
   if (error) {
     return absl::InternalError(absl::StrCat("cannot copy ", path, " to ", module->copy_path, ": ", error.message()));
   }
+  if (!image.valid()) {
+    image = common::UniqueFd(::open(module->copy_path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC));
+    if (!image.valid() || ::fstat(image.get(), &image_stat) != 0) {
+      absl::Status status = absl::ErrnoToStatus(errno, absl::StrCat("cannot open the copy of module file ", path));
+      RemoveFile(module->copy_path);
+      return status;
+    }
+  }
   // The copy is what dlopen will map, so the copy is what must be complete
   // and a module: a file cut short faults the loader, and a library that is
-  // not a module must be refused before its constructors run.
-  if (absl::Status checked = CheckModuleImage(module->copy_path, path); !checked.ok()) {
-    RemoveFile(module->copy_path);
-    return checked;
+  // not a module must be refused before its constructors run. Checked
+  // through the open copy itself, read once.
+  auto pinning = CheckModuleFile(image.get(), image_stat, path);
+  // Closed before the lease probe below: nothing else may have the copy open.
+  const bool closed = ::close(image.Release()) == 0;
+  if (pinning.ok() && !closed) {
+    pinning = absl::InternalError(absl::StrCat("cannot write the copy of module file ", path, ": ", std::strerror(errno)));
   }
-  auto pinning = InspectPinning(module->copy_path);
   if (!pinning.ok()) {
     RemoveFile(module->copy_path);
     return absl::Status(pinning.status().code(),
@@ -340,13 +360,11 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
   // Before any module code runs, while nothing else has the fresh copy open.
   // A copy of its own (the lease needs the owner) on a file system already
   // proved is not probed again.
-  struct stat copy_stat {};
-  const bool stated = ::stat(module->copy_path.c_str(), &copy_stat) == 0;
-  if (stated && copy_stat.st_uid == ::geteuid() && lease_sees_mappings_on_ == copy_stat.st_dev) {
+  if (image_stat.st_uid == ::geteuid() && lease_sees_mappings_on_ == image_stat.st_dev) {
     module->probe_sees_mappings = true;
   } else {
     module->probe_sees_mappings = ProbeSeesMappings(module->copy_path);
-    if (stated && module->probe_sees_mappings) lease_sees_mappings_on_ = copy_stat.st_dev;
+    if (module->probe_sees_mappings) lease_sees_mappings_on_ = image_stat.st_dev;
   }
   heap::StartTracking(module->id, options.capture_sites);
   SetModuleName(module->id, name.c_str());
@@ -817,7 +835,7 @@ void ModuleLoader::FinishAfterReply() {
   removals_after_reply_.clear();
   if (!spare_copy_.valid()) {
     // Without O_TMPFILE support there is no spare: copies create their file.
-    spare_copy_ = common::UniqueFd(::open(scratch_dir_.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600));
+    spare_copy_ = common::UniqueFd(::open(scratch_dir_.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
   }
 }
 

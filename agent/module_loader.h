@@ -163,8 +163,9 @@ class ModuleLoader {
   // cases the module stays loaded.
   absl::Status Unload(const std::string& name, bool force, UnloadReport& report);
   // File-system work the reply need not wait for: removes the copies of
-  // versions a Reload replaced and makes an unnamed inode (O_TMPFILE) in the
-  // scratch dir for the next copy. Control thread, after the reply is sent.
+  // versions a Reload replaced and makes an unnamed inode (O_TMPFILE,
+  // readable: the next copy is checked through it) in the scratch dir for
+  // the next copy. Control thread, after the reply is sent.
   void FinishAfterReply();
 
   // Opens and checks the new file first (a bad file leaves the old version

@@ -17,6 +17,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -204,8 +205,18 @@ class Server {
 
 std::unique_ptr<Server> StartRelibd(const std::vector<std::string>& extra = {}) {
   return Server::Start("relib-bench-", [&](const std::string& dir, const std::string& socket) {
-    std::vector<std::string> argv = {kRelibdPath, "--socket", socket,       "--run-dir",
-                                     dir,         "--worker", kWorkerPath, "--log-level", "warn"};
+    // For comparing two builds in one sitting (profiling only): other binaries.
+    const char* relibd = std::getenv("RELIB_BENCH_RELIBD");
+    const char* worker = std::getenv("RELIB_BENCH_WORKER");
+    std::vector<std::string> argv = {relibd != nullptr ? relibd : kRelibdPath,
+                                     "--socket",
+                                     socket,
+                                     "--run-dir",
+                                     dir,
+                                     "--worker",
+                                     worker != nullptr ? worker : kWorkerPath,
+                                     "--log-level",
+                                     "warn"};
     // relibd as root loads only from allowed directories: the bench modules' and this run's own.
     argv.insert(argv.end(), {"--allow-module-dir", std::filesystem::path(kBenchEchoV1).parent_path().string(),
                              "--allow-module-dir", dir});
@@ -542,7 +553,7 @@ class Bench {
     relibd_ = StartRelibd();
     echo_ = StartEchoServer();
     if (Want("reloads") || Want("rpc")) echo_from_fd_ = StartEchoServer(true);
-    if (Want("calls") || Want("throughput")) forward_ = StartForwardServer();
+    if (Want("calls") || Want("throughput") || Want("reloads")) forward_ = StartForwardServer();
     stub_ = v1::Relibd::NewStub(relibd_->channel());
     LoadModule(*stub_, "echo", kBenchEchoV1, "default");
     LoadModule(*stub_, "reload_small", kBenchEchoV1, "reload");
@@ -553,6 +564,7 @@ class Bench {
     if (Want("throughput") || Want("swap")) ThroughputFigures();
     if (Want("reloads")) Reloads();
     if (Want("reloads") || Want("rpc")) RpcPathAlone();
+    if (only_.count("reload-loop")) ReloadLoop();
     if (Want("fds")) Fds();
     if (Want("idle")) Idle();
     if (Want("swap")) SwapUnderLoad();
@@ -644,10 +656,16 @@ class Bench {
       // The floor's RPC part: a bare gRPC sync unary round trip (32 B echo),
       // measured between the halves like the copy + dlopen baseline.
       CallFn bare = EchoCaller(echo_->channel());
+      // The design's floor adds one round trip to a child process (relibd
+      // never runs module code): the forwarding server (forward_server.cc).
+      CallFn forward = EchoCaller(forward_->channel());
+      std::vector<double> forward_trip;
       const v1::CallRequest echo_request = EchoRequest("echo", 32);
       for (int half = 0; half < 2; ++half) {
         auto r = CallLatencies(bare, echo_request, m.n / 2 + 1);
         round_trip.insert(round_trip.end(), r.begin(), r.end());
+        auto f = CallLatencies(forward, echo_request, m.n / 2 + 1);
+        forward_trip.insert(forward_trip.end(), f.begin(), f.end());
         for (int i = 0; i < m.n / 2 + 1; ++i) {
           ReloadSample s = ReloadOnce(*stub_, m.name, i % 2 ? m.v1 : m.v2);
           total.push_back(s.total_us);
@@ -691,6 +709,14 @@ class Bench {
            P50(total), floor, "the reload p50 against the sum of the two p50s", "",
            absl::StrFormat("bare gRPC sync unary round trip p50 %.0f µs + baseline p50 %.0f µs", P50(round_trip),
                            P50(baseline))});
+      const double design_floor = P50(forward_trip) + P50(baseline);
+      Add({absl::StrCat("reload_design_floor_", m.key),
+           absl::StrCat("  floor: bare gRPC server + one round trip to a child process + copy + dlopen + dlsym + "
+                        "dlclose (",
+                        m.label, ")"),
+           "µs", P50(total), design_floor, "the reload p50 against the sum of the two p50s", "",
+           absl::StrFormat("forwarding server round trip p50 %.0f µs + baseline p50 %.0f µs; floor / baseline %.2fx",
+                           P50(forward_trip), P50(baseline), design_floor / P50(baseline))});
     }
     // Worker RSS drift over many reloads of the small module.
     pid_t worker = WorkerOf("reload_small");
@@ -704,6 +730,39 @@ class Bench {
   }
 
   // Pid of the worker hosting `module` (0 if relibd does not know it).
+  // For profiling (perf, strace), never part of a run of every section:
+  // reloads of the small module back to back for RELIB_BENCH_LOOP_S seconds
+  // (default 10), after printing the pids to attach to.
+  void ReloadLoop() {
+    const char* env = std::getenv("RELIB_BENCH_LOOP_S");
+    const double seconds = env != nullptr ? std::atof(env) : 10.0;
+    Progress(absl::StrFormat("reload loop: relibd pid %d, worker pid %d, %.0f s", relibd_->pid(),
+                             WorkerOf("reload_small"), seconds));
+    std::vector<double> total, worker, unload, rpc_layer, daemon_own, link;
+    const pid_t worker_pid = WorkerOf("reload_small");
+    const ProcSnapshot d0 = Snapshot(relibd_->pid()), w0 = Snapshot(worker_pid);
+    const auto end = Clock::now() + std::chrono::duration<double>(seconds);
+    for (int i = 0; Clock::now() < end; ++i) {
+      ReloadSample s = ReloadOnce(*stub_, "reload_small", i % 2 ? kBenchEchoV1 : kBenchEchoV2);
+      total.push_back(s.total_us);
+      worker.push_back(s.worker_us);
+      unload.push_back(s.unload_us);
+      rpc_layer.push_back(s.total_us - s.daemon_us);
+      daemon_own.push_back(s.daemon_us - s.round_trip_us);
+      link.push_back(s.round_trip_us - s.worker_us);
+    }
+    const ProcSnapshot d1 = Snapshot(relibd_->pid()), w1 = Snapshot(worker_pid);
+    // CPU time per reload (all threads; clock ticks of 10 ms, so long loops).
+    const double tick_us = 1e6 / static_cast<double>(::sysconf(_SC_CLK_TCK)) / static_cast<double>(total.size());
+    Progress(absl::StrFormat("reload loop: %d reloads, p50 total %.0f µs: rpc %.0f, relibd %.0f, link %.0f, "
+                             "worker %.0f (of which unload %.0f); CPU per reload: relibd %.0f µs, worker %.0f µs, "
+                             "context switches per reload: relibd %.1f, worker %.1f",
+                             total.size(), P50(total), P50(rpc_layer), P50(daemon_own), P50(link), P50(worker),
+                             P50(unload), (d1.cpu_ticks - d0.cpu_ticks) * tick_us, (w1.cpu_ticks - w0.cpu_ticks) * tick_us,
+                             static_cast<double>(d1.switches - d0.switches) / total.size(),
+                             static_cast<double>(w1.switches - w0.switches) / total.size()));
+  }
+
   pid_t WorkerOf(const std::string& module) {
     v1::StatusResponse status;
     grpc::ClientContext context;

@@ -19,7 +19,8 @@
 namespace relib::common {
 namespace {
 
-// Reads a small /proc file whole; "" if it cannot be opened.
+// Reads a small /proc file whole (at most `limit` bytes); "" if it cannot be
+// opened.
 std::string ReadSmallFile(const std::string& path, size_t limit = 4096) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return "";
@@ -30,6 +31,9 @@ std::string ReadSmallFile(const std::string& path, size_t limit = 4096) {
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     text.append(buffer, n);
+    // A /proc file fills the buffer unless it is at its end: a short read
+    // is the end (saves the read that would return 0).
+    if (static_cast<size_t>(n) < sizeof(buffer)) break;
   }
   ::close(fd);
   return text;

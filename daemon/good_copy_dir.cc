@@ -5,24 +5,28 @@
 
 #include <utility>
 
-#include "boost/asio/post.hpp"
-
 namespace relib::daemon {
 
-GoodCopyDir::GoodCopyDir(boost::asio::io_context& io, std::string dir)
-    : io_(io), state_(std::make_shared<State>()) {
+GoodCopyDir::GoodCopyDir(std::string dir) : state_(std::make_shared<State>()) {
   state_->dir = std::move(dir);
 }
 
 common::UniqueFd GoodCopyDir::TakeSpare() {
   common::UniqueFd spare;
+  bool make;
   {
     std::lock_guard<std::mutex> lock(state_->mutex);
     spare = std::move(state_->spare);
-    if (state_->making) return spare;
+    make = !state_->making;
     state_->making = true;
   }
-  boost::asio::post(io_, [state = state_] {
+  if (!make) {
+    chores_.Kick();  // removals deferred by RemoveLater run now
+    return spare;
+  }
+  // Also runs the removals deferred by RemoveLater, first: while this
+  // request copies (and then waits for its worker), a CPU is free.
+  chores_.Post([state = state_] {
     // A file system without O_TMPFILE: no spare, the caller creates files.
     common::UniqueFd made(::open(state->dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600));
     std::lock_guard<std::mutex> lock(state->mutex);
@@ -38,12 +42,14 @@ void GoodCopyDir::RemoveLater(const std::string& path) {
     std::lock_guard<std::mutex> lock(state_->mutex);
     state_->removals.insert(path);
   }
-  boost::asio::post(io_, [state = state_, path] {
-    // Under the lock: ForgetRemoval either ran before (nothing to do) or
-    // waits until the old file is gone, so a new copy's name is never removed.
-    std::lock_guard<std::mutex> lock(state->mutex);
-    if (state->removals.erase(path) > 0) ::unlink(path.c_str());
-  });
+  chores_.PostDeferred(
+      [state = state_, path] {
+        // Under the lock: ForgetRemoval either ran before (nothing to do) or
+        // waits until the old file is gone, so a new copy's name is never removed.
+        std::lock_guard<std::mutex> lock(state->mutex);
+        if (state->removals.erase(path) > 0) ::unlink(path.c_str());
+      },
+      kRemovalDelay);
 }
 
 void GoodCopyDir::ForgetRemoval(const std::string& path) {

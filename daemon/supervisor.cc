@@ -64,7 +64,7 @@ Supervisor::Supervisor(boost::asio::io_context& io, SupervisorOptions options, E
       // nproc limit it could make a module's fork fail where it would not.
       spare_enabled_(options_.spare_workers > 0 && !options_.worker.limits.LimitsProcesses()),
       recovery_(options_.restart),
-      good_copies_(io, options_.good_dir) {
+      good_copies_(options_.good_dir) {
   if (options_.spare_workers > 0 && !spare_enabled_) {
     spdlog::info("phase=startup no spare worker: an nproc worker limit is set and a spare would count against it");
   }
@@ -822,7 +822,9 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
                response.module().worker_pid(), response.report().unmapped());
   Publish(v1::EVENT_KIND_RELOADED, name, version, response.module().worker_pid(), path,
           fresh ? nullptr : &response.report(), cause);
-  NotifyChange();
+  // The watcher follows the paths of watched modules only: nothing else a
+  // reload changes is its business (waking it costs a copy of the table).
+  if (before.watch() && path != before.path()) NotifyChange();
   auto micros = [](auto from, auto to) {
     return std::chrono::duration_cast<std::chrono::microseconds>(to - from).count();
   };

@@ -207,6 +207,9 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   void OnReadable();
   void OnReadEnded(const boost::system::error_code& ec, const std::string& protocol_error);
   void Dispatch(v1::link::FromWorker& message);
+  // Hands the usage a control command's reply carries to on_usage, before
+  // the reply itself goes to its caller. Any thread.
+  void ApplyReplyUsage(const v1::link::Reply& reply);
   // Answers the worker's host request `request_id` (save_state, store_fd).
   void AnswerHostCall(uint64_t request_id, const absl::Status& status);
   // Any thread. Writes one frame: directly if the socket takes it now and

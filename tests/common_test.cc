@@ -5,9 +5,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <mutex>
 #include <thread>
+#include <vector>
 
 #include "common/child_process.h"
+#include "common/chore_thread.h"
 #include "common/frame_io.h"
 #include "common/log_text.h"
 #include "common/proc_maps.h"
@@ -104,6 +109,52 @@ absl::StatusOr<ExitStatus> RunShell(const std::string& script) {
   auto child = ChildProcess::Spawn(options);
   if (!child.ok()) return child.status();
   return child->Wait();
+}
+
+// A deferred chore runs at the latest after its delay, with nothing else
+// posted (the backstop for a removal whose next reload never comes).
+TEST(ChoreThreadTest, DeferredChoreRunsAfterItsDelayAlone) {
+  ChoreThread chores;
+  std::atomic<bool> ran{false};
+  const auto start = std::chrono::steady_clock::now();
+  chores.PostDeferred([&] { ran = true; }, std::chrono::milliseconds(30));
+  while (!ran && std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_TRUE(ran);
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(30));
+}
+
+// A Post runs the deferred chores first, in order, without waiting for their
+// delay; the destructor runs whatever is left.
+TEST(ChoreThreadTest, PostRunsDeferredChoresFirstAndDestructorRunsTheRest) {
+  std::mutex mutex;
+  std::vector<int> order;
+  auto note = [&](int i) {
+    std::lock_guard<std::mutex> lock(mutex);
+    order.push_back(i);
+  };
+  {
+    ChoreThread chores;
+    chores.PostDeferred([&] { note(1); }, std::chrono::hours(1));
+    chores.PostDeferred([&] { note(2); }, std::chrono::hours(1));
+    std::atomic<bool> done{false};
+    chores.Post([&] {
+      note(3);
+      done = true;
+    });
+    const auto start = std::chrono::steady_clock::now();
+    while (!done && std::chrono::steady_clock::now() - start < std::chrono::seconds(5)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    ASSERT_TRUE(done);
+    {
+      std::lock_guard<std::mutex> lock(mutex);
+      EXPECT_EQ(order, (std::vector<int>{1, 2, 3}));
+    }
+    chores.PostDeferred([&] { note(4); }, std::chrono::hours(1));
+  }
+  EXPECT_EQ(order, (std::vector<int>{1, 2, 3, 4}));
 }
 
 TEST(LogTextTest, EscapesWhatCouldForgeALine) {

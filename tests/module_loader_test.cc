@@ -6,6 +6,7 @@
 #include <fstream>
 #include <mutex>
 
+#include "agent/elf_file.h"
 #include "common/proc_maps.h"
 #include "common/temp_dir.h"
 #include "tests/test_paths.h"
@@ -104,6 +105,37 @@ TEST_F(ModuleLoaderTest, OriginalMayBeOverwrittenWhileLoaded) {
   ASSERT_THAT(Reload("m", path, 2, false, report), IsOk());
   EXPECT_TRUE(report.unmapped);
   EXPECT_EQ(report.version, 1u);
+  EXPECT_EQ(*loader_->Call("m", "version", ""), "v2");
+}
+
+// The checks read a small file whole in one read and a large one piece by
+// piece (agent/elf_file.h, kWholeImageBytes): both find what pins a module
+// and both accept a sound module.
+TEST_F(ModuleLoaderTest, SmallAndLargeFilesAreCheckedAlike) {
+  // Bytes after the section headers belong to nothing: the module stays sound.
+  auto padded = [&](const std::string& from, const std::string& name) {
+    std::string to = dir_->path() + "/" + name;
+    std::filesystem::copy_file(from, to);
+    std::filesystem::resize_file(to, std::filesystem::file_size(from) + kWholeImageBytes + 4096);
+    return to;
+  };
+  for (const std::string& path : {std::string(paths::k_unique_raw), padded(paths::k_unique_raw, "unique_large.so")}) {
+    auto info = Load("u", path, 1);
+    ASSERT_THAT(info, IsOk()) << path;
+    ASSERT_EQ(info->warnings.size(), 1u) << path;
+    EXPECT_THAT(info->warnings[0], AllOf(HasSubstr("STB_GNU_UNIQUE"), HasSubstr("_ZN7CounterIiE5countE"))) << path;
+    // (Only the first load stays mapped: glibc binds the second copy's
+    // unique symbols to the first's, so nothing pins the second.)
+    UnloadReport report;
+    ASSERT_THAT(loader_->Unload("u", false, report), IsOk());
+  }
+  const std::string large = padded(paths::k_versioned_v1, "versioned_large.so");
+  ASSERT_GT(std::filesystem::file_size(large), kWholeImageBytes);
+  ASSERT_THAT(Load("m", large, 1), IsOk());
+  EXPECT_EQ(*loader_->Call("m", "version", ""), "v1");
+  UnloadReport report;
+  ASSERT_THAT(Reload("m", paths::k_versioned_v2, 2, false, report), IsOk());
+  EXPECT_TRUE(report.unmapped);
   EXPECT_EQ(*loader_->Call("m", "version", ""), "v2");
 }
 
