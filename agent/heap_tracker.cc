@@ -90,6 +90,33 @@ inline bool PlausibleChunk(uint64_t header) {
   return (header - 32 < (uint64_t{1} << 44) - 32) & ((header & 14) < 6);
 }
 
+// Loads of the words around a pointer that module code frees, on free's
+// inline path: a wild pointer may make them fault. Each such load is one
+// instruction whose address is listed in the section relib_heap_probes (an
+// offset from the entry, so no relocation), and the crash handler names the
+// cause when it finds the faulting address there (FaultNote): the same crash
+// note as SetCrashNote around the loads would give, with no two thread-local
+// stores on every free. volatile: never speculated ahead of the checks that
+// guard it, never merged with another load. Elsewhere (other architectures,
+// the slow paths) the crash note is set around the loads instead.
+#if defined(__x86_64__)
+#define RELIB_HEAP_PROBES 1
+inline uint64_t ProbeLoad(const uint64_t* word) {
+  uint64_t value;
+  asm volatile(
+      "0: movq %1, %0\n\t"
+      ".pushsection relib_heap_probes, \"a\"\n\t"
+      ".balign 4\n\t"
+      ".long 0b - .\n\t"
+      ".popsection"
+      : "=r"(value)
+      : "m"(*word));
+  return value;
+}
+#else
+inline uint64_t ProbeLoad(const uint64_t* word) { return __atomic_load_n(word, __ATOMIC_RELAXED); }
+#endif
+
 // ---- Records: each thread's books ----
 //
 // A thread that allocates module memory owns a Record: a table of entries
@@ -173,6 +200,9 @@ struct Record {
   uint32_t index = 0;              // in `records`
   uint64_t trailer_high = 0;       // its module trailers >> kSlotBits (tag, index): one compare checks both
   std::atomic<bool> taken{false};  // a live thread owns it
+  // min(used, kChunkSlots), set with `used`: the owner's free path checks a
+  // slot against it and finds the entry in first_chunk, one compare for both.
+  std::atomic<uint32_t> first_chunk_used{0};
   // Remote frees.
   alignas(64) SpinLock remote_lock;
   std::atomic<Entry*> remote_head{nullptr};  // entries freed by other threads, for the owner
@@ -204,9 +234,9 @@ uint32_t IdlePending() { return asymmetric_barrier ? 0 : 1; }
 Entry* EntryAt(const Record* record, uint32_t slot) {
   return record->chunks[slot >> kChunkBits].load(std::memory_order_acquire) + (slot & (kChunkSlots - 1));
 }
-// The owner's faster EntryAt (chunk 0 is in its own cache line).
-Entry* OwnEntryAt(const Record* record, uint32_t slot) {
-  return slot < kChunkSlots ? record->first_chunk + slot : EntryAt(record, slot);
+void SetUsed(Record* record, uint32_t used) {
+  record->first_chunk_used.store(std::min(used, kChunkSlots), std::memory_order_relaxed);
+  record->used.store(used, std::memory_order_release);
 }
 uint64_t ModuleTrailer(uint32_t record, uint32_t slot) {
   return kModuleTag | uint64_t{record} << kSlotBits | slot;
@@ -361,7 +391,7 @@ Entry* RefillSlots(Record* record) {
     entry->slot = slot;
     entry->next = slot + 1 < end ? entry + 1 : nullptr;
   }
-  record->used.store(end, std::memory_order_release);
+  SetUsed(record, end);
   return EntryAt(record, used);
 }
 
@@ -496,23 +526,24 @@ __attribute__((noinline)) void* TrackOrDrop(void* user, size_t size, ModuleId mo
 }
 
 // AllocateInModuleScope for malloc and operator new (16-aligned, not
-// zeroed): the same steps, with only size and site live across glibc's call,
-// so the common case saves few registers and makes no other call. Inlined
-// into the interposers (one call layer less: ~0.6 ns a pair in module scope,
-// no change measured in host scope); every other case is out of line.
+// zeroed) when the module is tracked without capturing sites: the same
+// steps, with only the size live across glibc's call (the site is not
+// recorded), so the common case saves one register and makes no other call.
+// Inlined into the interposers (one call layer less: ~0.6 ns a pair in
+// module scope, no change measured in host scope); every other case (sites
+// captured, the module not tracked, the dynamic loader allocating, no entry
+// at hand) is out of line.
 [[maybe_unused]] inline __attribute__((always_inline)) void* MallocInModuleScope(size_t size, const void* site) {
   ModuleId module = CurrentModule();
-  uint8_t flags = modules[module].flags.load(std::memory_order_relaxed);
-  if (!(flags & kActive) || IsInDynamicLoader(site)) [[unlikely]] {
-    return AllocateHostBlock(size, 16, false);
+  if (modules[module].flags.load(std::memory_order_relaxed) != kActive || IsInDynamicLoader(site)) [[unlikely]] {
+    return AllocateInModuleScope(size, 16, site, false);
   }
-  const void* recorded_site = (flags & kCaptureSites) ? site : nullptr;
   void* user = RawAllocate(size, 16, false);
   if (user == nullptr) [[unlikely]] return nullptr;
   // The thread's module is the same after glibc's call (scopes nest).
   module = CurrentModule();
-  if (TrackOwnBlockFast(user, TrailerOf(user), size, module, recorded_site)) [[likely]] return user;
-  return TrackOrDrop(user, size, module, site);
+  if (TrackOwnBlockFast(user, TrailerOf(user), size, module, nullptr)) [[likely]] return user;
+  return TrackOrDrop(user, size, module, nullptr);
 }
 
 // Host scope (the common case) takes the inline path: glibc's call and a
@@ -756,34 +787,48 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
 }
 
 // The common case of a free in module scope, checked and released in one
-// pass over the thread's own record: the module's code frees a block its
-// thread allocated. Anything else goes to ReleaseInModuleScopeSlow.
+// pass over the thread's own record: a live block of the running module
+// that its thread allocated. Anything else goes to ReleaseInModuleScopeSlow.
 // Inlined into the interposers, like MallocInModuleScope.
+//
+// Whether the caller is the module's code (whether the free is validated)
+// is asked only on the slow path: for such a block a validated free and an
+// unvalidated one do the same thing (release it), and every other pointer
+// takes the slow path, which asks. The words read here may be anywhere (a
+// wild pointer): they are read by ProbeLoad, so a fault names its cause.
 [[maybe_unused]] inline __attribute__((always_inline)) void ReleaseInModuleScope(void* user, const void* caller,
                                                                      const char* function) {
   ModuleId module = CurrentModule();
   auto address = reinterpret_cast<uintptr_t>(user);
   Record* record = my_record;
-  if (address % 16 != 0 || address < kLowestBlock || record == nullptr || !InModule(module, caller)) [[unlikely]] {
+  if (address % 16 != 0 || address < kLowestBlock || record == nullptr) [[unlikely]] {
     ReleaseInModuleScopeSlow(user, caller, function);
     return;
   }
+#ifndef RELIB_HEAP_PROBES
   SetCrashNote(kUnreadableHeader);
-  uint64_t header = ChunkHeader(user);
+#endif
+  uint64_t header = ProbeLoad(static_cast<const uint64_t*>(user) - 1);
   uint64_t* trailer = TrailerAt(user, ChunkUsable(header));
   // A trailer far from the header may be unmapped (the header is any word
   // before a pointer the module frees): beyond kInlineTrailerReach the slow
   // path reads it safely (a syscall, ~1.4 us here: too slow for every block
   // that crosses a page, so nearer trailers are read here, see there).
-  uint64_t value = PlausibleChunk(header) & (header < kInlineTrailerReach) ? LoadTrailer(trailer) : 0;
+  uint64_t value = 0;
+  if (PlausibleChunk(header) & (header < kInlineTrailerReach)) [[likely]] value = ProbeLoad(trailer);
+#ifndef RELIB_HEAP_PROBES
   SetCrashNote(nullptr);
+#endif
   uint32_t slot = SlotOf(value);
-  // The tag, the unused bits and the record index in one compare.
-  if ((value >> kSlotBits) != record->trailer_high || slot >= record->used.load(std::memory_order_relaxed)) [[unlikely]] {
+  // The tag, the unused bits and the record index in one compare; a slot
+  // beyond the first chunk (a thread with more than 65536 live blocks) takes
+  // the slow path.
+  if ((value >> kSlotBits) != record->trailer_high ||
+      slot >= record->first_chunk_used.load(std::memory_order_relaxed)) [[unlikely]] {
     ReleaseInModuleScopeSlow(user, caller, function);
     return;
   }
-  Entry* entry = OwnEntryAt(record, slot);
+  Entry* entry = record->first_chunk + slot;
   if (!EnterOwnSection(record)) [[unlikely]] {
     ReleaseInModuleScopeSlow(user, caller, function);  // waits for the walk
     return;
@@ -892,7 +937,7 @@ void Shrink(Record* record, uint32_t keep, uint32_t used) {
   }
   record->free_head = head;
   record->remote_head.store(nullptr, std::memory_order_relaxed);
-  record->used.store(keep, std::memory_order_release);
+  SetUsed(record, keep);
   const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
   for (uint32_t chunk = keep >> kChunkBits; chunk <= (used - 1) >> kChunkBits; ++chunk) {
     Entry* entries = record->chunks[chunk].load(std::memory_order_relaxed);
@@ -979,6 +1024,22 @@ bool Enabled() { return true; }
 #endif
 
 void SetInvalidFreePolicy(InvalidFreePolicy policy) { invalid_free_policy.store(policy); }
+
+#ifdef RELIB_HEAP_PROBES
+// The linker's bounds of the probe table (a section named like a C
+// identifier gets them). Weak: a build that interposes nothing has no table.
+extern "C" const int32_t __start_relib_heap_probes[] __attribute__((weak, visibility("hidden")));
+extern "C" const int32_t __stop_relib_heap_probes[] __attribute__((weak, visibility("hidden")));
+
+const char* FaultNote(const void* pc) {
+  for (const int32_t* probe = __start_relib_heap_probes; probe < __stop_relib_heap_probes; ++probe) {
+    if (reinterpret_cast<const char*>(probe) + *probe == pc) return kUnreadableHeader;
+  }
+  return nullptr;
+}
+#else
+const char* FaultNote(const void*) { return nullptr; }
+#endif
 
 void StartTracking(ModuleId id, bool capture_sites) {
   if (id == kHost || id >= kMaxModules) return;
