@@ -155,19 +155,29 @@ constexpr int kChunkBits = 16;  // entries are mapped 65536 (2 MiB, touched as u
 constexpr uint32_t kChunkSlots = 1u << kChunkBits;
 constexpr uint32_t kChunks = kMaxSlots >> kChunkBits;
 
-// Written by one thread at a time, read by any (LiveUsage): plain loads and
-// stores of atomics, no read-modify-write.
-struct Counter {
-  std::atomic<int64_t> bytes{0};
-  std::atomic<int64_t> blocks{0};
+// Written by one thread at a time, read by any (LiveUsage), with no
+// read-modify-write. On x86-64 the two words are one 16-byte vector, added
+// to with one load, one add and one store (two of each took ~0.5 ns more a
+// malloc/free pair); a reader loads each word atomically and may see one
+// word updated and not yet the other, which LiveUsage allows (it may lag).
+// Aligned 16-byte SSE stores write each aligned 8-byte half in one piece.
+struct alignas(16) Counter {
+  int64_t words[2] = {0, 0};  // bytes, blocks
+#if defined(__x86_64__)
+  typedef int64_t Pair __attribute__((vector_size(16), may_alias));
+  void Add(int64_t size, int64_t count) { *reinterpret_cast<Pair*>(words) += Pair{size, count}; }
+#else
   void Add(int64_t size, int64_t count) {
-    bytes.store(bytes.load(std::memory_order_relaxed) + size, std::memory_order_relaxed);
-    blocks.store(blocks.load(std::memory_order_relaxed) + count, std::memory_order_relaxed);
+    __atomic_store_n(&words[0], words[0] + size, __ATOMIC_RELAXED);
+    __atomic_store_n(&words[1], words[1] + count, __ATOMIC_RELAXED);
   }
+#endif
   void Reset() {
-    bytes.store(0, std::memory_order_relaxed);
-    blocks.store(0, std::memory_order_relaxed);
+    __atomic_store_n(&words[0], 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&words[1], 0, __ATOMIC_RELAXED);
   }
+  int64_t bytes() const { return __atomic_load_n(&words[0], __ATOMIC_RELAXED); }
+  int64_t blocks() const { return __atomic_load_n(&words[1], __ATOMIC_RELAXED); }
 };
 
 // A test-and-test-and-set lock (remote frees only; never on the owner's path).
@@ -1053,8 +1063,8 @@ Usage LiveUsage(ModuleId id) {
   for (uint32_t i = 0; i < count; ++i) {
     const Record* record = records[i].load(std::memory_order_acquire);
     for (const Counter* counter : {&record->usage[id], &record->remote_usage[id]}) {
-      usage.bytes += counter->bytes.load(std::memory_order_relaxed);
-      usage.blocks += counter->blocks.load(std::memory_order_relaxed);
+      usage.bytes += counter->bytes();
+      usage.blocks += counter->blocks();
     }
   }
   return usage;
