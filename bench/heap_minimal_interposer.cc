@@ -11,6 +11,7 @@
 // table was full, or another thread allocated it) is simply freed.
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <new>
 
 extern "C" {
@@ -47,6 +48,7 @@ inline uint64_t* TrailerOf(void* p) {
 }
 
 inline void* Allocate(size_t size) {
+  if (size > SIZE_MAX - 64) [[unlikely]] return nullptr;  // size + 8 would wrap
   void* p = __libc_malloc(size + 8);
   if (p == nullptr) [[unlikely]] return nullptr;
   Books& b = books;
