@@ -22,12 +22,14 @@
 
 // glibc's allocator under its own names. noplt: called through the GOT
 // directly, not through a PLT stub (one jump less per malloc and per free).
+// noexcept (they never throw): operator delete, noexcept itself, can then
+// end in a jump to them instead of a call inside a frame.
 extern "C" {
-__attribute__((noplt)) void* __libc_malloc(size_t);
-__attribute__((noplt)) void __libc_free(void*);
-__attribute__((noplt)) void* __libc_calloc(size_t, size_t);
-__attribute__((noplt)) void* __libc_realloc(void*, size_t);
-__attribute__((noplt)) void* __libc_memalign(size_t, size_t);
+__attribute__((noplt)) void* __libc_malloc(size_t) noexcept;
+__attribute__((noplt)) void __libc_free(void*) noexcept;
+__attribute__((noplt)) void* __libc_calloc(size_t, size_t) noexcept;
+__attribute__((noplt)) void* __libc_realloc(void*, size_t) noexcept;
+__attribute__((noplt)) void* __libc_memalign(size_t, size_t) noexcept;
 }
 
 namespace relib::agent::heap {
@@ -136,6 +138,9 @@ inline uint64_t ProbeLoad(const uint64_t* word) { return __atomic_load_n(word, _
 //    takes registry_mutex (held by the walker), or the walker saw it busy and
 //    waits. Without membarrier (old kernel, seccomp) walk_pending stays set
 //    and owners always take registry_mutex instead.
+// A thread without a record points at no_record, on which a walk is always
+// pending and which no trailer names: the inline paths find "slow" through
+// the checks they make anyway, with no null check.
 // A record outlives its thread: at thread exit it is released, its live
 // entries stay (they are still the modules' blocks), and the next thread that
 // needs a record adopts it.
@@ -219,7 +224,15 @@ struct Record {
   alignas(64) Counter usage[kMaxModules];      // owner
   Counter remote_usage[kMaxModules];           // under remote_lock (negative: frees by others)
   std::atomic<Entry*> chunks[kChunks] = {};
+
+  Record() = default;
+  struct Placeholder {};
+  constexpr explicit Record(Placeholder) : walk_pending{1}, trailer_high{~uint64_t{0}} {}
 };
+
+// The record of every thread that has none (see above). Never in `records`;
+// its busy flag is written by any thread and read by none.
+constinit Record no_record{Record::Placeholder{}};
 
 // Records are never unmapped; `records[i]` is set before record_count
 // covers it. registry_mutex serialises new records, adoption, walks and the
@@ -227,7 +240,7 @@ struct Record {
 std::atomic<Record*> records[kMaxRecords];
 std::atomic<uint32_t> record_count{0};
 std::mutex registry_mutex;
-thread_local Record* my_record __attribute__((tls_model("local-exec"))) = nullptr;
+constinit thread_local Record* my_record __attribute__((tls_model("local-exec"))) = &no_record;
 pthread_key_t record_key;
 bool record_key_created = false;  // under registry_mutex
 
@@ -338,7 +351,7 @@ void* MapZeroed(size_t bytes) {
 
 // At thread exit (a pthread key destructor): the record is free to adopt.
 void ReleaseRecord(void* record) {
-  my_record = nullptr;
+  my_record = &no_record;
   static_cast<Record*>(record)->taken.store(false, std::memory_order_release);
 }
 
@@ -420,7 +433,7 @@ ModuleHeap modules[kMaxModules];
 // the common one is TrackOwnBlockFast.
 __attribute__((noinline)) bool TrackModuleBlock(void* user, uint64_t* trailer, size_t size, ModuleId module, const void* site) {
   Record* record = my_record;
-  if (record == nullptr) [[unlikely]] {
+  if (record == &no_record) [[unlikely]] {
     record = AdoptRecord();
     if (record == nullptr) return false;
   }
@@ -470,7 +483,7 @@ inline __attribute__((always_inline)) void LeaveOwnSection(Record* record) {
 inline __attribute__((always_inline)) bool TrackOwnBlockFast(void* user, uint64_t* trailer, size_t size,
                                                              ModuleId module, const void* recorded_site) {
   Record* record = my_record;
-  if (record == nullptr || !EnterOwnSection(record)) [[unlikely]] return false;
+  if (!EnterOwnSection(record)) [[unlikely]] return false;  // also a thread with no record
   Entry* entry = record->free_head;
   if (entry == nullptr) [[unlikely]] {
     LeaveOwnSection(record);
@@ -778,8 +791,9 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
 
 // A free in module scope, every case: validated when the module's own code
 // frees (caller in the module's range), otherwise released as it is.
+// noexcept, like every function free's paths call (operator delete's jumps).
 [[maybe_unused]] __attribute__((noinline)) void ReleaseInModuleScopeSlow(void* user, const void* caller,
-                                                                         const char* function) {
+                                                                         const char* function) noexcept {
   if (user == nullptr) return;
   ModuleId module = CurrentModule();
   if (!InModule(module, caller)) {
@@ -811,7 +825,7 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
   ModuleId module = CurrentModule();
   auto address = reinterpret_cast<uintptr_t>(user);
   Record* record = my_record;
-  if (address % 16 != 0 || address < kLowestBlock || record == nullptr) [[unlikely]] {
+  if (address % 16 != 0 || address < kLowestBlock) [[unlikely]] {
     ReleaseInModuleScopeSlow(user, caller, function);
     return;
   }
@@ -830,9 +844,9 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
   SetCrashNote(nullptr);
 #endif
   uint32_t slot = SlotOf(value);
-  // The tag, the unused bits and the record index in one compare; a slot
-  // beyond the first chunk (a thread with more than 65536 live blocks) takes
-  // the slow path.
+  // The tag, the unused bits and the record index in one compare (no_record
+  // matches no trailer); a slot beyond the first chunk (a thread with more
+  // than 65536 live blocks) takes the slow path.
   if ((value >> kSlotBits) != record->trailer_high ||
       slot >= record->first_chunk_used.load(std::memory_order_relaxed)) [[unlikely]] {
     ReleaseInModuleScopeSlow(user, caller, function);
@@ -857,7 +871,9 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
   __libc_free(user);
 }
 
-[[maybe_unused]] __attribute__((noinline)) void ReleaseModuleBlockFromHost(void* user) { ReleaseLocated(user, Locate(user)); }
+[[maybe_unused]] __attribute__((noinline)) void ReleaseModuleBlockFromHost(void* user) noexcept {
+  ReleaseLocated(user, Locate(user));
+}
 
 // Host scope (the common case): one trailer read and write around glibc's free.
 [[maybe_unused]] inline __attribute__((always_inline)) void Release(void* user, const void* caller, const char* function) {
@@ -913,13 +929,17 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
 
 [[maybe_unused]] bool IsPowerOfTwo(size_t x) { return x != 0 && (x & (x - 1)) == 0; }
 
-// operator new after a failed allocation: the new_handler loop.
-[[maybe_unused]] __attribute__((noinline)) void* NewOrThrowSlow(size_t size, size_t align, const void* site) {
+// operator new after a failed allocation: the new_handler loop. Its
+// retries record no allocation site (with --capture-sites, a block allocated
+// after the new_handler freed memory is listed under an unknown site): the
+// site is then not live across glibc's call in operator new's common path,
+// which saves it two registers (as malloc's).
+[[maybe_unused]] __attribute__((noinline)) void* NewOrThrowSlow(size_t size, size_t align) {
   for (;;) {
     std::new_handler handler = std::get_new_handler();
     if (!handler) throw std::bad_alloc();
     handler();
-    void* p = Allocate(size, align, site, false);
+    void* p = Allocate(size, align, nullptr, false);
     if (p) return p;
   }
 }
@@ -930,7 +950,7 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
   if (size == 0) size = 1;
   void* p = Allocate(size, align, site, false);
   if (p != nullptr) [[likely]] return p;
-  return NewOrThrowSlow(size, align, site);
+  return NewOrThrowSlow(size, align);
 }
 
 // Hands back the pages of a record's entries from `keep` up to `used` (a
