@@ -1,7 +1,9 @@
 // Why the calling thread is about to die: an interposer that is going to
 // abort (or that takes a step which may fault) leaves a sentence here, and
 // the fatal-signal handler (crash_handler.h) copies it into the flight
-// recorder, so relibd can say more than the signal's name.
+// recorder, so relibd can say more than the signal's name. (free's inline
+// path leaves none: its loads that may fault are known by address,
+// heap::FaultNote.)
 #ifndef RELIB_AGENT_CRASH_NOTE_H_
 #define RELIB_AGENT_CRASH_NOTE_H_
 

@@ -22,12 +22,14 @@
 
 // glibc's allocator under its own names. noplt: called through the GOT
 // directly, not through a PLT stub (one jump less per malloc and per free).
+// noexcept (they never throw): operator delete, noexcept itself, can then
+// end in a jump to them instead of a call inside a frame.
 extern "C" {
-__attribute__((noplt)) void* __libc_malloc(size_t);
-__attribute__((noplt)) void __libc_free(void*);
-__attribute__((noplt)) void* __libc_calloc(size_t, size_t);
-__attribute__((noplt)) void* __libc_realloc(void*, size_t);
-__attribute__((noplt)) void* __libc_memalign(size_t, size_t);
+__attribute__((noplt)) void* __libc_malloc(size_t) noexcept;
+__attribute__((noplt)) void __libc_free(void*) noexcept;
+__attribute__((noplt)) void* __libc_calloc(size_t, size_t) noexcept;
+__attribute__((noplt)) void* __libc_realloc(void*, size_t) noexcept;
+__attribute__((noplt)) void* __libc_memalign(size_t, size_t) noexcept;
 }
 
 namespace relib::agent::heap {
@@ -90,6 +92,33 @@ inline bool PlausibleChunk(uint64_t header) {
   return (header - 32 < (uint64_t{1} << 44) - 32) & ((header & 14) < 6);
 }
 
+// Loads of the words around a pointer that module code frees, on free's
+// inline path: a wild pointer may make them fault. Each such load is one
+// instruction whose address is listed in the section relib_heap_probes (an
+// offset from the entry, so no relocation), and the crash handler names the
+// cause when it finds the faulting address there (FaultNote): the same crash
+// note as SetCrashNote around the loads would give, with no two thread-local
+// stores on every free. volatile: never speculated ahead of the checks that
+// guard it, never merged with another load. Elsewhere (other architectures,
+// the slow paths) the crash note is set around the loads instead.
+#if defined(__x86_64__)
+#define RELIB_HEAP_PROBES 1
+inline uint64_t ProbeLoad(const uint64_t* word) {
+  uint64_t value;
+  asm volatile(
+      "0: movq %1, %0\n\t"
+      ".pushsection relib_heap_probes, \"a\"\n\t"
+      ".balign 4\n\t"
+      ".long 0b - .\n\t"
+      ".popsection"
+      : "=r"(value)
+      : "m"(*word));
+  return value;
+}
+#else
+inline uint64_t ProbeLoad(const uint64_t* word) { return __atomic_load_n(word, __ATOMIC_RELAXED); }
+#endif
+
 // ---- Records: each thread's books ----
 //
 // A thread that allocates module memory owns a Record: a table of entries
@@ -109,6 +138,9 @@ inline bool PlausibleChunk(uint64_t header) {
 //    takes registry_mutex (held by the walker), or the walker saw it busy and
 //    waits. Without membarrier (old kernel, seccomp) walk_pending stays set
 //    and owners always take registry_mutex instead.
+// A thread without a record points at no_record, on which a walk is always
+// pending and which no trailer names: the inline paths find "slow" through
+// the checks they make anyway, with no null check.
 // A record outlives its thread: at thread exit it is released, its live
 // entries stay (they are still the modules' blocks), and the next thread that
 // needs a record adopts it.
@@ -128,19 +160,29 @@ constexpr int kChunkBits = 16;  // entries are mapped 65536 (2 MiB, touched as u
 constexpr uint32_t kChunkSlots = 1u << kChunkBits;
 constexpr uint32_t kChunks = kMaxSlots >> kChunkBits;
 
-// Written by one thread at a time, read by any (LiveUsage): plain loads and
-// stores of atomics, no read-modify-write.
-struct Counter {
-  std::atomic<int64_t> bytes{0};
-  std::atomic<int64_t> blocks{0};
+// Written by one thread at a time, read by any (LiveUsage), with no
+// read-modify-write. On x86-64 the two words are one 16-byte vector, added
+// to with one load, one add and one store (two of each took ~0.5 ns more a
+// malloc/free pair); a reader loads each word atomically and may see one
+// word updated and not yet the other, which LiveUsage allows (it may lag).
+// Aligned 16-byte SSE stores write each aligned 8-byte half in one piece.
+struct alignas(16) Counter {
+  int64_t words[2] = {0, 0};  // bytes, blocks
+#if defined(__x86_64__)
+  typedef int64_t Pair __attribute__((vector_size(16), may_alias));
+  void Add(int64_t size, int64_t count) { *reinterpret_cast<Pair*>(words) += Pair{size, count}; }
+#else
   void Add(int64_t size, int64_t count) {
-    bytes.store(bytes.load(std::memory_order_relaxed) + size, std::memory_order_relaxed);
-    blocks.store(blocks.load(std::memory_order_relaxed) + count, std::memory_order_relaxed);
+    __atomic_store_n(&words[0], words[0] + size, __ATOMIC_RELAXED);
+    __atomic_store_n(&words[1], words[1] + count, __ATOMIC_RELAXED);
   }
+#endif
   void Reset() {
-    bytes.store(0, std::memory_order_relaxed);
-    blocks.store(0, std::memory_order_relaxed);
+    __atomic_store_n(&words[0], 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&words[1], 0, __ATOMIC_RELAXED);
   }
+  int64_t bytes() const { return __atomic_load_n(&words[0], __ATOMIC_RELAXED); }
+  int64_t blocks() const { return __atomic_load_n(&words[1], __ATOMIC_RELAXED); }
 };
 
 // A test-and-test-and-set lock (remote frees only; never on the owner's path).
@@ -173,13 +215,24 @@ struct Record {
   uint32_t index = 0;              // in `records`
   uint64_t trailer_high = 0;       // its module trailers >> kSlotBits (tag, index): one compare checks both
   std::atomic<bool> taken{false};  // a live thread owns it
+  // min(used, kChunkSlots), set with `used`: the owner's free path checks a
+  // slot against it and finds the entry in first_chunk, one compare for both.
+  std::atomic<uint32_t> first_chunk_used{0};
   // Remote frees.
   alignas(64) SpinLock remote_lock;
   std::atomic<Entry*> remote_head{nullptr};  // entries freed by other threads, for the owner
   alignas(64) Counter usage[kMaxModules];      // owner
   Counter remote_usage[kMaxModules];           // under remote_lock (negative: frees by others)
   std::atomic<Entry*> chunks[kChunks] = {};
+
+  Record() = default;
+  struct Placeholder {};
+  constexpr explicit Record(Placeholder) : walk_pending{1}, trailer_high{~uint64_t{0}} {}
 };
+
+// The record of every thread that has none (see above). Never in `records`;
+// its busy flag is written by any thread and read by none.
+constinit Record no_record{Record::Placeholder{}};
 
 // Records are never unmapped; `records[i]` is set before record_count
 // covers it. registry_mutex serialises new records, adoption, walks and the
@@ -187,7 +240,7 @@ struct Record {
 std::atomic<Record*> records[kMaxRecords];
 std::atomic<uint32_t> record_count{0};
 std::mutex registry_mutex;
-thread_local Record* my_record __attribute__((tls_model("local-exec"))) = nullptr;
+constinit thread_local Record* my_record __attribute__((tls_model("local-exec"))) = &no_record;
 pthread_key_t record_key;
 bool record_key_created = false;  // under registry_mutex
 
@@ -204,9 +257,9 @@ uint32_t IdlePending() { return asymmetric_barrier ? 0 : 1; }
 Entry* EntryAt(const Record* record, uint32_t slot) {
   return record->chunks[slot >> kChunkBits].load(std::memory_order_acquire) + (slot & (kChunkSlots - 1));
 }
-// The owner's faster EntryAt (chunk 0 is in its own cache line).
-Entry* OwnEntryAt(const Record* record, uint32_t slot) {
-  return slot < kChunkSlots ? record->first_chunk + slot : EntryAt(record, slot);
+void SetUsed(Record* record, uint32_t used) {
+  record->first_chunk_used.store(std::min(used, kChunkSlots), std::memory_order_relaxed);
+  record->used.store(used, std::memory_order_release);
 }
 uint64_t ModuleTrailer(uint32_t record, uint32_t slot) {
   return kModuleTag | uint64_t{record} << kSlotBits | slot;
@@ -298,7 +351,7 @@ void* MapZeroed(size_t bytes) {
 
 // At thread exit (a pthread key destructor): the record is free to adopt.
 void ReleaseRecord(void* record) {
-  my_record = nullptr;
+  my_record = &no_record;
   static_cast<Record*>(record)->taken.store(false, std::memory_order_release);
 }
 
@@ -361,7 +414,7 @@ Entry* RefillSlots(Record* record) {
     entry->slot = slot;
     entry->next = slot + 1 < end ? entry + 1 : nullptr;
   }
-  record->used.store(end, std::memory_order_release);
+  SetUsed(record, end);
   return EntryAt(record, used);
 }
 
@@ -380,7 +433,7 @@ ModuleHeap modules[kMaxModules];
 // the common one is TrackOwnBlockFast.
 __attribute__((noinline)) bool TrackModuleBlock(void* user, uint64_t* trailer, size_t size, ModuleId module, const void* site) {
   Record* record = my_record;
-  if (record == nullptr) [[unlikely]] {
+  if (record == &no_record) [[unlikely]] {
     record = AdoptRecord();
     if (record == nullptr) return false;
   }
@@ -430,7 +483,7 @@ inline __attribute__((always_inline)) void LeaveOwnSection(Record* record) {
 inline __attribute__((always_inline)) bool TrackOwnBlockFast(void* user, uint64_t* trailer, size_t size,
                                                              ModuleId module, const void* recorded_site) {
   Record* record = my_record;
-  if (record == nullptr || !EnterOwnSection(record)) [[unlikely]] return false;
+  if (!EnterOwnSection(record)) [[unlikely]] return false;  // also a thread with no record
   Entry* entry = record->free_head;
   if (entry == nullptr) [[unlikely]] {
     LeaveOwnSection(record);
@@ -496,23 +549,24 @@ __attribute__((noinline)) void* TrackOrDrop(void* user, size_t size, ModuleId mo
 }
 
 // AllocateInModuleScope for malloc and operator new (16-aligned, not
-// zeroed): the same steps, with only size and site live across glibc's call,
-// so the common case saves few registers and makes no other call. Inlined
-// into the interposers (one call layer less: ~0.6 ns a pair in module scope,
-// no change measured in host scope); every other case is out of line.
+// zeroed) when the module is tracked without capturing sites: the same
+// steps, with only the size live across glibc's call (the site is not
+// recorded), so the common case saves one register and makes no other call.
+// Inlined into the interposers (one call layer less: ~0.6 ns a pair in
+// module scope, no change measured in host scope); every other case (sites
+// captured, the module not tracked, the dynamic loader allocating, no entry
+// at hand) is out of line.
 [[maybe_unused]] inline __attribute__((always_inline)) void* MallocInModuleScope(size_t size, const void* site) {
   ModuleId module = CurrentModule();
-  uint8_t flags = modules[module].flags.load(std::memory_order_relaxed);
-  if (!(flags & kActive) || IsInDynamicLoader(site)) [[unlikely]] {
-    return AllocateHostBlock(size, 16, false);
+  if (modules[module].flags.load(std::memory_order_relaxed) != kActive || IsInDynamicLoader(site)) [[unlikely]] {
+    return AllocateInModuleScope(size, 16, site, false);
   }
-  const void* recorded_site = (flags & kCaptureSites) ? site : nullptr;
   void* user = RawAllocate(size, 16, false);
   if (user == nullptr) [[unlikely]] return nullptr;
   // The thread's module is the same after glibc's call (scopes nest).
   module = CurrentModule();
-  if (TrackOwnBlockFast(user, TrailerOf(user), size, module, recorded_site)) [[likely]] return user;
-  return TrackOrDrop(user, size, module, site);
+  if (TrackOwnBlockFast(user, TrailerOf(user), size, module, nullptr)) [[likely]] return user;
+  return TrackOrDrop(user, size, module, nullptr);
 }
 
 // Host scope (the common case) takes the inline path: glibc's call and a
@@ -737,8 +791,9 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
 
 // A free in module scope, every case: validated when the module's own code
 // frees (caller in the module's range), otherwise released as it is.
+// noexcept, like every function free's paths call (operator delete's jumps).
 [[maybe_unused]] __attribute__((noinline)) void ReleaseInModuleScopeSlow(void* user, const void* caller,
-                                                                         const char* function) {
+                                                                         const char* function) noexcept {
   if (user == nullptr) return;
   ModuleId module = CurrentModule();
   if (!InModule(module, caller)) {
@@ -756,34 +811,48 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
 }
 
 // The common case of a free in module scope, checked and released in one
-// pass over the thread's own record: the module's code frees a block its
-// thread allocated. Anything else goes to ReleaseInModuleScopeSlow.
+// pass over the thread's own record: a live block of the running module
+// that its thread allocated. Anything else goes to ReleaseInModuleScopeSlow.
 // Inlined into the interposers, like MallocInModuleScope.
+//
+// Whether the caller is the module's code (whether the free is validated)
+// is asked only on the slow path: for such a block a validated free and an
+// unvalidated one do the same thing (release it), and every other pointer
+// takes the slow path, which asks. The words read here may be anywhere (a
+// wild pointer): they are read by ProbeLoad, so a fault names its cause.
 [[maybe_unused]] inline __attribute__((always_inline)) void ReleaseInModuleScope(void* user, const void* caller,
                                                                      const char* function) {
   ModuleId module = CurrentModule();
   auto address = reinterpret_cast<uintptr_t>(user);
   Record* record = my_record;
-  if (address % 16 != 0 || address < kLowestBlock || record == nullptr || !InModule(module, caller)) [[unlikely]] {
+  if (address % 16 != 0 || address < kLowestBlock) [[unlikely]] {
     ReleaseInModuleScopeSlow(user, caller, function);
     return;
   }
+#ifndef RELIB_HEAP_PROBES
   SetCrashNote(kUnreadableHeader);
-  uint64_t header = ChunkHeader(user);
+#endif
+  uint64_t header = ProbeLoad(static_cast<const uint64_t*>(user) - 1);
   uint64_t* trailer = TrailerAt(user, ChunkUsable(header));
   // A trailer far from the header may be unmapped (the header is any word
   // before a pointer the module frees): beyond kInlineTrailerReach the slow
   // path reads it safely (a syscall, ~1.4 us here: too slow for every block
   // that crosses a page, so nearer trailers are read here, see there).
-  uint64_t value = PlausibleChunk(header) & (header < kInlineTrailerReach) ? LoadTrailer(trailer) : 0;
+  uint64_t value = 0;
+  if (PlausibleChunk(header) & (header < kInlineTrailerReach)) [[likely]] value = ProbeLoad(trailer);
+#ifndef RELIB_HEAP_PROBES
   SetCrashNote(nullptr);
+#endif
   uint32_t slot = SlotOf(value);
-  // The tag, the unused bits and the record index in one compare.
-  if ((value >> kSlotBits) != record->trailer_high || slot >= record->used.load(std::memory_order_relaxed)) [[unlikely]] {
+  // The tag, the unused bits and the record index in one compare (no_record
+  // matches no trailer); a slot beyond the first chunk (a thread with more
+  // than 65536 live blocks) takes the slow path.
+  if ((value >> kSlotBits) != record->trailer_high ||
+      slot >= record->first_chunk_used.load(std::memory_order_relaxed)) [[unlikely]] {
     ReleaseInModuleScopeSlow(user, caller, function);
     return;
   }
-  Entry* entry = OwnEntryAt(record, slot);
+  Entry* entry = record->first_chunk + slot;
   if (!EnterOwnSection(record)) [[unlikely]] {
     ReleaseInModuleScopeSlow(user, caller, function);  // waits for the walk
     return;
@@ -802,7 +871,9 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
   __libc_free(user);
 }
 
-[[maybe_unused]] __attribute__((noinline)) void ReleaseModuleBlockFromHost(void* user) { ReleaseLocated(user, Locate(user)); }
+[[maybe_unused]] __attribute__((noinline)) void ReleaseModuleBlockFromHost(void* user) noexcept {
+  ReleaseLocated(user, Locate(user));
+}
 
 // Host scope (the common case): one trailer read and write around glibc's free.
 [[maybe_unused]] inline __attribute__((always_inline)) void Release(void* user, const void* caller, const char* function) {
@@ -858,13 +929,17 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
 
 [[maybe_unused]] bool IsPowerOfTwo(size_t x) { return x != 0 && (x & (x - 1)) == 0; }
 
-// operator new after a failed allocation: the new_handler loop.
-[[maybe_unused]] __attribute__((noinline)) void* NewOrThrowSlow(size_t size, size_t align, const void* site) {
+// operator new after a failed allocation: the new_handler loop. Its
+// retries record no allocation site (with --capture-sites, a block allocated
+// after the new_handler freed memory is listed under an unknown site): the
+// site is then not live across glibc's call in operator new's common path,
+// which saves it two registers (as malloc's).
+[[maybe_unused]] __attribute__((noinline)) void* NewOrThrowSlow(size_t size, size_t align) {
   for (;;) {
     std::new_handler handler = std::get_new_handler();
     if (!handler) throw std::bad_alloc();
     handler();
-    void* p = Allocate(size, align, site, false);
+    void* p = Allocate(size, align, nullptr, false);
     if (p) return p;
   }
 }
@@ -875,7 +950,7 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
   if (size == 0) size = 1;
   void* p = Allocate(size, align, site, false);
   if (p != nullptr) [[likely]] return p;
-  return NewOrThrowSlow(size, align, site);
+  return NewOrThrowSlow(size, align);
 }
 
 // Hands back the pages of a record's entries from `keep` up to `used` (a
@@ -892,7 +967,7 @@ void Shrink(Record* record, uint32_t keep, uint32_t used) {
   }
   record->free_head = head;
   record->remote_head.store(nullptr, std::memory_order_relaxed);
-  record->used.store(keep, std::memory_order_release);
+  SetUsed(record, keep);
   const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
   for (uint32_t chunk = keep >> kChunkBits; chunk <= (used - 1) >> kChunkBits; ++chunk) {
     Entry* entries = record->chunks[chunk].load(std::memory_order_relaxed);
@@ -980,6 +1055,22 @@ bool Enabled() { return true; }
 
 void SetInvalidFreePolicy(InvalidFreePolicy policy) { invalid_free_policy.store(policy); }
 
+#ifdef RELIB_HEAP_PROBES
+// The linker's bounds of the probe table (a section named like a C
+// identifier gets them). Weak: a build that interposes nothing has no table.
+extern "C" const int32_t __start_relib_heap_probes[] __attribute__((weak, visibility("hidden")));
+extern "C" const int32_t __stop_relib_heap_probes[] __attribute__((weak, visibility("hidden")));
+
+const char* FaultNote(const void* pc) {
+  for (const int32_t* probe = __start_relib_heap_probes; probe < __stop_relib_heap_probes; ++probe) {
+    if (reinterpret_cast<const char*>(probe) + *probe == pc) return kUnreadableHeader;
+  }
+  return nullptr;
+}
+#else
+const char* FaultNote(const void*) { return nullptr; }
+#endif
+
 void StartTracking(ModuleId id, bool capture_sites) {
   if (id == kHost || id >= kMaxModules) return;
   modules[id].flags.store(kActive | (capture_sites ? kCaptureSites : 0));
@@ -992,8 +1083,8 @@ Usage LiveUsage(ModuleId id) {
   for (uint32_t i = 0; i < count; ++i) {
     const Record* record = records[i].load(std::memory_order_acquire);
     for (const Counter* counter : {&record->usage[id], &record->remote_usage[id]}) {
-      usage.bytes += counter->bytes.load(std::memory_order_relaxed);
-      usage.blocks += counter->blocks.load(std::memory_order_relaxed);
+      usage.bytes += counter->bytes();
+      usage.blocks += counter->blocks();
     }
   }
   return usage;

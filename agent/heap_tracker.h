@@ -64,6 +64,14 @@ enum class InvalidFreePolicy {
 // Worker-wide; set once at startup. Thread-safe.
 void SetInvalidFreePolicy(InvalidFreePolicy policy);
 
+// Why the calling thread died of a fault at `pc`, if `pc` is one of the
+// loads free's inline path makes around a pointer module code frees ("invalid
+// free by module code: not a heap block ..."); nullptr otherwise. For the
+// fatal-signal handler (crash_handler.cc): async-signal-safe, no allocation.
+// That path leaves no crash note (crash_note.h) before its loads; this is
+// the same sentence, found from the faulting address instead.
+const char* FaultNote(const void* pc);
+
 // Starts attributing allocations made in module `id`'s scope; optionally
 // records the caller address of each block (costs a little per allocation).
 void StartTracking(ModuleId id, bool capture_sites);

@@ -1,8 +1,12 @@
 // malloc/free and new/delete pairs, 16 B to 4 KiB, on 1 and 2 threads.
-// Built twice from this file: relib_bench_heap_tracked links the agent's
-// interposers and runs the loop as a module would (module scope, its code
-// inside the module's range, so frees are validated), relib_bench_heap_plain
-// is the same loop on glibc alone. scripts/bench divides the two.
+// Built four times from this file: relib_bench_heap_tracked links the
+// agent's interposers and runs the loop as a module would (module scope, its
+// code inside the module's range, so frees are validated),
+// relib_bench_heap_plain is the same loop on glibc alone, and the floors
+// relib_bench_heap_forward and relib_bench_heap_minimal the same loop through
+// a bare interposer that only forwards to glibc (heap_forward.cc) and one
+// that keeps the least books (heap_minimal_interposer.cc). scripts/bench
+// divides them.
 #include <benchmark/benchmark.h>
 
 #include <cstdint>
@@ -96,7 +100,7 @@ void BM_MallocFreeHostScope(benchmark::State& state) {
 BENCHMARK(BM_MallocFreeHostScope)->RangeMultiplier(4)->Range(16, 4096);
 #endif
 
-#ifndef RELIB_BENCH_TRACKED
+#if !defined(RELIB_BENCH_TRACKED) && !defined(RELIB_BENCH_INTERPOSED)
 // The floor of keeping books at all, built into the plain process: the least
 // work per pair that any tracker with the features needs, written inline in
 // the loop with no call layer, no thread-local lookups, no fork or walker

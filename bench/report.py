@@ -2,7 +2,7 @@
 """Merges the Google Benchmark results and the process harness's figures into
 one markdown table (figure | value | baseline (same run) | ratio | target |
 met?) on stdout, and one JSON document. Usage:
-report.py HEAP_TRACKED.json HEAP_PLAIN.json MICRO.json HARNESS.json OUT.json"""
+report.py HEAP_TRACKED.json HEAP_PLAIN.json MICRO.json HARNESS.json OUT.json [HEAP_FORWARD.json HEAP_MINIMAL.json]"""
 import json
 import re
 import sys
@@ -46,6 +46,8 @@ def main():
     tracked, context = load_gbench(sys.argv[1])
     plain, _ = load_gbench(sys.argv[2])
     micro, _ = load_gbench(sys.argv[3])
+    forward, _ = load_gbench(sys.argv[6]) if len(sys.argv) > 6 else ({}, {})
+    minimal, _ = load_gbench(sys.argv[7]) if len(sys.argv) > 7 else ({}, {})
     with open(sys.argv[4]) as f:
         harness = json.load(f)
     rows = []
@@ -60,6 +62,32 @@ def main():
         rows.append({"key": "tracked_malloc_worst", "figure": "tracked malloc/free, new/delete in module scope, 1–2 threads, 16 B–4 KiB: worst",
                      "unit": "ns", "value": worst[2], "baseline": worst[3], "baseline_label": "same loop, plain process",
                      "target": "ratio<=1.2", "note": f"{worst[1]}; best {best[0]:.2f}× ({best[1]})"})
+    # The same loops through a bare interposer that forwards to glibc: what
+    # interposing at all costs (no trailer, no books).
+    bare = [(forward[n]["cpu_time"] / plain[n]["cpu_time"], n) for n in forward
+            if n.startswith(("BM_MallocFree/", "BM_NewDelete/")) and n in plain]
+    if bare:
+        n = max(bare)[1]
+        rows.append({"key": "interposer_forward_worst", "figure": "  floor: a bare interposer that forwards to glibc (no trailer, no books): worst",
+                     "unit": "ns", "value": forward[n]["cpu_time"], "baseline": plain[n]["cpu_time"],
+                     "baseline_label": "same loop, plain process", "target": "", "note": f"{n}; best {min(bare)[0]:.2f}× ({min(bare)[1]})"})
+    # ... and through one that keeps the least books the features need: the
+    # floor of tracking at all, and the tracker against it.
+    least = [(minimal[n]["cpu_time"] / plain[n]["cpu_time"], n) for n in minimal
+             if n.startswith(("BM_MallocFree/", "BM_NewDelete/")) and n in plain]
+    if least:
+        n = max(least)[1]
+        rows.append({"key": "interposer_least_books_worst", "figure": "  floor: a bare interposer with the least books (trailer, the thread's table entry, counters, owner check; no scopes, walk handshake, validation or fork handling): worst",
+                     "unit": "ns", "value": minimal[n]["cpu_time"], "baseline": plain[n]["cpu_time"],
+                     "baseline_label": "same loop, plain process", "target": "", "note": f"{n}; best {min(least)[0]:.2f}× ({min(least)[1]})"})
+        over = [(tracked[n]["cpu_time"] / minimal[n]["cpu_time"], n) for n in minimal
+                if n.startswith(("BM_MallocFree/", "BM_NewDelete/")) and n in tracked]
+        if over:
+            n = max(over)[1]
+            rows.append({"key": "tracked_over_least_books_worst", "figure": "  tracked malloc against that floor: worst",
+                         "unit": "ns", "value": tracked[n]["cpu_time"], "baseline": minimal[n]["cpu_time"],
+                         "baseline_label": "same loop, bare interposer with the least books", "target": "",
+                         "note": f"{n}; best {min(over)[0]:.2f}× ({min(over)[1]})"})
     host = [(tracked[n]["cpu_time"] / plain[n.replace("BM_MallocFreeHostScope", "BM_MallocFree") + "/threads:1"]["cpu_time"], n)
             for n in tracked if n.startswith("BM_MallocFreeHostScope/")
             and n.replace("BM_MallocFreeHostScope", "BM_MallocFree") + "/threads:1" in plain]

@@ -190,5 +190,25 @@ TEST_F(DeallocTest, FarTrailerOfAPlausibleHeaderAbortsAsAnInvalidFree) {
   EXPECT_EQ(Call("m", "ping"), "pong");
 }
 
+// A free whose chunk header is not mapped faults inside free's validation:
+// the worker dies of SIGSEGV blamed on the module, and the crash names the
+// cause (the inline path finds it from the faulting address, not from a note
+// set before the load).
+TEST_F(DeallocTest, FreeOfAPointerAfterAnUnmappedPageNamesTheCause) {
+  SKIP_UNDER_SANITIZER();
+  v1::LoadResponse loaded;
+  ASSERT_TRUE(Load("m", k_dealloc, &loaded).ok());
+  grpc::Status status;
+  std::string out = Call("m", "free_unmapped_header", "", &status);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << out;
+  EXPECT_THAT(status.error_message(),
+              AllOf(HasSubstr("SIGSEGV"), HasSubstr("in code of module 'm'"), HasSubstr("invalid free"),
+                    HasSubstr("not a heap block (the memory around the pointer is not mapped)"),
+                    HasSubstr("export 'free_unmapped_header'")));
+  v1::ModuleInfo m = WaitForState("m", v1::MODULE_STATE_LOADED);
+  EXPECT_NE(m.worker_pid(), loaded.module().worker_pid());
+  EXPECT_EQ(Call("m", "ping"), "pong");
+}
+
 }  // namespace
 }  // namespace relib::testing

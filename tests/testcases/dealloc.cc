@@ -96,6 +96,21 @@ std::string FreeFarHeader(std::string_view) {
   }();
 }
 
+// A pointer at the start of a page whose previous page is not mapped: the
+// word before it (glibc's chunk header) cannot be read, so the free faults
+// while it is validated. The thread first allocates and frees a block of its
+// own, so the free takes the tracker's inline path (no crash note set before
+// its loads: the crash handler finds the faulting load by address).
+std::string FreeUnmappedHeader(std::string_view) {
+  std::free(Launder(std::malloc(64)));
+  const auto page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  auto* pages = static_cast<char*>(::mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (pages == MAP_FAILED) return "mmap failed";
+  ::munmap(pages, page);
+  std::free(Launder(pages + page));
+  return "freed a pointer after an unmapped page";
+}
+
 // Everything here frees only what the module (or libc/libstdc++ on its
 // behalf) allocated: must never be reported.
 std::string Churn(std::string_view input) {
@@ -139,4 +154,5 @@ RELIB_MODULE("dealloc", nullptr, nullptr, relib::Export<FreeInput>("free_input")
              relib::Export<ReallocInput>("realloc_input"), relib::Export<DeleteInput>("delete_input"),
              relib::Export<FreeBogus>("free_bogus"), relib::Export<FreeInterior>("free_interior"),
              relib::Export<DoubleFree>("double_free"), relib::Export<Churn>("churn"), relib::Export<Ping>("ping"),
-             relib::Export<FreeFarHeader>("free_far_header"));
+             relib::Export<FreeFarHeader>("free_far_header"),
+             relib::Export<FreeUnmappedHeader>("free_unmapped_header"));

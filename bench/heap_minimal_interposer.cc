@@ -1,0 +1,120 @@
+// The least a tracking interposer can do, for the floor row "bare interposer
+// + least books": malloc, free, operator new and operator delete forwarded to
+// glibc as in heap_forward.cc, and around each call only the bookkeeping the
+// heap tracker's features need, as plainly as it can be written: the 8-byte
+// trailer at the end of glibc's usable size, an entry in the calling thread's
+// own table (block, size, module), a per-module byte and block count, and at
+// free the owner check (the trailer names an entry of this thread holding
+// this block of this module). No module scope, no walk handshake, no
+// validation of foreign pointers beyond that check, no fork handling:
+// everything is "module 1", and a block the check does not recognise (the
+// table was full, or another thread allocated it) is simply freed.
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+
+extern "C" {
+__attribute__((noplt)) void* __libc_malloc(size_t);
+__attribute__((noplt)) void __libc_free(void*);
+}
+
+namespace {
+
+constexpr uint64_t kTag = uint64_t{0xc35a} << 48;
+constexpr uint32_t kSlots = 4096;
+constexpr uint32_t kModule = 1;
+
+struct Entry {
+  void* block;
+  uint64_t size;
+  uint32_t module;
+  uint32_t next;  // free list, by index; kSlots ends it
+};
+struct Books {
+  uint32_t free_head;  // 0 in a new thread: slots are handed out from `fresh`
+  uint32_t fresh;
+  int64_t bytes[4];
+  int64_t blocks[4];
+  Entry entries[kSlots];
+};
+// A thread's books (zero-initialised, local-exec: one %fs-relative address).
+constinit thread_local Books books __attribute__((tls_model("local-exec"))) = {};
+
+inline uint64_t* TrailerOf(void* p) {
+  uint64_t header = static_cast<uint64_t*>(p)[-1];
+  size_t usable = (header & ~uint64_t{7}) - ((header & 2) ? 16 : 8);
+  return reinterpret_cast<uint64_t*>(static_cast<char*>(p) + usable - 8);
+}
+
+inline void* Allocate(size_t size) {
+  if (size > SIZE_MAX - 64) [[unlikely]] return nullptr;  // size + 8 would wrap
+  void* p = __libc_malloc(size + 8);
+  if (p == nullptr) [[unlikely]] return nullptr;
+  Books& b = books;
+  uint32_t slot = b.free_head;
+  if (slot == 0) [[unlikely]] {  // slot 0 is never used: 0 means "take a fresh one"
+    slot = b.fresh < kSlots - 1 ? ++b.fresh : 0;
+  } else {
+    b.free_head = b.entries[slot].next;
+  }
+  uint64_t* trailer = TrailerOf(p);
+  if (slot == 0) [[unlikely]] {
+    *trailer = 0;  // table full: untracked
+    return p;
+  }
+  Entry& entry = b.entries[slot];
+  entry.block = p;
+  entry.size = size;
+  entry.module = kModule;
+  b.bytes[kModule] += static_cast<int64_t>(size);
+  b.blocks[kModule] += 1;
+  *trailer = kTag | slot;
+  return p;
+}
+
+inline void Release(void* p) {
+  if (p == nullptr) return;
+  uint64_t* trailer = TrailerOf(p);
+  uint64_t t = *trailer;
+  Books& b = books;
+  uint32_t slot = static_cast<uint32_t>(t) & (kSlots - 1);
+  Entry& entry = b.entries[slot];
+  if ((t >> 48) == (kTag >> 48) && slot != 0 && entry.block == p && entry.module == kModule) [[likely]] {
+    b.bytes[kModule] -= static_cast<int64_t>(entry.size);
+    b.blocks[kModule] -= 1;
+    entry.block = nullptr;
+    entry.next = b.free_head;
+    b.free_head = slot;
+  }
+  *trailer = 0;
+  __libc_free(p);
+}
+
+__attribute__((noinline)) void* NewSlow(size_t size) {
+  for (;;) {
+    std::new_handler handler = std::get_new_handler();
+    if (!handler) throw std::bad_alloc();
+    handler();
+    if (void* p = Allocate(size)) return p;
+  }
+}
+inline void* New(size_t size) {
+  if (size == 0) size = 1;
+  void* p = Allocate(size);
+  if (p != nullptr) [[likely]] return p;
+  return NewSlow(size);
+}
+
+}  // namespace
+
+extern "C" {
+void* malloc(size_t size) { return Allocate(size); }
+void free(void* p) { Release(p); }
+}
+void* operator new(size_t size) { return New(size); }
+void* operator new[](size_t size) { return New(size); }
+void operator delete(void* p) noexcept { Release(p); }
+void operator delete[](void* p) noexcept { Release(p); }
+void operator delete(void* p, size_t) noexcept { Release(p); }
+void operator delete[](void* p, size_t) noexcept { Release(p); }
