@@ -83,9 +83,12 @@ class LinkReader {
  private:
   // The reader thread: reads whenever frames come and nobody leads.
   void Loop();
+  enum class DrainResult { kDrained, kEnded, kHandOver };
   // Token holder: reads what the socket has (never blocks) and handles every
-  // complete frame. False: reading ended (End was called).
-  bool Drain();
+  // complete frame. kEnded: reading ended (End was called). kHandOver (only
+  // when `leading`): a large frame is under way, which the reader thread
+  // reads (see kLeadFrameLimit in the .cc).
+  DrainResult Drain(bool leading);
   // Token holder: one frame to the dispatcher, the command queue or a waiter.
   void Handle(v1::link::ToWorker& frame);
   // Reading ended with `why`: waiting requests fail, NextCommand reports it.

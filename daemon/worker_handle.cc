@@ -67,6 +67,12 @@ constexpr std::chrono::milliseconds kOverlapMemory{50};
 // no faster. The link is now watched through link_watch_, muted while a
 // Request reads.)
 constexpr bool kLoneCallReadsReply = true;
+// A Request reads frames up to this size itself; a larger call input, or a
+// reply whose header says it is larger, goes through the io thread. Measured
+// (Release, this 2-core machine, alternating runs): with the waiting thread
+// reading, 64 KiB and 1 MiB echoes took 1.2-2x as long as through the io
+// thread, while 32 B gained; the hop costs little next to a large copy.
+constexpr size_t kLeadFrameLimit = 16 << 10;
 
 // Frame of `command` (a call whose input is empty) with `tail` as its
 // input: everything but the tail, which goes on the wire from where it is.
@@ -428,9 +434,10 @@ WorkerHandle::ReadResult WorkerHandle::ReadAvailable(bool on_io_thread) {
     // Room for the rest of the frame under way (or a chunk).
     size_t want = kReadChunk;
     if (read_end_ - read_begin_ >= common::kFrameHeaderBytes) {
-      want = std::max<size_t>(want, common::kFrameHeaderBytes +
-                                        common::DecodeFrameHeader(reinterpret_cast<const unsigned char*>(
-                                            read_buffer_.data() + read_begin_)));
+      const size_t length = common::DecodeFrameHeader(
+          reinterpret_cast<const unsigned char*>(read_buffer_.data() + read_begin_));
+      if (!on_io_thread && length > kLeadFrameLimit) return ReadResult::kHandOver;
+      want = std::max<size_t>(want, common::kFrameHeaderBytes + length);
     }
     if (read_begin_ == read_end_) {
       read_begin_ = read_end_ = 0;
@@ -525,7 +532,25 @@ void WorkerHandle::Lead(Waiter& waiter) {
   } unmark;
   pollfd fds[2] = {{link_fd_, POLLIN, 0}, {wake_fd_.get(), POLLIN, 0}};
   while (true) {
-    if (ReadAvailable(/*on_io_thread=*/false) == ReadResult::kEnded) return;  // the token is let go
+    const ReadResult read = ReadAvailable(/*on_io_thread=*/false);
+    if (read == ReadResult::kEnded) return;  // the token is let go
+    if (read == ReadResult::kHandOver) {
+      // The io thread reads the rest (turning its watch on shows it the
+      // bytes already there); this Request waits for its reply as any.
+      std::lock_guard<std::mutex> lock(mutex_);
+      reading_ = false;
+      request_reads_ = false;
+      WatchLinkLocked();
+      if (closed_ && close_deferred_) {
+        close_deferred_ = false;
+        auto self = shared_from_this();
+        asio::post(io_, [self] {
+          std::lock_guard<std::mutex> lock(self->mutex_);
+          self->CloseLinkLocked();
+        });
+      }
+      return;
+    }
     bool finished;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -799,8 +824,8 @@ absl::StatusOr<v1::link::Reply> WorkerHandle::Request(v1::link::ToWorker command
     // Request to the next costs more than the hop it saves.
     std::lock_guard<std::mutex> lock(mutex_);
     if (++blocked_requests_ > 1) last_overlap_ = now;
-    lead = kLoneCallReadsReply && !reading_ && !read_ended_ && !closed_ && !dying_ && blocked_requests_ == 1 &&
-           now - last_overlap_ > kOverlapMemory;
+    lead = kLoneCallReadsReply && tail.size() <= kLeadFrameLimit && !reading_ && !read_ended_ && !closed_ &&
+           !dying_ && blocked_requests_ == 1 && now - last_overlap_ > kOverlapMemory;
     if (lead) {
       reading_ = true;
       request_reads_ = true;
