@@ -114,7 +114,7 @@ LinkReader::LeadResult LinkReader::Lead(const std::function<bool()>& done) {
   {
     std::lock_guard<std::mutex> lock(token_mutex_);
     if (reading_ended_.load()) return LeadResult::kEnded;
-    if (token_held_) return LeadResult::kBusy;
+    if (token_held_ || large_frames_.load()) return LeadResult::kBusy;
     token_held_ = true;
     WatchLocked(false);
   }
@@ -196,6 +196,7 @@ LinkReader::DrainResult LinkReader::Drain(bool leading) {
         return DrainResult::kEnded;
       }
       begin_ += common::kFrameHeaderBytes + length;
+      large_frames_.store(length > kLeadFrameLimit);
       Handle(frame);
     }
     // Room for the rest of the frame under way (or a chunk).

@@ -115,6 +115,9 @@ class LinkReader {
   bool token_held_ ABSL_GUARDED_BY(token_mutex_) = false;
   bool watching_ ABSL_GUARDED_BY(token_mutex_) = true;  // the reader thread's epoll sees the link
   std::atomic<bool> reading_ended_{false};
+  // The last frame handled was large: calls are likely large now, and for
+  // them leading costs more than it saves (Lead declines until a small one).
+  std::atomic<bool> large_frames_{false};
   // The reader thread's epoll set (the link, edge-triggered; stop_fd_).
   common::UniqueFd epoll_;
   common::UniqueFd stop_fd_;    // eventfd: wakes the reader thread once reading ended

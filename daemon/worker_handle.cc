@@ -180,7 +180,8 @@ WorkerHandle::WorkerHandle(asio::io_context& io, common::ChildProcess process, c
       pid_(process_.pid()),
       started_at_unix_ms_(NowUnixMs()),
       link_fd_(link.get()),
-      link_watch_(io, link_watch.Release()),
+      link_watch_(io, link_watch.get()),
+      link_watch_fd_(link_watch.Release()),
       fd_channel_(std::move(fd_channel)),
       pidfd_watch_(io, ::dup(process_.pidfd())),
       wake_fd_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)),
@@ -312,7 +313,7 @@ void WorkerHandle::WatchLinkLocked() {
   event.data.fd = link_fd_;
   // Turning interest on reports what is ready already (the kernel polls the
   // link), so nothing that came while it was off is missed.
-  if (::epoll_ctl(link_watch_.native_handle(), EPOLL_CTL_MOD, link_fd_, &event) == 0) {
+  if (::epoll_ctl(link_watch_fd_, EPOLL_CTL_MOD, link_fd_, &event) == 0) {
     watched_events_ = events;
   } else {
     spdlog::error("worker pid={} phase=link epoll_ctl on the link watch: {}", pid_, std::strerror(errno));

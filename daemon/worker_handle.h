@@ -273,6 +273,7 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   common::UniqueFd link_ ABSL_GUARDED_BY(mutex_);
   const int link_fd_;  // link_'s descriptor, for readers and writers on any thread
   boost::asio::posix::stream_descriptor link_watch_;
+  const int link_watch_fd_;  // link_watch_'s epoll set, changed by any thread (WatchLinkLocked)
   common::UniqueFd fd_channel_;
   boost::asio::posix::stream_descriptor pidfd_watch_;
   // Wakes the Request leading the read side (in poll): its reply came by
