@@ -26,6 +26,11 @@ constexpr uint32_t kDefaultQueuedCalls = 256;
 constexpr std::chrono::milliseconds kHostCallTimeout{5000};
 // Module log text beyond this is cut off (and counted) before it is sent.
 constexpr size_t kMaxLogBytes = 64u << 10;
+// Whether an idle executor thread waits on the link itself (see
+// CallScheduler::SetLinkLeader): a lone call then wakes the thread that runs
+// it and no other. Off: the link reader thread reads every frame and wakes
+// an executor for each call.
+constexpr bool kExecutorsLeadTheLink = true;
 
 // A key as it can appear in a message: escaped, at most 64 bytes of it.
 std::string ShowKey(std::string_view key) { return common::EscapeForLog(key, 64); }
@@ -141,6 +146,20 @@ Agent::Agent(DaemonLink& link, std::string scratch_dir, common::FlightRecorder* 
           this),
       reader_(link, [this](v1::link::ToWorker& command) { return Dispatch(command); }) {
   loader_.set_flight_recorder(recorder);
+  if (!kExecutorsLeadTheLink) return;
+  scheduler_.SetLinkLeader(
+      [this](const std::function<bool()>& done) {
+        switch (reader_.Lead(done)) {
+          case LinkReader::LeadResult::kBusy:
+            return CallScheduler::LeadOutcome::kBusy;
+          case LinkReader::LeadResult::kLed:
+            return CallScheduler::LeadOutcome::kLed;
+          case LinkReader::LeadResult::kEnded:
+            break;
+        }
+        return CallScheduler::LeadOutcome::kEnded;
+      },
+      [this] { reader_.Recall(); });
 }
 
 Agent::~Agent() {

@@ -12,7 +12,21 @@
 
 namespace relib::agent {
 
+thread_local CallScheduler::Leading* CallScheduler::leading_ = nullptr;
+
 CallScheduler::~CallScheduler() { Shutdown(); }
+
+void CallScheduler::SetLinkLeader(LeadFn lead, std::function<void()> recall) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  lead_ = std::move(lead);
+  recall_ = std::move(recall);
+}
+
+void CallScheduler::RecallLocked(Gate& gate) {
+  if (!gate.leading) return;
+  gate.recall = true;
+  if (recall_) recall_();
+}
 
 void CallScheduler::Shutdown() {
   std::unique_lock<std::mutex> lock(mutex_);
@@ -32,7 +46,7 @@ void CallScheduler::Shutdown() {
 
 void CallScheduler::Configure(const std::string& module, Limits limits) {
   limits.concurrency = std::max(1, limits.concurrency);
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::unique_lock<std::mutex> lock(mutex_);
   if (shut_down_) return;
   auto& gate = gates_[module];
   if (!gate) {
@@ -40,7 +54,10 @@ void CallScheduler::Configure(const std::string& module, Limits limits) {
     gate->name = module;
   }
   gate->limits = limits;
-  Dispatch(gate);
+  std::shared_ptr<Gate> woken = gate;
+  int count = Dispatch(woken);
+  lock.unlock();
+  Wake(*woken, count);
 }
 
 void CallScheduler::Remove(const std::string& module, const absl::Status& why) {
@@ -60,11 +77,11 @@ void CallScheduler::Remove(const std::string& module, const absl::Status& why) {
 }
 
 absl::Status CallScheduler::Submit(const std::string& module, Job job) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::unique_lock<std::mutex> lock(mutex_);
   if (shut_down_) return absl::UnavailableError("the worker is shutting down");
   auto it = gates_.find(module);
   if (it == gates_.end()) return absl::NotFoundError(absl::StrCat("module '", module, "' is not loaded"));
-  const std::shared_ptr<Gate>& gate = it->second;
+  std::shared_ptr<Gate> gate = it->second;
   const size_t free_slots = gate->held ? 0 : static_cast<size_t>(std::max(0, gate->limits.concurrency - gate->running));
   if (gate->queue.size() >= gate->limits.max_queued + free_slots) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -72,28 +89,47 @@ absl::Status CallScheduler::Submit(const std::string& module, Job job) {
         " calls queued, its limit (max_queued_calls ", gate->limits.max_queued, ", ", gate->running,
         " running of max_concurrent_calls ", gate->limits.concurrency, "); try again later"));
   }
+  if (leading_ != nullptr && leading_->gate == gate.get() && !leading_->taken && !gate->held && !gate->stopping &&
+      gate->queue.empty() && gate->running < gate->limits.concurrency) {
+    // Read by an idle thread of this very module: it runs the call itself
+    // once it let go of the link (no other thread is woken).
+    ++gate->running;
+    leading_->taken = Queued{std::move(job), std::chrono::steady_clock::now()};
+    return absl::OkStatus();
+  }
   gate->queue.push_back(Queued{std::move(job), std::chrono::steady_clock::now()});
-  Dispatch(gate);
+  int count = Dispatch(gate);
+  lock.unlock();
+  Wake(*gate, count);
   return absl::OkStatus();
 }
 
-void CallScheduler::Dispatch(const std::shared_ptr<Gate>& gate) {
-  if (gate->held) return;
+void CallScheduler::Wake(Gate& gate, int count) {
+  for (; count > 0; --count) gate.work.notify_one();
+}
+
+int CallScheduler::Dispatch(const std::shared_ptr<Gate>& gate) {
+  if (gate->held) return 0;
   int startable = std::min<int>(static_cast<int>(gate->queue.size()), gate->limits.concurrency - gate->running);
   int need = startable - gate->wakeups - gate->starting;
+  int wake = 0;
   for (; need > 0; --need) {
     if (gate->idle - gate->wakeups > 0) {
       ++gate->wakeups;
-      gate->work.notify_one();
+      ++wake;
     } else if (static_cast<int>(gate->threads.size()) < gate->limits.concurrency) {
       // Executor threads are the host's: created outside any module scope.
       HostScope host;
       ++gate->starting;
       gate->threads.emplace_back(&CallScheduler::ThreadLoop, this, gate);
     } else {
-      break;  // every thread is busy: the next free one takes it
+      // Every thread is busy, or the idle one reads the link: that one
+      // comes back for it; else the next free one takes it.
+      RecallLocked(*gate);
+      break;
     }
   }
+  return wake;
 }
 
 void CallScheduler::ThreadLoop(std::shared_ptr<Gate> gate) {
@@ -105,16 +141,49 @@ void CallScheduler::ThreadLoop(std::shared_ptr<Gate> gate) {
   std::unique_lock<std::mutex> lock(mutex_);
   --gate->starting;
   while (true) {
+    std::optional<Queued> taken;
+    bool may_lead = true;
     while (!CanStart(*gate) && !gate->stopping) {
+      if (may_lead && lead_ && !lead_ended_ && !link_led_ && !gate->held) {
+        // Wait on the link itself: a call for this module then runs here
+        // without a hand-off from the reader thread.
+        link_led_ = true;
+        gate->leading = true;
+        gate->recall = false;
+        Leading leading{gate.get(), std::nullopt};
+        leading_ = &leading;
+        const LeadFn& lead = lead_;  // set once, before any executor exists
+        lock.unlock();
+        LeadOutcome outcome = lead([&] { return leading.taken.has_value() || gate->recall.load(); });
+        lock.lock();
+        leading_ = nullptr;
+        gate->leading = false;
+        link_led_ = false;
+        if (outcome == LeadOutcome::kEnded) lead_ended_ = true;
+        if (leading.taken) {
+          taken = std::move(leading.taken);
+          break;
+        }
+        // Somebody else read (or nobody can): sleep until work comes. The
+        // gate is looked at again first (it may have changed meanwhile).
+        if (outcome != LeadOutcome::kLed) may_lead = false;
+        continue;
+      }
       ++gate->idle;
       gate->work.wait(lock);
       --gate->idle;
       if (gate->wakeups > 0) --gate->wakeups;
+      may_lead = true;
     }
-    if (!CanStart(*gate)) break;  // stopping
-    Queued queued = std::move(gate->queue.front());
-    gate->queue.pop_front();
-    ++gate->running;
+    Queued queued;
+    if (taken) {
+      queued = std::move(*taken);  // counted in running by Submit
+    } else {
+      if (!CanStart(*gate)) break;  // stopping
+      queued = std::move(gate->queue.front());
+      gate->queue.pop_front();
+      ++gate->running;
+    }
     auto waited = std::chrono::steady_clock::now() - queued.since;
     absl::Status admitted;
     if (queued.job.queue_deadline.count() > 0 && waited > queued.job.queue_deadline) {
@@ -141,6 +210,7 @@ void CallScheduler::Drain(std::unique_lock<std::mutex>& lock, const std::shared_
   gate->drained.wait(lock, [&] { return gate->running == 0; });
   gate->stopping = true;
   gate->work.notify_all();
+  RecallLocked(*gate);
   std::vector<std::thread> threads = std::move(gate->threads);
   gate->threads.clear();
   lock.unlock();
@@ -160,14 +230,16 @@ void CallScheduler::Hold(const std::string& module) {
 }
 
 void CallScheduler::Release(const std::string& module) {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::unique_lock<std::mutex> lock(mutex_);
   auto it = gates_.find(module);
   if (it == gates_.end()) return;
-  const std::shared_ptr<Gate>& gate = it->second;
+  std::shared_ptr<Gate> gate = it->second;
   gate->held = false;
   auto now = std::chrono::steady_clock::now();
   for (Queued& queued : gate->queue) queued.since = now;
-  Dispatch(gate);
+  int count = Dispatch(gate);
+  lock.unlock();
+  Wake(*gate, count);
 }
 
 }  // namespace relib::agent

@@ -48,6 +48,10 @@ class DaemonLink {
   absl::Status Receive(v1::link::ToWorker* message);
   // Makes a blocked or later Receive return (UNAVAILABLE): the reader's stop.
   void ShutdownReading();
+  // The link's socket, for LinkReader's own non-blocking reads (nobody else
+  // reads it), and the largest frame either side may send.
+  int fd() const { return fd_.get(); }
+  uint64_t frame_limit() const { return frame_limit_; }
 
  private:
   common::UniqueFd fd_;

@@ -1,12 +1,16 @@
-// The one reader of the worker link: a thread that reads every frame relibd
-// sends, offers each command to a dispatcher first (calls and usage requests
-// are handled as they arrive, see Agent), queues the rest (lifecycle
-// commands) in order for the control thread, and hands relibd's answers to
-// host-API requests (save_state, store_fd) to the threads waiting for them.
+// The reading side of the worker link: reads every frame relibd sends,
+// offers each command to a dispatcher first (calls and usage requests are
+// handled as they arrive, see Agent), queues the rest (lifecycle commands)
+// in order for the control thread, and hands relibd's answers to host-API
+// requests (save_state, store_fd) to the threads waiting for them.
+// Leader/follower: whoever holds the read token reads. An idle executor
+// thread may hold it while it waits (Lead), so that a call for it wakes that
+// thread alone and runs there; otherwise the reader thread reads.
 // Writing stays with DaemonLink::Send, which serialises senders.
 #ifndef RELIB_AGENT_LINK_READER_H_
 #define RELIB_AGENT_LINK_READER_H_
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -15,20 +19,23 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "agent/daemon_link.h"
+#include "common/unique_fd.h"
 #include "relib/v1/worker_link.pb.h"
 
 namespace relib::agent {
 
 class LinkReader {
  public:
-  // Runs on the reader thread for every command; returns true if it took
-  // the command (it must not block for long: frames wait behind it).
+  // Runs on the thread holding the read token for every command; returns
+  // true if it took the command (it must not block for long: frames wait
+  // behind it).
   using Dispatcher = std::function<bool(v1::link::ToWorker& command)>;
 
   // Starts reading `link`, which must outlive the reader (and so must what
@@ -36,7 +43,7 @@ class LinkReader {
   // stays the control thread's).
   explicit LinkReader(DaemonLink& link, Dispatcher dispatch = nullptr);
   // Stops reading (shuts the link's read side down) and joins the thread;
-  // requests still waiting get UNAVAILABLE.
+  // requests still waiting get UNAVAILABLE. REQUIRES: no Lead in progress.
   ~LinkReader();
   LinkReader(const LinkReader&) = delete;
   LinkReader& operator=(const LinkReader&) = delete;
@@ -57,8 +64,40 @@ class LinkReader {
   // Thread-safe. Forgets `id` (its request could not be sent).
   void Forget(uint64_t id);
 
+  enum class LeadResult {
+    kBusy,   // another thread held the read token: nothing was read
+    kLed,    // read until done() said so; the token is let go
+    kEnded,  // reading has ended (link closed or broken): do not lead again
+  };
+  // Thread-safe; for a thread about to wait for work (one at a time leads).
+  // Takes the read token if nobody holds it and reads, handing every frame
+  // to the dispatcher on this thread, until done() returns true (checked
+  // after each batch of frames and after Recall); then reads what the
+  // socket already holds and lets the token go (the reader thread reads
+  // what comes later). While a thread leads, the reader thread is not woken
+  // by frames.
+  LeadResult Lead(const std::function<bool()>& done);
+  // Thread-safe. Makes the thread in Lead, if any, check done() now.
+  void Recall();
+
  private:
+  // The reader thread: reads whenever frames come and nobody leads.
   void Loop();
+  enum class DrainResult { kDrained, kEnded, kHandOver };
+  // Token holder: reads what the socket has (never blocks) and handles every
+  // complete frame. kEnded: reading ended (End was called). kHandOver (only
+  // when `leading`): a large frame is under way, which the reader thread
+  // reads (see kLeadFrameLimit in the .cc).
+  DrainResult Drain(bool leading);
+  // Token holder: one frame to the dispatcher, the command queue or a waiter.
+  void Handle(v1::link::ToWorker& frame);
+  // Reading ended with `why`: waiting requests fail, NextCommand reports it.
+  void End(const absl::Status& why);
+  // Token holder: lets the token go unless the socket has unread bytes
+  // (false: read them first); turns the reader thread's watch back on.
+  bool ReleaseLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(token_mutex_);
+  // Turns the reader thread's watch of the link off (a thread leads) or on.
+  void WatchLocked(bool on) ABSL_EXCLUSIVE_LOCKS_REQUIRED(token_mutex_);
 
   DaemonLink& link_;
   const Dispatcher dispatch_;
@@ -70,6 +109,23 @@ class LinkReader {
   uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
   // Why reading stopped (UNAVAILABLE for relibd closing the link).
   std::optional<absl::Status> ended_ ABSL_GUARDED_BY(mutex_);
+
+  // The read token.
+  std::mutex token_mutex_;
+  bool token_held_ ABSL_GUARDED_BY(token_mutex_) = false;
+  bool watching_ ABSL_GUARDED_BY(token_mutex_) = true;  // the reader thread's epoll sees the link
+  std::atomic<bool> reading_ended_{false};
+  // The last frame handled was large: calls are likely large now, and for
+  // them leading costs more than it saves (Lead declines until a small one).
+  std::atomic<bool> large_frames_{false};
+  // The reader thread's epoll set (the link, edge-triggered; stop_fd_).
+  common::UniqueFd epoll_;
+  common::UniqueFd stop_fd_;    // eventfd: wakes the reader thread once reading ended
+  common::UniqueFd recall_fd_;  // eventfd: wakes the thread in Lead
+  // Token holder only: bytes received, [begin_, end_) not yet handled.
+  std::string buffer_;
+  size_t begin_ = 0;
+  size_t end_ = 0;
   std::thread thread_;
 };
 

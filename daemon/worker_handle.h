@@ -1,7 +1,7 @@
 // relibd's handle on one relib-worker process: spawns it, talks the worker
 // link (commands are written by the sending thread itself when the socket
-// takes them; the Asio loop reads replies and completes them — a lone
-// Request can read its own instead, see kLoneCallReadsReply), enforces deadlines
+// takes them; a lone Request reads its own reply, else the Asio loop reads
+// replies and completes them, see Request), enforces deadlines
 // (each executing call's own, through the flight recorder; control phases';
 // a generous backstop per command) and notices the process's death through
 // its pidfd.
@@ -27,7 +27,6 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "boost/asio/io_context.hpp"
-#include "boost/asio/local/stream_protocol.hpp"
 #include "boost/asio/posix/stream_descriptor.hpp"
 #include "boost/asio/steady_timer.hpp"
 #include "common/child_process.h"
@@ -110,10 +109,11 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   void Send(v1::link::ToWorker command, std::string what, std::chrono::milliseconds deadline, ReplyCallback done,
             std::vector<common::UniqueFd> fds = {});
 
-  // Blocking form of Send for threads other than the io thread. With
-  // kLoneCallReadsReply, a lone waiting thread reads the link itself (its own
-  // reply then costs no thread hop); frames other than replies to blocked
-  // Requests still go to the io thread, in order.
+  // Blocking form of Send for threads other than the io thread. A lone
+  // waiting thread (no other Request waited lately) reads the link itself
+  // and the io thread is not woken for it (its own reply then costs no
+  // thread hop); frames other than replies to blocked Requests still go to
+  // the io thread, in order.
   // `tail`, if not empty, is appended to the command's CallCommand.input on
   // the wire without being copied (REQUIRES: a call command whose input is
   // empty; `tail` stays valid until this returns).
@@ -156,7 +156,9 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
     bool any_thread = false;
   };
   // A thread blocked in Request.
-  // (Its own mutex: completing one never contends with the link's.)
+  // (Its own mutex: completing one never contends with the link's. Shared
+  // with its reply callback, which notifies after letting go of the mutex:
+  // a thread woken under it would only block on it again.)
   struct Waiter {
     std::mutex mutex;
     std::condition_variable wake;
@@ -165,11 +167,13 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
     absl::StatusOr<v1::link::Reply> reply ABSL_GUARDED_BY(mutex);
   };
   // What a read of the link found.
-  enum class ReadResult { kDrained, kEnded };
+  // kHandOver: a Request reading met a large frame still under way (see
+  // kLeadFrameLimit in the .cc): the io thread reads the rest.
+  enum class ReadResult { kDrained, kEnded, kHandOver };
 
   WorkerHandle(boost::asio::io_context& io, common::ChildProcess process, common::TempDir scratch,
-               common::FlightRecorder recorder, int link_fd, common::UniqueFd fd_channel, std::string group,
-               const WorkerOptions& options, Callbacks callbacks);
+               common::FlightRecorder recorder, common::UniqueFd link, common::UniqueFd link_watch,
+               common::UniqueFd fd_channel, std::string group, const WorkerOptions& options, Callbacks callbacks);
 
   void SendCommand(v1::link::ToWorker command, std::string what, std::chrono::milliseconds deadline,
                    ReplyCallback done, bool any_thread, std::vector<common::UniqueFd> fds, std::string_view tail);
@@ -195,16 +199,25 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   bool ReleaseReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Makes the Request leading the read side look again (eventfd).
   void WakeLeader();
+  // Sets what wakes the io thread on the link (link_watch_'s interest):
+  // readable unless a Request reads, writable while writes are queued.
+  void WatchLinkLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // io thread: writes what the queue holds while the socket takes it.
+  void FlushWritesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // io thread: closes the link's descriptor (no thread reads it).
+  void CloseLinkLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Token holder saw the end of the link: `why` and `eof` go to OnReadEnded on
   // the io thread, after the frames handed there before.
   void EndReading(boost::system::error_code ec, std::string protocol_error);
 
   // All below run on the io thread.
   void StartIo();
-  // Waits for the link to become readable (Asio), then reads if no other
-  // thread does.
+  // Waits for link_watch_ (the link readable or writable as
+  // WatchLinkLocked chose); exactly one such wait is armed at a time.
   void ArmRead() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
-  void OnReadable();
+  // The armed wait fired (or the start): flushes queued writes, then reads
+  // if no other thread does, then waits again.
+  void OnLinkReady();
   void OnReadEnded(const boost::system::error_code& ec, const std::string& protocol_error);
   void Dispatch(v1::link::FromWorker& message);
   // Hands the usage a control command's reply carries to on_usage, before
@@ -217,8 +230,6 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   // `tail` follows `frame` on the wire (one sendmsg).
   void WriteLocked(std::string frame, std::string_view tail = {}) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void Write(std::string frame);
-  // io thread: drains write_queue_.
-  void WriteNext();
   // Any thread: makes sure the watchdog runs (it stops after a second with
   // nothing in flight).
   void WatchLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -257,8 +268,15 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   const int64_t started_at_unix_ms_;
   std::atomic<bool> alive_{true};
 
-  boost::asio::local::stream_protocol::socket link_;
-  const int link_fd_;  // link_'s descriptor, for writers on other threads
+  // The link's socket. It is never registered with Asio: Asio's reactor
+  // watches every descriptor for input (edge-triggered) and would wake the
+  // io thread for each reply, also for one a Request reads itself. The io
+  // thread watches link_watch_ instead, an epoll set holding only the link,
+  // whose interest WatchLinkLocked turns off while a Request reads.
+  common::UniqueFd link_ ABSL_GUARDED_BY(mutex_);
+  const int link_fd_;  // link_'s descriptor, for readers and writers on any thread
+  boost::asio::posix::stream_descriptor link_watch_;
+  const int link_watch_fd_;  // link_watch_'s epoll set, changed by any thread (WatchLinkLocked)
   common::UniqueFd fd_channel_;
   boost::asio::posix::stream_descriptor pidfd_watch_;
   // Wakes the Request leading the read side (in poll): its reply came by
@@ -273,8 +291,11 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   // Shared between the io thread and senders.
   mutable std::mutex mutex_;
   std::deque<std::string> write_queue_ ABSL_GUARDED_BY(mutex_);
+  size_t write_offset_ ABSL_GUARDED_BY(mutex_) = 0;  // bytes of write_queue_.front() written
   bool writing_ ABSL_GUARDED_BY(mutex_) = false;  // the io thread drains write_queue_
   bool reading_ ABSL_GUARDED_BY(mutex_) = false;  // the read token is held
+  bool request_reads_ ABSL_GUARDED_BY(mutex_) = false;  // ...by a Request (Lead)
+  uint32_t watched_events_ ABSL_GUARDED_BY(mutex_) = 0;  // link_watch_'s interest now
   // EOF or an error was read: nobody reads any more.
   bool read_ended_ ABSL_GUARDED_BY(mutex_) = false;
   // Frames handed to the io thread and not yet dispatched there: while

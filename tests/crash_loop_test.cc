@@ -160,7 +160,10 @@ TEST_F(CrashLoopTest, RelibdExitsThreeWhenTheWorkerBreaksUnderIt) {
   std::string worker = dir->path() + "/relib-worker";
   std::filesystem::copy_file(kWorkerPath, worker);
   relibd_.reset();
-  StartDaemon({"--worker", worker, "--restart-backoff-ms", "20"});
+  // No warm spare: one is started right after the load, concurrently with
+  // its reply, and if its exec came before the break below it would
+  // (rightly) serve the group — the test would depend on that race.
+  StartDaemon({"--worker", worker, "--restart-backoff-ms", "20", "--spare-workers", "0"});
   ASSERT_TRUE(Load("m", k_versioned_v1).ok());
   {
     std::ofstream(dir->path() + "/broken") << "#!/bin/sh\nexit 1\n";
