@@ -107,7 +107,7 @@ inline uint64_t ProbeLoad(const uint64_t* word) {
   uint64_t value;
   asm volatile(
       "0: movq %1, %0\n\t"
-      ".pushsection relib_heap_probes, \"a\"\n\t"
+      ".pushsection relib_heap_probes, \"aR\"\n\t"
       ".balign 4\n\t"
       ".long 0b - .\n\t"
       ".popsection"
@@ -642,6 +642,10 @@ enum class Verdict { kOwn, kHost, kOtherModule, kFreed, kNotABlock };
 
 constexpr char kUnreadableHeader[] =
     "invalid free by module code: not a heap block (the memory around the pointer is not mapped)";
+// The same fault on free's inline path, which does not ask who called free
+// (module code, or libstdc++/libc freeing on the module's behalf).
+constexpr char kUnreadableHeaderInModuleScope[] =
+    "invalid free in module scope: not a heap block (the memory around the pointer is not mapped)";
 
 // True if the trailer `trailer` of the block whose header word is at
 // `header` is on that word's page: readable if the header was.
@@ -1063,7 +1067,7 @@ extern "C" const int32_t __stop_relib_heap_probes[] __attribute__((weak, visibil
 
 const char* FaultNote(const void* pc) {
   for (const int32_t* probe = __start_relib_heap_probes; probe < __stop_relib_heap_probes; ++probe) {
-    if (reinterpret_cast<const char*>(probe) + *probe == pc) return kUnreadableHeader;
+    if (reinterpret_cast<const char*>(probe) + *probe == pc) return kUnreadableHeaderInModuleScope;
   }
   return nullptr;
 }

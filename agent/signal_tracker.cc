@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <optional>
 
 #include <mutex>
@@ -63,30 +64,32 @@ Sigaction RealSigaction() {
 }
 
 // The signals with a handler (not SIG_DFL or SIG_IGN), bit sig - 1, from
-// the sigcatch field of /proc/self/stat (the kernel's view of the process's
-// shared dispositions, as rt_sigaction would report them): one read instead
-// of a system call per signal. nullopt if it cannot be read.
+// the SigCgt line of /proc/self/status (the kernel's view of the process's
+// shared dispositions, all 64 signals, as rt_sigaction would report them):
+// one read instead of a system call per signal. Not /proc/self/stat's
+// sigcatch field: the kernel masks it to signals 1-31, so a realtime
+// signal's handler would never be looked at. nullopt if it cannot be read.
 std::optional<uint64_t> CaughtSignals() {
-  int fd = ::open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+  int fd = ::open("/proc/self/status", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return std::nullopt;
-  char text[1024];
-  ssize_t n = ::read(fd, text, sizeof(text) - 1);
-  ::close(fd);
-  if (n <= 0 || n == static_cast<ssize_t>(sizeof(text) - 1)) return std::nullopt;
-  text[n] = '\0';
-  // Fields after "(comm)": state is field 3, sigcatch field 34.
-  const char* cursor = strrchr(text, ')');
-  if (cursor == nullptr) return std::nullopt;
-  ++cursor;
-  for (int field = 3; field < 34; ++field) {
-    while (*cursor == ' ') ++cursor;
-    while (*cursor != ' ' && *cursor != '\0') ++cursor;
-    if (*cursor == '\0') return std::nullopt;
+  char text[4096];
+  size_t size = 0;
+  while (size < sizeof(text) - 1) {
+    ssize_t n = ::read(fd, text + size, sizeof(text) - 1 - size);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    size += static_cast<size_t>(n);
   }
+  ::close(fd);
+  text[size] = '\0';
+  const char* line = std::strstr(text, "\nSigCgt:");
+  if (line == nullptr) return std::nullopt;  // includes a status cut short before it
+  const char* cursor = line + std::strlen("\nSigCgt:");
+  while (*cursor == ' ' || *cursor == '\t') ++cursor;
   char* end = nullptr;
   errno = 0;
-  unsigned long long caught = std::strtoull(cursor, &end, 10);
-  if (end == cursor || errno != 0) return std::nullopt;
+  unsigned long long caught = std::strtoull(cursor, &end, 16);
+  if (end == cursor || errno != 0 || *end != '\n') return std::nullopt;
   return static_cast<uint64_t>(caught);
 }
 

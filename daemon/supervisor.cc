@@ -822,9 +822,10 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
                response.module().worker_pid(), response.report().unmapped());
   Publish(v1::EVENT_KIND_RELOADED, name, version, response.module().worker_pid(), path,
           fresh ? nullptr : &response.report(), cause);
-  // The watcher follows the paths of watched modules only: nothing else a
-  // reload changes is its business (waking it costs a copy of the table).
-  if (before.watch() && path != before.path()) NotifyChange();
+  // The watcher follows watched modules only (waking it costs a copy of the
+  // table). Even with the same path it resyncs: a symlinked path may have
+  // been re-pointed, and the watcher follows the link's current target.
+  if (before.watch()) NotifyChange();
   auto micros = [](auto from, auto to) {
     return std::chrono::duration_cast<std::chrono::microseconds>(to - from).count();
   };

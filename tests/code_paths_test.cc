@@ -131,6 +131,22 @@ TEST_F(CodePathsTest, SignalHandlerSetBehindTheAgentsBackRefusesUnderRefusePolic
   ExpectWorkerServes(worker);
 }
 
+TEST_F(CodePathsTest, RealtimeSignalHandlerSetBehindTheAgentsBackRefusesUnderRefusePolicy) {
+  pid_t worker = LoadOrDie("bystander", k_versioned_v1);
+  v1::ModuleOptions options;
+  options.set_signal_policy(v1::SIGNAL_POLICY_REFUSE);
+  LoadOrDie("m", k_code_paths, options);
+  ASSERT_EQ(Call("m", "raw_rt_sigaction"), "installed");
+  v1::UnloadResponse response;
+  grpc::Status status = Unload("m", &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(status.error_message(), HasSubstr("keeps running"));
+  EXPECT_TRUE(response.report().refused());
+  EXPECT_THAT(response.report().code_references(),
+              Contains(Reference("signal handler", absl::StrCat("signal ", SIGRTMIN + 1), "refused")));
+  ExpectWorkerServes(worker);
+}
+
 TEST_F(CodePathsTest, TimersAreDeletedAtUnload) {
   pid_t worker = LoadOrDie("bystander", k_versioned_v1);
   LoadOrDie("m", k_code_paths);

@@ -94,6 +94,19 @@ std::string RawSigaction(std::string_view) {
   return "installed";
 }
 
+// The same behind the agent's back on a realtime signal: the kernel's
+// per-process summary in /proc/PID/stat shows only signals 1-31.
+std::string RawRtSigaction(std::string_view) {
+  KernelSigaction action{&OnSignal, 0x04000000 /* SA_RESTORER */, nullptr, 0};
+  KernelSigaction current{};
+  ::syscall(SYS_rt_sigaction, SIGSEGV, nullptr, &current, sizeof(uint64_t));
+  action.restorer = current.restorer;
+  if (::syscall(SYS_rt_sigaction, SIGRTMIN + 1, &action, nullptr, sizeof(uint64_t)) != 0) {
+    throw relib::Error("rt_sigaction failed");
+  }
+  return "installed";
+}
+
 std::string SignalsSeen(std::string_view) { return std::to_string(signals_seen.load()); }
 
 void OnTick(sigval) { ticks.fetch_add(1); }
@@ -199,7 +212,7 @@ std::string PrintfW(std::string_view) {
 
 RELIB_MODULE("code-paths", nullptr, nullptr, relib::Export<Sigaction>("sigaction"), relib::Export<Signal>("signal"),
              relib::Export<SigactionAliased>("sigaction_aliased"),
-             relib::Export<RawSigaction>("raw_sigaction"), relib::Export<SignalsSeen>("signals_seen"),
+             relib::Export<RawSigaction>("raw_sigaction"), relib::Export<RawRtSigaction>("raw_rt_sigaction"), relib::Export<SignalsSeen>("signals_seen"),
              relib::Export<Timer>("timer"), relib::Export<Ticks>("ticks"),
              relib::Export<ExitHandlers>("exit_handlers"), relib::Export<Atfork>("atfork"),
              relib::Export<Fork>("fork"), relib::Export<Handlers>("handlers"),
