@@ -50,6 +50,25 @@ bool WaitGone(pid_t pid, std::chrono::milliseconds limit) {
   while (Alive(pid) && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(20ms);
   return !Alive(pid);
 }
+// Waits up to `limit` until no thread of `pid` can run again (each gone or a
+// zombie): a zombie leader's other threads may still be running.
+bool AllThreadsGone(pid_t pid, std::chrono::milliseconds limit) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  auto gone = [pid] {
+    std::error_code error;
+    for (const auto& task : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", error)) {
+      std::ifstream in(task.path() / "stat");
+      std::string line;
+      if (!std::getline(in, line)) continue;
+      size_t paren = line.rfind(')');
+      char state = paren == std::string::npos || paren + 2 >= line.size() ? 0 : line[paren + 2];
+      if (state != 0 && state != 'Z' && state != 'X') return false;
+    }
+    return true;
+  };
+  while (!gone() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(5ms);
+  return gone();
+}
 long StatusField(pid_t pid, const std::string& field) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   std::string line;
@@ -476,7 +495,12 @@ TEST_F(ServiceTest, StoredFdsComeBackThroughListenFds) {
   std::string name = text.substr(at + 7, text.find('\n', at) - at - 7);
   int port = std::atoi(Call("counter", "port").c_str());
   EXPECT_EQ(FetchLine(port), "1\n");
+  const pid_t worker = FindModule(Status(), "counter")->worker_pid();
   ASSERT_NO_FATAL_FAILURE(KillDaemon());
+  // relibd is down once its worker is too: until the parent-death signal
+  // has ended it, the old worker still accepts on the socket (and, unable
+  // to checkpoint, closes the connection unanswered).
+  ASSERT_TRUE(AllThreadsGone(worker, 5s)) << "worker " << worker << " state " << ProcessState(worker);
   // Connections queue on the socket systemd keeps while relibd is down.
   std::thread early([&] { EXPECT_EQ(FetchLine(port), "2\n"); });
 
