@@ -424,6 +424,28 @@ TEST_F(ServiceTest, SigtermWithAHungCallEndsWithinTheStopBound) {
   EXPECT_EQ(Call("stuck", "version"), "v1");
 }
 
+// A SIGTERM while a dead worker's reap is still being waited for (on a
+// thread that posts to relibd's io loop) ends relibd cleanly: the stop waits
+// for that thread instead of destroying the loop under it. Each round kills a
+// worker from outside and stops relibd at once. A guard for the stop's
+// ordering, not a reproducer: the use after free it prevents needs the reap
+// to end within a few ms at the very end of the stop, which no test can force.
+TEST_F(ServiceTest, SigtermRightAfterAWorkerDiesExitsCleanly) {
+  for (int round = 0; round < 3; ++round) {
+    ASSERT_NO_FATAL_FAILURE(StartWithState());
+    pid_t worker = round == 0 ? LoadOrDie("m", k_service_v1) : FindModule(Status(), "m")->worker_pid();
+    ASSERT_GT(worker, 0);
+    ASSERT_EQ(::kill(worker, SIGKILL), 0);
+    ASSERT_THAT(relibd_->process().Signal(SIGTERM), IsOk());
+    auto begin = std::chrono::steady_clock::now();
+    auto exited = relibd_->process().Wait();
+    ASSERT_TRUE(exited.ok());
+    EXPECT_TRUE(exited->Success()) << round << ": " << exited->ToString() << "\n" << relibd_->Log();
+    EXPECT_LT(std::chrono::steady_clock::now() - begin, 10s);
+    EXPECT_TRUE(WaitGone(worker, 2s));
+  }
+}
+
 // Issue 9 "SIGHUP never kills relibd".
 TEST_F(ServiceTest, SighupDoesNotKillRelibd) {
   ASSERT_NO_FATAL_FAILURE(StartWithState());
