@@ -171,7 +171,9 @@ WorkerHandle::Callbacks Supervisor::WorkerCallbacks(std::shared_ptr<Assignment> 
   };
   callbacks.on_ready = [this, assignment](pid_t) {
     std::lock_guard<std::mutex> lock(mutex_);
-    // A spare's hello ("") proves workers start, not that a group's own can.
+    // A spare's hello ("") proves workers start, not that a group's own can;
+    // a spare already handed to a group counts for that group.
+    assignment->ready = true;
     recovery_.WorkerReady(assignment->group);
     spare_failures_ = 0;
     if (!ever_ready_) {
@@ -217,9 +219,11 @@ std::shared_ptr<WorkerHandle> Supervisor::TakeSpareLocked(const std::string& gro
   std::shared_ptr<WorkerHandle> worker = std::move(spare_);
   spare_.reset();
   spare_assignment_->group = group;
+  // A spare that said hello gives the group a started worker; one that has
+  // not yet counts for the group when it does (or fails for it when it dies).
+  if (spare_assignment_->ready) recovery_.WorkerReady(group);
   spare_assignment_.reset();
   worker->AssignGroup(group);
-  recovery_.WorkerReady(group);  // the group has a worker that said hello
   // The next spare starts once the restarter is free (after a restore it runs).
   WantSpareLocked(Clock::now());
   return worker;
