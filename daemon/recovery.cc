@@ -42,6 +42,20 @@ std::chrono::milliseconds Recovery::BackoffAfterDeath(const std::string& group, 
   return std::min(policy_.backoff_max, delay);
 }
 
-bool Recovery::StartFailed() { return ++failed_starts_ >= policy_.max_failed_starts; }
+bool Recovery::StartFailed(const std::string& group) {
+  ++failed_starts_;
+  ++failed_starts_of_group_[group];
+  return failed_starts(group) >= policy_.max_failed_starts;
+}
+
+void Recovery::WorkerReady(const std::string& group) {
+  failed_starts_ = 0;
+  failed_starts_of_group_.erase(group);
+}
+
+int Recovery::failed_starts(const std::string& group) const {
+  auto it = failed_starts_of_group_.find(group);
+  return std::max(failed_starts_, it == failed_starts_of_group_.end() ? 0 : it->second);
+}
 
 }  // namespace relib::daemon

@@ -28,8 +28,11 @@ struct RestartPolicy {
   // the backoff.
   std::chrono::seconds stable_after{10};
   // This many worker starts failing in a row (spawn error, or the worker
-  // exiting before its hello) with no worker becoming ready in between, across
-  // all groups: relibd cannot work at all and gives up.
+  // exiting before its hello) with no worker becoming ready in between,
+  // across all groups and spares, or this many in a row of one group with no
+  // worker of that group becoming ready in between (a spare's hello says
+  // nothing about a group whose own worker cannot start): relibd cannot work
+  // and gives up.
   int max_failed_starts = 5;
 };
 
@@ -64,12 +67,15 @@ class Recovery {
   // `group`'s worker died at `now`; returns the delay before restarting it.
   std::chrono::milliseconds BackoffAfterDeath(const std::string& group, Clock::time_point now);
 
-  // A worker could not start (spawn error, or exit before its hello).
-  // Returns true once `max_failed_starts` happened in a row: time to give up.
-  bool StartFailed();
-  // A worker said hello: starting workers works.
-  void WorkerReady() { failed_starts_ = 0; }
-  int failed_starts() const { return failed_starts_; }
+  // A worker for `group` ("" for a spare) could not start (spawn error, or
+  // exit before its hello). Returns true once `max_failed_starts` happened in
+  // a row, across all workers or for `group` alone: time to give up.
+  bool StartFailed(const std::string& group);
+  // A worker serving `group` ("" for a spare) said hello, or `group` was
+  // handed a spare that had: starting workers works, and works for `group`.
+  void WorkerReady(const std::string& group);
+  // The longest run of failed starts that StartFailed(group) counted.
+  int failed_starts(const std::string& group) const;
 
  private:
   struct GroupState {
@@ -81,7 +87,8 @@ class Recovery {
   const RestartPolicy policy_;
   std::map<std::string, std::deque<Clock::time_point>> crashes_;
   std::map<std::string, GroupState> groups_;
-  int failed_starts_ = 0;
+  int failed_starts_ = 0;                               // all workers, in a row
+  std::map<std::string, int> failed_starts_of_group_;  // "" = spares
 };
 
 }  // namespace relib::daemon

@@ -45,6 +45,7 @@
 #include "daemon/module_watcher.h"
 #include "daemon/orphans.h"
 #include "daemon/peer_listener.h"
+#include "daemon/reap_threads.h"
 #include "daemon/rpc_service.h"
 #include "daemon/self_probe.h"
 #include "daemon/state_store.h"
@@ -488,9 +489,12 @@ int main(int argc, char** argv) {
   }
 
   boost::asio::io_context io;
+  // Destroyed (its threads joined) before `io`, which they post to.
+  relib::daemon::ReapThreads reap_threads;
   auto work = boost::asio::make_work_guard(io);
   relib::daemon::EventBus events;
   options.worker.worker_path = worker_path;
+  options.worker.reap_threads = &reap_threads;
   options.worker.run_dir = run_dir;
   options.worker.log_level = log_level;
   options.worker.term_grace = std::chrono::milliseconds(term_grace_ms);

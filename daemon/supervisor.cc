@@ -169,9 +169,12 @@ WorkerHandle::Callbacks Supervisor::WorkerCallbacks(std::shared_ptr<Assignment> 
       OnWorkerExit(group, pid, exit);
     }
   };
-  callbacks.on_ready = [this](pid_t) {
+  callbacks.on_ready = [this, assignment](pid_t) {
     std::lock_guard<std::mutex> lock(mutex_);
-    recovery_.WorkerReady();
+    // A spare's hello ("") proves workers start, not that a group's own can;
+    // a spare already handed to a group counts for that group.
+    assignment->ready = true;
+    recovery_.WorkerReady(assignment->group);
     spare_failures_ = 0;
     if (!ever_ready_) {
       ever_ready_ = true;
@@ -216,6 +219,9 @@ std::shared_ptr<WorkerHandle> Supervisor::TakeSpareLocked(const std::string& gro
   std::shared_ptr<WorkerHandle> worker = std::move(spare_);
   spare_.reset();
   spare_assignment_->group = group;
+  // A spare that said hello gives the group a started worker; one that has
+  // not yet counts for the group when it does (or fails for it when it dies).
+  if (spare_assignment_->ready) recovery_.WorkerReady(group);
   spare_assignment_.reset();
   worker->AssignGroup(group);
   // The next spare starts once the restarter is free (after a restore it runs).
@@ -246,8 +252,8 @@ void Supervisor::StartSpare() {
     if (!worker.ok()) {
       spdlog::error("phase=spare cannot start a spare worker {}: {}", options_.worker.worker_path,
                     worker.status().ToString());
-      if (recovery_.StartFailed()) {
-        give_up = absl::StrCat(recovery_.failed_starts(), " worker starts in a row failed; last: ",
+      if (recovery_.StartFailed("")) {
+        give_up = absl::StrCat(recovery_.failed_starts(""), " worker starts in a row failed; last: ",
                                worker.status().message());
       }
       ++spare_failures_;
@@ -279,8 +285,8 @@ void Supervisor::OnSpareExit(pid_t pid, const WorkerExit& exit) {
     // (killed from outside) is replaced after a short delay.
     if (!exit.ready) {
       ++spare_failures_;
-      if (recovery_.StartFailed()) {
-        give_up = absl::StrCat(recovery_.failed_starts(), " worker starts in a row failed; last: ", exit.reason);
+      if (recovery_.StartFailed("")) {
+        give_up = absl::StrCat(recovery_.failed_starts(""), " worker starts in a row failed; last: ", exit.reason);
       }
     }
     if (give_up.empty()) WantSpareLocked(Clock::now() + SpareDelayLocked());
@@ -306,8 +312,8 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker(const std
   if (!worker.ok()) {
     spdlog::error("group={} phase=spawn cannot start worker {}: {}", group, options_.worker.worker_path,
                   worker.status().ToString());
-    bool give_up = recovery_.StartFailed();
-    int failed = recovery_.failed_starts();
+    bool give_up = recovery_.StartFailed(group);
+    int failed = recovery_.failed_starts(group);
     lock.unlock();
     if (give_up) GiveUp(absl::StrCat(failed, " worker starts in a row failed; last: ", worker.status().message()));
     return absl::UnavailableError(absl::StrCat("cannot start relib-worker: ", worker.status().message()));
@@ -399,8 +405,8 @@ void Supervisor::OnWorkerExit(const std::string& group, pid_t pid, const WorkerE
     if (g.worker && g.worker->pid() == pid) g.worker.reset();
     const auto now = Clock::now();
     const RestartPolicy& policy = recovery_.policy();
-    if (!exit.ready && recovery_.StartFailed()) {
-      give_up = absl::StrCat(recovery_.failed_starts(), " worker starts in a row failed; last: ", exit.reason);
+    if (!exit.ready && recovery_.StartFailed(group)) {
+      give_up = absl::StrCat(recovery_.failed_starts(group), " worker starts in a row failed; last: ", exit.reason);
     }
     // Modules it hosted, and modules it was restoring when it died.
     std::vector<std::string> affected;

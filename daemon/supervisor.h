@@ -161,6 +161,7 @@ class Supervisor {
   // the spare. Guarded by mutex_.
   struct Assignment {
     std::string group;
+    bool ready = false;  // the worker said hello (under mutex_)
   };
   using Clock = std::chrono::steady_clock;
 

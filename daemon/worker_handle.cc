@@ -986,27 +986,34 @@ void WorkerHandle::ReapLater() {
   // Waiting for the worker's last threads happens off the io thread, which
   // meanwhile reads the replies of the restart; only the reap itself (then
   // immediate) and the clean-up come back to it.
-  int pidfd = ::fcntl(process_.pidfd(), F_DUPFD_CLOEXEC, 0);
   auto self = shared_from_this();
-  std::thread([self, pidfd] {
+  auto reaped = [self] {
+    self->process_.Wait().IgnoreError();  // after the wait below: does not block
+    KillAdoptedProcesses(std::chrono::milliseconds(1000));
+    self->reap_pending_ = false;
+    {
+      std::lock_guard<std::mutex> lock(self->mutex_);
+      self->answer_after_reap_ = false;
+    }
+    // Callers hear of the death once nothing of the worker is left.
+    if (self->deferred_failure_) self->FailAllPending(*std::exchange(self->deferred_failure_, std::nullopt));
+  };
+  if (options_.reap_threads == nullptr) {
+    asio::post(io_, std::move(reaped));
+    return;
+  }
+  // The thread is joined before the io_context is destroyed (ReapThreads'
+  // contract), so its post never reaches a destroyed io_context.
+  int pidfd = ::fcntl(process_.pidfd(), F_DUPFD_CLOEXEC, 0);
+  options_.reap_threads->Run([self, pidfd, reaped = std::move(reaped)]() mutable {
     if (pidfd >= 0) {
       siginfo_t info{};
       while (::waitid(P_PIDFD, pidfd, &info, WEXITED | WNOWAIT) != 0 && errno == EINTR) {
       }
       ::close(pidfd);
     }
-    asio::post(self->io_, [self] {
-      self->process_.Wait().IgnoreError();  // reapable now: does not block
-      KillAdoptedProcesses(std::chrono::milliseconds(1000));
-      self->reap_pending_ = false;
-      {
-        std::lock_guard<std::mutex> lock(self->mutex_);
-        self->answer_after_reap_ = false;
-      }
-      // Callers hear of the death once nothing of the worker is left.
-      if (self->deferred_failure_) self->FailAllPending(*std::exchange(self->deferred_failure_, std::nullopt));
-    });
-  }).detach();
+    asio::post(self->io_, std::move(reaped));
+  });
 }
 
 void WorkerHandle::Finish() {

@@ -33,6 +33,7 @@
 #include "common/flight_recorder.h"
 #include "common/message_limits.h"
 #include "common/temp_dir.h"
+#include "daemon/reap_threads.h"
 #include "daemon/worker_limits.h"
 #include "relib/v1/worker_link.pb.h"
 
@@ -58,6 +59,10 @@ struct WorkerOptions {
   std::optional<common::SpawnOptions::Credentials> run_as;
   // Resource limits per isolation group (--worker-limit).
   WorkerLimitTable limits;
+  // Where a dead worker's reap is waited for off the io thread; must outlive
+  // every worker and be destroyed before the io_context. Unset: the io thread
+  // waits for the reap itself.
+  ReapThreads* reap_threads = nullptr;
 };
 
 // How a worker ended, for the supervisor's restart decisions.

@@ -65,12 +65,28 @@ TEST(RecoveryTest, DeathsSoonAfterARestartGrowTheBackoffAndAStableWorkerResetsIt
 
 TEST(RecoveryTest, GivesUpOnlyAfterConsecutiveFailedStarts) {
   Recovery recovery(Policy());
-  EXPECT_FALSE(recovery.StartFailed());
-  EXPECT_FALSE(recovery.StartFailed());
-  recovery.WorkerReady();
-  EXPECT_FALSE(recovery.StartFailed());
-  EXPECT_FALSE(recovery.StartFailed());
-  EXPECT_TRUE(recovery.StartFailed());
+  EXPECT_FALSE(recovery.StartFailed("a"));
+  EXPECT_FALSE(recovery.StartFailed("b"));
+  recovery.WorkerReady("a");
+  EXPECT_FALSE(recovery.StartFailed("a"));
+  EXPECT_FALSE(recovery.StartFailed("b"));
+  EXPECT_TRUE(recovery.StartFailed(""));
+  EXPECT_EQ(recovery.failed_starts(""), 3);
+}
+
+// A spare's hello ("") shows workers start, not that group "g"'s own can:
+// g's run of failed starts goes on through it; g's own hello ends it.
+TEST(RecoveryTest, ASparesHelloDoesNotEndAGroupsRunOfFailedStarts) {
+  Recovery recovery(Policy());
+  EXPECT_FALSE(recovery.StartFailed("g"));
+  recovery.WorkerReady("");
+  EXPECT_FALSE(recovery.StartFailed("g"));
+  recovery.WorkerReady("other");
+  EXPECT_TRUE(recovery.StartFailed("g"));
+  EXPECT_EQ(recovery.failed_starts("g"), 3);
+  recovery.WorkerReady("g");
+  EXPECT_FALSE(recovery.StartFailed("g"));
+  EXPECT_EQ(recovery.failed_starts("g"), 1);
 }
 
 }  // namespace

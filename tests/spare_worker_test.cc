@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <optional>
 #include <set>
 
 #include "common/proc_tree.h"
@@ -168,6 +169,43 @@ TEST_F(SpareWorkerTest, SpareRunsAsTheWorkerUserWithNoModuleCode) {
   // Not listed as any group's worker.
   const v1::StatusResponse status = Status();
   for (const auto& w : status.workers()) EXPECT_NE(w.pid(), spare);
+}
+
+// A group whose own worker can never start (its limits leave relib-worker no
+// room to even load) gives up after --max-failed-starts starts in a row, as
+// documented (relibd exits 3), even while spares keep starting and saying
+// hello in between: a spare's hello says nothing about that group's worker.
+// On the base every spare's hello reset the count, so relibd never gave up.
+TEST_F(SpareWorkerTest, SpareHellosDoNotHideAGroupWhoseWorkerNeverStarts) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--worker-limit", "doomed:memory=8M", "--max-failed-starts", "3"}));
+  LoadOrDie("m", k_versioned_v1);
+  pid_t spare = WaitForSpare();
+  ASSERT_NE(spare, 0);
+  std::optional<common::ExitStatus> exited;
+  for (int attempt = 1; attempt <= 4 && !exited; ++attempt) {
+    grpc::Status status = Load("d" + std::to_string(attempt), k_versioned_v1, nullptr, {}, "doomed");
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << attempt << ": " << status.error_message();
+    // A new spare says hello before the next try.
+    for (int i = 0; i < 100 && !exited; ++i) {
+      auto reaped = relibd_->process().TryReap();
+      if (reaped.ok() && reaped->has_value()) exited = **reaped;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (exited) break;
+    ASSERT_EQ(::kill(spare, SIGKILL), 0);
+    pid_t next = WaitForSpare(spare);
+    ASSERT_NE(next, 0) << "the killed spare was not replaced";
+    spare = next;
+  }
+  for (int i = 0; i < 500 && !exited; ++i) {
+    auto reaped = relibd_->process().TryReap();
+    if (reaped.ok() && reaped->has_value()) exited = **reaped;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(exited.has_value()) << "relibd kept trying a group whose worker never starts";
+  EXPECT_EQ(exited->kind, common::ExitStatus::Kind::kExited);
+  EXPECT_EQ(exited->code, 3);
+  EXPECT_THAT(relibd_->Log(), HasSubstr("3 worker starts in a row failed"));
 }
 
 }  // namespace

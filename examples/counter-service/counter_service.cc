@@ -37,8 +37,15 @@ void Serve() {
     if (::poll(&ready, 1, 20) <= 0) continue;
     int connection = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
     if (connection < 0) continue;
-    uint64_t value = ++counter;
-    host.SaveState("counter", std::to_string(value));  // checkpoint first: never answer what could be lost
+    // Checkpoint first: never answer what could be lost. A save fails when
+    // relibd is gone (this worker is about to end with it) or refuses it; the
+    // value is then not handed out, or the next version would hand it out again.
+    const uint64_t value = counter + 1;
+    if (!host.SaveState("counter", std::to_string(value))) {
+      ::close(connection);
+      continue;
+    }
+    counter = value;
     std::string line = std::to_string(value) + "\n";
     ::send(connection, line.data(), line.size(), MSG_NOSIGNAL);
     ::close(connection);
