@@ -306,14 +306,20 @@ void WorkerHandle::ArmRead() {
 
 void WorkerHandle::WatchLinkLocked() {
   if (closed_) return;
-  const uint32_t events = (request_reads_ ? 0u : uint32_t{EPOLLIN}) | (writing_ ? uint32_t{EPOLLOUT} : 0u);
+  // No EPOLLIN once the read side ended: the level-triggered watch would
+  // fire at once forever while queued writes wait for the socket.
+  const uint32_t events = (request_reads_ || read_ended_ ? 0u : uint32_t{EPOLLIN}) |
+                          (writing_ ? uint32_t{EPOLLOUT} : 0u);
   if (events == watched_events_) return;
   epoll_event event{};
   event.events = events;
   event.data.fd = link_fd_;
-  // Turning interest on reports what is ready already (the kernel polls the
-  // link), so nothing that came while it was off is missed.
-  if (::epoll_ctl(link_watch_fd_, EPOLL_CTL_MOD, link_fd_, &event) == 0) {
+  // Muted means not in the set at all, and unmuting adds it again: an add
+  // polls the link and wakes the io thread's wait for what is ready already.
+  // (A MOD back from no interest need not: nobody waits on this inner set
+  // itself, so a stale entry on its ready list would swallow the wake-up.)
+  const int op = events == 0 ? EPOLL_CTL_DEL : watched_events_ == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+  if (::epoll_ctl(link_watch_fd_, op, link_fd_, &event) == 0) {
     watched_events_ = events;
   } else {
     spdlog::error("worker pid={} phase=link epoll_ctl on the link watch: {}", pid_, std::strerror(errno));
@@ -499,6 +505,7 @@ void WorkerHandle::EndReading(boost::system::error_code ec, std::string protocol
     read_ended_ = true;
     ++frames_to_io_;
     ReleaseReadLocked();
+    WatchLinkLocked();  // input no longer watched (queued writes still are)
   }
   auto self = shared_from_this();
   asio::post(io_, [self, ec, protocol_error = std::move(protocol_error)] {
