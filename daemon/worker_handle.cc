@@ -400,13 +400,16 @@ bool WorkerHandle::ReleaseReadLocked() {
   if (!closed_ && !read_ended_ && ::ioctl(link_fd_, FIONREAD, &pending) == 0 && pending > 0) return false;
   // No other Request is woken to lead: waking it costs more than the io
   // thread's reading (its wait is armed) for calls that overlap.
+  GiveReadingBackLocked();
+  return true;
+}
+
+void WorkerHandle::GiveReadingBackLocked() {
   reading_ = false;
-  if (request_reads_) {
-    // The io thread watches for input again; what came since the check
-    // above shows up at once (see WatchLinkLocked).
-    request_reads_ = false;
-    WatchLinkLocked();
-  }
+  // The io thread watches for input again; what came since the holder's
+  // last read shows up at once (see WatchLinkLocked).
+  request_reads_ = false;
+  WatchLinkLocked();
   if (closed_ && close_deferred_) {
     close_deferred_ = false;
     auto self = shared_from_this();
@@ -415,7 +418,6 @@ bool WorkerHandle::ReleaseReadLocked() {
       self->CloseLinkLocked();
     });
   }
-  return true;
 }
 
 WorkerHandle::ReadResult WorkerHandle::ReadAvailable(bool on_io_thread) {
@@ -547,17 +549,7 @@ void WorkerHandle::Lead(Waiter& waiter) {
       // The io thread reads the rest (turning its watch on shows it the
       // bytes already there); this Request waits for its reply as any.
       std::lock_guard<std::mutex> lock(mutex_);
-      reading_ = false;
-      request_reads_ = false;
-      WatchLinkLocked();
-      if (closed_ && close_deferred_) {
-        close_deferred_ = false;
-        auto self = shared_from_this();
-        asio::post(io_, [self] {
-          std::lock_guard<std::mutex> lock(self->mutex_);
-          self->CloseLinkLocked();
-        });
-      }
+      GiveReadingBackLocked();
       return;
     }
     bool finished;
@@ -577,17 +569,7 @@ void WorkerHandle::Lead(Waiter& waiter) {
       // Not expected with valid descriptors: leave the reading to the io
       // thread (its wait is armed while anybody else reads).
       std::lock_guard<std::mutex> lock(mutex_);
-      reading_ = false;
-      request_reads_ = false;
-      WatchLinkLocked();
-      if (closed_ && close_deferred_) {
-        close_deferred_ = false;
-        auto self = shared_from_this();
-        asio::post(io_, [self] {
-          std::lock_guard<std::mutex> lock(self->mutex_);
-          self->CloseLinkLocked();
-        });
-      }
+      GiveReadingBackLocked();
       return;
     }
     if (fds[1].revents != 0) {
