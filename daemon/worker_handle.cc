@@ -326,6 +326,20 @@ void WorkerHandle::WatchLinkLocked() {
   }
 }
 
+void WorkerHandle::LinkWriteFailedLocked(int error) {
+  // The worker is gone or going: its exit tells how. A write error is never
+  // itself a kill reason (it would hide a crash's attribution): it is
+  // handled like the link closing.
+  if (dying_) return;
+  dying_ = true;
+  auto self = shared_from_this();
+  asio::post(io_, [self, error] {
+    if (self->alive_ && !self->stopping_) {
+      self->OnLinkClosed(boost::system::error_code(error, boost::system::system_category()));
+    }
+  });
+}
+
 void WorkerHandle::FlushWritesLocked() {
   while (!closed_ && !write_queue_.empty()) {
     const std::string& front = write_queue_.front();
@@ -344,16 +358,7 @@ void WorkerHandle::FlushWritesLocked() {
     if (error == EAGAIN || error == EWOULDBLOCK) break;  // the watch says when it takes more
     write_queue_.clear();
     write_offset_ = 0;
-    if (!dying_) {
-      // As in WriteLocked: the worker's exit tells how it ended.
-      dying_ = true;
-      auto self = shared_from_this();
-      asio::post(io_, [self, error] {
-        if (self->alive_ && !self->stopping_) {
-          self->OnLinkClosed(boost::system::error_code(error, boost::system::system_category()));
-        }
-      });
-    }
+    LinkWriteFailedLocked(error);
   }
   if (write_queue_.empty()) writing_ = false;
   WatchLinkLocked();
@@ -774,18 +779,7 @@ void WorkerHandle::WriteLocked(std::string frame, std::string_view tail) {
       const int error = n < 0 ? errno : EPIPE;
       if (error == EINTR) continue;
       if (error == EAGAIN || error == EWOULDBLOCK) break;
-      // The worker is gone or going: its exit tells how. A write error is
-      // never itself a kill reason (it would hide a crash's attribution): it
-      // is handled like the link closing.
-      if (!dying_) {
-        dying_ = true;
-        auto self = shared_from_this();
-        asio::post(io_, [self, error] {
-          if (self->alive_ && !self->stopping_) {
-            self->OnLinkClosed(boost::system::error_code(error, boost::system::system_category()));
-          }
-        });
-      }
+      LinkWriteFailedLocked(error);
       return;
     }
     if (done == total) return;

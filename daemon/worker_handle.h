@@ -205,6 +205,9 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   // Gives up the read token at once: the io thread watches the link again,
   // and a close deferred while somebody read happens now.
   void GiveReadingBackLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // A write to the link failed with `error` (not EAGAIN/EINTR): the worker
+  // is taken as dying and the link as closed.
+  void LinkWriteFailedLocked(int error) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Makes the Request leading the read side look again (eventfd).
   void WakeLeader();
   // Sets what wakes the io thread on the link (link_watch_'s interest):

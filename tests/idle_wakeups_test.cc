@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "tests/event_log.h"
+#include "tests/proc_reading.h"
 #include "tests/relibd_fixture.h"
 
 namespace relib::testing {
@@ -18,16 +19,8 @@ class IdleWakeupsTest : public RelibdTest {
   // Voluntary context switches of every thread of `pid`, by thread (name/tid).
   static std::map<std::string, int64_t> Switches(pid_t pid) {
     std::map<std::string, int64_t> by_thread;
-    std::error_code error;
-    for (const auto& task : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", error)) {
-      std::ifstream in(task.path() / "status");
-      std::string line, name;
-      int64_t switches = 0;
-      while (std::getline(in, line)) {
-        if (line.rfind("Name:", 0) == 0) name = line.substr(6);
-        if (line.rfind("voluntary_ctxt_switches:", 0) == 0) switches = std::stoll(line.substr(24));
-      }
-      by_thread[absl::StrCat(name, "/", task.path().filename().string())] = switches;
+    for (const ThreadSwitches& thread : VoluntarySwitchesByThread(pid)) {
+      by_thread[absl::StrCat(thread.name, "/", thread.tid)] = thread.voluntary;
     }
     return by_thread;
   }

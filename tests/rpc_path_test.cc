@@ -6,6 +6,7 @@
 #include <fstream>
 #include <map>
 
+#include "tests/proc_reading.h"
 #include "tests/relibd_fixture.h"
 
 namespace relib::testing {
@@ -15,17 +16,7 @@ namespace {
 // each thread's name.
 std::map<std::string, std::pair<std::string, int64_t>> VoluntarySwitches(pid_t pid) {
   std::map<std::string, std::pair<std::string, int64_t>> by_thread;
-  std::error_code error;
-  for (const auto& task : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", error)) {
-    std::ifstream in(task.path() / "status");
-    std::string line, name;
-    int64_t switches = 0;
-    while (std::getline(in, line)) {
-      if (line.rfind("Name:", 0) == 0) name = line.substr(6);
-      if (line.rfind("voluntary_ctxt_switches:", 0) == 0) switches = std::stoll(line.substr(24));
-    }
-    by_thread[task.path().filename().string()] = {name, switches};
-  }
+  for (const ThreadSwitches& thread : VoluntarySwitchesByThread(pid)) by_thread[thread.tid] = {thread.name, thread.voluntary};
   return by_thread;
 }
 

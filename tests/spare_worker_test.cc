@@ -11,6 +11,7 @@
 
 #include "common/proc_tree.h"
 #include "tests/event_log.h"
+#include "tests/proc_reading.h"
 #include "tests/relibd_fixture.h"
 
 namespace relib::testing {
@@ -46,14 +47,7 @@ class SpareWorkerTest : public RelibdTest {
     }
     return 0;
   }
-  static std::string Limit(pid_t pid, const std::string& name) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/limits");
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.rfind(name, 0) == 0) return line;
-    }
-    return "";
-  }
+  static std::string Limit(pid_t pid, const std::string& name) { return ProcLimit(pid, name); }
   // Crashes module `name` and waits until it is loaded again; returns its new worker.
   pid_t CrashAndWait(const std::string& name) {
     grpc::Status status;

@@ -3,6 +3,7 @@
 // by default; limits reach the worker process (checked in /proc).
 #include <fstream>
 
+#include "tests/proc_reading.h"
 #include "tests/relibd_fixture.h"
 
 namespace relib::testing {
@@ -13,15 +14,7 @@ using ::testing::HasSubstr;
 class WorkerLimitsTest : public RelibdTest {
  protected:
   void SetUp() override {}
-  // The "Max <name>" line of /proc/<pid>/limits.
-  static std::string Limit(pid_t pid, const std::string& name) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/limits");
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.rfind(name, 0) == 0) return line;
-    }
-    return "";
-  }
+  static std::string Limit(pid_t pid, const std::string& name) { return ProcLimit(pid, name); }
 };
 
 TEST_F(WorkerLimitsTest, WorkerOverItsMemoryLimitIsReportedAndOtherGroupsKeepServing) {
