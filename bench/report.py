@@ -88,6 +88,19 @@ def main():
                          "unit": "ns", "value": tracked[n]["cpu_time"], "baseline": minimal[n]["cpu_time"],
                          "baseline_label": "same loop, bare interposer with the least books", "target": "",
                          "note": f"{n}; best {min(over)[0]:.2f}× ({min(over)[1]})"})
+        # Every row: tracked against the floor, with both against the plain
+        # loop and the spread of the tracked rounds (least–most CPU time).
+        for n in tracked:
+            if not n.startswith(("BM_MallocFree/", "BM_NewDelete/")) or n not in minimal or n not in plain:
+                continue
+            t, m, p = tracked[n]["cpu_time"], minimal[n]["cpu_time"], plain[n]["cpu_time"]
+            spread = tracked[n].get("relib_cpu_times", [t])
+            fwd = f", bare forwarder {forward[n]['cpu_time'] / p:.2f}×" if n in forward else ""
+            rows.append({"key": f"tracked_over_least_books/{n}", "figure": f"    {n}: tracked against the floor",
+                         "unit": "ns", "value": t, "baseline": m,
+                         "baseline_label": "least-books floor", "target": "",
+                         "note": f"plain {p:.2f} ns: tracked {t / p:.2f}×, floor {m / p:.2f}×{fwd}; "
+                                 f"tracked over {len(spread)} rounds {min(spread):.2f}–{max(spread):.2f} ns"})
     host = [(tracked[n]["cpu_time"] / plain[n.replace("BM_MallocFreeHostScope", "BM_MallocFree") + "/threads:1"]["cpu_time"], n)
             for n in tracked if n.startswith("BM_MallocFreeHostScope/")
             and n.replace("BM_MallocFreeHostScope", "BM_MallocFree") + "/threads:1" in plain]
