@@ -45,6 +45,15 @@ void SetUpModule() {
   relib::agent::heap::StartTracking(bench_module, false);
 }
 #define IN_MODULE_SCOPE relib::agent::ModuleScope scope(bench_module)
+#elif defined(RELIB_BENCH_INTERPOSED)
+// The bare interposers' own scope (heap_forward.cc, heap_minimal_interposer.cc).
+extern "C" void relib_bench_enter_module(unsigned module);
+void SetUpModule() {}
+struct InterposerModuleScope {
+  InterposerModuleScope() { relib_bench_enter_module(1); }
+  ~InterposerModuleScope() { relib_bench_enter_module(0); }
+};
+#define IN_MODULE_SCOPE InterposerModuleScope scope
 #else
 void SetUpModule() {}
 #define IN_MODULE_SCOPE

@@ -77,7 +77,7 @@ def main():
              if n.startswith(("BM_MallocFree/", "BM_NewDelete/")) and n in plain]
     if least:
         n = max(least)[1]
-        rows.append({"key": "interposer_least_books_worst", "figure": "  floor: a bare interposer with the least books (trailer, the thread's table entry, counters, owner check; no scopes, walk handshake, validation or fork handling): worst",
+        rows.append({"key": "interposer_least_books_worst", "figure": "  floor: a bare interposer with the least books (the running module, trailer, the thread's table entry, counters, owner check; no sites, walk handshake, validation, double-free detection or fork handling): worst",
                      "unit": "ns", "value": minimal[n]["cpu_time"], "baseline": plain[n]["cpu_time"],
                      "baseline_label": "same loop, plain process", "target": "", "note": f"{n}; best {min(least)[0]:.2f}× ({min(least)[1]})"})
         over = [(tracked[n]["cpu_time"] / minimal[n]["cpu_time"], n) for n in minimal
