@@ -101,6 +101,18 @@ def main():
                          "baseline_label": "least-books floor", "target": "",
                          "note": f"plain {p:.2f} ns: tracked {t / p:.2f}×, floor {m / p:.2f}×{fwd}; "
                                  f"tracked over {len(spread)} rounds {min(spread):.2f}–{max(spread):.2f} ns"})
+    # The clock the loops got (bench/heap_bench.cc BM_ClockProbe: one dependent
+    # add per cycle), over every binary and round: a spread here is the
+    # machine's, not the code's.
+    for threads in (1, 2):
+        n = f"BM_ClockProbe/threads:{threads}"
+        periods = [t / 1000 for d in (tracked, plain, forward, minimal) if n in d
+                   for t in d[n].get("relib_cpu_times", [d[n]["cpu_time"]])]
+        if periods:
+            rows.append({"key": f"clock_probe/threads:{threads}",
+                         "figure": f"  the machine: CPU time of one cycle (a dependent add), {threads} thread{'s' if threads > 1 else ''}, least of every binary's rounds",
+                         "unit": "ns", "value": min(periods), "baseline": None, "baseline_label": "", "target": "",
+                         "note": f"{1 / min(periods):.2f} GHz; most {max(periods):.3f} ns ({1 / max(periods):.2f} GHz) over {len(periods)} runs"})
     host = [(tracked[n]["cpu_time"] / plain[n.replace("BM_MallocFreeHostScope", "BM_MallocFree") + "/threads:1"]["cpu_time"], n)
             for n in tracked if n.startswith("BM_MallocFreeHostScope/")
             and n.replace("BM_MallocFreeHostScope", "BM_MallocFree") + "/threads:1" in plain]
