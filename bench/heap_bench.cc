@@ -45,6 +45,15 @@ void SetUpModule() {
   relib::agent::heap::StartTracking(bench_module, false);
 }
 #define IN_MODULE_SCOPE relib::agent::ModuleScope scope(bench_module)
+#elif defined(RELIB_BENCH_INTERPOSED)
+// The bare interposers' own scope (heap_forward.cc, heap_minimal_interposer.cc).
+extern "C" void relib_bench_enter_module(unsigned module);
+void SetUpModule() {}
+struct InterposerModuleScope {
+  InterposerModuleScope() { relib_bench_enter_module(1); }
+  ~InterposerModuleScope() { relib_bench_enter_module(0); }
+};
+#define IN_MODULE_SCOPE InterposerModuleScope scope
 #else
 void SetUpModule() {}
 #define IN_MODULE_SCOPE
@@ -168,6 +177,26 @@ void BM_MinimalBooks(benchmark::State& state) {
 }
 BENCHMARK(BM_MinimalBooks)->RangeMultiplier(4)->Range(16, 4096);
 #endif
+
+// The clock this thread got, in every binary and round: a chain of dependent
+// register adds, one cycle each, so its CPU time per add is the period of
+// the core as the VM sees it. The host's frequency (boost shared with its
+// other tenants) and a busy hyperthread sibling change CPU times without any
+// change of code; a round whose probe is slow says so.
+void BM_ClockProbe(benchmark::State& state) {
+  uint64_t x = 0;
+  for (auto _ : state) {
+    for (int i = 0; i < 100; ++i) {
+      asm volatile(
+          "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\t"
+          "add $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0\n\tadd $1, %0"
+          : "+r"(x));
+    }
+  }
+  benchmark::DoNotOptimize(x);
+  state.SetItemsProcessed(state.iterations() * 1000);
+}
+BENCHMARK(BM_ClockProbe)->Threads(1)->Threads(2);
 
 #define SIZES RangeMultiplier(4)->Range(16, 4096)
 BENCHMARK(BM_MallocFree)->SIZES->Threads(1)->Threads(2);

@@ -1,17 +1,21 @@
 // The least a tracking interposer can do, for the floor row "bare interposer
 // + least books": malloc, free, operator new and operator delete forwarded to
 // glibc as in heap_forward.cc, and around each call only the bookkeeping the
-// heap tracker's features need, as plainly as it can be written: the 8-byte
-// trailer at the end of glibc's usable size, an entry in the calling thread's
-// own table (block, size, module), a per-module byte and block count, and at
-// free the owner check (the trailer names an entry of this thread holding
-// this block of this module). No module scope, no walk handshake, no
-// validation of foreign pointers beyond that check, no fork handling:
-// everything is "module 1", and a block the check does not recognise (the
-// table was full, or another thread allocated it) is simply freed.
+// heap tracker's features need, as plainly as it can be written: the module
+// the thread runs (one thread-local read: books per module must know whose
+// block it is; 0, the host, keeps none), the 8-byte trailer at the end of
+// glibc's usable size, an entry in the calling thread's own table (block,
+// size, module), a per-module byte and block count, and at free the owner
+// check (the trailer names an entry of this thread holding this block of
+// the running module). No allocation sites, no walk handshake, no
+// validation of foreign pointers beyond that check, no fork handling, no
+// double-free detection: a block the check does not recognise (the table
+// was full, another thread or module allocated it, the host's) is simply
+// freed. The loop enters module 1 with relib_bench_enter_module.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <atomic>
 #include <new>
 
 extern "C" {
@@ -23,7 +27,7 @@ namespace {
 
 constexpr uint64_t kTag = uint64_t{0xc35a} << 48;
 constexpr uint32_t kSlots = 4096;
-constexpr uint32_t kModule = 1;
+constexpr uint32_t kModules = 256;  // module ids below this, as the tracker's (the bench uses 1)
 
 struct Entry {
   void* block;
@@ -34,12 +38,14 @@ struct Entry {
 struct Books {
   uint32_t free_head;  // 0 in a new thread: slots are handed out from `fresh`
   uint32_t fresh;
-  int64_t bytes[4];
-  int64_t blocks[4];
+  int64_t bytes[kModules];
+  int64_t blocks[kModules];
   Entry entries[kSlots];
 };
 // A thread's books (zero-initialised, local-exec: one %fs-relative address).
 constinit thread_local Books books __attribute__((tls_model("local-exec"))) = {};
+// The module the thread runs, 0 for the host (as the tracker's scope).
+constinit thread_local uint32_t current_module __attribute__((tls_model("local-exec"))) = 0;
 
 inline uint64_t* TrailerOf(void* p) {
   uint64_t header = static_cast<uint64_t*>(p)[-1];
@@ -51,6 +57,11 @@ inline void* Allocate(size_t size) {
   if (size > SIZE_MAX - 64) [[unlikely]] return nullptr;  // size + 8 would wrap
   void* p = __libc_malloc(size + 8);
   if (p == nullptr) [[unlikely]] return nullptr;
+  uint32_t module = current_module;
+  if (module == 0) [[unlikely]] {  // the host's block: no books
+    *TrailerOf(p) = 0;
+    return p;
+  }
   Books& b = books;
   uint32_t slot = b.free_head;
   if (slot == 0) [[unlikely]] {  // slot 0 is never used: 0 means "take a fresh one"
@@ -66,9 +77,9 @@ inline void* Allocate(size_t size) {
   Entry& entry = b.entries[slot];
   entry.block = p;
   entry.size = size;
-  entry.module = kModule;
-  b.bytes[kModule] += static_cast<int64_t>(size);
-  b.blocks[kModule] += 1;
+  entry.module = module;
+  b.bytes[module] += static_cast<int64_t>(size);
+  b.blocks[module] += 1;
   *trailer = kTag | slot;
   return p;
 }
@@ -80,9 +91,10 @@ inline void Release(void* p) {
   Books& b = books;
   uint32_t slot = static_cast<uint32_t>(t) & (kSlots - 1);
   Entry& entry = b.entries[slot];
-  if ((t >> 48) == (kTag >> 48) && slot != 0 && entry.block == p && entry.module == kModule) [[likely]] {
-    b.bytes[kModule] -= static_cast<int64_t>(entry.size);
-    b.blocks[kModule] -= 1;
+  uint32_t module = current_module;
+  if ((t >> 48) == (kTag >> 48) && slot != 0 && entry.block == p && entry.module == module) [[likely]] {
+    b.bytes[module] -= static_cast<int64_t>(entry.size);
+    b.blocks[module] -= 1;
     entry.block = nullptr;
     entry.next = b.free_head;
     b.free_head = slot;
@@ -109,6 +121,10 @@ inline void* New(size_t size) {
 }  // namespace
 
 extern "C" {
+void relib_bench_enter_module(uint32_t module) {
+  current_module = module;
+  std::atomic_signal_fence(std::memory_order_seq_cst);  // not moved across an allocation
+}
 void* malloc(size_t size) { return Allocate(size); }
 void free(void* p) { Release(p); }
 }

@@ -351,6 +351,65 @@ TEST_F(HeapTrackerTest, WalksWhileTwoThreadsAllocate) {
   EXPECT_EQ(heap::LiveUsage(id_).blocks, 0);
 }
 
+// Walks that change the owners' lists (Detach: every live entry back on its
+// record's free list, the lists rebuilt, under the owners' feet) hundreds of
+// times while two threads allocate and free as fast as they can; afterwards
+// the same records hand out every entry once and the books agree (counters,
+// the entries TopSites walks, what FreeAll frees). A stress test: a race
+// the walk handshake excludes must land to show (a mutant whose owners
+// ignored a pending walk passed 25 runs of it).
+TEST_F(HeapTrackerTest, OwnersAllocateAndFreeThroughDetachingWalks) {
+  constexpr int kKept = 256;
+  std::atomic<bool> stop{false};
+  std::atomic<int> ready{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&] {
+      ModuleScope scope(id_);
+      std::vector<void*> kept(kKept);
+      ++ready;
+      for (unsigned i = 0; !stop.load(std::memory_order_relaxed); ++i) {
+        void* p = std::malloc(16 << (i % 6));
+        sink = p;
+        std::free(p);
+        std::free(kept[i % kKept]);  // a module block, or a host block since a Detach
+        kept[i % kKept] = std::malloc(48);
+      }
+      for (void* p : kept) std::free(p);
+    });
+  }
+  while (ready.load() < 2) std::this_thread::yield();
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(400);
+  int walks = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    heap::Detach(id_);
+    heap::StartTracking(id_, /*capture_sites=*/true);
+    ++walks;
+  }
+  stop = true;
+  for (auto& thread : threads) thread.join();
+  EXPECT_GT(walks, 100);
+  heap::Detach(id_);  // what the last round left (the threads freed theirs)
+  heap::StartTracking(id_, /*capture_sites=*/true);
+  // The records the two threads used, with their lists as the walks left
+  // them, are adopted again: every entry must be handed out once.
+  constexpr int kBlocks = 3000;
+  std::vector<std::thread> checkers;
+  for (int t = 0; t < 2; ++t) {
+    checkers.emplace_back([&] {
+      ModuleScope scope(id_);
+      for (int i = 0; i < kBlocks; ++i) sink = std::malloc(32);
+    });
+  }
+  for (auto& thread : checkers) thread.join();
+  EXPECT_EQ(heap::LiveUsage(id_).blocks, 2 * kBlocks);
+  EXPECT_EQ(SumBlocks(heap::TopSites(id_, 1000)), 2 * kBlocks);
+  heap::Usage freed = heap::FreeAll(id_);
+  EXPECT_EQ(freed.blocks, 2 * kBlocks);
+  EXPECT_EQ(freed.bytes, 2 * kBlocks * 32);
+  EXPECT_EQ(heap::LiveUsage(id_).blocks, 0);
+}
+
 // A child forked while another thread allocates and frees module memory finds
 // the books consistent and nothing locked: it allocates, walks and frees.
 TEST_F(HeapTrackerTest, ForkWhileAnotherThreadAllocates) {
