@@ -30,8 +30,17 @@ FileUse ProbeFileUse(const std::string& path) {
   return FileUse::kUnused;
 }
 
+FileUse ProbeFileUseSettled(const std::string& path) {
+  FileUse use = ProbeFileUse(path);
+  for (int retry = 0; retry < 3 && use == FileUse::kInUse; ++retry) {
+    ::usleep(100);
+    use = ProbeFileUse(path);
+  }
+  return use;
+}
+
 bool ProbeSeesMappings(const std::string& path) {
-  if (ProbeFileUse(path) != FileUse::kUnused) return false;
+  if (ProbeFileUseSettled(path) != FileUse::kUnused) return false;
   void* page = MAP_FAILED;
   {
     common::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));

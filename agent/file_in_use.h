@@ -32,6 +32,15 @@ enum class FileUse {
 // a file ProbeSeesMappings accepted.
 FileUse ProbeFileUse(const std::string& path);
 
+// ProbeFileUse, asked again a few times over ~0.3 ms while it answers
+// kInUse: a description can be held for a moment by a process that is not a
+// user of the file. A child cloned anywhere in the system holds a copy of
+// every descriptor its parent had open until it closes them before its exec
+// (relibd spawning a worker while another of its threads still writes the
+// copy this worker then links is one). A holder that stays is still kInUse.
+// REQUIRES: as ProbeFileUse. Thread-safe.
+FileUse ProbeFileUseSettled(const std::string& path);
+
 // True if ProbeFileUse can prove `path` unmapped: it answers kUnused now and
 // kInUse while this function holds a private read-only mapping of one page of
 // the file (opened the way dlopen opens it, its fd closed before probing).

@@ -693,7 +693,7 @@ absl::Status ModuleLoader::CheckAndClose(Module& module, UnloadReport& report, b
   // The cheap proof first: no open description of the copy's inode is left
   // anywhere, so no mapping of it is (each holds one). Anything else (a
   // mapping, or only an fd someone keeps) is sorted out by the full scan.
-  if (module.probe_sees_mappings && ProbeFileUse(module.copy_path) == FileUse::kUnused) {
+  if (module.probe_sees_mappings && ProbeFileUseSettled(module.copy_path) == FileUse::kUnused) {
     report.unmapped = true;
     report.unmapped_proof = "file lease";
   } else if (auto remaining = common::ReadMappingsOfFile(0, module.copy_path); remaining.ok()) {

@@ -52,15 +52,11 @@ int PidfdSendSignal(int pidfd, int signal) {
 // from their own link (a worker exits on EOF).
 [[noreturn]] void ExecChild(const SpawnOptions& options, char* const* argv, char* const* envp) {
   if (options.new_process_group) ::setpgid(0, 0);
-  // Reset the signal dispositions (the child has its own table) before the
-  // mask the parent blocked everything with is lifted: no handler of the
-  // parent's may run here, in its memory.
-  for (int sig = 1; sig < NSIG; ++sig) ::signal(sig, SIG_DFL);
-  sigset_t empty;
-  sigemptyset(&empty);
-  ::sigprocmask(SIG_SETMASK, &empty, nullptr);
-  // Move handed-over fds above any target number first so dup2 never
-  // clobbers a source, then place them.
+  // The fds first: until they are closed this child holds every description
+  // the parent had open (a file another process waits to see closed, such
+  // as a module copy a worker proves unused with a lease). Move handed-over
+  // fds above any target number first so dup2 never clobbers a source, then
+  // place them.
   int highest = 3;
   for (const auto& [from, to] : options.fds) highest = std::max(highest, to + 1);
   int temps[64];
@@ -83,6 +79,13 @@ int PidfdSendSignal(int pidfd, int signal) {
     }
   }
   ::syscall(SYS_close_range, next, ~0U, 0);
+  // Reset the signal dispositions (the child has its own table) before the
+  // mask the parent blocked everything with is lifted: no handler of the
+  // parent's may run here, in its memory.
+  for (int sig = 1; sig < NSIG; ++sig) ::signal(sig, SIG_DFL);
+  sigset_t empty;
+  sigemptyset(&empty);
+  ::sigprocmask(SIG_SETMASK, &empty, nullptr);
   for (const auto& [resource, limit] : options.rlimits) {
     rlimit value{static_cast<rlim_t>(limit.first), static_cast<rlim_t>(limit.second)};
     if (::setrlimit(resource, &value) != 0) ::_exit(126);
