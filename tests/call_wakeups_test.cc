@@ -39,8 +39,8 @@ class CallWakeupsTest : public RelibdTest {
 
   // recvfrom syscalls made by every thread of `pid` while `work` runs,
   // counted by `strace -c` attached for that time; -1 if strace cannot run
-  // here. (The link is read with recv, which is recvfrom; gRPC reads its
-  // connections with recvmsg.)
+  // here, 0 if its summary has no recvfrom row. (The link is read with recv,
+  // which is recvfrom; gRPC reads its connections with recvmsg.)
   static int64_t RecvfromCalls(pid_t pid, const std::function<void()>& work) {
     if (::access("/usr/bin/strace", X_OK) != 0) return -1;
     const std::string out = std::filesystem::temp_directory_path() / ("relib-strace-" + std::to_string(::getpid()));
@@ -86,6 +86,10 @@ TEST_F(CallWakeupsTest, LoneCallsReadTheLinkOncePerFrame) {
   const int64_t in_relibd = RecvfromCalls(relibd_->process().pid(), calls);
   if (in_relibd < 0) GTEST_SKIP() << "strace cannot run here";
   const int64_t in_worker = RecvfromCalls(worker, calls);
+  // Every reply and every command is read at least once: fewer means the
+  // summary was not understood (the bound below would then prove nothing).
+  ASSERT_GE(in_relibd, kCalls) << "strace's summary for relibd not understood";
+  ASSERT_GE(in_worker, kCalls) << "strace's summary for the worker not understood";
   // Room for a spurious wake-up now and then (the heartbeat, a slow machine).
   EXPECT_LE(in_relibd, kCalls * 3 / 2) << "relibd read the link " << in_relibd << " times for " << kCalls << " calls";
   EXPECT_LE(in_worker, kCalls * 3 / 2) << "the worker read the link " << in_worker << " times for " << kCalls
