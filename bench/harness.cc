@@ -811,7 +811,9 @@ class Bench {
   // A profiling loop, never part of a full run: Calls of RELIB_BENCH_LOOP_BYTES
   // (32 by default) for RELIB_BENCH_LOOP_S seconds against relibd, or against
   // the bare echo or floor server with RELIB_BENCH_LOOP_TARGET=bare|floor,
-  // with the CPU time and context switches per call of each process.
+  // with the CPU time (all threads, also ended ones) and context switches
+  // (threads alive at both ends only: gRPC's sync servers start and end
+  // threads, so use perf stat for those) per call of each process.
   void CallLoop() {
     const char* seconds_env = std::getenv("RELIB_BENCH_LOOP_S");
     const char* bytes_env = std::getenv("RELIB_BENCH_LOOP_BYTES");
@@ -839,7 +841,7 @@ class Bench {
     const double n = static_cast<double>(latencies.size());
     const double tick_us = 1e6 / static_cast<double>(::sysconf(_SC_CLK_TCK)) / n;
     Progress(absl::StrFormat("call loop: %zu calls, p50 %.1f µs, p90 %.1f µs; CPU per call: server %.1f µs, worker %.1f "
-                             "µs; context switches per call: server %.2f, worker %.2f",
+                             "µs; context switches per call (threads alive throughout): server %.2f, worker %.2f",
                              latencies.size(), P50(latencies), Percentile(latencies, 0.9),
                              (d1.cpu_ticks - d0.cpu_ticks) * tick_us, (w1.cpu_ticks - w0.cpu_ticks) * tick_us,
                              static_cast<double>(d1.switches - d0.switches) / n,
