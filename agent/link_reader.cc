@@ -119,7 +119,21 @@ LinkReader::LeadResult LinkReader::Lead(const std::function<bool()>& done) {
     WatchLocked(false);
   }
   pollfd fds[2] = {{link_.fd(), POLLIN, 0}, {recall_fd_.get(), POLLIN, 0}};
+  // Every complete frame was handled by the last token holder: the first
+  // look at the socket is the poll (a read now would mostly find nothing).
+  bool read_first = false;
   while (true) {
+    if (!read_first && !done()) {
+      if (::poll(fds, 2, -1) < 0 && errno != EINTR) {
+        spdlog::warn("phase=link poll on the link while leading: {}", std::strerror(errno));
+        std::lock_guard<std::mutex> lock(token_mutex_);
+        token_held_ = false;
+        WatchLocked(true);
+        return LeadResult::kEnded;
+      }
+      if (fds[1].revents != 0) Consume(recall_fd_.get());
+    }
+    read_first = false;
     const DrainResult drained = Drain(/*leading=*/true);
     if (drained == DrainResult::kEnded) {
       std::lock_guard<std::mutex> lock(token_mutex_);
@@ -137,18 +151,8 @@ LinkReader::LeadResult LinkReader::Lead(const std::function<bool()>& done) {
     if (done()) {
       std::lock_guard<std::mutex> lock(token_mutex_);
       if (ReleaseLocked()) return LeadResult::kLed;
-      continue;  // bytes came meanwhile: read them first
+      read_first = true;  // bytes came meanwhile: read them first
     }
-    if (::poll(fds, 2, -1) < 0 && errno != EINTR) {
-      // Not expected with valid descriptors: the reader thread reads from
-      // now on (what is pending shows up in its watch at once).
-      spdlog::warn("phase=link poll on the link while leading: {}", std::strerror(errno));
-      std::lock_guard<std::mutex> lock(token_mutex_);
-      token_held_ = false;
-      WatchLocked(true);
-      return LeadResult::kEnded;
-    }
-    if (fds[1].revents != 0) Consume(recall_fd_.get());
   }
 }
 
@@ -180,6 +184,10 @@ void LinkReader::WatchLocked(bool on) {
 
 LinkReader::DrainResult LinkReader::Drain(bool leading) {
   const uint64_t limit = link_.frame_limit();
+  // The last recv filled less than it could: the socket held nothing more
+  // then, so once its frames are handled there is nothing to read (what
+  // comes later is seen by the holder's release or poll, or the watch).
+  bool emptied = false;
   while (true) {
     while (end_ - begin_ >= common::kFrameHeaderBytes) {
       const char* at = buffer_.data() + begin_;
@@ -207,6 +215,7 @@ LinkReader::DrainResult LinkReader::Drain(bool leading) {
       if (leading && length > kLeadFrameLimit) return DrainResult::kHandOver;
       want = std::max<size_t>(want, common::kFrameHeaderBytes + length);
     }
+    if (emptied) return DrainResult::kDrained;
     if (begin_ == end_) {
       begin_ = end_ = 0;
       if (buffer_.size() > kKeepBuffer) std::string().swap(buffer_);
@@ -216,9 +225,11 @@ LinkReader::DrainResult LinkReader::Drain(bool leading) {
       begin_ = 0;
     }
     if (buffer_.size() - begin_ < want) buffer_.resize(begin_ + want);
-    ssize_t n = ::recv(link_.fd(), buffer_.data() + end_, buffer_.size() - end_, MSG_DONTWAIT);
+    const size_t room = buffer_.size() - end_;
+    ssize_t n = ::recv(link_.fd(), buffer_.data() + end_, room, MSG_DONTWAIT);
     if (n > 0) {
       end_ += static_cast<size_t>(n);
+      emptied = static_cast<size_t>(n) < room;
       continue;
     }
     if (n < 0 && errno == EINTR) continue;

@@ -1,10 +1,13 @@
 // The baseline server of the Call figures: a bare gRPC sync unary echo on a
 // Unix socket, with relibd's own message types and message size limit, and
-// nothing behind it. Usage: relib_bench_echo_server [--from-fd] SOCKET_PATH
-// (runs until SIGTERM). --from-fd: the server has no listening port; a
-// thread accepts on the socket and hands each connection to
+// nothing behind it. Usage: relib_bench_echo_server [--from-fd] [--bdp-off]
+// SOCKET_PATH (runs until SIGTERM). --from-fd: the server has no listening
+// port; a thread accepts on the socket and hands each connection to
 // grpc::AddInsecureChannelFromFd, as relibd does (daemon/peer_listener.h),
-// with gRPC's poll engine, as relibd uses.
+// with gRPC's poll engine, as relibd uses. --bdp-off: HTTP/2 BDP probing
+// off, as on relibd's servers (see BuildServer in daemon/relibd_main.cc):
+// gRPC 1.51 then keeps the connection's receive window at 64 KiB, so a
+// larger request waits for a WINDOW_UPDATE from the server.
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -61,9 +64,18 @@ int ListenAndHandOver(const char* path, grpc::Server* server) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool from_fd = argc == 3 && std::strcmp(argv[1], "--from-fd") == 0;
-  if (argc != 2 && !from_fd) {
-    std::fprintf(stderr, "usage: %s [--from-fd] SOCKET_PATH\n", argv[0]);
+  bool from_fd = false, bdp_off = false, usage = argc < 2;
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::strcmp(argv[i], "--from-fd") == 0) {
+      from_fd = true;
+    } else if (std::strcmp(argv[i], "--bdp-off") == 0) {
+      bdp_off = true;
+    } else {
+      usage = true;
+    }
+  }
+  if (usage) {
+    std::fprintf(stderr, "usage: %s [--from-fd] [--bdp-off] SOCKET_PATH\n", argv[0]);
     return 2;
   }
   const char* path = argv[argc - 1];
@@ -79,6 +91,7 @@ int main(int argc, char** argv) {
   if (!from_fd) builder.AddListeningPort(std::string("unix:") + path, grpc::InsecureServerCredentials());
   builder.SetMaxReceiveMessageSize(relib::common::kDefaultMaxMessageMb << 20);
   builder.SetMaxSendMessageSize(relib::common::kDefaultMaxMessageMb << 20);
+  if (bdp_off) builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server) return 1;

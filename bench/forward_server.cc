@@ -4,7 +4,9 @@
 // back (one round trip to another process: the hop relibd's design requires,
 // with nothing else). Each handler takes a connection of its own from a pool
 // (no multiplexing, no reader thread): the cheapest such design, so it is a
-// floor. Usage: relib_bench_forward_server SOCKET_PATH (runs until SIGTERM).
+// floor. Usage: relib_bench_forward_server [--bdp-off] SOCKET_PATH (runs
+// until SIGTERM); --bdp-off: HTTP/2 BDP probing off, as on relibd's servers
+// (see echo_server.cc).
 #include <pthread.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -118,8 +120,9 @@ class ForwardEcho final : public relib::bench::BareEcho::Service {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2) {
-    std::fprintf(stderr, "usage: %s SOCKET_PATH\n", argv[0]);
+  const bool bdp_off = argc == 3 && std::string(argv[1]) == "--bdp-off";
+  if (argc != 2 && !bdp_off) {
+    std::fprintf(stderr, "usage: %s [--bdp-off] SOCKET_PATH\n", argv[0]);
     return 2;
   }
   // The child first, while this process has one thread.
@@ -146,7 +149,8 @@ int main(int argc, char** argv) {
 
   ForwardEcho service(ours);
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(std::string("unix:") + argv[1], grpc::InsecureServerCredentials());
+  builder.AddListeningPort(std::string("unix:") + argv[argc - 1], grpc::InsecureServerCredentials());
+  if (bdp_off) builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   builder.SetMaxReceiveMessageSize(relib::common::kDefaultMaxMessageMb << 20);
   builder.SetMaxSendMessageSize(relib::common::kDefaultMaxMessageMb << 20);
   builder.RegisterService(&service);

@@ -4,7 +4,7 @@
 // the same files, fork + exec of relib-worker). Writes one JSON document of
 // figures; scripts/bench merges it with the Google Benchmark results.
 //
-// Usage: relib_bench_harness [--scale smoke|quick|full] [--out FILE] [--only calls,throughput,reloads,fds,idle,swap,crash]
+// Usage: relib_bench_harness [--scale smoke|quick|full] [--out FILE] [--only calls,throughput,reloads,rpc,fds,idle,swap,crash,reload-loop,call-loop]
 // RELIB_BENCH_VERBOSE=1 prints every crash → serving sample.
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -236,9 +236,21 @@ std::unique_ptr<Server> StartEchoServer(bool from_fd = false) {
 
 // The floor baseline: the bare echo server plus one round trip to a child
 // process (bench/forward_server.cc).
-std::unique_ptr<Server> StartForwardServer() {
-  return Server::Start("relib-bench-forward-", [](const std::string&, const std::string& socket) {
+// `bdp_off`: HTTP/2 BDP probing off, as relibd's servers run (for idle
+// wake-ups, see BuildServer in daemon/relibd_main.cc). With it off, gRPC 1.51
+// keeps the connection's receive window at 64 KiB (GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES
+// raises only the stream's), so a request over 64 KiB waits for the server's
+// WINDOW_UPDATE: one more round trip with the client.
+std::unique_ptr<Server> StartForwardServer(bool bdp_off = false) {
+  return Server::Start("relib-bench-forward-", [bdp_off](const std::string&, const std::string& socket) {
+    if (bdp_off) return std::vector<std::string>{kForwardServerPath, "--bdp-off", socket};
     return std::vector<std::string>{kForwardServerPath, socket};
+  });
+}
+
+std::unique_ptr<Server> StartEchoServerBdpOff() {
+  return Server::Start("relib-bench-echo-", [](const std::string&, const std::string& socket) {
+    return std::vector<std::string>{kEchoServerPath, "--bdp-off", socket};
   });
 }
 
@@ -553,7 +565,13 @@ class Bench {
     relibd_ = StartRelibd();
     echo_ = StartEchoServer();
     if (Want("reloads") || Want("rpc")) echo_from_fd_ = StartEchoServer(true);
-    if (Want("calls") || Want("throughput") || Want("reloads")) forward_ = StartForwardServer();
+    if (Want("calls") || Want("throughput") || Want("reloads") || only_.count("call-loop")) {
+      forward_ = StartForwardServer();
+    }
+    if (Want("calls")) {
+      echo_bdp_off_ = StartEchoServerBdpOff();
+      forward_bdp_off_ = StartForwardServer(/*bdp_off=*/true);
+    }
     stub_ = v1::Relibd::NewStub(relibd_->channel());
     LoadModule(*stub_, "echo", kBenchEchoV1, "default");
     LoadModule(*stub_, "reload_small", kBenchEchoV1, "reload");
@@ -565,6 +583,7 @@ class Bench {
     if (Want("reloads")) Reloads();
     if (Want("reloads") || Want("rpc")) RpcPathAlone();
     if (only_.count("reload-loop")) ReloadLoop();
+    if (only_.count("call-loop")) CallLoop();
     if (Want("fds")) Fds();
     if (Want("idle")) Idle();
     if (Want("swap")) SwapUnderLoad();
@@ -572,6 +591,8 @@ class Bench {
     echo_.reset();
     echo_from_fd_.reset();
     forward_.reset();
+    echo_bdp_off_.reset();
+    forward_bdp_off_.reset();
     relibd_.reset();
     if (Want("crash")) CrashToServing();
     return figures_;
@@ -588,6 +609,8 @@ class Bench {
     CallFn relibd = RelibdCaller(relibd_->channel());
     CallFn bare = EchoCaller(echo_->channel());
     CallFn floor = EchoCaller(forward_->channel());
+    CallFn bare_bdp_off = EchoCaller(echo_bdp_off_->channel());
+    CallFn floor_bdp_off = EchoCaller(forward_bdp_off_->channel());
     struct Size {
       const char* label;
       const char* key;
@@ -598,7 +621,9 @@ class Bench {
                              Size{"1 MiB", "1m", 1 << 20, scale_.call_1m}}) {
       v1::CallRequest request = EchoRequest("echo", size.bytes);
       // Alternate halves so drift of the machine hits every side alike.
-      std::vector<double> ours, theirs, floors;
+      // Over 64 KiB, also the servers with relibd's flow-control setting.
+      const bool flow_floor = size.bytes >= (64u << 10);
+      std::vector<double> ours, theirs, floors, bare_flow, floor_flow;
       for (int half = 0; half < 2; ++half) {
         auto a = CallLatencies(relibd, request, size.n / 2 + 1);
         auto b = CallLatencies(bare, request, size.n / 2 + 1);
@@ -606,6 +631,12 @@ class Bench {
         ours.insert(ours.end(), a.begin(), a.end());
         theirs.insert(theirs.end(), b.begin(), b.end());
         floors.insert(floors.end(), c.begin(), c.end());
+        if (flow_floor) {
+          auto d = CallLatencies(bare_bdp_off, request, size.n / 2 + 1);
+          auto e = CallLatencies(floor_bdp_off, request, size.n / 2 + 1);
+          bare_flow.insert(bare_flow.end(), d.begin(), d.end());
+          floor_flow.insert(floor_flow.end(), e.begin(), e.end());
+        }
       }
       Add({absl::StrCat("call_p50_", size.key), absl::StrCat("`Call` p50, ", size.label, " echo"), "µs", P50(ours),
            P50(theirs), "bare gRPC sync unary echo, Unix socket", "ratio<=1.3", ""});
@@ -614,6 +645,20 @@ class Bench {
            P50(floors), P50(theirs), "bare gRPC sync unary echo, Unix socket", "", ""});
       Add({absl::StrCat("call_vs_floor_p50_", size.key), absl::StrCat("  `Call` p50, ", size.label, " vs that floor"),
            "µs", P50(ours), P50(floors), "floor", "", ""});
+      if (flow_floor) {
+        Add({absl::StrCat("call_bdp_off_floor_p50_", size.key),
+             absl::StrCat("  floor: bare gRPC sync unary echo with relibd's flow control (BDP probe off: the "
+                          "connection window stays 64 KiB), ",
+                          size.label),
+             "µs", P50(bare_flow), P50(theirs), "bare gRPC sync unary echo, Unix socket", "",
+             "the request waits for the server's WINDOW_UPDATE"});
+        Add({absl::StrCat("call_bdp_off_forward_floor_p50_", size.key),
+             absl::StrCat("  floor: bare gRPC server + one round trip to a child process, BDP probe off, ", size.label),
+             "µs", P50(floor_flow), P50(theirs), "bare gRPC sync unary echo, Unix socket", "", ""});
+        Add({absl::StrCat("call_vs_bdp_off_floor_p50_", size.key),
+             absl::StrCat("  `Call` p50, ", size.label, " vs that floor"), "µs", P50(ours), P50(floor_flow),
+             "floor (BDP probe off)", "", ""});
+      }
     }
   }
 
@@ -761,6 +806,46 @@ class Bench {
                              P50(unload), (d1.cpu_ticks - d0.cpu_ticks) * tick_us, (w1.cpu_ticks - w0.cpu_ticks) * tick_us,
                              static_cast<double>(d1.switches - d0.switches) / total.size(),
                              static_cast<double>(w1.switches - w0.switches) / total.size()));
+  }
+
+  // A profiling loop, never part of a full run: Calls of RELIB_BENCH_LOOP_BYTES
+  // (32 by default) for RELIB_BENCH_LOOP_S seconds against relibd, or against
+  // the bare echo or floor server with RELIB_BENCH_LOOP_TARGET=bare|floor,
+  // with the CPU time (all threads, also ended ones) and context switches
+  // (threads alive at both ends only: gRPC's sync servers start and end
+  // threads, so use perf stat for those) per call of each process.
+  void CallLoop() {
+    const char* seconds_env = std::getenv("RELIB_BENCH_LOOP_S");
+    const char* bytes_env = std::getenv("RELIB_BENCH_LOOP_BYTES");
+    const char* target_env = std::getenv("RELIB_BENCH_LOOP_TARGET");
+    const double seconds = seconds_env != nullptr ? std::atof(seconds_env) : 10.0;
+    const size_t bytes = bytes_env != nullptr ? std::strtoull(bytes_env, nullptr, 10) : 32;
+    const std::string target = target_env != nullptr ? target_env : "relibd";
+    Server* server = target == "bare" ? echo_.get() : target == "floor" ? forward_.get() : relibd_.get();
+    CallFn call = target == "relibd" ? RelibdCaller(server->channel()) : EchoCaller(server->channel());
+    const pid_t worker_pid = target == "relibd" ? WorkerOf("echo") : 0;
+    Progress(absl::StrFormat("call loop: %s pid %d, worker pid %d, %zu bytes, %.0f s", target, server->pid(),
+                             worker_pid, bytes, seconds));
+    const v1::CallRequest request = EchoRequest("echo", bytes);
+    CallLatencies(call, request, 200);  // warm-up
+    const ProcSnapshot d0 = Snapshot(server->pid());
+    const ProcSnapshot w0 = worker_pid ? Snapshot(worker_pid) : ProcSnapshot{};
+    std::vector<double> latencies;
+    const auto end = Clock::now() + std::chrono::duration<double>(seconds);
+    while (Clock::now() < end) {
+      auto some = CallLatencies(call, request, 100);
+      latencies.insert(latencies.end(), some.begin(), some.end());
+    }
+    const ProcSnapshot d1 = Snapshot(server->pid());
+    const ProcSnapshot w1 = worker_pid ? Snapshot(worker_pid) : ProcSnapshot{};
+    const double n = static_cast<double>(latencies.size());
+    const double tick_us = 1e6 / static_cast<double>(::sysconf(_SC_CLK_TCK)) / n;
+    Progress(absl::StrFormat("call loop: %zu calls, p50 %.1f µs, p90 %.1f µs; CPU per call: server %.1f µs, worker %.1f "
+                             "µs; context switches per call (threads alive throughout): server %.2f, worker %.2f",
+                             latencies.size(), P50(latencies), Percentile(latencies, 0.9),
+                             (d1.cpu_ticks - d0.cpu_ticks) * tick_us, (w1.cpu_ticks - w0.cpu_ticks) * tick_us,
+                             static_cast<double>(d1.switches - d0.switches) / n,
+                             static_cast<double>(w1.switches - w0.switches) / n));
   }
 
   pid_t WorkerOf(const std::string& module) {
@@ -977,6 +1062,10 @@ class Bench {
   std::set<std::string> only_;
   std::vector<Figure> figures_;
   std::unique_ptr<Server> relibd_;
+  // The bare echo and the floor server with relibd's flow-control setting
+  // (BDP probing off): the Call section's flow-control floor rows.
+  std::unique_ptr<Server> echo_bdp_off_;
+  std::unique_ptr<Server> forward_bdp_off_;
   std::unique_ptr<Server> echo_;
   std::unique_ptr<Server> echo_from_fd_;  // the same, served as relibd serves (see RpcPathAlone)
   std::unique_ptr<Server> forward_;  // the floor: echo + one round trip to a child
@@ -999,7 +1088,7 @@ int main(int argc, char** argv) {
     } else if (arg == "--only" && i + 1 < argc) {
       for (const std::string& section : std::vector<std::string>(absl::StrSplit(argv[++i], ','))) only.emplace(section);
     } else {
-      std::fprintf(stderr, "usage: %s [--scale smoke|quick|full] [--out FILE] [--only calls,throughput,reloads,fds,idle,swap,crash]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--scale smoke|quick|full] [--out FILE] [--only calls,throughput,reloads,rpc,fds,idle,swap,crash,reload-loop,call-loop]\n", argv[0]);
       return 2;
     }
   }

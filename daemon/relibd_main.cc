@@ -162,6 +162,13 @@ std::unique_ptr<grpc::Server> BuildServer(grpc::Service* service, uint64_t max_m
   // leave gRPC's timer thread waking several times a second afterwards
   // (its timer shards fall out of step). A message still arrives whole:
   // gRPC opens the stream's window to the size of the message being read.
+  // The cost: with the probe off, gRPC 1.51 keeps the connection's receive
+  // window at 64 KiB (only the probe's first update at connection start
+  // raises it), so a request over 64 KiB stops at 64 KiB until relibd's
+  // WINDOW_UPDATE reaches the client: one more round trip with the client
+  // (seen on the wire; the bench's "BDP probe off" floor rows measure it).
+  // GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES does not avoid it in 1.51: it
+  // raises the stream's window, not the connection's.
   builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   return builder.BuildAndStart();
 }

@@ -427,6 +427,10 @@ void WorkerHandle::GiveReadingBackLocked() {
 
 WorkerHandle::ReadResult WorkerHandle::ReadAvailable(bool on_io_thread) {
   const uint64_t limit = common::LinkFrameLimit(options_.max_message_bytes);
+  // The last recv filled less than it could: the socket held nothing more
+  // then, so once its frames are delivered there is nothing to read (what
+  // comes later is seen by ReleaseReadLocked, Lead's poll or the watch).
+  bool emptied = false;
   while (true) {
     // Every complete frame first.
     while (read_end_ - read_begin_ >= common::kFrameHeaderBytes) {
@@ -453,6 +457,7 @@ WorkerHandle::ReadResult WorkerHandle::ReadAvailable(bool on_io_thread) {
       if (!on_io_thread && length > kLeadFrameLimit) return ReadResult::kHandOver;
       want = std::max<size_t>(want, common::kFrameHeaderBytes + length);
     }
+    if (emptied) return ReadResult::kDrained;
     if (read_begin_ == read_end_) {
       read_begin_ = read_end_ = 0;
       if (read_buffer_.size() > kKeepReadBuffer) std::string().swap(read_buffer_);
@@ -462,9 +467,11 @@ WorkerHandle::ReadResult WorkerHandle::ReadAvailable(bool on_io_thread) {
       read_begin_ = 0;
     }
     if (read_buffer_.size() - read_begin_ < want) read_buffer_.resize(read_begin_ + want);
-    ssize_t n = ::recv(link_fd_, read_buffer_.data() + read_end_, read_buffer_.size() - read_end_, MSG_DONTWAIT);
+    const size_t room = read_buffer_.size() - read_end_;
+    ssize_t n = ::recv(link_fd_, read_buffer_.data() + read_end_, room, MSG_DONTWAIT);
     if (n > 0) {
       read_end_ += static_cast<size_t>(n);
+      emptied = static_cast<size_t>(n) < room;
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -547,7 +554,22 @@ void WorkerHandle::Lead(Waiter& waiter) {
     ~Unmark() { leading_here = nullptr; }
   } unmark;
   pollfd fds[2] = {{link_fd_, POLLIN, 0}, {wake_fd_.get(), POLLIN, 0}};
+  // The command just went out and every complete frame was delivered by the
+  // last token holder: the first look at the socket is the poll (a read now
+  // would mostly find nothing). The wake-up eventfd covers a reply that
+  // comes another way and Finish.
+  bool read_first = false;
   while (true) {
+    if (!read_first && ::poll(fds, wake_fd_.valid() ? 2 : 1, -1) < 0 && errno != EINTR) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      GiveReadingBackLocked();
+      return;
+    }
+    if (!read_first && fds[1].revents != 0) {
+      uint64_t count;
+      [[maybe_unused]] ssize_t drained = ::read(wake_fd_.get(), &count, sizeof(count));
+    }
+    read_first = false;
     const ReadResult read = ReadAvailable(/*on_io_thread=*/false);
     if (read == ReadResult::kEnded) return;  // the token is let go
     if (read == ReadResult::kHandOver) {
@@ -568,19 +590,8 @@ void WorkerHandle::Lead(Waiter& waiter) {
       finished = finished || closed_ || blocked_requests_ > 1;
       if (finished && ReleaseReadLocked()) return;
     }
-    if (finished) continue;  // bytes came in meanwhile: read them before letting go
-
-    if (::poll(fds, wake_fd_.valid() ? 2 : 1, -1) < 0 && errno != EINTR) {
-      // Not expected with valid descriptors: leave the reading to the io
-      // thread (its wait is armed while anybody else reads).
-      std::lock_guard<std::mutex> lock(mutex_);
-      GiveReadingBackLocked();
-      return;
-    }
-    if (fds[1].revents != 0) {
-      uint64_t count;
-      [[maybe_unused]] ssize_t drained = ::read(wake_fd_.get(), &count, sizeof(count));
-    }
+    // Bytes came in meanwhile: read them before letting go.
+    read_first = finished;
   }
 }
 

@@ -3,7 +3,15 @@
 // it; in the worker, the module's idle executor thread reads the call
 // itself, so the link reader thread is not woken either. Counted from
 // /proc/PID/task/*/status of the threads named relibd-io and relib-link.
+// And the reads of the link a lone call costs, counted by strace.
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <fstream>
+#include <functional>
+#include <regex>
 #include <thread>
 
 #include "tests/relibd_fixture.h"
@@ -28,7 +36,65 @@ class CallWakeupsTest : public RelibdTest {
     }
     return -1;
   }
+
+  // recvfrom syscalls made by every thread of `pid` while `work` runs,
+  // counted by `strace -c` attached for that time; -1 if strace cannot run
+  // here, 0 if its summary has no recvfrom row. (The link is read with recv,
+  // which is recvfrom; gRPC reads its connections with recvmsg.)
+  static int64_t RecvfromCalls(pid_t pid, const std::function<void()>& work) {
+    if (::access("/usr/bin/strace", X_OK) != 0) return -1;
+    const std::string out = std::filesystem::temp_directory_path() / ("relib-strace-" + std::to_string(::getpid()));
+    const std::string pid_text = std::to_string(pid);
+    std::vector<std::string> args = {"/usr/bin/strace", "-f", "-c", "-e", "trace=recvfrom", "-o", out, "-p", pid_text};
+    std::vector<char*> argv;
+    for (std::string& arg : args) argv.push_back(arg.data());
+    argv.push_back(nullptr);
+    pid_t tracer = 0;
+    if (::posix_spawn(&tracer, argv[0], nullptr, nullptr, argv.data(), environ) != 0) return -1;
+    // strace attaches to every thread before it traces; give it time.
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    work();
+    ::kill(tracer, SIGINT);  // detaches and writes the summary
+    int status = 0;
+    ::waitpid(tracer, &status, 0);
+    std::ifstream in(out);
+    std::string line;
+    int64_t calls = -1;
+    // "... seconds  usecs/call  calls  [errors] recvfrom"
+    const std::regex row(R"(^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(\d+\s+)?recvfrom\s*$)");
+    while (std::getline(in, line)) {
+      std::smatch match;
+      if (std::regex_match(line, match, row)) calls = std::stoll(match[1]);
+    }
+    std::filesystem::remove(out);
+    return WIFEXITED(status) || WIFSIGNALED(status) ? std::max<int64_t>(calls, 0) : -1;
+  }
 };
+
+// A lone small call reads the link once on each side: the reply (relibd)
+// and the command (worker) in one recv each. Before, each side also read
+// once before sleeping in poll and once more after the frame (both found
+// nothing): three recvs per frame.
+TEST_F(CallWakeupsTest, LoneCallsReadTheLinkOncePerFrame) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon());
+  const pid_t worker = LoadOrDie("m", k_versioned_v1);
+  for (int i = 0; i < 20; ++i) ASSERT_EQ(Call("m", "version"), "v1");
+  constexpr int kCalls = 200;
+  auto calls = [&] {
+    for (int i = 0; i < kCalls; ++i) ASSERT_EQ(Call("m", "version"), "v1");
+  };
+  const int64_t in_relibd = RecvfromCalls(relibd_->process().pid(), calls);
+  if (in_relibd < 0) GTEST_SKIP() << "strace cannot run here";
+  const int64_t in_worker = RecvfromCalls(worker, calls);
+  // Every reply and every command is read at least once: fewer means the
+  // summary was not understood (the bound below would then prove nothing).
+  ASSERT_GE(in_relibd, kCalls) << "strace's summary for relibd not understood";
+  ASSERT_GE(in_worker, kCalls) << "strace's summary for the worker not understood";
+  // Room for a spurious wake-up now and then (the heartbeat, a slow machine).
+  EXPECT_LE(in_relibd, kCalls * 3 / 2) << "relibd read the link " << in_relibd << " times for " << kCalls << " calls";
+  EXPECT_LE(in_worker, kCalls * 3 / 2) << "the worker read the link " << in_worker << " times for " << kCalls
+                                       << " calls";
+}
 
 // 300 calls one after another: the io thread sleeps through them (its
 // watchdog ticks every 20 ms while calls are in flight; nothing else of a
