@@ -867,12 +867,18 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
   // before a pointer the module frees): beyond kInlineTrailerReach the slow
   // path reads it safely (a syscall, ~1.4 us here: too slow for every block
   // that crosses a page, so nearer trailers are read here, see there). A
-  // size below glibc's least chunk (32) goes there too: its trailer would
-  // lie before the header. The rest of PlausibleChunk (the flag bits) is not
-  // needed here: this path frees only a pointer its entry holds, and such a
-  // pointer's header is glibc's.
+  // word that no glibc chunk has as header (PlausibleChunk: a size below 32,
+  // whose trailer would lie before the header, or a size that is not a
+  // multiple of 16, or mmapped together with a non-main arena) goes there
+  // too and is never followed: the slow path refuses it as "not a heap
+  // block" without a load. The flags matter here although this path frees
+  // only a pointer its entry holds: the load comes before the entry is
+  // found, and a header such as 0x1008 before a PROT_NONE page would fault
+  // here where the slow path refuses the free (dealloc_test's
+  // ImplausibleHeaderBeforeAProtNonePage*). One and of two compares, no
+  // branch between them.
   uint64_t value = 0;
-  if (header - 32 < kInlineTrailerReach - 32) [[likely]] value = ProbeLoad(trailer);
+  if (PlausibleChunk(header) & (header < kInlineTrailerReach)) [[likely]] value = ProbeLoad(trailer);
 #ifndef RELIB_HEAP_PROBES
   SetCrashNote(nullptr);
 #endif

@@ -6,6 +6,7 @@
 #include <link.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -495,6 +496,19 @@ TEST_F(HeapTrackerTest, InvalidFreesByModuleCodeAreRefused) {
     std::free(Launder(static_cast<char*>(host) + 512));   // interior of the host's
     std::free(Launder(stack + 64));                       // never allocated
     std::free(Launder(reinterpret_cast<void*>(1)));       // relib's 0x1
+    // Headers no glibc chunk has, 0x20 bytes before a PROT_NONE page: the
+    // trailer they would point at (~4 KiB on) must not be read.
+    const auto page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+    auto* pages = static_cast<char*>(
+        ::mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    ASSERT_NE(pages, MAP_FAILED);
+    ASSERT_EQ(::mprotect(pages + page, page, PROT_NONE), 0);
+    for (uint64_t header : {uint64_t{0x1008}, uint64_t{0x1006}}) {
+      char* user = pages + page - 0x20;
+      std::memcpy(user - 8, &header, sizeof(header));
+      std::free(Launder(user));  // refused (before the fix: SIGSEGV)
+    }
+    ::munmap(pages, 2 * page);
     EXPECT_EQ(std::realloc(Launder(host), 4096), nullptr);
     EXPECT_EQ(errno, EINVAL);
     EXPECT_EQ(heap::LiveUsage(id_).blocks, 1);  // `own`, untouched
