@@ -1170,6 +1170,11 @@ Usage FreeAll(ModuleId id) {
 }
 Usage Detach(ModuleId id) { return TakeAll(id, false); }
 
+void WhileWalkingForTesting(void (*during)(void*), void* context) {
+  Walk walk;
+  during(context);
+}
+
 }  // namespace relib::agent::heap
 
 #ifndef RELIB_NO_HEAP_INTERPOSE
