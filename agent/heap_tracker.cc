@@ -509,8 +509,14 @@ inline __attribute__((always_inline)) bool TrackOwnBlockFast(void* user, uint64_
                                                              ModuleId module, const void* recorded_site) {
   Record* record = my_record;
   uint64_t gate = EnterOwnSection(record);
+  // free_head only once no walk is pending: a walker (TakeAll, Shrink)
+  // rewrites it meanwhile.
+  if (WalkPending(gate)) [[unlikely]] {  // also a thread with no record
+    LeaveOwnSection(record);
+    return false;
+  }
   Entry* entry = record->free_head;
-  if (WalkPending(gate) || entry == nullptr) [[unlikely]] {  // also a thread with no record
+  if (entry == nullptr) [[unlikely]] {
     LeaveOwnSection(record);
     return false;
   }
