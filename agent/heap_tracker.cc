@@ -239,7 +239,8 @@ struct Record {
 };
 
 // The record of every thread that has none (see above). Never in `records`;
-// its busy flag is written by any thread and read by none.
+// its busy flag is written by a thread's first module-scope malloc (which
+// adopts a record) and read by none; free's inline path never writes it.
 constinit Record no_record{Record::Placeholder{}};
 
 // Records are never unmapped; `records[i]` is set before record_count
@@ -860,7 +861,11 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
   ModuleId module = CurrentModule();
   auto address = reinterpret_cast<uintptr_t>(user);
   Record* record = my_record;
-  if (address % 16 != 0 || address < kLowestBlock) [[unlikely]] {
+  // A thread with no record holds no block this path could free; it goes to
+  // the slow path before EnterOwnSection, whose store to no_record's busy
+  // flag (on gate's line, shared by every such thread) would make each
+  // module-scope free of theirs move that line between cores.
+  if (address % 16 != 0 || address < kLowestBlock || record == &no_record) [[unlikely]] {
     ReleaseInModuleScopeSlow(user, caller, function);
     return;
   }
