@@ -589,5 +589,39 @@ TEST_F(HeapTrackerTest, InvalidFreesByModuleCodeAreRefused) {
   SetModuleRange(id_, 0, 0);
 }
 
+// A thread with more live blocks than its first chunk of entries holds
+// (65536): free's inline path takes only first-chunk slots, the rest go to
+// the slow path, which validates them (module code frees them here) and
+// must take each as the module's own: under the default abort policy a
+// refused one would kill the test. Counts and walks agree throughout.
+TEST_F(HeapTrackerTest, ModuleCodeFreesBlocksBeyondTheFirstChunk) {
+  uintptr_t range[2] = {0, 0};
+  dl_iterate_phdr(&FindExecutable, range);
+  SetModuleRange(id_, range[0], range[1]);
+  constexpr int kBlocks = 70000;  // slots 0..69999: the last 4464 beyond the first chunk
+  std::vector<void*> blocks;
+  blocks.reserve(kBlocks);  // the host's, outside the scope
+  // (Checks outside the scope: TopSites's vector is the host's, and this
+  // code freeing it in the scope would be an invalid free.)
+  {
+    ModuleScope scope(id_);
+    for (int i = 0; i < kBlocks; ++i) blocks.push_back(std::malloc(16));
+  }
+  EXPECT_EQ(heap::LiveUsage(id_).blocks, kBlocks);
+  {
+    ModuleScope scope(id_);
+    for (int i = kBlocks; i-- > 60000;) std::free(Launder(blocks[i]));  // beyond, then within the first chunk
+  }
+  EXPECT_EQ(heap::LiveUsage(id_).blocks, 60000);
+  EXPECT_EQ(SumBlocks(heap::TopSites(id_, 1000)), 60000);
+  {
+    ModuleScope scope(id_);
+    for (int i = 0; i < 60000; ++i) std::free(Launder(blocks[i]));
+  }
+  EXPECT_EQ(heap::LiveUsage(id_).blocks, 0);
+  EXPECT_EQ(heap::LiveUsage(id_).bytes, 0);
+  SetModuleRange(id_, 0, 0);
+}
+
 }  // namespace
 }  // namespace relib::agent
