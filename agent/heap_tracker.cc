@@ -165,32 +165,37 @@ constexpr int kChunkBits = 16;  // entries are mapped 65536 (2 MiB, touched as u
 constexpr uint32_t kChunkSlots = 1u << kChunkBits;
 constexpr uint32_t kChunks = kMaxSlots >> kChunkBits;
 
-// Written by one thread at a time, read by any (LiveUsage), with no atomic
-// read-modify-write. On x86-64 each word is changed by one add with a memory
-// operand (not locked: one aligned 8-byte store, which a reader sees whole);
-// that measured ~0.2-0.3 ns a malloc/free pair faster than one 16-byte vector
-// add of both words, and that ~0.5 ns faster than a load, an add and a store
-// per word. A reader loads each word atomically and may see one word updated
-// and not yet the other, which LiveUsage allows (it may lag).
-struct alignas(16) Counter {
-  int64_t words[2] = {0, 0};  // bytes, blocks
+// Per-module byte and block counts, written by one thread at a time, read by
+// any (LiveUsage), with no atomic read-modify-write. On x86-64 each word is
+// changed by one add with a memory operand (not locked: one aligned 8-byte
+// store, which a reader sees whole); that measured ~0.2-0.3 ns a malloc/free
+// pair faster than one 16-byte vector add of both words, and that ~0.5 ns
+// faster than a load, an add and a store per word. Two arrays rather than a
+// {bytes, blocks} pair per module: an 8-byte stride is a scaled address
+// (record, module * 8), one add per word; a 16-byte stride costs a shift and
+// an address add more per update. A reader loads each word atomically and
+// may see one word updated and not yet the other, which LiveUsage allows
+// (it may lag).
+struct Counters {
+  int64_t bytes[kMaxModules] = {};
+  int64_t blocks[kMaxModules] = {};
 #if defined(__x86_64__)
-  void Add(int64_t size, int64_t count) {
-    asm volatile("addq %1, %0" : "+m"(words[0]) : "er"(size));
-    asm volatile("addq %1, %0" : "+m"(words[1]) : "er"(count));
+  void Add(uint32_t module, int64_t size, int64_t count) {
+    asm volatile("addq %1, %0" : "+m"(bytes[module]) : "er"(size));
+    asm volatile("addq %1, %0" : "+m"(blocks[module]) : "er"(count));
   }
 #else
-  void Add(int64_t size, int64_t count) {
-    __atomic_store_n(&words[0], words[0] + size, __ATOMIC_RELAXED);
-    __atomic_store_n(&words[1], words[1] + count, __ATOMIC_RELAXED);
+  void Add(uint32_t module, int64_t size, int64_t count) {
+    __atomic_store_n(&bytes[module], bytes[module] + size, __ATOMIC_RELAXED);
+    __atomic_store_n(&blocks[module], blocks[module] + count, __ATOMIC_RELAXED);
   }
 #endif
-  void Reset() {
-    __atomic_store_n(&words[0], 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&words[1], 0, __ATOMIC_RELAXED);
+  void Reset(uint32_t module) {
+    __atomic_store_n(&bytes[module], 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&blocks[module], 0, __ATOMIC_RELAXED);
   }
-  int64_t bytes() const { return __atomic_load_n(&words[0], __ATOMIC_RELAXED); }
-  int64_t blocks() const { return __atomic_load_n(&words[1], __ATOMIC_RELAXED); }
+  int64_t Bytes(uint32_t module) const { return __atomic_load_n(&bytes[module], __ATOMIC_RELAXED); }
+  int64_t Blocks(uint32_t module) const { return __atomic_load_n(&blocks[module], __ATOMIC_RELAXED); }
 };
 
 // A test-and-test-and-set lock (remote frees only; never on the owner's path).
@@ -229,8 +234,8 @@ struct Record {
   // Remote frees.
   alignas(64) SpinLock remote_lock;
   std::atomic<Entry*> remote_head{nullptr};  // entries freed by other threads, for the owner
-  alignas(64) Counter usage[kMaxModules];      // owner
-  Counter remote_usage[kMaxModules];           // under remote_lock (negative: frees by others)
+  alignas(64) Counters usage;  // owner
+  Counters remote_usage;       // under remote_lock (negative: frees by others)
   std::atomic<Entry*> chunks[kChunks] = {};
 
   Record() = default;
@@ -239,7 +244,8 @@ struct Record {
 };
 
 // The record of every thread that has none (see above). Never in `records`;
-// its busy flag is written by any thread and read by none.
+// its busy flag is written by a thread's first module-scope malloc (which
+// adopts a record) and read by none; free's inline path never writes it.
 constinit Record no_record{Record::Placeholder{}};
 
 // Records are never unmapped; `records[i]` is set before record_count
@@ -479,7 +485,7 @@ __attribute__((noinline)) bool TrackModuleBlock(void* user, uint64_t* trailer, s
     entry->site = (modules[module].flags.load(std::memory_order_relaxed) & kCaptureSites) ? site : nullptr;
     entry->module = module;
     entry->block.store(user, std::memory_order_release);
-    record->usage[module].Add(static_cast<int64_t>(size), 1);
+    record->usage.Add(module, static_cast<int64_t>(size), 1);
     // Inside the section: a walker (FreeAll, Detach) that finds the entry
     // live must find its trailer written too, or FreeAll frees the block
     // before this store lands in it, and Detach's host trailer is overwritten.
@@ -509,8 +515,14 @@ inline __attribute__((always_inline)) bool TrackOwnBlockFast(void* user, uint64_
                                                              ModuleId module, const void* recorded_site) {
   Record* record = my_record;
   uint64_t gate = EnterOwnSection(record);
+  // free_head only once no walk is pending: a walker (TakeAll, Shrink)
+  // rewrites it meanwhile.
+  if (WalkPending(gate)) [[unlikely]] {  // also a thread with no record
+    LeaveOwnSection(record);
+    return false;
+  }
   Entry* entry = record->free_head;
-  if (WalkPending(gate) || entry == nullptr) [[unlikely]] {  // also a thread with no record
+  if (entry == nullptr) [[unlikely]] {
     LeaveOwnSection(record);
     return false;
   }
@@ -520,7 +532,7 @@ inline __attribute__((always_inline)) bool TrackOwnBlockFast(void* user, uint64_
   entry->site = recorded_site;
   entry->module = module;
   entry->block.store(user, std::memory_order_release);
-  record->usage[module].Add(static_cast<int64_t>(size), 1);
+  record->usage.Add(module, static_cast<int64_t>(size), 1);
   StoreTrailer(trailer, gate << kChunkBits | slot);  // in the section, as in TrackModuleBlock
   LeaveOwnSection(record);
   return true;
@@ -632,7 +644,7 @@ bool ForgetModuleBlock(void* user, const Located& block) {
   if (record == my_record) {
     OwnerSection section(record);
     if (entry->block.load(std::memory_order_relaxed) != user) return false;
-    record->usage[entry->module].Add(-static_cast<int64_t>(entry->size), -1);
+    record->usage.Add(entry->module, -static_cast<int64_t>(entry->size), -1);
     entry->block.store(nullptr, std::memory_order_relaxed);
     entry->next = record->free_head;
     record->free_head = entry;
@@ -640,7 +652,7 @@ bool ForgetModuleBlock(void* user, const Located& block) {
   }
   std::lock_guard<SpinLock> lock(record->remote_lock);
   if (entry->block.load(std::memory_order_relaxed) != user) return false;
-  record->remote_usage[entry->module].Add(-static_cast<int64_t>(entry->size), -1);
+  record->remote_usage.Add(entry->module, -static_cast<int64_t>(entry->size), -1);
   entry->block.store(nullptr, std::memory_order_relaxed);
   entry->next = record->remote_head.load(std::memory_order_relaxed);
   record->remote_head.store(entry, std::memory_order_release);
@@ -854,7 +866,11 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
   ModuleId module = CurrentModule();
   auto address = reinterpret_cast<uintptr_t>(user);
   Record* record = my_record;
-  if (address % 16 != 0 || address < kLowestBlock) [[unlikely]] {
+  // A thread with no record holds no block this path could free; it goes to
+  // the slow path before EnterOwnSection, whose store to no_record's busy
+  // flag (on gate's line, shared by every such thread) would make each
+  // module-scope free of theirs move that line between cores.
+  if (address % 16 != 0 || address < kLowestBlock || record == &no_record) [[unlikely]] {
     ReleaseInModuleScopeSlow(user, caller, function);
     return;
   }
@@ -867,12 +883,18 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
   // before a pointer the module frees): beyond kInlineTrailerReach the slow
   // path reads it safely (a syscall, ~1.4 us here: too slow for every block
   // that crosses a page, so nearer trailers are read here, see there). A
-  // size below glibc's least chunk (32) goes there too: its trailer would
-  // lie before the header. The rest of PlausibleChunk (the flag bits) is not
-  // needed here: this path frees only a pointer its entry holds, and such a
-  // pointer's header is glibc's.
+  // word that no glibc chunk has as header (PlausibleChunk: a size below 32,
+  // whose trailer would lie before the header, or a size that is not a
+  // multiple of 16, or mmapped together with a non-main arena) goes there
+  // too and is never followed: the slow path refuses it as "not a heap
+  // block" without a load. The flags matter here although this path frees
+  // only a pointer its entry holds: the load comes before the entry is
+  // found, and a header such as 0x1008 before a PROT_NONE page would fault
+  // here where the slow path refuses the free (dealloc_test's
+  // ImplausibleHeaderBeforeAProtNonePage*). One and of two compares, no
+  // branch between them.
   uint64_t value = 0;
-  if (header - 32 < kInlineTrailerReach - 32) [[likely]] value = ProbeLoad(trailer);
+  if (PlausibleChunk(header) & (header < kInlineTrailerReach)) [[likely]] value = ProbeLoad(trailer);
 #ifndef RELIB_HEAP_PROBES
   SetCrashNote(nullptr);
 #endif
@@ -894,7 +916,7 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
     ReleaseInModuleScopeSlow(user, caller, function);  // another module's block, or Detach took it meanwhile
     return;
   }
-  record->usage[module].Add(-static_cast<int64_t>(entry->size), -1);
+  record->usage.Add(module, -static_cast<int64_t>(entry->size), -1);
   entry->block.store(nullptr, std::memory_order_relaxed);
   entry->next = record->free_head;
   record->free_head = entry;
@@ -1041,8 +1063,8 @@ Usage TakeAll(ModuleId id, bool free_blocks) {
         StoreTrailer(trailer, HostTrailer(user));
       }
     }
-    record->usage[id].Reset();
-    record->remote_usage[id].Reset();
+    record->usage.Reset(id);
+    record->remote_usage.Reset(id);
     if (live_end < used) Shrink(record, live_end, used);
   }
   return usage;
@@ -1114,9 +1136,9 @@ Usage LiveUsage(ModuleId id) {
   uint32_t count = record_count.load(std::memory_order_acquire);
   for (uint32_t i = 0; i < count; ++i) {
     const Record* record = records[i].load(std::memory_order_acquire);
-    for (const Counter* counter : {&record->usage[id], &record->remote_usage[id]}) {
-      usage.bytes += counter->bytes();
-      usage.blocks += counter->blocks();
+    for (const Counters* counters : {&record->usage, &record->remote_usage}) {
+      usage.bytes += counters->Bytes(id);
+      usage.blocks += counters->Blocks(id);
     }
   }
   return usage;
@@ -1163,6 +1185,11 @@ Usage FreeAll(ModuleId id) {
   return usage;
 }
 Usage Detach(ModuleId id) { return TakeAll(id, false); }
+
+void WhileWalkingForTesting(void (*during)(void*), void* context) {
+  Walk walk;
+  during(context);
+}
 
 }  // namespace relib::agent::heap
 

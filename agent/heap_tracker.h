@@ -95,6 +95,13 @@ Usage FreeAll(ModuleId id);
 // host's, never twice).
 Usage Detach(ModuleId id);
 
+// Test only (tests/heap_tracker_test.cc, the walk handshake): calls
+// `during(context)` inside a walk of every record, as TopSites, FreeAll and
+// Detach make one: a thread that allocates or frees a block of a tracked
+// module meanwhile waits until it returns. `during` must not allocate or
+// free in module scope itself (it would wait for its own walk).
+void WhileWalkingForTesting(void (*during)(void*), void* context);
+
 }  // namespace relib::agent::heap
 
 #endif  // RELIB_AGENT_HEAP_TRACKER_H_

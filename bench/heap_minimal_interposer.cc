@@ -38,6 +38,16 @@ struct Entry {
 struct Books {
   uint32_t free_head;  // 0 in a new thread: slots are handed out from `fresh`
   uint32_t fresh;
+  // Two arrays, not a 16-byte {bytes, blocks} pair per module as the
+  // tracker's Counter: the floor must be the least, and here the pair is
+  // not. A thread-local array of 8-byte words is updated by one add with a
+  // %fs-relative scaled address each; a 16-byte stride has no scaled
+  // address, so the pair costs a shift and two address adds more per
+  // update (and written as two += GCC makes it one slower vector add).
+  // Measured in 3 interleaved rounds (least CPU time) against these arrays:
+  // the pair with scalar adds 0.0-0.9 ns a pair slower on 18 of 20 rows,
+  // with the vector add 0.3-1.3 ns on 17 of 20. In a loop both arrays' lines
+  // stay in L1, so the second line costs nothing measurable.
   int64_t bytes[kModules];
   int64_t blocks[kModules];
   Entry entries[kSlots];

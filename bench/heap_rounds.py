@@ -22,17 +22,33 @@ import subprocess
 import sys
 import tempfile
 
+# One benchmark run takes about --min-time seconds (list: instant); one
+# still running after this hangs, and scripts/bench says so instead of waiting.
+RUN_TIMEOUT_SECONDS = 120
+
 
 def list_tests(path):
-    out = subprocess.run([path, "--benchmark_list_tests=true"], check=True, capture_output=True, text=True).stdout
+    done = subprocess.run([path, "--benchmark_list_tests=true"], capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_SECONDS)
+    if done.returncode != 0:
+        raise SystemExit(f"heap_rounds.py: {path} --benchmark_list_tests: exit status {done.returncode}\n"
+                         f"{done.stderr[-2000:]}")
+    out = done.stdout
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
 def run_one(path, name, min_time, scratch):
     out = os.path.join(scratch, "one.json")
-    subprocess.run([path, f"--benchmark_filter=^{re.escape(name)}$", f"--benchmark_min_time={min_time}",
-                    f"--benchmark_out={out}", "--benchmark_out_format=json"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [path, f"--benchmark_filter=^{re.escape(name)}$", f"--benchmark_min_time={min_time}",
+               f"--benchmark_out={out}", "--benchmark_out_format=json"]
+    try:
+        done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              timeout=RUN_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"heap_rounds.py: {os.path.basename(path)} {name}: no result after {RUN_TIMEOUT_SECONDS} s")
+    if done.returncode != 0:
+        how = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit status {done.returncode}"
+        raise SystemExit(f"heap_rounds.py: {os.path.basename(path)} {name}: {how}\n{done.stderr[-2000:]}")
     with open(out) as f:
         data = json.load(f)
     runs = [b for b in data["benchmarks"] if b.get("run_type", "iteration") == "iteration"]

@@ -190,6 +190,51 @@ TEST_F(DeallocTest, FarTrailerOfAPlausibleHeaderAbortsAsAnInvalidFree) {
   EXPECT_EQ(Call("m", "ping"), "pong");
 }
 
+// Headers no glibc chunk has (0x1008: size not a multiple of 16; 0x1006:
+// mmapped and of a non-main arena) before a pointer 0x20 bytes short of a
+// PROT_NONE page: the would-be trailer (~4 KiB on) must not be read. Under
+// leak the free is refused and the worker lives on; under abort the worker
+// dies of relib's SIGABRT naming the invalid free. Before the fix (heap-5's
+// inline path checked only the size range) both policies died of SIGSEGV
+// with a note wrongly saying the memory around the pointer is not mapped.
+TEST_F(DeallocTest, ImplausibleHeaderBeforeAProtNonePageIsRefusedUnderLeak) {
+  SKIP_UNDER_SANITIZER();
+  relibd_.reset();
+  StartDaemon({"--invalid-free", "leak"});
+  v1::LoadResponse loaded;
+  ASSERT_TRUE(Load("m", k_dealloc, &loaded).ok());
+  for (const char* header : {"0x1008", "0x1006"}) {
+    grpc::Status status;
+    std::string out = Call("m", "free_bad_flags_header", header, &status);
+    ASSERT_TRUE(status.ok()) << header << ": " << status.error_message();
+    EXPECT_EQ(out, std::string("freed a pointer with header ") + header);
+    EXPECT_EQ(Call("m", "ping"), "pong");
+  }
+  EXPECT_EQ(WorkerOf("m"), loaded.module().worker_pid());
+  EXPECT_THAT(relibd_->Log(), AllOf(HasSubstr("invalid free"), HasSubstr("module 'm'"), HasSubstr("not a heap block"),
+                                    HasSubstr("refused")));
+}
+
+TEST_F(DeallocTest, ImplausibleHeaderBeforeAProtNonePageAbortsAsAnInvalidFree) {
+  SKIP_UNDER_SANITIZER();
+  relibd_.reset();
+  StartDaemon({"--max-restarts", "100", "--restart-backoff-ms", "20"});
+  ASSERT_TRUE(Load("m", k_dealloc).ok());
+  for (const char* header : {"0x1008", "0x1006"}) {
+    pid_t before = WorkerOf("m");
+    grpc::Status status;
+    std::string out = Call("m", "free_bad_flags_header", header, &status);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << header << ": " << out;
+    EXPECT_THAT(status.error_message(),
+                AllOf(HasSubstr("SIGABRT"), HasSubstr("in code of module 'm'"), HasSubstr("invalid free"),
+                      HasSubstr("not a heap block (never allocated"), HasSubstr("export 'free_bad_flags_header'")))
+        << header;
+    v1::ModuleInfo m = WaitForState("m", v1::MODULE_STATE_LOADED);
+    EXPECT_NE(m.worker_pid(), before) << header;
+    EXPECT_EQ(Call("m", "ping"), "pong") << header;
+  }
+}
+
 // A free whose chunk header is not mapped faults inside free's validation:
 // the worker dies of SIGSEGV blamed on the module, and the crash names the
 // cause (the inline path finds it from the faulting address, not from a note

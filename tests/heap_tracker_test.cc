@@ -6,6 +6,7 @@
 #include <link.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -357,7 +358,8 @@ TEST_F(HeapTrackerTest, WalksWhileTwoThreadsAllocate) {
 // the same records hand out every entry once and the books agree (counters,
 // the entries TopSites walks, what FreeAll frees). A stress test: a race
 // the walk handshake excludes must land to show (a mutant whose owners
-// ignored a pending walk passed 25 runs of it).
+// ignored a pending walk passed it); OwnersWaitForAPendingWalk tests the
+// handshake itself, deterministically.
 TEST_F(HeapTrackerTest, OwnersAllocateAndFreeThroughDetachingWalks) {
   constexpr int kKept = 256;
   std::atomic<bool> stop{false};
@@ -389,7 +391,13 @@ TEST_F(HeapTrackerTest, OwnersAllocateAndFreeThroughDetachingWalks) {
   stop = true;
   for (auto& thread : threads) thread.join();
   EXPECT_GT(walks, 100);
-  heap::Detach(id_);  // what the last round left (the threads freed theirs)
+  // The threads freed every block they kept: the books say none is left.
+  EXPECT_EQ(heap::LiveUsage(id_).blocks, 0);
+  EXPECT_EQ(heap::LiveUsage(id_).bytes, 0);
+  EXPECT_EQ(SumBlocks(heap::TopSites(id_, 1000)), 0);
+  heap::Usage left = heap::Detach(id_);
+  EXPECT_EQ(left.blocks, 0);
+  EXPECT_EQ(left.bytes, 0);
   heap::StartTracking(id_, /*capture_sites=*/true);
   // The records the two threads used, with their lists as the walks left
   // them, are adopted again: every entry must be handed out once.
@@ -408,6 +416,62 @@ TEST_F(HeapTrackerTest, OwnersAllocateAndFreeThroughDetachingWalks) {
   EXPECT_EQ(freed.blocks, 2 * kBlocks);
   EXPECT_EQ(freed.bytes, 2 * kBlocks * 32);
   EXPECT_EQ(heap::LiveUsage(id_).blocks, 0);
+}
+
+// The walk handshake, deterministically: while a walk holds the owners out
+// (WhileWalkingForTesting, as TopSites, FreeAll and Detach do), an owner
+// with a free entry at hand and a live block in its first chunk calls malloc,
+// then free, in module scope: neither returns before the walk ends. A mutant
+// whose owners ignore kWalkPending (EnterOwnSection's gate without the bit)
+// returns from both at once.
+struct HeldWalk {
+  std::atomic<int>* step;
+  int next;                    // the step that lets the owner go
+  std::atomic<bool>* returned;  // set by the owner when its call returned
+  bool returned_during_walk = false;
+};
+// Inside the walk: lets the owner go, then gives its call 300 ms to return.
+void HoldWalk(void* context) {
+  auto* held = static_cast<HeldWalk*>(context);
+  held->step->store(held->next);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(300);
+  while (!held->returned->load() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  held->returned_during_walk = held->returned->load();
+}
+
+TEST_F(HeapTrackerTest, OwnersWaitForAPendingWalk) {
+  std::atomic<int> step{0};
+  std::atomic<bool> malloc_returned{false};
+  std::atomic<bool> free_returned{false};
+  std::thread owner([&] {
+    ModuleScope scope(id_);
+    void* live = std::malloc(48);  // a live block of the first chunk
+    sink = live;
+    std::free(std::malloc(48));  // and a free entry at hand
+    step = 1;
+    while (step.load() != 2) std::this_thread::yield();
+    void* fresh = std::malloc(64);  // during the first walk
+    sink = fresh;
+    malloc_returned = true;
+    while (step.load() != 3) std::this_thread::yield();
+    std::free(live);  // during the second walk
+    free_returned = true;
+    std::free(fresh);
+  });
+  while (step.load() != 1) std::this_thread::yield();
+  HeldWalk first{&step, 2, &malloc_returned};
+  heap::WhileWalkingForTesting(&HoldWalk, &first);
+  EXPECT_FALSE(first.returned_during_walk) << "malloc in module scope returned while a walk was pending";
+  while (!malloc_returned.load()) std::this_thread::yield();  // released with the walk
+  HeldWalk second{&step, 3, &free_returned};
+  heap::WhileWalkingForTesting(&HoldWalk, &second);
+  EXPECT_FALSE(second.returned_during_walk) << "free in module scope returned while a walk was pending";
+  owner.join();
+  EXPECT_TRUE(free_returned.load());
+  EXPECT_EQ(heap::LiveUsage(id_).blocks, 0);
+  EXPECT_EQ(SumBlocks(heap::TopSites(id_, 100)), 0);
 }
 
 // A child forked while another thread allocates and frees module memory finds
@@ -495,6 +559,19 @@ TEST_F(HeapTrackerTest, InvalidFreesByModuleCodeAreRefused) {
     std::free(Launder(static_cast<char*>(host) + 512));   // interior of the host's
     std::free(Launder(stack + 64));                       // never allocated
     std::free(Launder(reinterpret_cast<void*>(1)));       // relib's 0x1
+    // Headers no glibc chunk has, 0x20 bytes before a PROT_NONE page: the
+    // trailer they would point at (~4 KiB on) must not be read.
+    const auto page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+    auto* pages = static_cast<char*>(
+        ::mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    ASSERT_NE(pages, MAP_FAILED);
+    ASSERT_EQ(::mprotect(pages + page, page, PROT_NONE), 0);
+    for (uint64_t header : {uint64_t{0x1008}, uint64_t{0x1006}}) {
+      char* user = pages + page - 0x20;
+      std::memcpy(user - 8, &header, sizeof(header));
+      std::free(Launder(user));  // refused (before the fix: SIGSEGV)
+    }
+    ::munmap(pages, 2 * page);
     EXPECT_EQ(std::realloc(Launder(host), 4096), nullptr);
     EXPECT_EQ(errno, EINVAL);
     EXPECT_EQ(heap::LiveUsage(id_).blocks, 1);  // `own`, untouched
@@ -509,6 +586,40 @@ TEST_F(HeapTrackerTest, InvalidFreesByModuleCodeAreRefused) {
   EXPECT_EQ(heap::LiveUsage(other).blocks, 0);
   heap::Detach(other);
   ReleaseModuleId(other);
+  SetModuleRange(id_, 0, 0);
+}
+
+// A thread with more live blocks than its first chunk of entries holds
+// (65536): free's inline path takes only first-chunk slots, the rest go to
+// the slow path, which validates them (module code frees them here) and
+// must take each as the module's own: under the default abort policy a
+// refused one would kill the test. Counts and walks agree throughout.
+TEST_F(HeapTrackerTest, ModuleCodeFreesBlocksBeyondTheFirstChunk) {
+  uintptr_t range[2] = {0, 0};
+  dl_iterate_phdr(&FindExecutable, range);
+  SetModuleRange(id_, range[0], range[1]);
+  constexpr int kBlocks = 70000;  // slots 0..69999: the last 4464 beyond the first chunk
+  std::vector<void*> blocks;
+  blocks.reserve(kBlocks);  // the host's, outside the scope
+  // (Checks outside the scope: TopSites's vector is the host's, and this
+  // code freeing it in the scope would be an invalid free.)
+  {
+    ModuleScope scope(id_);
+    for (int i = 0; i < kBlocks; ++i) blocks.push_back(std::malloc(16));
+  }
+  EXPECT_EQ(heap::LiveUsage(id_).blocks, kBlocks);
+  {
+    ModuleScope scope(id_);
+    for (int i = kBlocks; i-- > 60000;) std::free(Launder(blocks[i]));  // beyond, then within the first chunk
+  }
+  EXPECT_EQ(heap::LiveUsage(id_).blocks, 60000);
+  EXPECT_EQ(SumBlocks(heap::TopSites(id_, 1000)), 60000);
+  {
+    ModuleScope scope(id_);
+    for (int i = 0; i < 60000; ++i) std::free(Launder(blocks[i]));
+  }
+  EXPECT_EQ(heap::LiveUsage(id_).blocks, 0);
+  EXPECT_EQ(heap::LiveUsage(id_).bytes, 0);
   SetModuleRange(id_, 0, 0);
 }
 

@@ -111,6 +111,27 @@ std::string FreeUnmappedHeader(std::string_view) {
   return "freed a pointer after an unmapped page";
 }
 
+// A pointer 0x20 bytes before a PROT_NONE page whose preceding word is the
+// header given as input (e.g. 0x1008: size bit 3 set; 0x1006: mmapped and of
+// a non-main arena, which glibc never sets together): no glibc chunk has such
+// a header, and the trailer it would point at (~4 KiB on) lies in the
+// PROT_NONE page. The free must be refused as "not a heap block" without
+// reading that trailer. The thread first allocates and frees a block of its
+// own, so the free takes the tracker's inline path.
+std::string FreeBadFlagsHeader(std::string_view input) {
+  std::free(Launder(std::malloc(64)));
+  uint64_t header = std::strtoull(std::string(input).c_str(), nullptr, 0);
+  const auto page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  auto* pages = static_cast<char*>(::mmap(nullptr, 2 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  if (pages == MAP_FAILED) return "mmap failed";
+  ::mprotect(pages + page, page, PROT_NONE);
+  char* user = pages + page - 0x20;
+  std::memcpy(user - 8, &header, sizeof(header));
+  std::free(Launder(user));
+  ::munmap(pages, 2 * page);
+  return "freed a pointer with header " + std::string(input);
+}
+
 // Everything here frees only what the module (or libc/libstdc++ on its
 // behalf) allocated: must never be reported.
 std::string Churn(std::string_view input) {
@@ -155,4 +176,5 @@ RELIB_MODULE("dealloc", nullptr, nullptr, relib::Export<FreeInput>("free_input")
              relib::Export<FreeBogus>("free_bogus"), relib::Export<FreeInterior>("free_interior"),
              relib::Export<DoubleFree>("double_free"), relib::Export<Churn>("churn"), relib::Export<Ping>("ping"),
              relib::Export<FreeFarHeader>("free_far_header"),
-             relib::Export<FreeUnmappedHeader>("free_unmapped_header"));
+             relib::Export<FreeUnmappedHeader>("free_unmapped_header"),
+             relib::Export<FreeBadFlagsHeader>("free_bad_flags_header"));
