@@ -186,7 +186,11 @@ LinkReader::DrainResult LinkReader::Drain(bool leading) {
   const uint64_t limit = link_.frame_limit();
   // The last recv filled less than it could: the socket held nothing more
   // then, so once its frames are handled there is nothing to read (what
-  // comes later is seen by the holder's release or poll, or the watch).
+  // comes later is seen by the leader's level-triggered poll, or by the
+  // watch its release turns back on). Only a leader stops there: the reader
+  // thread's edge-triggered watch, already harvested, would never report an
+  // end of the link that came with the last bytes, so it reads until the
+  // socket says EAGAIN or EOF.
   bool emptied = false;
   while (true) {
     while (end_ - begin_ >= common::kFrameHeaderBytes) {
@@ -229,7 +233,7 @@ LinkReader::DrainResult LinkReader::Drain(bool leading) {
     ssize_t n = ::recv(link_.fd(), buffer_.data() + end_, room, MSG_DONTWAIT);
     if (n > 0) {
       end_ += static_cast<size_t>(n);
-      emptied = static_cast<size_t>(n) < room;
+      emptied = leading && static_cast<size_t>(n) < room;
       continue;
     }
     if (n < 0 && errno == EINTR) continue;

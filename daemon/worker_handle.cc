@@ -429,7 +429,11 @@ WorkerHandle::ReadResult WorkerHandle::ReadAvailable(bool on_io_thread) {
   const uint64_t limit = common::LinkFrameLimit(options_.max_message_bytes);
   // The last recv filled less than it could: the socket held nothing more
   // then, so once its frames are delivered there is nothing to read (what
-  // comes later is seen by ReleaseReadLocked, Lead's poll or the watch).
+  // comes later is seen by Lead's level-triggered poll, or by the watch that
+  // giving the reading back re-adds). Only a leading Request stops there:
+  // the io thread's edge-triggered wait, already harvested, would never
+  // report an end of the link that came with the last bytes, so it reads
+  // until the socket says EAGAIN or EOF.
   bool emptied = false;
   while (true) {
     // Every complete frame first.
@@ -471,7 +475,7 @@ WorkerHandle::ReadResult WorkerHandle::ReadAvailable(bool on_io_thread) {
     ssize_t n = ::recv(link_fd_, read_buffer_.data() + read_end_, room, MSG_DONTWAIT);
     if (n > 0) {
       read_end_ += static_cast<size_t>(n);
-      emptied = static_cast<size_t>(n) < room;
+      emptied = !on_io_thread && static_cast<size_t>(n) < room;
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
@@ -828,8 +832,10 @@ absl::StatusOr<v1::link::Reply> WorkerHandle::Request(v1::link::ToWorker command
     // Request to the next costs more than the hop it saves.
     std::lock_guard<std::mutex> lock(mutex_);
     if (++blocked_requests_ > 1) last_overlap_ = now;
-    lead = kLoneCallReadsReply && tail.size() <= kLeadFrameLimit && !reading_ && !read_ended_ && !closed_ &&
-           !dying_ && blocked_requests_ == 1 && now - last_overlap_ > kOverlapMemory;
+    // Without the wake-up eventfd a reply answered another way (an encode
+    // error, Finish) could leave the leader in its first poll: no lead then.
+    lead = kLoneCallReadsReply && wake_fd_.valid() && tail.size() <= kLeadFrameLimit && !reading_ && !read_ended_ &&
+           !closed_ && !dying_ && blocked_requests_ == 1 && now - last_overlap_ > kOverlapMemory;
     if (lead) {
       reading_ = true;
       request_reads_ = true;

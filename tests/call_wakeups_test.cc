@@ -51,8 +51,20 @@ class CallWakeupsTest : public RelibdTest {
     argv.push_back(nullptr);
     pid_t tracer = 0;
     if (::posix_spawn(&tracer, argv[0], nullptr, nullptr, argv.data(), environ) != 0) return -1;
-    // strace attaches to every thread before it traces; give it time.
-    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    // strace attaches to every thread before it traces: wait until each
+    // thread names it as its tracer (a fixed sleep misses reads on a loaded
+    // machine); a tracer that cannot attach (ptrace not permitted) exits.
+    const auto attach_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!AllThreadsTracedBy(pid, tracer)) {
+      int status = 0;
+      if (::waitpid(tracer, &status, WNOHANG) == tracer || std::chrono::steady_clock::now() > attach_deadline) {
+        ::kill(tracer, SIGKILL);
+        ::waitpid(tracer, &status, 0);
+        std::filesystem::remove(out);
+        return -1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     work();
     ::kill(tracer, SIGINT);  // detaches and writes the summary
     int status = 0;
@@ -62,12 +74,40 @@ class CallWakeupsTest : public RelibdTest {
     int64_t calls = -1;
     // "... seconds  usecs/call  calls  [errors] recvfrom"
     const std::regex row(R"(^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(\d+\s+)?recvfrom\s*$)");
+    bool summary = false;  // strace's table header: "% time     seconds ..."
     while (std::getline(in, line)) {
+      if (line.find("% time") != std::string::npos) summary = true;
       std::smatch match;
       if (std::regex_match(line, match, row)) calls = std::stoll(match[1]);
     }
     std::filesystem::remove(out);
-    return WIFEXITED(status) || WIFSIGNALED(status) ? std::max<int64_t>(calls, 0) : -1;
+    // Ended by our SIGINT (or exited 0) with a summary: its count (0 if no
+    // recvfrom row); anything else means strace could not trace here.
+    const bool stopped = (WIFSIGNALED(status) && WTERMSIG(status) == SIGINT) ||
+                         (WIFEXITED(status) && (WEXITSTATUS(status) == 0 || WEXITSTATUS(status) == 128 + SIGINT));
+    if (!stopped || !summary) return -1;
+    return std::max<int64_t>(calls, 0);
+  }
+
+  // True if every thread of `pid` has `tracer` as its TracerPid.
+  static bool AllThreadsTracedBy(pid_t pid, pid_t tracer) {
+    const std::string tracer_line = "TracerPid:\t" + std::to_string(tracer);
+    int threads = 0;
+    std::error_code error;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", error)) {
+      std::ifstream status(entry.path() / "status");
+      std::string line;
+      bool traced = false;
+      while (std::getline(status, line)) {
+        if (line.rfind("TracerPid:", 0) == 0) {
+          traced = line == tracer_line;
+          break;
+        }
+      }
+      if (!traced) return false;
+      ++threads;
+    }
+    return !error && threads > 0;
   }
 };
 
