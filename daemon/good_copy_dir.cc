@@ -12,25 +12,28 @@ GoodCopyDir::GoodCopyDir(std::string dir) : state_(std::make_shared<State>()) {
 }
 
 common::UniqueFd GoodCopyDir::TakeSpare() {
-  std::lock_guard<std::mutex> lock(state_->mutex);
-  return std::move(state_->spare);
-}
-
-void GoodCopyDir::TidyNow() {
+  common::UniqueFd spare;
+  bool make;
   {
-    // Under the lock, as the chore does: a ForgetRemoval of the same name
-    // (a new copy about to take it) waits until the old file is gone.
     std::lock_guard<std::mutex> lock(state_->mutex);
-    for (const std::string& path : state_->removals) ::unlink(path.c_str());
-    state_->removals.clear();
-    if (state_->spare.valid() || state_->making) return;
+    spare = std::move(state_->spare);
+    make = !state_->making;
     state_->making = true;
   }
-  // A file system without O_TMPFILE: no spare, the caller creates files.
-  common::UniqueFd made(::open(state_->dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600));
-  std::lock_guard<std::mutex> lock(state_->mutex);
-  state_->making = false;
-  if (!state_->spare.valid()) state_->spare = std::move(made);
+  if (!make) {
+    chores_.Kick();  // removals deferred by RemoveLater run now
+    return spare;
+  }
+  // Also runs the removals deferred by RemoveLater, first: while this
+  // request copies (and then waits for its worker), a CPU is free.
+  chores_.Post([state = state_] {
+    // A file system without O_TMPFILE: no spare, the caller creates files.
+    common::UniqueFd made(::open(state->dir.c_str(), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600));
+    std::lock_guard<std::mutex> lock(state->mutex);
+    state->making = false;
+    if (!state->spare.valid()) state->spare = std::move(made);
+  });
+  return spare;
 }
 
 void GoodCopyDir::RemoveLater(const std::string& path) {

@@ -631,11 +631,9 @@ absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const s
   std::vector<common::UniqueFd> fds;
   auto command = LoadCommand(name, candidate, path, 1, options, false, fds);
   const std::string placed = PlaceInScratch(**worker, candidate, *command.mutable_load());
-  // The next copy's inode and earlier removals, made while the worker loads
-  // (see GoodCopyDir).
   auto reply = (*worker)->Request(std::move(command), absl::StrCat("load of module '", name, "'"),
                                   CommandDeadline(options, {common::Phase::kLoad, common::Phase::kOnLoad}),
-                                  std::move(fds), {}, [this] { good_copies_.TidyNow(); });
+                                  std::move(fds));
   // On success the worker owns the placed file; otherwise it may never have seen it.
   if (!reply.ok() || !ReplyStatus(*reply).ok()) RemoveFile(placed);
   if (!reply.ok()) return fail(reply.status());
@@ -788,10 +786,8 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
                                          common::Phase::kUnloadChecks, common::Phase::kLoad, common::Phase::kOnLoad});
   }
   const auto sent = std::chrono::steady_clock::now();
-  // The next copy's inode and the last reload's removals, made on this
-  // thread while the worker loads (see GoodCopyDir).
   auto reply = (*worker)->Request(std::move(command), absl::StrCat("reload of module '", name, "'"), deadline,
-                                  std::move(fds), {}, [this] { good_copies_.TidyNow(); });
+                                  std::move(fds));
   const auto answered = std::chrono::steady_clock::now();
   // On success the worker owns the placed file; otherwise it may never have seen it.
   if (!reply.ok() || !ReplyStatus(*reply).ok()) RemoveFile(placed);
@@ -1060,7 +1056,6 @@ std::pair<int, int> Supervisor::Restore(const std::vector<ModuleTable::Entry>& e
     record->info.set_last_error("restoring after a restart of relibd");
     // relibd's working copy comes from the table's copy (which stays as it is).
     auto copy = StageCopy(module.name(), module.version(), entry.copy, /*own_copy=*/true);
-    good_copies_.TidyNow();  // the next copy's inode
     if (copy.ok()) {
       record->good_copy = *copy;
       if (std::find(groups.begin(), groups.end(), module.worker()) == groups.end()) groups.push_back(module.worker());
