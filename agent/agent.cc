@@ -188,13 +188,17 @@ CallScheduler::Limits Agent::LimitsFor(const ModuleOptions& options, bool thread
 }
 
 bool Agent::Dispatch(v1::link::ToWorker& command) {
+  if (command.command_case() != v1::link::ToWorker::kUsageRequest) stop_leading_.store(true);
   if (command.command_case() == v1::link::ToWorker::kUsageRequest) {
     if (absl::Status sent = SendUsage(command.id()); !sent.ok()) {
       spdlog::warn("phase=link cannot send usage: {}", sent.ToString());
     }
     return true;
   }
-  if (command.command_case() != v1::link::ToWorker::kCall) return false;
+  if (command.command_case() != v1::link::ToWorker::kCall) {
+    commands_queued_.fetch_add(1);  // the reader queues it for the control thread
+    return false;
+  }
   const uint64_t id = command.id();
   std::string module = command.call().name();
   CallScheduler::Job job;
@@ -415,24 +419,66 @@ absl::Status Agent::Run() {
   hello.mutable_hello()->set_pid(::getpid());
   hello.mutable_hello()->set_abi_version(RELIB_ABI_VERSION);
   if (absl::Status status = link_.Send(hello); !status.ok()) return status;
+  // The last command's reply, sent once this thread holds the link (see
+  // NextLifecycleCommand: relibd's next command, which may come as soon as
+  // the reply is read, then wakes this thread alone), then the file-system
+  // work that reply did not wait for.
+  std::optional<v1::link::FromWorker> answer;
+  absl::Status sent;
+  const std::function<void()> after_command = [&] {
+    if (!answer) return;
+    sent = link_.Send(*answer);
+    answer.reset();
+    if (!sent.ok()) stop_leading_.store(true);  // the link is gone: Run ends
+    loader_.FinishAfterReply();
+  };
   while (true) {
-    // No timeout to speak of: an idle worker does not wake up.
-    auto next = reader_.NextCommand(std::chrono::hours(24));
+    auto next = NextLifecycleCommand(after_command);
+    if (!sent.ok()) return sent;
     if (absl::IsUnavailable(next.status())) return absl::OkStatus();  // relibd closed the link
     if (!next.ok()) return next.status();
-    if (!next->has_value()) continue;
-    const v1::link::ToWorker& command = **next;
-    v1::link::FromWorker answer;
-    v1::link::Reply& reply = *answer.mutable_reply();
+    const v1::link::ToWorker& command = *next;
+    answer.emplace();
+    v1::link::Reply& reply = *answer->mutable_reply();
     reply.set_id(command.id());
     Execute(command, reply);
     if (recorder_ != nullptr) recorder_->LeaveToIdle();
     // The usage rides with the reply and relibd applies it first: a client
     // that sees the reply then asks for Status finds it current.
     FillUsage(*reply.mutable_usage());
-    if (absl::Status status = link_.Send(answer); !status.ok()) return status;
-    loader_.FinishAfterReply();
   }
+}
+
+absl::StatusOr<v1::link::ToWorker> Agent::NextLifecycleCommand(const std::function<void()>& meanwhile) {
+  bool ran = false;
+  auto run_meanwhile = [&] {
+    if (ran) return;
+    ran = true;
+    meanwhile();
+  };
+  // Reset before the count is looked at: a command queued from here on sets
+  // it again, so the Lead below cannot sleep past it.
+  stop_leading_.store(false);
+  if (commands_queued_.load() == 0) {
+    // Nothing queued: wait on the link on this thread (a command then wakes
+    // this thread alone, not the reader thread and then this one). Busy:
+    // another thread reads and queues what comes, as below. `meanwhile`
+    // runs at the first look at done(), the link held: a reply's client
+    // can send the next command before the work after that reply is done.
+    reader_.Lead([&] {
+      run_meanwhile();
+      return stop_leading_.load();
+    });
+  }
+  run_meanwhile();
+  // Never a timed wait for an empty queue: a wait of 0 ms still slept the
+  // timer slack (~50 µs) in the kernel. No timeout to speak of: an idle
+  // worker does not wake up.
+  auto next = reader_.NextCommand(std::chrono::hours(24));
+  while (next.ok() && !next->has_value()) next = reader_.NextCommand(std::chrono::hours(24));
+  if (!next.ok()) return next.status();
+  commands_queued_.fetch_sub(1);
+  return std::move(**next);
 }
 
 void Agent::Execute(const v1::link::ToWorker& command, v1::link::Reply& reply) {

@@ -6,10 +6,15 @@
 // and bounded queue) and answers usage requests itself; lifecycle commands
 // (load, reload, unload) run one at a time, in order, on the thread that
 // called Run (the control thread), which holds a module's calls around its
-// swap. Replies go back as each command completes.
+// swap. Replies go back as each command completes. An idle control thread
+// waits on the link itself when nobody else does (LinkReader::Lead), so a
+// lifecycle command wakes the thread that runs it and no other; it stops
+// at the first call it reads, leaving the link to the executors.
 #ifndef RELIB_AGENT_AGENT_H_
 #define RELIB_AGENT_AGENT_H_
 
+#include <atomic>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -68,6 +73,14 @@ class Agent : public HostServices {
 
  private:
   void Execute(const v1::link::ToWorker& command, v1::link::Reply& reply);
+  // Control thread, idle: the next lifecycle command (waiting as long as it
+  // takes), read by this thread itself when nobody else reads the link.
+  // `meanwhile` (the last command's reply and the work after it) runs
+  // first, exactly once, while this thread holds the link if it can: a
+  // command that comes during or right after it then waits for this thread
+  // instead of waking the reader thread to queue it.
+  // UNAVAILABLE once relibd closed the link, or the error that ended it.
+  absl::StatusOr<v1::link::ToWorker> NextLifecycleCommand(const std::function<void()>& meanwhile);
   // Link reader thread: takes calls (to the scheduler) and usage requests.
   bool Dispatch(v1::link::ToWorker& command);
   // Executor thread: runs `command` (a call) if `admitted`, and replies.
@@ -110,6 +123,15 @@ class Agent : public HostServices {
   // Held while a host request gets its id and is sent: ids grow in the order
   // relibd sees the requests.
   std::mutex request_order_mutex_;
+  // Set by Dispatch for every lifecycle command and call it sees: the
+  // control thread, if it leads the link, stops (a lifecycle command is its
+  // work; a call's executor leads better, see CallScheduler). Reset by the
+  // control thread before it looks for queued commands.
+  std::atomic<bool> stop_leading_{false};
+  // Lifecycle (and unknown) commands Dispatch let the reader queue that the
+  // control thread has not taken yet: it leads the link only when there are
+  // none (rather than asking the queue with a timed wait).
+  std::atomic<int> commands_queued_{0};
   ModuleLoader loader_;
   // Destroyed before the loader (its threads call into it) and after the
   // reader (which feeds it).

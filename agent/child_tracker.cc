@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <mutex>
@@ -73,6 +74,17 @@ void ReapForgotten(Record& record) {
   ::waitid(P_PIDFD, pidfd.get(), &info, WEXITED | WNOHANG);
 }
 
+// Whether the process has any child at all (of any of its threads, of any
+// kind: __WALL; zombies and adopted orphans count): one system call, where
+// the scan of /proc/PID/task/*/children opens a file per thread. ECHILD is
+// the kernel's own "none"; WNOWAIT leaves every child as it is.
+bool HasAnyChild() {
+  siginfo_t info;
+  std::memset(&info, 0, sizeof(info));
+  return !(::waitid(P_ALL, 0, &info, WEXITED | WSTOPPED | WCONTINUED | WNOHANG | WNOWAIT | __WALL) != 0 &&
+           errno == ECHILD);
+}
+
 template <typename T>
 T Real(const char* name, const char* version = nullptr) {
   HostScope host;
@@ -126,6 +138,7 @@ void Sweep() {
   }
   last_pid_seen = last_pid;
   last_full_scan = now;
+  if (!HasAnyChild()) return;  // nothing for the scan to find
   for (const common::ProcStat& child : common::ChildrenOf(::getpid())) {
     bool known = false;
     for (const Record& record : all) known = known || (record.pid == child.pid && record.start_time == child.start_time);

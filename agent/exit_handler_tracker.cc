@@ -4,6 +4,7 @@
 
 #include <list>
 #include <mutex>
+#include <vector>
 
 #include "agent/symbolize.h"
 #include "agent/fork_lock.h"
@@ -33,6 +34,16 @@ std::list<Handler>& Handlers() {
   if (handlers == nullptr) handlers = new std::list<Handler>();
   return *handlers;
 }
+
+// Registrations with a dso handle kept back by Hold, in order.
+struct HeldRegistration {
+  ModuleId module;
+  void (*fn)(void*);
+  void* arg;
+  void* dso;
+};
+bool holding[kMaxModules + 1] = {};                     // ABSL_GUARDED_BY(handlers_mutex)
+std::vector<HeldRegistration>* held = nullptr;          // ABSL_GUARDED_BY(handlers_mutex); never freed
 
 // Distinct addresses that stand for each module on glibc's lists (never a
 // real library's dso handle).
@@ -136,6 +147,36 @@ std::vector<CodeReference> Finalize(ModuleId id) {
   return references;
 }
 
+void Hold(ModuleId id) {
+  if (id == kHost || id >= kMaxModules) return;
+  std::lock_guard<std::mutex> lock(handlers_mutex);
+  holding[id] = true;
+}
+
+void Release(ModuleId id) {
+  if (id == kHost || id >= kMaxModules) return;
+  std::vector<HeldRegistration> mine;
+  {
+    HostScope host;  // the vectors are process state
+    std::lock_guard<std::mutex> lock(handlers_mutex);
+    if (!holding[id]) return;
+    holding[id] = false;
+    if (held != nullptr) {
+      for (auto it = held->begin(); it != held->end();) {
+        if (it->module == id) {
+          mine.push_back(*it);
+          it = held->erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+  }
+  static CxaAtexit real = Real<CxaAtexit>("__cxa_atexit");
+  HostScope host;  // glibc's list blocks are process state
+  for (const HeldRegistration& registration : mine) real(registration.fn, registration.arg, registration.dso);
+}
+
 int Discard(ModuleId id) {
   {
     HostScope host;
@@ -160,9 +201,18 @@ extern "C" {
 int __cxa_atexit(void (*fn)(void*), void* arg, void* dso) noexcept {
   using namespace relib::agent::exits;
   if (dso != nullptr) {
+    const relib::agent::ModuleId module = relib::agent::CurrentModule();
+    relib::agent::HostScope host;  // glibc's list blocks and the held ones are process state
+    if (module != kHost && module < relib::agent::kMaxModules) {
+      std::lock_guard<std::mutex> lock(handlers_mutex);
+      if (holding[module]) {  // see Hold: glibc gets it once the old version's slots are free
+        if (held == nullptr) held = new std::vector<HeldRegistration>();
+        held->push_back(HeldRegistration{module, fn, arg, dso});
+        return 0;
+      }
+    }
     static CxaAtexit real = Real<CxaAtexit>("__cxa_atexit");
-    relib::agent::HostScope host;  // glibc's list blocks are process state
-    return real(fn, arg, dso);     // glibc drops it at that library's dlclose
+    return real(fn, arg, dso);  // glibc drops it at that library's dlclose
   }
   return RegisterExit(Kind::kExit, reinterpret_cast<void*>(fn), arg);
 }

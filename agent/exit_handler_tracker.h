@@ -32,6 +32,20 @@ std::vector<CodeReference> Finalize(ModuleId id);
 // dlclose: static destructors may have registered more). Returns how many.
 int Discard(ModuleId id);
 
+// glibc keeps the exit handlers libraries register with their own dso
+// handle (their static destructors) in one list and reuses a freed slot only
+// at the list's end. A reload opens the new version before it closes the old
+// one, so the new version's entries went in after the old one's, whose slots
+// were never used again: 32 bytes and a longer list for every later dlclose
+// (and Finalize, Discard) to walk, per reload, for the life of the worker.
+// Hold(id): registrations with a dso handle made in `id`'s scope (its static
+// constructors, at dlopen) are kept here; Release(id) passes them to glibc,
+// in order, once the old version's slots are free (idempotent; also call it
+// before `id`'s dlclose on any path, or its static destructors do not run).
+// Both from the thread that loads and unloads.
+void Hold(ModuleId id);
+void Release(ModuleId id);
+
 }  // namespace relib::agent::exits
 
 #endif  // RELIB_AGENT_EXIT_HANDLER_TRACKER_H_

@@ -211,9 +211,12 @@ class ModuleLoader {
   struct Module;
 
   // Copy + dlopen + descriptor + ABI checks, no on_load.
+  // `hold_exit_registrations`: the version replaces one still loaded; its
+  // static constructors' exit registrations wait (exits::Hold) until the
+  // caller's exits::Release, once the old version is closed.
   absl::StatusOr<std::unique_ptr<Module>> Open(const std::string& name, const std::string& path, uint64_t version,
                                                const ModuleOptions& options, const std::string& display_path,
-                                               bool placed_in_scratch = false);
+                                               bool placed_in_scratch = false, bool hold_exit_registrations = false);
   absl::Status RunOnLoad(Module& module);
   // before_unload (fills report); FAILED_PRECONDITION if it failed and !force.
   absl::Status RunBeforeUnload(Module& module, bool force, UnloadReport& report);
