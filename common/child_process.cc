@@ -37,6 +37,11 @@ std::set<pid_t>& Owned() {
   return *owned;
 }
 
+std::shared_mutex& SpawnMutex() {
+  static auto* mutex = new std::shared_mutex();  // never freed: used until exit
+  return *mutex;
+}
+
 int PidfdOpen(pid_t pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
 
 int PidfdSendSignal(int pidfd, int signal) {
@@ -128,6 +133,8 @@ std::string ExitStatus::ToString() const {
                       core_dumped ? ", core dumped" : "");
 }
 
+SpawnFreeScope::SpawnFreeScope() : lock_(SpawnMutex()) {}
+
 absl::StatusOr<ChildProcess> ChildProcess::Spawn(const SpawnOptions& options) {
   if (options.argv.empty()) return absl::InvalidArgumentError("spawn: empty argv");
   if (options.fds.size() > 64) return absl::InvalidArgumentError("spawn: too many fds");
@@ -159,6 +166,9 @@ absl::StatusOr<ChildProcess> ChildProcess::Spawn(const SpawnOptions& options) {
     // child resets its handlers before it unblocks.
     sigset_t all, old;
     sigfillset(&all);
+    // Exclusive across the clone, which returns once the child has exec'd
+    // (CLONE_VFORK): see SpawnFreeScope.
+    std::unique_lock<std::shared_mutex> spawning(SpawnMutex());
     ::pthread_sigmask(SIG_SETMASK, &all, &old);
     std::lock_guard<std::mutex> lock(owned_mutex);
     pid = ::clone(ChildMain, static_cast<char*>(stack) + kChildStackBytes, CLONE_VM | CLONE_VFORK | SIGCHLD, &args);

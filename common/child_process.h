@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include <optional>
+#include <shared_mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,6 +52,24 @@ struct SpawnOptions {
   bool no_new_privs = false;
   // setrlimit(resource, limit) in the child before exec.
   std::vector<std::pair<int, std::pair<uint64_t, uint64_t>>> rlimits;
+};
+
+// While one lives, no child of this process is between its clone and its
+// exec: ChildProcess::Spawn waits for every scope to end, and a scope waits
+// for a Spawn under way. Until it closes them before its exec, a fresh child
+// holds a copy of every descriptor its parent has open, and another process
+// may count a file's open descriptions: a worker proves its hard link of
+// relibd's module copy unused with a file lease, which any such copy
+// refuses. Held while relibd writes a module copy. A shared lock: scopes do
+// not wait for each other.
+class SpawnFreeScope {
+ public:
+  SpawnFreeScope();
+  SpawnFreeScope(const SpawnFreeScope&) = delete;
+  SpawnFreeScope& operator=(const SpawnFreeScope&) = delete;
+
+ private:
+  std::shared_lock<std::shared_mutex> lock_;
 };
 
 // Owns a child process. Unless already reaped, the destructor sends SIGKILL

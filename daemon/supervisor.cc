@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/child_process.h"
 #include "common/log_text.h"
 #include "daemon/module_file.h"
 #include "daemon/request_validation.h"
@@ -338,6 +339,9 @@ absl::StatusOr<std::string> Supervisor::StageCopy(const std::string& name, uint6
   std::optional<gid_t> group;
   if (options_.worker.run_as) group = options_.worker.run_as->gid;
   good_copies_.ForgetRemoval(copy);
+  // A worker of relibd's user hard-links this copy and proves it unused with
+  // a lease: no child of relibd's may hold its write descriptor meanwhile.
+  common::SpawnFreeScope no_spawn;
   if (absl::Status copied = CopyModuleFile(source, copy, options_.max_module_bytes, group, good_copies_.TakeSpare());
       !copied.ok()) {
     return copied;
