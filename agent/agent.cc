@@ -188,7 +188,6 @@ CallScheduler::Limits Agent::LimitsFor(const ModuleOptions& options, bool thread
 }
 
 bool Agent::Dispatch(v1::link::ToWorker& command) {
-  if (command.command_case() != v1::link::ToWorker::kUsageRequest) stop_leading_.store(true);
   if (command.command_case() == v1::link::ToWorker::kUsageRequest) {
     if (absl::Status sent = SendUsage(command.id()); !sent.ok()) {
       spdlog::warn("phase=link cannot send usage: {}", sent.ToString());
@@ -196,9 +195,17 @@ bool Agent::Dispatch(v1::link::ToWorker& command) {
     return true;
   }
   if (command.command_case() != v1::link::ToWorker::kCall) {
-    commands_queued_.fetch_add(1);  // the reader queues it for the control thread
+    // The reader queues it for the control thread. Counted before the flag
+    // is set: a control thread that reset the flag and then found the count
+    // 0 sees the flag set (it was set after the reset), so it never sleeps
+    // on the link with this command queued. Flag first, the count could be
+    // looked at between the two stores and the flag reset after the first.
+    commands_queued_.fetch_add(1);
+    if (race_hooks_ != nullptr && race_hooks_->dispatch_between_stores) race_hooks_->dispatch_between_stores();
+    stop_leading_.store(true);
     return false;
   }
+  stop_leading_.store(true);
   const uint64_t id = command.id();
   std::string module = command.call().name();
   CallScheduler::Job job;
@@ -456,10 +463,13 @@ absl::StatusOr<v1::link::ToWorker> Agent::NextLifecycleCommand(const std::functi
     ran = true;
     meanwhile();
   };
-  // Reset before the count is looked at: a command queued from here on sets
-  // it again, so the Lead below cannot sleep past it.
+  // Reset before the count is looked at: a command counted after the look
+  // sets the flag after this reset (Dispatch counts first), so the Lead
+  // below cannot sleep past it.
+  if (race_hooks_ != nullptr && race_hooks_->before_reset) race_hooks_->before_reset();
   stop_leading_.store(false);
   if (commands_queued_.load() == 0) {
+    if (race_hooks_ != nullptr && race_hooks_->before_lead) race_hooks_->before_lead();
     // Nothing queued: wait on the link on this thread (a command then wakes
     // this thread alone, not the reader thread and then this one). Busy:
     // another thread reads and queues what comes, as below. `meanwhile`
