@@ -432,12 +432,12 @@ absl::Status Agent::Run() {
   // work that reply did not wait for.
   std::optional<v1::link::FromWorker> answer;
   absl::Status sent;
-  const std::function<void()> after_command = [&] {
-    if (!answer) return;
+  const std::function<absl::Status()> after_command = [&] {
+    if (!answer) return absl::OkStatus();
     sent = link_.Send(*answer);
     answer.reset();
-    if (!sent.ok()) stop_leading_.store(true);  // the link is gone: Run ends
     loader_.FinishAfterReply();
+    return sent;
   };
   while (true) {
     auto next = NextLifecycleCommand(after_command);
@@ -456,12 +456,13 @@ absl::Status Agent::Run() {
   }
 }
 
-absl::StatusOr<v1::link::ToWorker> Agent::NextLifecycleCommand(const std::function<void()>& meanwhile) {
+absl::StatusOr<v1::link::ToWorker> Agent::NextLifecycleCommand(const std::function<absl::Status()>& meanwhile) {
   bool ran = false;
+  absl::Status meanwhile_status;
   auto run_meanwhile = [&] {
     if (ran) return;
     ran = true;
-    meanwhile();
+    meanwhile_status = meanwhile();
   };
   // Reset before the count is looked at: a command counted after the look
   // sets the flag after this reset (Dispatch counts first), so the Lead
@@ -477,10 +478,13 @@ absl::StatusOr<v1::link::ToWorker> Agent::NextLifecycleCommand(const std::functi
     // can send the next command before the work after that reply is done.
     reader_.Lead([&] {
       run_meanwhile();
-      return stop_leading_.load();
+      return stop_leading_.load() || !meanwhile_status.ok();
     });
   }
   run_meanwhile();
+  // The reply was not sent (the link is gone, or the reply is over the frame
+  // limit): relibd, still waiting for it, sends no next command.
+  if (!meanwhile_status.ok()) return meanwhile_status;
   // Never a timed wait for an empty queue: a wait of 0 ms still slept the
   // timer slack (~50 µs) in the kernel. No timeout to speak of: an idle
   // worker does not wake up.

@@ -93,8 +93,9 @@ class Agent : public HostServices {
   // first, exactly once, while this thread holds the link if it can: a
   // command that comes during or right after it then waits for this thread
   // instead of waking the reader thread to queue it.
-  // UNAVAILABLE once relibd closed the link, or the error that ended it.
-  absl::StatusOr<v1::link::ToWorker> NextLifecycleCommand(const std::function<void()>& meanwhile);
+  // UNAVAILABLE once relibd closed the link, or the error that ended it;
+  // the error `meanwhile` returned (the reply was not sent), without waiting.
+  absl::StatusOr<v1::link::ToWorker> NextLifecycleCommand(const std::function<absl::Status()>& meanwhile);
   // Link reader thread: takes calls (to the scheduler) and usage requests.
   bool Dispatch(v1::link::ToWorker& command);
   // Executor thread: runs `command` (a call) if `admitted`, and replies.

@@ -118,5 +118,42 @@ TEST(AgentControlLoopTest, ACommandMarkedWhileTheControlThreadLooksIsRun) {
   agent.reset();
 }
 
+// Review finding 2: a reply that cannot be sent (here: larger than the
+// link's frame limit, RESOURCE_EXHAUSTED, the link itself still fine) ends
+// Run with that error, as before the control thread led the link; it must
+// not wait for the next command, which relibd, still waiting for this
+// reply, never sends (the worker hung until relibd's phase deadline).
+TEST(AgentControlLoopTest, AReplyThatCannotBeSentEndsRun) {
+  ::signal(SIGPIPE, SIG_IGN);
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  common::UniqueFd relibd_side(pair[0]);
+  // Room for the hello, not for the reply's error message.
+  constexpr uint64_t kFrameLimit = 32;
+  DaemonLink link{common::UniqueFd(pair[1]), common::UniqueFd(), kFrameLimit};
+  auto scratch = common::TempDir::Create("/tmp", "relib-agent-control-test-");
+  ASSERT_THAT(scratch, IsOk());
+  std::optional<Agent> agent;
+  agent.emplace(link, scratch->path(), nullptr, HostLimits{kFrameLimit});
+  absl::Status ran;
+  Event finished;
+  std::thread control([&] {
+    ran = agent->Run();
+    finished.Notify();
+  });
+
+  v1::link::FromWorker hello;
+  ASSERT_TRUE(ReadFrameWithin(relibd_side.get(), &hello, std::chrono::seconds(5)));
+  v1::link::ToWorker command;
+  command.set_id(7);
+  ASSERT_THAT(common::WriteFrame(relibd_side.get(), command), IsOk());
+  const bool ended = finished.WaitFor(std::chrono::seconds(3));
+  EXPECT_TRUE(ended) << "Run went on waiting for a command after its reply could not be sent";
+  relibd_side.Reset();  // ends Run if it still waits
+  control.join();
+  EXPECT_EQ(ran.code(), absl::StatusCode::kResourceExhausted) << ran;
+  agent.reset();
+}
+
 }  // namespace
 }  // namespace relib::agent
