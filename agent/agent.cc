@@ -432,15 +432,18 @@ absl::Status Agent::Run() {
   // work that reply did not wait for.
   std::optional<v1::link::FromWorker> answer;
   absl::Status sent;
-  const std::function<absl::Status()> after_command = [&] {
+  const std::function<absl::Status()> send_reply = [&] {
     if (!answer) return absl::OkStatus();
     sent = link_.Send(*answer);
     answer.reset();
-    loader_.FinishAfterReply();
     return sent;
   };
+  const std::function<void()> after_reply = [&] {
+    if (race_hooks_ != nullptr && race_hooks_->after_reply) race_hooks_->after_reply();
+    loader_.FinishAfterReply();
+  };
   while (true) {
-    auto next = NextLifecycleCommand(after_command);
+    auto next = NextLifecycleCommand(send_reply, after_reply);
     if (!sent.ok()) return sent;
     if (absl::IsUnavailable(next.status())) return absl::OkStatus();  // relibd closed the link
     if (!next.ok()) return next.status();
@@ -456,35 +459,49 @@ absl::Status Agent::Run() {
   }
 }
 
-absl::StatusOr<v1::link::ToWorker> Agent::NextLifecycleCommand(const std::function<absl::Status()>& meanwhile) {
-  bool ran = false;
-  absl::Status meanwhile_status;
-  auto run_meanwhile = [&] {
-    if (ran) return;
-    ran = true;
-    meanwhile_status = meanwhile();
+absl::StatusOr<v1::link::ToWorker> Agent::NextLifecycleCommand(const std::function<absl::Status()>& send_reply,
+                                                               const std::function<void()>& after_reply) {
+  bool replied = false;
+  absl::Status sent;
+  auto reply_once = [&] {
+    if (replied) return;
+    replied = true;
+    sent = send_reply();
   };
   // Reset before the count is looked at: a command counted after the look
-  // sets the flag after this reset (Dispatch counts first), so the Lead
-  // below cannot sleep past it.
+  // sets the flag after this reset (Dispatch counts first), so neither Lead
+  // below can sleep past it (the flag is not reset between them).
   if (race_hooks_ != nullptr && race_hooks_->before_reset) race_hooks_->before_reset();
   stop_leading_.store(false);
   if (commands_queued_.load() == 0) {
     if (race_hooks_ != nullptr && race_hooks_->before_lead) race_hooks_->before_lead();
-    // Nothing queued: wait on the link on this thread (a command then wakes
-    // this thread alone, not the reader thread and then this one). Busy:
-    // another thread reads and queues what comes, as below. `meanwhile`
-    // runs at the first look at done(), the link held: a reply's client
-    // can send the next command before the work after that reply is done.
-    reader_.Lead([&] {
-      run_meanwhile();
-      return stop_leading_.load() || !meanwhile_status.ok();
-    });
+    // Nothing queued: the reply goes out with the link held, so that
+    // relibd's next command, which may come as soon as the reply is read,
+    // waits for this thread (it then wakes this thread alone, not the
+    // reader thread and then this one). The token is let go for the file
+    // work after the reply: calls of other modules and relibd's answers to
+    // host requests are read meanwhile (by the reader thread). Then this
+    // thread waits on the link again. Busy: another thread reads and queues
+    // what comes, as below.
+    if (reader_.Lead([&] {
+          reply_once();
+          return true;
+        }) == LinkReader::LeadResult::kLed &&
+        sent.ok()) {
+      after_reply();
+      if (commands_queued_.load() == 0) reader_.Lead([&] { return stop_leading_.load(); });
+      return NextQueuedCommand();
+    }
   }
-  run_meanwhile();
+  reply_once();
   // The reply was not sent (the link is gone, or the reply is over the frame
   // limit): relibd, still waiting for it, sends no next command.
-  if (!meanwhile_status.ok()) return meanwhile_status;
+  if (!sent.ok()) return sent;
+  after_reply();
+  return NextQueuedCommand();
+}
+
+absl::StatusOr<v1::link::ToWorker> Agent::NextQueuedCommand() {
   // Never a timed wait for an empty queue: a wait of 0 ms still slept the
   // timer slack (~50 µs) in the kernel. No timeout to speak of: an idle
   // worker does not wake up.

@@ -69,6 +69,9 @@ class Agent : public HostServices {
     // the control thread leads (the queue looked empty).
     std::function<void()> before_reset;
     std::function<void()> before_lead;
+    // Run: the control thread's work after a reply (removing the old copy,
+    // making the spare), before it.
+    std::function<void()> after_reply;
   };
   void set_race_hooks_for_testing(const RaceHooks* hooks) { race_hooks_ = hooks; }
 
@@ -89,13 +92,18 @@ class Agent : public HostServices {
   void Execute(const v1::link::ToWorker& command, v1::link::Reply& reply);
   // Control thread, idle: the next lifecycle command (waiting as long as it
   // takes), read by this thread itself when nobody else reads the link.
-  // `meanwhile` (the last command's reply and the work after it) runs
-  // first, exactly once, while this thread holds the link if it can: a
-  // command that comes during or right after it then waits for this thread
-  // instead of waking the reader thread to queue it.
+  // First, exactly once each: `send_reply` (the last command's reply), while
+  // this thread holds the link if it can (a command that comes right after
+  // it then waits for this thread instead of waking the reader thread to
+  // queue it), then `after_reply` (the work the reply did not wait for),
+  // with the link let go (others' calls and host answers are read).
   // UNAVAILABLE once relibd closed the link, or the error that ended it;
-  // the error `meanwhile` returned (the reply was not sent), without waiting.
-  absl::StatusOr<v1::link::ToWorker> NextLifecycleCommand(const std::function<absl::Status()>& meanwhile);
+  // the error `send_reply` returned (the reply was not sent), without
+  // waiting for a command.
+  absl::StatusOr<v1::link::ToWorker> NextLifecycleCommand(const std::function<absl::Status()>& send_reply,
+                                                          const std::function<void()>& after_reply);
+  // The next command the reader queued, waiting as long as it takes.
+  absl::StatusOr<v1::link::ToWorker> NextQueuedCommand();
   // Link reader thread: takes calls (to the scheduler) and usage requests.
   bool Dispatch(v1::link::ToWorker& command);
   // Executor thread: runs `command` (a call) if `admitted`, and replies.

@@ -155,5 +155,58 @@ TEST(AgentControlLoopTest, AReplyThatCannotBeSentEndsRun) {
   agent.reset();
 }
 
+// Review finding 3: the control thread's file work after a reply (removing
+// the old copy, making the spare) is done with the link let go: frames that
+// come meanwhile (calls of other modules, relibd's answers to host
+// requests, usage requests) are read by another thread, not left in the
+// socket until that work ends. Here the work is made to last 2 s and a
+// usage request (answered by whoever reads it) is sent during it.
+TEST(AgentControlLoopTest, FramesAreReadWhileTheControlThreadWorksAfterAReply) {
+  ::signal(SIGPIPE, SIG_IGN);
+  int pair[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+  common::UniqueFd relibd_side(pair[0]);
+  DaemonLink link{common::UniqueFd(pair[1]), common::UniqueFd()};
+  auto scratch = common::TempDir::Create("/tmp", "relib-agent-control-test-");
+  ASSERT_THAT(scratch, IsOk());
+  Event working;
+  std::atomic<int> replies{0};
+  Agent::RaceHooks hooks;
+  hooks.after_reply = [&] {
+    if (replies.fetch_add(1) != 1) return;  // the first comes before any command
+    working.Notify();
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+  };
+  std::optional<Agent> agent;
+  agent.emplace(link, scratch->path());
+  agent->set_race_hooks_for_testing(&hooks);
+  absl::Status ran;
+  std::thread control([&] { ran = agent->Run(); });
+
+  v1::link::FromWorker frame;
+  ASSERT_TRUE(ReadFrameWithin(relibd_side.get(), &frame, std::chrono::seconds(5)));
+  ASSERT_TRUE(frame.has_hello());
+  v1::link::ToWorker command;
+  command.set_id(7);
+  ASSERT_THAT(common::WriteFrame(relibd_side.get(), command), IsOk());
+  ASSERT_TRUE(working.WaitFor(std::chrono::seconds(5)));
+  v1::link::ToWorker usage;
+  usage.set_id(8);
+  usage.mutable_usage_request();
+  ASSERT_THAT(common::WriteFrame(relibd_side.get(), usage), IsOk());
+  // The reply to 7 came first; then the usage, well before the work ends.
+  ASSERT_TRUE(ReadFrameWithin(relibd_side.get(), &frame, std::chrono::seconds(1)));
+  EXPECT_EQ(frame.reply().id(), 7u);
+  const bool answered = ReadFrameWithin(relibd_side.get(), &frame, std::chrono::milliseconds(1000));
+  EXPECT_TRUE(answered) << "the usage request waited behind the control thread's work after its reply";
+  if (answered) {
+    EXPECT_TRUE(frame.has_usage());
+    EXPECT_EQ(frame.usage().request_id(), 8u);
+  }
+  relibd_side.Reset();
+  control.join();
+  agent.reset();
+}
+
 }  // namespace
 }  // namespace relib::agent
