@@ -188,7 +188,6 @@ CallScheduler::Limits Agent::LimitsFor(const ModuleOptions& options, bool thread
 }
 
 bool Agent::Dispatch(v1::link::ToWorker& command) {
-  if (command.command_case() != v1::link::ToWorker::kUsageRequest) stop_leading_.store(true);
   if (command.command_case() == v1::link::ToWorker::kUsageRequest) {
     if (absl::Status sent = SendUsage(command.id()); !sent.ok()) {
       spdlog::warn("phase=link cannot send usage: {}", sent.ToString());
@@ -196,9 +195,17 @@ bool Agent::Dispatch(v1::link::ToWorker& command) {
     return true;
   }
   if (command.command_case() != v1::link::ToWorker::kCall) {
-    commands_queued_.fetch_add(1);  // the reader queues it for the control thread
+    // The reader queues it for the control thread. Counted before the flag
+    // is set: a control thread that reset the flag and then found the count
+    // 0 sees the flag set (it was set after the reset), so it never sleeps
+    // on the link with this command queued. Flag first, the count could be
+    // looked at between the two stores and the flag reset after the first.
+    commands_queued_.fetch_add(1);
+    if (race_hooks_ != nullptr && race_hooks_->dispatch_between_stores) race_hooks_->dispatch_between_stores();
+    stop_leading_.store(true);
     return false;
   }
+  stop_leading_.store(true);
   const uint64_t id = command.id();
   std::string module = command.call().name();
   CallScheduler::Job job;
@@ -425,15 +432,18 @@ absl::Status Agent::Run() {
   // work that reply did not wait for.
   std::optional<v1::link::FromWorker> answer;
   absl::Status sent;
-  const std::function<void()> after_command = [&] {
-    if (!answer) return;
+  const std::function<absl::Status()> send_reply = [&] {
+    if (!answer) return absl::OkStatus();
     sent = link_.Send(*answer);
     answer.reset();
-    if (!sent.ok()) stop_leading_.store(true);  // the link is gone: Run ends
+    return sent;
+  };
+  const std::function<void()> after_reply = [&] {
+    if (race_hooks_ != nullptr && race_hooks_->after_reply) race_hooks_->after_reply();
     loader_.FinishAfterReply();
   };
   while (true) {
-    auto next = NextLifecycleCommand(after_command);
+    auto next = NextLifecycleCommand(send_reply, after_reply);
     if (!sent.ok()) return sent;
     if (absl::IsUnavailable(next.status())) return absl::OkStatus();  // relibd closed the link
     if (!next.ok()) return next.status();
@@ -449,28 +459,49 @@ absl::Status Agent::Run() {
   }
 }
 
-absl::StatusOr<v1::link::ToWorker> Agent::NextLifecycleCommand(const std::function<void()>& meanwhile) {
-  bool ran = false;
-  auto run_meanwhile = [&] {
-    if (ran) return;
-    ran = true;
-    meanwhile();
+absl::StatusOr<v1::link::ToWorker> Agent::NextLifecycleCommand(const std::function<absl::Status()>& send_reply,
+                                                               const std::function<void()>& after_reply) {
+  bool replied = false;
+  absl::Status sent;
+  auto reply_once = [&] {
+    if (replied) return;
+    replied = true;
+    sent = send_reply();
   };
-  // Reset before the count is looked at: a command queued from here on sets
-  // it again, so the Lead below cannot sleep past it.
+  // Reset before the count is looked at: a command counted after the look
+  // sets the flag after this reset (Dispatch counts first), so neither Lead
+  // below can sleep past it (the flag is not reset between them).
+  if (race_hooks_ != nullptr && race_hooks_->before_reset) race_hooks_->before_reset();
   stop_leading_.store(false);
   if (commands_queued_.load() == 0) {
-    // Nothing queued: wait on the link on this thread (a command then wakes
-    // this thread alone, not the reader thread and then this one). Busy:
-    // another thread reads and queues what comes, as below. `meanwhile`
-    // runs at the first look at done(), the link held: a reply's client
-    // can send the next command before the work after that reply is done.
-    reader_.Lead([&] {
-      run_meanwhile();
-      return stop_leading_.load();
-    });
+    if (race_hooks_ != nullptr && race_hooks_->before_lead) race_hooks_->before_lead();
+    // Nothing queued: the reply goes out with the link held, so that
+    // relibd's next command, which may come as soon as the reply is read,
+    // waits for this thread (it then wakes this thread alone, not the
+    // reader thread and then this one). The token is let go for the file
+    // work after the reply: calls of other modules and relibd's answers to
+    // host requests are read meanwhile (by the reader thread). Then this
+    // thread waits on the link again. Busy: another thread reads and queues
+    // what comes, as below.
+    if (reader_.Lead([&] {
+          reply_once();
+          return true;
+        }) == LinkReader::LeadResult::kLed &&
+        sent.ok()) {
+      after_reply();
+      if (commands_queued_.load() == 0) reader_.Lead([&] { return stop_leading_.load(); });
+      return NextQueuedCommand();
+    }
   }
-  run_meanwhile();
+  reply_once();
+  // The reply was not sent (the link is gone, or the reply is over the frame
+  // limit): relibd, still waiting for it, sends no next command.
+  if (!sent.ok()) return sent;
+  after_reply();
+  return NextQueuedCommand();
+}
+
+absl::StatusOr<v1::link::ToWorker> Agent::NextQueuedCommand() {
   // Never a timed wait for an empty queue: a wait of 0 ms still slept the
   // timer slack (~50 µs) in the kernel. No timeout to speak of: an idle
   // worker does not wake up.

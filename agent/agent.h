@@ -58,6 +58,23 @@ class Agent : public HostServices {
   // error). Sends usage after each lifecycle command and when asked.
   absl::Status Run();
 
+  // Test-only points in the hand-over of lifecycle commands between the
+  // token holder and the control thread, for tests that force one ordering
+  // of the two. Null in production. Set before Run, never changed during it.
+  struct RaceHooks {
+    // Dispatch, a lifecycle command: between its two stores (the count and
+    // the stop flag).
+    std::function<void()> dispatch_between_stores;
+    // NextLifecycleCommand: before the stop flag is reset, and right before
+    // the control thread leads (the queue looked empty).
+    std::function<void()> before_reset;
+    std::function<void()> before_lead;
+    // Run: the control thread's work after a reply (removing the old copy,
+    // making the spare), before it.
+    std::function<void()> after_reply;
+  };
+  void set_race_hooks_for_testing(const RaceHooks* hooks) { race_hooks_ = hooks; }
+
   // The most bytes one export call may output (see ModuleLoader).
   void set_output_limit(uint64_t bytes) { loader_.set_output_limit(bytes); }
 
@@ -75,12 +92,18 @@ class Agent : public HostServices {
   void Execute(const v1::link::ToWorker& command, v1::link::Reply& reply);
   // Control thread, idle: the next lifecycle command (waiting as long as it
   // takes), read by this thread itself when nobody else reads the link.
-  // `meanwhile` (the last command's reply and the work after it) runs
-  // first, exactly once, while this thread holds the link if it can: a
-  // command that comes during or right after it then waits for this thread
-  // instead of waking the reader thread to queue it.
-  // UNAVAILABLE once relibd closed the link, or the error that ended it.
-  absl::StatusOr<v1::link::ToWorker> NextLifecycleCommand(const std::function<void()>& meanwhile);
+  // First, exactly once each: `send_reply` (the last command's reply), while
+  // this thread holds the link if it can (a command that comes right after
+  // it then waits for this thread instead of waking the reader thread to
+  // queue it), then `after_reply` (the work the reply did not wait for),
+  // with the link let go (others' calls and host answers are read).
+  // UNAVAILABLE once relibd closed the link, or the error that ended it;
+  // the error `send_reply` returned (the reply was not sent), without
+  // waiting for a command.
+  absl::StatusOr<v1::link::ToWorker> NextLifecycleCommand(const std::function<absl::Status()>& send_reply,
+                                                          const std::function<void()>& after_reply);
+  // The next command the reader queued, waiting as long as it takes.
+  absl::StatusOr<v1::link::ToWorker> NextQueuedCommand();
   // Link reader thread: takes calls (to the scheduler) and usage requests.
   bool Dispatch(v1::link::ToWorker& command);
   // Executor thread: runs `command` (a call) if `admitted`, and replies.
@@ -125,13 +148,15 @@ class Agent : public HostServices {
   std::mutex request_order_mutex_;
   // Set by Dispatch for every lifecycle command and call it sees: the
   // control thread, if it leads the link, stops (a lifecycle command is its
-  // work; a call's executor leads better, see CallScheduler). Reset by the
-  // control thread before it looks for queued commands.
+  // work; a call's executor leads better, see CallScheduler); for a
+  // lifecycle command only after it is counted in commands_queued_. Reset
+  // by the control thread before it looks at that count.
   std::atomic<bool> stop_leading_{false};
   // Lifecycle (and unknown) commands Dispatch let the reader queue that the
   // control thread has not taken yet: it leads the link only when there are
   // none (rather than asking the queue with a timed wait).
   std::atomic<int> commands_queued_{0};
+  const RaceHooks* race_hooks_ = nullptr;
   ModuleLoader loader_;
   // Destroyed before the loader (its threads call into it) and after the
   // reader (which feeds it).

@@ -155,26 +155,21 @@ void Hold(ModuleId id) {
 
 void Release(ModuleId id) {
   if (id == kHost || id >= kMaxModules) return;
-  std::vector<HeldRegistration> mine;
-  {
-    HostScope host;  // the vectors are process state
-    std::lock_guard<std::mutex> lock(handlers_mutex);
-    if (!holding[id]) return;
-    holding[id] = false;
-    if (held != nullptr) {
-      for (auto it = held->begin(); it != held->end();) {
-        if (it->module == id) {
-          mine.push_back(*it);
-          it = held->erase(it);
-        } else {
-          ++it;
-        }
-      }
-    }
-  }
   static CxaAtexit real = Real<CxaAtexit>("__cxa_atexit");
-  HostScope host;  // glibc's list blocks are process state
-  for (const HeldRegistration& registration : mine) real(registration.fn, registration.arg, registration.dso);
+  HostScope host;  // the held list and glibc's list blocks are process state
+  // glibc gets the held registrations under the lock that decides whether a
+  // registration is held: one made meanwhile (a thread the new version's
+  // constructor started) waits, and lands after them, as it would have
+  // without the hold. glibc's __cxa_atexit takes only its own lock, and
+  // nothing holding that lock takes this one (it calls handlers unlocked).
+  std::lock_guard<std::mutex> lock(handlers_mutex);
+  if (!holding[id]) return;
+  holding[id] = false;
+  if (held == nullptr) return;
+  for (const HeldRegistration& registration : *held) {
+    if (registration.module == id) real(registration.fn, registration.arg, registration.dso);
+  }
+  std::erase_if(*held, [id](const HeldRegistration& registration) { return registration.module == id; });
 }
 
 int Discard(ModuleId id) {

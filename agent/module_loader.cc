@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -92,9 +93,17 @@ common::UniqueFd CopyIntoSpare(common::UniqueFd spare, int in, const struct stat
   // Named through the descriptor itself where the kernel allows it (Linux
   // 6.10+ for a file this process opened, else CAP_DAC_READ_SEARCH): the
   // /proc path costs a walk through /proc/self/fd (~3 µs more, measured).
-  if (::linkat(spare.get(), "", AT_FDCWD, to.c_str(), AT_EMPTY_PATH) == 0) return spare;
+  // A kernel that refused once (ENOENT) refuses every time: not asked again.
+  static std::atomic<bool> empty_path_refused{false};
+  bool refused_now = false;
+  if (!empty_path_refused.load(std::memory_order_relaxed)) {
+    if (::linkat(spare.get(), "", AT_FDCWD, to.c_str(), AT_EMPTY_PATH) == 0) return spare;
+    refused_now = errno == ENOENT;
+  }
   const std::string self = absl::StrCat("/proc/self/fd/", spare.get());
   if (::linkat(AT_FDCWD, self.c_str(), AT_FDCWD, to.c_str(), AT_SYMLINK_FOLLOW) != 0) return {};
+  // The same link by path worked: the ENOENT was the refusal, not `to`.
+  if (refused_now) empty_path_refused.store(true, std::memory_order_relaxed);
   return spare;
 }
 

@@ -775,23 +775,28 @@ class Bench {
            "µs", P50(total), design_floor, "the reload p50 against the sum of the two p50s", "",
            absl::StrFormat("forwarding server round trip p50 %.0f µs + baseline p50 %.0f µs; floor / baseline %.2fx",
                            P50(forward_trip), P50(baseline), design_floor / P50(baseline))});
-      // What relibd adds to that floor and must keep (its checks are the
-      // product): its checked last-good copy with the allowed-directory
-      // check (relibd's own work), and the unload checks beyond a bare
-      // dlclose (the baseline has the dlclose already). Small module only:
-      // there the worker makes its own copy (the baseline's), so relibd's is
-      // a second one; a large module reaches the worker through a link to
-      // relibd's copy, and the sum would count that copy twice.
-      const double required = std::max(0.0, P50(daemon_own)) + std::max(0.0, unload_p50 - P50(baseline_dlclose));
-      const double checked_floor = design_floor + required;
-      if (std::string_view(m.key) == "small") Add({absl::StrCat("reload_checked_floor_", m.key),
-           absl::StrCat("  floor: that floor + relibd's checked last-good copy and dir checks + the unload checks (",
-                        m.label, ")"),
-           "µs", P50(total), checked_floor, "the reload p50 against the sum of the p50s", "",
-           absl::StrFormat("design floor %.0f µs + relibd's own work p50 %.0f µs + unload checks p50 %.0f µs "
-                           "(unload %.0f - a bare dlclose %.0f); sum / baseline %.2fx",
-                           design_floor, P50(daemon_own), unload_p50 - P50(baseline_dlclose), unload_p50,
-                           P50(baseline_dlclose), checked_floor / P50(baseline))});
+      // A reference, not a floor: the design floor plus relibd's own
+      // measured times for the work it adds and must keep (its last-good
+      // copy with the allowed-directory check, inside relibd's own work
+      // p50, which also holds everything else relibd does for a reload; and
+      // the worker's unload beyond a bare dlclose, its checks as relibd
+      // implements them today). A floor is the least that required work
+      // costs, measured on its own; these are relibd's current costs, so a
+      // reload near this row says only that the rest of the path adds
+      // little. Small module only: there the worker makes its own copy (the
+      // baseline's), so relibd's is a second one; a large module reaches the
+      // worker through a link to relibd's copy, and the sum would count that
+      // copy twice.
+      const double relibd_parts = std::max(0.0, P50(daemon_own)) + std::max(0.0, unload_p50 - P50(baseline_dlclose));
+      const double reference = design_floor + relibd_parts;
+      if (std::string_view(m.key) == "small") Add({absl::StrCat("reload_relibd_parts_reference_", m.key),
+           absl::StrCat("  reference, not a floor: that floor + relibd's own work p50 (its last-good copy, dir "
+                        "checks and the rest) + the worker's unload beyond a bare dlclose (", m.label, ")"),
+           "µs", P50(total), reference, "the reload p50 against the sum of the p50s", "",
+           absl::StrFormat("design floor %.0f µs + relibd's own work p50 %.0f µs + unload p50 %.0f µs - a bare "
+                           "dlclose p50 %.0f µs (relibd's measured costs, not least costs); sum / baseline %.2fx",
+                           design_floor, P50(daemon_own), unload_p50, P50(baseline_dlclose),
+                           reference / P50(baseline))});
     }
     // Worker RSS drift over many reloads of the small module.
     pid_t worker = WorkerOf("reload_small");

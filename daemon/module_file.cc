@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <string>
@@ -86,11 +87,20 @@ absl::StatusOr<uint64_t> CopyBounded(int in, int out, uint64_t limit) {
 // relibd has as root; since Linux 6.10 also a file this process opened),
 // else through the /proc path, which needs neither (a walk through
 // /proc/self/fd, ~3 µs more, measured).
+// A kernel that refused (ENOENT) refuses every time: it is not asked again.
 bool LinkUnnamed(int fd, const std::string& destination) {
-  if (::linkat(fd, "", AT_FDCWD, destination.c_str(), AT_EMPTY_PATH) == 0) return true;
-  if (errno == EEXIST) return false;
+  static std::atomic<bool> empty_path_refused{false};
+  bool refused_now = false;
+  if (!empty_path_refused.load(std::memory_order_relaxed)) {
+    if (::linkat(fd, "", AT_FDCWD, destination.c_str(), AT_EMPTY_PATH) == 0) return true;
+    if (errno == EEXIST) return false;
+    refused_now = errno == ENOENT;
+  }
   const std::string self = absl::StrCat("/proc/self/fd/", fd);
-  return ::linkat(AT_FDCWD, self.c_str(), AT_FDCWD, destination.c_str(), AT_SYMLINK_FOLLOW) == 0;
+  if (::linkat(AT_FDCWD, self.c_str(), AT_FDCWD, destination.c_str(), AT_SYMLINK_FOLLOW) != 0) return false;
+  // The same link by path worked: the ENOENT was the refusal.
+  if (refused_now) empty_path_refused.store(true, std::memory_order_relaxed);
+  return true;
 }
 
 // LinkUnnamed, replacing a leftover of that name.

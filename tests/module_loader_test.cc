@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <thread>
 
 #include "agent/elf_file.h"
 #include "common/proc_maps.h"
@@ -238,6 +239,74 @@ TEST_F(ModuleLoaderTest, ReloadsDoNotGrowGlibcsExitHandlerList) {
   ASSERT_THAT(Unload("m", false), IsOk());
   EXPECT_EQ(std::filesystem::file_size(log), version);
   ::unsetenv("RELIB_TEST_DTOR_LOG");
+}
+
+// A reload that opened the new version (its static destructors' exit
+// registrations held back, see exits::Hold) and then discards it must pass
+// them to glibc before that version's dlclose: its destructors run there,
+// exactly once (never: held for ever; twice: a bug in the hand-over).
+class HeldDestructorsTest : public ModuleLoaderTest {
+ protected:
+  void SetUp() override {
+    ModuleLoaderTest::SetUp();
+    log_ = dir_->path() + "/dtor.log";
+    ::setenv("RELIB_TEST_DTOR_LOG", log_.c_str(), 1);
+  }
+  void TearDown() override {
+    ModuleLoaderTest::TearDown();
+    ::unsetenv("RELIB_TEST_DTOR_LOG");
+  }
+  // Versions of static_dtor whose destructors ran.
+  uintmax_t DestructorRuns() {
+    std::error_code error;
+    uintmax_t size = std::filesystem::file_size(log_, error);
+    return error ? 0 : size;
+  }
+  std::string log_;
+};
+
+TEST_F(HeldDestructorsTest, RunOnceWhenTheOldVersionsBeforeUnloadRefuses) {
+  ASSERT_THAT(Load("m", paths::k_before_unload_fails, 1), IsOk());
+  UnloadReport report;
+  EXPECT_THAT(Reload("m", paths::k_static_dtor, 2, false, report),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("still flushing")));
+  EXPECT_EQ(*loader_->Call("m", "version", ""), "stubborn");
+  EXPECT_EQ(DestructorRuns(), 1u) << "the discarded new version's destructors";
+  ASSERT_THAT(Unload("m", true), IsOk());
+  EXPECT_EQ(DestructorRuns(), 1u);
+  EXPECT_EQ(ScratchMappings(), 0u);
+}
+
+TEST_F(HeldDestructorsTest, RunOnceWhenTheOldVersionKeepsALiveThread) {
+  ModuleOptions options;
+  options.thread_grace = std::chrono::milliseconds(10);
+  ASSERT_THAT(Load("t", paths::k_threads, 1, options), IsOk());
+  // Runs until before_unload, then lingers 100 ms: longer than the grace.
+  ASSERT_THAT(loader_->Call("t", "spawn_stopping", ""), IsOk());
+  UnloadReport report;
+  EXPECT_THAT(Reload("t", paths::k_static_dtor, 2, false, report), ::testing::Not(IsOk()));
+  EXPECT_FALSE(report.live_threads.empty());
+  EXPECT_EQ(*loader_->Call("t", "ping", ""), "pong");
+  EXPECT_EQ(DestructorRuns(), 1u) << "the discarded new version's destructors";
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the thread leaves
+  ASSERT_THAT(Unload("t", false), IsOk());
+  EXPECT_EQ(DestructorRuns(), 1u);
+  EXPECT_EQ(ScratchMappings(), 0u);
+}
+
+TEST_F(HeldDestructorsTest, RunOnceWhenTheNewVersionIsRefusedAfterDlopen) {
+  ASSERT_THAT(Load("m", paths::k_versioned_v1, 1), IsOk());
+  UnloadReport report;
+  EXPECT_THAT(Reload("m", paths::k_static_dtor_wrong_abi, 2, false, report),
+              StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("ABI version")));
+  EXPECT_EQ(DestructorRuns(), 1u) << "the refused version's destructors, at its dlclose";
+  EXPECT_EQ(*loader_->Call("m", "version", ""), "v1");
+  // The next version's registrations are held and released as usual.
+  ASSERT_THAT(Reload("m", paths::k_static_dtor, 3, false, report), IsOk());
+  EXPECT_EQ(DestructorRuns(), 1u);
+  ASSERT_THAT(Unload("m", false), IsOk());
+  EXPECT_EQ(DestructorRuns(), 2u);
+  EXPECT_EQ(ScratchMappings(), 0u);
 }
 
 TEST_F(ModuleLoaderTest, ReloadToBadFileKeepsOldVersion) {

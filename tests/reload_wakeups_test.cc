@@ -18,6 +18,14 @@ class ReloadWakeupsTest : public RelibdTest {
     }
     return -1;
   }
+  // Voluntary context switches of `pid`'s main thread (the worker's control
+  // thread, which runs lifecycle commands); -1 if it is gone.
+  static int64_t ControlThreadSwitches(pid_t pid) {
+    for (const ThreadSwitches& thread : VoluntarySwitchesByThread(pid)) {
+      if (thread.tid == std::to_string(pid)) return thread.voluntary;
+    }
+    return -1;
+  }
 };
 
 // 100 reloads one after another: each reaches the worker's control thread
@@ -47,16 +55,23 @@ TEST_F(ReloadWakeupsTest, ReloadsReachTheControlThreadWithoutWakingTheLinkReader
 // The control thread leads only until it reads a call: after a reload, the
 // module's executor takes the link back, and lone calls again run without
 // waking the link reader (nor stay behind a control thread that waits).
+// Counted on both: a control thread that kept leading would read every call
+// itself (woken once per call) and the link reader would not wake either.
 TEST_F(ReloadWakeupsTest, CallsAfterAReloadStillRunWithoutWakingTheLinkReader) {
   const pid_t worker = LoadOrDie("m", k_versioned_v1);
   ASSERT_TRUE(Reload("m", k_versioned_v2).ok());
   for (int i = 0; i < 20; ++i) ASSERT_EQ(Call("m", "version"), "v2");
   const int64_t before = SwitchesOf(worker, "relib-link");
   ASSERT_GE(before, 0) << "the worker has no thread named relib-link";
+  const int64_t control_before = ControlThreadSwitches(worker);
+  ASSERT_GE(control_before, 0);
   constexpr int kCalls = 300;
   for (int i = 0; i < kCalls; ++i) ASSERT_EQ(Call("m", "version"), "v2");
   const int64_t woken = SwitchesOf(worker, "relib-link") - before;
   EXPECT_LE(woken, kCalls / 10) << "the worker's link reader woke " << woken << " times for " << kCalls << " calls";
+  const int64_t control_woken = ControlThreadSwitches(worker) - control_before;
+  EXPECT_LE(control_woken, kCalls / 10) << "the worker's control thread woke " << control_woken << " times for "
+                                        << kCalls << " calls: it still led the link";
   // Lifecycle commands still arrive while an executor leads.
   ASSERT_TRUE(Reload("m", k_versioned_v1).ok());
   EXPECT_EQ(Call("m", "version"), "v1");

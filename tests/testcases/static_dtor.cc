@@ -43,8 +43,17 @@ RELIB_COUNTED_100(c)
 RELIB_COUNTED_100(d)
 RELIB_COUNTED_100(e)
 
-std::string Destroyed(std::string_view) { return std::to_string(destroyed); }
+[[maybe_unused]] std::string Destroyed(std::string_view) { return std::to_string(destroyed); }
 
 }  // namespace
 
+#ifdef RELIB_TEST_WRONG_ABI
+// The same module built for an ABI version no worker speaks: its static
+// constructors run at dlopen, before the worker reads the descriptor and
+// refuses the module (the discard path of a version whose exit
+// registrations were held).
+extern "C" __attribute__((visibility("default")))
+const relib_module_descriptor RELIB_DESCRIPTOR_SYMBOL = {RELIB_ABI_VERSION + 98, "static_dtor", {}, {}, {}, {}, {}};
+#else
 RELIB_MODULE("static_dtor", nullptr, nullptr, relib::Export<Destroyed>("destroyed"));
+#endif
