@@ -19,6 +19,7 @@
 #include <cstring>
 #include <mutex>
 #include <set>
+#include <shared_mutex>
 
 #include "absl/strings/str_cat.h"
 #include "common/proc_tree.h"
@@ -83,7 +84,15 @@ int PidfdSendSignal(int pidfd, int signal) {
       next = target + 1;
     }
   }
-  ::syscall(SYS_close_range, next, ~0U, 0);
+  if (::syscall(SYS_close_range, next, ~0U, 0) != 0) {
+    // No close_range (before Linux 5.9, or refused by a seccomp filter):
+    // one by one, up to the descriptor limit.
+    rlimit files{};
+    const int limit = ::getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < 1u << 20
+                          ? static_cast<int>(files.rlim_cur)
+                          : 1 << 20;
+    for (int fd = next; fd < limit; ++fd) ::close(fd);
+  }
   // Reset the signal dispositions (the child has its own table) before the
   // mask the parent blocked everything with is lifted: no handler of the
   // parent's may run here, in its memory.
@@ -133,7 +142,7 @@ std::string ExitStatus::ToString() const {
                       core_dumped ? ", core dumped" : "");
 }
 
-SpawnFreeScope::SpawnFreeScope() : lock_(SpawnMutex()) {}
+void AwaitSpawnsUnderWay() { std::shared_lock<std::shared_mutex> barrier(SpawnMutex()); }
 
 absl::StatusOr<ChildProcess> ChildProcess::Spawn(const SpawnOptions& options) {
   if (options.argv.empty()) return absl::InvalidArgumentError("spawn: empty argv");
@@ -166,8 +175,8 @@ absl::StatusOr<ChildProcess> ChildProcess::Spawn(const SpawnOptions& options) {
     // child resets its handlers before it unblocks.
     sigset_t all, old;
     sigfillset(&all);
-    // Exclusive across the clone, which returns once the child has exec'd
-    // (CLONE_VFORK): see SpawnFreeScope.
+    // Exclusive across the clone, which returns once the child has closed
+    // its inherited fds and exec'd (CLONE_VFORK): see AwaitSpawnsUnderWay.
     std::unique_lock<std::shared_mutex> spawning(SpawnMutex());
     ::pthread_sigmask(SIG_SETMASK, &all, &old);
     std::lock_guard<std::mutex> lock(owned_mutex);

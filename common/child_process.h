@@ -7,7 +7,6 @@
 #include <cstdint>
 
 #include <optional>
-#include <shared_mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -54,23 +53,15 @@ struct SpawnOptions {
   std::vector<std::pair<int, std::pair<uint64_t, uint64_t>>> rlimits;
 };
 
-// While one lives, no child of this process is between its clone and its
-// exec: ChildProcess::Spawn waits for every scope to end, and a scope waits
-// for a Spawn under way. Until it closes them before its exec, a fresh child
-// holds a copy of every descriptor its parent has open, and another process
-// may count a file's open descriptions: a worker proves its hard link of
-// relibd's module copy unused with a file lease, which any such copy
-// refuses. Held while relibd writes a module copy. A shared lock: scopes do
-// not wait for each other.
-class SpawnFreeScope {
- public:
-  SpawnFreeScope();
-  SpawnFreeScope(const SpawnFreeScope&) = delete;
-  SpawnFreeScope& operator=(const SpawnFreeScope&) = delete;
-
- private:
-  std::shared_lock<std::shared_mutex> lock_;
-};
+// Returns once no child of this process that was cloned before the call is
+// still between its clone and its exec (it waits for a ChildProcess::Spawn
+// under way; a shared lock taken and dropped, so callers never wait for
+// each other). Until it closes them, a fresh child holds a copy of every
+// descriptor its parent had open, and another process may count a file's
+// open descriptions: a worker proves its hard link of relibd's module copy
+// unused with a file lease, which any such copy refuses. Call it after
+// closing such a file and before another process may look.
+void AwaitSpawnsUnderWay();
 
 // Owns a child process. Unless already reaped, the destructor sends SIGKILL
 // and reaps it. Signals go through the pidfd, so a reaped pid is never

@@ -339,13 +339,13 @@ absl::StatusOr<std::string> Supervisor::StageCopy(const std::string& name, uint6
   std::optional<gid_t> group;
   if (options_.worker.run_as) group = options_.worker.run_as->gid;
   good_copies_.ForgetRemoval(copy);
-  // A worker of relibd's user hard-links this copy and proves it unused with
-  // a lease: no child of relibd's may hold its write descriptor meanwhile.
-  common::SpawnFreeScope no_spawn;
   if (absl::Status copied = CopyModuleFile(source, copy, options_.max_module_bytes, group, good_copies_.TakeSpare());
       !copied.ok()) {
     return copied;
   }
+  // A worker of relibd's user hard-links this copy and proves it unused with
+  // a lease: no child of relibd's may still hold its write descriptor.
+  common::AwaitSpawnsUnderWay();
   return copy;
 }
 
