@@ -656,18 +656,18 @@ class Bench {
       Add({absl::StrCat("call_vs_floor_p50_", size.key), absl::StrCat("  `Call` p50, ", size.label, " vs that floor"),
            "µs", P50(ours), P50(floors), "floor", "", ""});
       if (flow_floor) {
-        Add({absl::StrCat("call_bdp_off_floor_p50_", size.key),
+        Add({absl::StrCat("call_bdp_off_reference_p50_", size.key),
              absl::StrCat("  reference, not a floor: bare gRPC sync unary echo with relibd's chosen flow-control "
                           "setting (BDP probe off, kept for idle wake-ups: the connection window stays 64 KiB), ",
                           size.label),
              "µs", P50(bare_flow), P50(theirs), "bare gRPC sync unary echo, Unix socket", "",
              "the request waits for the server's WINDOW_UPDATE"});
-        Add({absl::StrCat("call_bdp_off_forward_floor_p50_", size.key),
+        Add({absl::StrCat("call_bdp_off_forward_reference_p50_", size.key),
              absl::StrCat("  reference, not a floor: bare gRPC server + one round trip to a child process, BDP probe "
                           "off, ",
                           size.label),
              "µs", P50(floor_flow), P50(theirs), "bare gRPC sync unary echo, Unix socket", "", ""});
-        Add({absl::StrCat("call_vs_bdp_off_floor_p50_", size.key),
+        Add({absl::StrCat("call_vs_bdp_off_reference_p50_", size.key),
              absl::StrCat("  `Call` p50, ", size.label, " vs that reference"), "µs", P50(ours), P50(floor_flow),
              "forwarding server, BDP probe off", "", ""});
       }

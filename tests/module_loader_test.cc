@@ -277,6 +277,17 @@ TEST_F(HeldDestructorsTest, RunOnceWhenTheOldVersionsBeforeUnloadRefuses) {
   EXPECT_EQ(ScratchMappings(), 0u);
 }
 
+// True while a thread of this process has `name` (its comm).
+bool ThreadNamed(const std::string& name) {
+  std::error_code error;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task", error)) {
+    std::ifstream comm(task.path() / "comm");
+    std::string line;
+    if (std::getline(comm, line) && line == name) return true;
+  }
+  return false;
+}
+
 TEST_F(HeldDestructorsTest, RunOnceWhenTheOldVersionKeepsALiveThread) {
   ModuleOptions options;
   options.thread_grace = std::chrono::milliseconds(10);
@@ -288,7 +299,11 @@ TEST_F(HeldDestructorsTest, RunOnceWhenTheOldVersionKeepsALiveThread) {
   EXPECT_FALSE(report.live_threads.empty());
   EXPECT_EQ(*loader_->Call("t", "ping", ""), "pong");
   EXPECT_EQ(DestructorRuns(), 1u) << "the discarded new version's destructors";
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the thread leaves
+  // The thread leaves ~100 ms after before_unload: wait until it is gone.
+  const auto gone_by = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (ThreadNamed("stopping") && std::chrono::steady_clock::now() < gone_by) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   ASSERT_THAT(Unload("t", false), IsOk());
   EXPECT_EQ(DestructorRuns(), 1u);
   EXPECT_EQ(ScratchMappings(), 0u);
