@@ -918,6 +918,10 @@ absl::StatusOr<v1::UnloadReport> Supervisor::Unload(const std::string& name, boo
 absl::StatusOr<v1::ModuleInfo> Supervisor::SetWatch(const std::string& name, bool watch) {
   auto record = Find(name);
   if (!record) return absl::NotFoundError(absl::StrCat("no module named '", name, "'"));
+  // Between operations: a reload finishing between the read below and the
+  // Persist would otherwise have its new version overwritten by the one read
+  // here in the state dir (and its copy removed as no longer stored).
+  std::lock_guard<std::mutex> operation(record->operation);
   v1::ModuleInfo info;
   std::string good_copy;
   {
