@@ -72,43 +72,35 @@ def main():
     with open(sys.argv[4]) as f:
         harness = json.load(f)
     rows = []
-    # Tracked malloc: worst and best ratio over sizes and thread counts (CPU time).
-    ratios = []
-    for name, b in tracked.items():
-        if name.startswith(("BM_MallocFree/", "BM_NewDelete/")) and name in plain:
-            ratios.append((b["cpu_time"] / plain[name]["cpu_time"], name, b["cpu_time"], plain[name]["cpu_time"]))
-    if ratios:
-        worst = max(ratios)
+    # Worst and best ratio of `ours` over `base` across the malloc/new loops
+    # (sizes and thread counts, CPU time): one row for the worst.
+    def worst_row(ours, base, key, figure, baseline_label, target):
+        ratios = [(ours[n]["cpu_time"] / base[n]["cpu_time"], n) for n in ours
+                  if n.startswith(("BM_MallocFree/", "BM_NewDelete/")) and n in base]
+        if not ratios:
+            return False
+        n = max(ratios)[1]
         best = min(ratios)
-        rows.append({"key": "tracked_malloc_worst", "figure": "tracked malloc/free, new/delete in module scope, 1–2 threads, 16 B–4 KiB: worst",
-                     "unit": "ns", "value": worst[2], "baseline": worst[3], "baseline_label": "same loop, plain process",
-                     "target": "ratio<=1.2", "note": f"{worst[1]}; best {best[0]:.2f}× ({best[1]})"})
+        rows.append({"key": key, "figure": figure, "unit": "ns", "value": ours[n]["cpu_time"],
+                     "baseline": base[n]["cpu_time"], "baseline_label": baseline_label, "target": target,
+                     "note": f"{n}; best {best[0]:.2f}× ({best[1]})"})
+        return True
+
+    worst_row(tracked, plain, "tracked_malloc_worst",
+              "tracked malloc/free, new/delete in module scope, 1–2 threads, 16 B–4 KiB: worst",
+              "same loop, plain process", "ratio<=1.2")
     # The same loops through a bare interposer that forwards to glibc: what
     # interposing at all costs (no trailer, no books).
-    bare = [(forward[n]["cpu_time"] / plain[n]["cpu_time"], n) for n in forward
-            if n.startswith(("BM_MallocFree/", "BM_NewDelete/")) and n in plain]
-    if bare:
-        n = max(bare)[1]
-        rows.append({"key": "interposer_forward_worst", "figure": "  floor: a bare interposer that forwards to glibc (no trailer, no books): worst",
-                     "unit": "ns", "value": forward[n]["cpu_time"], "baseline": plain[n]["cpu_time"],
-                     "baseline_label": "same loop, plain process", "target": "", "note": f"{n}; best {min(bare)[0]:.2f}× ({min(bare)[1]})"})
+    worst_row(forward, plain, "interposer_forward_worst",
+              "  floor: a bare interposer that forwards to glibc (no trailer, no books): worst",
+              "same loop, plain process", "")
     # ... and through one that keeps the least books the features need: the
     # floor of tracking at all, and the tracker against it.
-    least = [(minimal[n]["cpu_time"] / plain[n]["cpu_time"], n) for n in minimal
-             if n.startswith(("BM_MallocFree/", "BM_NewDelete/")) and n in plain]
-    if least:
-        n = max(least)[1]
-        rows.append({"key": "interposer_least_books_worst", "figure": "  floor: a bare interposer with the least books (the running module, trailer, the thread's table entry, counters, owner check; no sites, walk handshake, validation, double-free detection or fork handling): worst",
-                     "unit": "ns", "value": minimal[n]["cpu_time"], "baseline": plain[n]["cpu_time"],
-                     "baseline_label": "same loop, plain process", "target": "", "note": f"{n}; best {min(least)[0]:.2f}× ({min(least)[1]})"})
-        over = [(tracked[n]["cpu_time"] / minimal[n]["cpu_time"], n) for n in minimal
-                if n.startswith(("BM_MallocFree/", "BM_NewDelete/")) and n in tracked]
-        if over:
-            n = max(over)[1]
-            rows.append({"key": "tracked_over_least_books_worst", "figure": "  tracked malloc against that floor: worst",
-                         "unit": "ns", "value": tracked[n]["cpu_time"], "baseline": minimal[n]["cpu_time"],
-                         "baseline_label": "same loop, bare interposer with the least books", "target": "",
-                         "note": f"{n}; best {min(over)[0]:.2f}× ({min(over)[1]})"})
+    if worst_row(minimal, plain, "interposer_least_books_worst",
+                 "  floor: a bare interposer with the least books (the running module, trailer, the thread's table entry, counters, owner check; no sites, walk handshake, validation, double-free detection or fork handling): worst",
+                 "same loop, plain process", ""):
+        worst_row(tracked, minimal, "tracked_over_least_books_worst", "  tracked malloc against that floor: worst",
+                  "same loop, bare interposer with the least books", "")
         # Every row: tracked against the floor, with both against the plain
         # loop and the spread of the tracked rounds (least–most CPU time).
         for n in tracked:
