@@ -8,6 +8,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "agent/agent.h"
@@ -50,6 +51,65 @@ bool ReadFrameWithin(int fd, v1::link::FromWorker* message, std::chrono::millise
   return common::ReadFrame(fd, message).ok();
 }
 
+// An Agent running its control loop (Run) on a thread of its own over a
+// socket pair whose other end, relibd_side(), the test plays relibd on.
+// Closing that end ends Run; the destructor does so and joins, also when an
+// assertion ended the test midway.
+class AgentControlLoopTest : public ::testing::Test {
+ protected:
+  ~AgentControlLoopTest() override {
+    relibd_side_.Reset();
+    if (control_.joinable()) control_.join();
+    agent_.reset();
+  }
+
+  // Starts Run with `hooks` (may be null) over a link of `frame_limit`, and
+  // reads the worker's hello.
+  void Start(Agent::RaceHooks* hooks, uint64_t frame_limit = common::kMaxFramePayloadBytes) {
+    ::signal(SIGPIPE, SIG_IGN);
+    int pair[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
+    relibd_side_ = common::UniqueFd(pair[0]);
+    link_.emplace(common::UniqueFd(pair[1]), common::UniqueFd(), frame_limit);
+    auto scratch = common::TempDir::Create("/tmp", "relib-agent-control-test-");
+    ASSERT_THAT(scratch, IsOk());
+    scratch_.emplace(std::move(scratch).value());
+    agent_.emplace(*link_, scratch_->path(), nullptr, HostLimits{frame_limit});
+    if (hooks != nullptr) agent_->set_race_hooks_for_testing(hooks);
+    control_ = std::thread([this] {
+      ran_ = agent_->Run();
+      finished_.Notify();
+    });
+    v1::link::FromWorker hello;
+    ASSERT_TRUE(ReadFrameWithin(relibd_side_.get(), &hello, std::chrono::seconds(5)));
+    ASSERT_TRUE(hello.has_hello());
+  }
+
+  // An empty command: a lifecycle command as far as Dispatch goes, whose
+  // reply (INVALID_ARGUMENT) needs no module.
+  void SendEmptyCommand(uint64_t id) {
+    v1::link::ToWorker command;
+    command.set_id(id);
+    ASSERT_THAT(common::WriteFrame(relibd_side_.get(), command), IsOk());
+  }
+
+  // relibd closes the link, which ends Run; waits for it.
+  void Stop() {
+    relibd_side_.Reset();
+    if (control_.joinable()) control_.join();
+  }
+
+  int relibd_side() const { return relibd_side_.get(); }
+
+  common::UniqueFd relibd_side_;
+  std::optional<DaemonLink> link_;
+  std::optional<common::TempDir> scratch_;
+  std::optional<Agent> agent_;
+  std::thread control_;
+  absl::Status ran_;
+  Event finished_;  // Run returned
+};
+
 // Review finding 1: a lifecycle command whose arrival the reader thread
 // marks (Dispatch) while the control thread, just done with the previous
 // command, looks whether one is queued. The order forced here: the reader
@@ -60,15 +120,7 @@ bool ReadFrameWithin(int fd, v1::link::FromWorker* message, std::chrono::millise
 // control thread saw neither (the flag was reset after it was set, the
 // count was still 0) and slept on the link with the command queued: no
 // reply until relibd's phase deadline killed the worker.
-TEST(AgentControlLoopTest, ACommandMarkedWhileTheControlThreadLooksIsRun) {
-  ::signal(SIGPIPE, SIG_IGN);
-  int pair[2];
-  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
-  common::UniqueFd relibd_side(pair[0]);
-  DaemonLink link{common::UniqueFd(pair[1]), common::UniqueFd()};
-  auto scratch = common::TempDir::Create("/tmp", "relib-agent-control-test-");
-  ASSERT_THAT(scratch, IsOk());
-
+TEST_F(AgentControlLoopTest, ACommandMarkedWhileTheControlThreadLooksIsRun) {
   Event marked;  // the reader thread made Dispatch's first store
   Event looked;  // the control thread reset the flag and found the count 0
   std::atomic<int> resets{0};
@@ -91,31 +143,16 @@ TEST(AgentControlLoopTest, ACommandMarkedWhileTheControlThreadLooksIsRun) {
     // pass when it should not, never fail).
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   };
-  std::optional<Agent> agent;
-  agent.emplace(link, scratch->path());
-  agent->set_race_hooks_for_testing(&hooks);
-  absl::Status ran;
-  std::thread control([&] { ran = agent->Run(); });
-
-  v1::link::FromWorker hello;
-  ASSERT_TRUE(ReadFrameWithin(relibd_side.get(), &hello, std::chrono::seconds(5)));
-  ASSERT_TRUE(hello.has_hello());
-  // An empty command: a lifecycle command as far as Dispatch goes, whose
-  // reply (INVALID_ARGUMENT) needs no module.
-  v1::link::ToWorker command;
-  command.set_id(7);
-  ASSERT_THAT(common::WriteFrame(relibd_side.get(), command), IsOk());
+  ASSERT_NO_FATAL_FAILURE(Start(&hooks));
+  ASSERT_NO_FATAL_FAILURE(SendEmptyCommand(7));
 
   v1::link::FromWorker reply;
-  const bool replied = ReadFrameWithin(relibd_side.get(), &reply, std::chrono::seconds(4));
+  const bool replied = ReadFrameWithin(relibd_side(), &reply, std::chrono::seconds(4));
   EXPECT_TRUE(replied) << "the command stayed queued while the control thread waited on the link";
   if (replied) {
     EXPECT_EQ(reply.reply().id(), 7u);
     EXPECT_EQ(reply.reply().code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
   }
-  relibd_side.Reset();  // relibd closes the link: Run ends
-  control.join();
-  agent.reset();
 }
 
 // Review finding 2: a reply that cannot be sent (here: larger than the
@@ -123,36 +160,15 @@ TEST(AgentControlLoopTest, ACommandMarkedWhileTheControlThreadLooksIsRun) {
 // Run with that error, as before the control thread led the link; it must
 // not wait for the next command, which relibd, still waiting for this
 // reply, never sends (the worker hung until relibd's phase deadline).
-TEST(AgentControlLoopTest, AReplyThatCannotBeSentEndsRun) {
-  ::signal(SIGPIPE, SIG_IGN);
-  int pair[2];
-  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
-  common::UniqueFd relibd_side(pair[0]);
+TEST_F(AgentControlLoopTest, AReplyThatCannotBeSentEndsRun) {
   // Room for the hello, not for the reply's error message.
   constexpr uint64_t kFrameLimit = 32;
-  DaemonLink link{common::UniqueFd(pair[1]), common::UniqueFd(), kFrameLimit};
-  auto scratch = common::TempDir::Create("/tmp", "relib-agent-control-test-");
-  ASSERT_THAT(scratch, IsOk());
-  std::optional<Agent> agent;
-  agent.emplace(link, scratch->path(), nullptr, HostLimits{kFrameLimit});
-  absl::Status ran;
-  Event finished;
-  std::thread control([&] {
-    ran = agent->Run();
-    finished.Notify();
-  });
-
-  v1::link::FromWorker hello;
-  ASSERT_TRUE(ReadFrameWithin(relibd_side.get(), &hello, std::chrono::seconds(5)));
-  v1::link::ToWorker command;
-  command.set_id(7);
-  ASSERT_THAT(common::WriteFrame(relibd_side.get(), command), IsOk());
-  const bool ended = finished.WaitFor(std::chrono::seconds(3));
+  ASSERT_NO_FATAL_FAILURE(Start(nullptr, kFrameLimit));
+  ASSERT_NO_FATAL_FAILURE(SendEmptyCommand(7));
+  const bool ended = finished_.WaitFor(std::chrono::seconds(3));
   EXPECT_TRUE(ended) << "Run went on waiting for a command after its reply could not be sent";
-  relibd_side.Reset();  // ends Run if it still waits
-  control.join();
-  EXPECT_EQ(ran.code(), absl::StatusCode::kResourceExhausted) << ran;
-  agent.reset();
+  Stop();  // ends Run if it still waits
+  EXPECT_EQ(ran_.code(), absl::StatusCode::kResourceExhausted) << ran_;
 }
 
 // Review finding 3: the control thread's file work after a reply (removing
@@ -161,14 +177,7 @@ TEST(AgentControlLoopTest, AReplyThatCannotBeSentEndsRun) {
 // requests, usage requests) are read by another thread, not left in the
 // socket until that work ends. Here the work is made to last 2 s and a
 // usage request (answered by whoever reads it) is sent during it.
-TEST(AgentControlLoopTest, FramesAreReadWhileTheControlThreadWorksAfterAReply) {
-  ::signal(SIGPIPE, SIG_IGN);
-  int pair[2];
-  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair), 0);
-  common::UniqueFd relibd_side(pair[0]);
-  DaemonLink link{common::UniqueFd(pair[1]), common::UniqueFd()};
-  auto scratch = common::TempDir::Create("/tmp", "relib-agent-control-test-");
-  ASSERT_THAT(scratch, IsOk());
+TEST_F(AgentControlLoopTest, FramesAreReadWhileTheControlThreadWorksAfterAReply) {
   Event working;
   std::atomic<int> replies{0};
   Agent::RaceHooks hooks;
@@ -177,35 +186,23 @@ TEST(AgentControlLoopTest, FramesAreReadWhileTheControlThreadWorksAfterAReply) {
     working.Notify();
     std::this_thread::sleep_for(std::chrono::seconds(2));
   };
-  std::optional<Agent> agent;
-  agent.emplace(link, scratch->path());
-  agent->set_race_hooks_for_testing(&hooks);
-  absl::Status ran;
-  std::thread control([&] { ran = agent->Run(); });
-
-  v1::link::FromWorker frame;
-  ASSERT_TRUE(ReadFrameWithin(relibd_side.get(), &frame, std::chrono::seconds(5)));
-  ASSERT_TRUE(frame.has_hello());
-  v1::link::ToWorker command;
-  command.set_id(7);
-  ASSERT_THAT(common::WriteFrame(relibd_side.get(), command), IsOk());
+  ASSERT_NO_FATAL_FAILURE(Start(&hooks));
+  ASSERT_NO_FATAL_FAILURE(SendEmptyCommand(7));
   ASSERT_TRUE(working.WaitFor(std::chrono::seconds(5)));
   v1::link::ToWorker usage;
   usage.set_id(8);
   usage.mutable_usage_request();
-  ASSERT_THAT(common::WriteFrame(relibd_side.get(), usage), IsOk());
+  ASSERT_THAT(common::WriteFrame(relibd_side(), usage), IsOk());
   // The reply to 7 came first; then the usage, well before the work ends.
-  ASSERT_TRUE(ReadFrameWithin(relibd_side.get(), &frame, std::chrono::seconds(1)));
+  v1::link::FromWorker frame;
+  ASSERT_TRUE(ReadFrameWithin(relibd_side(), &frame, std::chrono::seconds(1)));
   EXPECT_EQ(frame.reply().id(), 7u);
-  const bool answered = ReadFrameWithin(relibd_side.get(), &frame, std::chrono::milliseconds(1000));
+  const bool answered = ReadFrameWithin(relibd_side(), &frame, std::chrono::milliseconds(1000));
   EXPECT_TRUE(answered) << "the usage request waited behind the control thread's work after its reply";
   if (answered) {
     EXPECT_TRUE(frame.has_usage());
     EXPECT_EQ(frame.usage().request_id(), 8u);
   }
-  relibd_side.Reset();
-  control.join();
-  agent.reset();
 }
 
 }  // namespace
