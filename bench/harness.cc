@@ -422,6 +422,24 @@ ReloadSample ReloadOnce(v1::Relibd::Stub& stub, const std::string& name, const s
   return sample;
 }
 
+// The forwarding server's child copies `path`, dlopens, dlsyms and dlcloses
+// it between request and reply (forward_server.cc): the reload design floor
+// in one piece.
+double ReloadFloorOnce(BareEcho::Stub& stub, const std::string& path) {
+  v1::CallRequest request;
+  request.set_name("reload-floor");
+  request.set_input(absl::StrCat("relib-bench-reload-floor:", path));
+  v1::CallResponse response;
+  grpc::ClientContext context;
+  auto start = Clock::now();
+  grpc::Status status = stub.Call(&context, request, &response);
+  double micros = MicrosBetween(start, Clock::now());
+  if (!status.ok() || response.output() != "ok") {
+    throw std::runtime_error(absl::StrCat("reload floor: ", status.error_message(), response.output()));
+  }
+  return micros;
+}
+
 // A Reload relibd refuses before any work (NOT_FOUND): its RPC path alone.
 double RefusedReloadOnce(v1::Relibd::Stub& stub) {
   v1::ReloadRequest request;
@@ -718,12 +736,22 @@ class Bench {
       // never runs module code): the forwarding server (forward_server.cc).
       CallFn forward = EchoCaller(forward_->channel());
       std::vector<double> forward_trip;
+      // The design floor in one piece: the forwarding server's child does
+      // the baseline's copy + dlopen + dlsym + dlclose between request and
+      // reply, so the wake-ups after waits as long as the reload's are in it
+      // (sums of short round trips and the in-process baseline miss them).
+      std::vector<double> floor_in_one;
+      auto floor_stub = BareEcho::NewStub(forward_->channel());
+      for (int i = 0; i < 5; ++i) ReloadFloorOnce(*floor_stub, i % 2 ? m.v1 : m.v2);  // warm-up
       const v1::CallRequest echo_request = EchoRequest("echo", 32);
       for (int half = 0; half < 2; ++half) {
         auto r = CallLatencies(bare, echo_request, m.n / 2 + 1);
         round_trip.insert(round_trip.end(), r.begin(), r.end());
         auto f = CallLatencies(forward, echo_request, m.n / 2 + 1);
         forward_trip.insert(forward_trip.end(), f.begin(), f.end());
+        for (int i = 0; i < m.n / 2 + 1; ++i) {
+          floor_in_one.push_back(ReloadFloorOnce(*floor_stub, i % 2 ? m.v1 : m.v2));
+        }
         for (int i = 0; i < m.n / 2 + 1; ++i) {
           ReloadSample s = ReloadOnce(*stub_, m.name, i % 2 ? m.v1 : m.v2);
           total.push_back(s.total_us);
@@ -775,6 +803,13 @@ class Bench {
            "µs", P50(total), design_floor, "the reload p50 against the sum of the two p50s", "",
            absl::StrFormat("forwarding server round trip p50 %.0f µs + baseline p50 %.0f µs; floor / baseline %.2fx",
                            P50(forward_trip), P50(baseline), design_floor / P50(baseline))});
+      Add({absl::StrCat("reload_design_floor_in_one_", m.key),
+           absl::StrCat("  floor: the same design measured in one piece: a bare gRPC server whose child process does "
+                        "the copy + dlopen + dlsym + dlclose between request and reply (",
+                        m.label, ")"),
+           "µs", P50(total), P50(floor_in_one), "the reload p50 against that floor's p50", "",
+           absl::StrFormat("floor p50 %.0f µs; floor / baseline %.2fx; the sum above %.0f µs", P50(floor_in_one),
+                           P50(floor_in_one) / P50(baseline), design_floor)});
       // A reference, not a floor: the design floor plus relibd's own
       // measured times for the work it adds and must keep (its last-good
       // copy with the allowed-directory check, inside relibd's own work
