@@ -6,7 +6,10 @@
 // (no multiplexing, no reader thread): the cheapest such design, so it is a
 // floor. Usage: relib_bench_forward_server [--bdp-off] SOCKET_PATH (runs
 // until SIGTERM); --bdp-off: HTTP/2 BDP probing off, as on relibd's servers
-// (see echo_server.cc).
+// (see echo_server.cc). An input of kReloadFloorPrefix + a path makes the
+// child copy that .so, dlopen, dlsym and dlclose it, as the bench's reload
+// baseline does, and answer "ok": the reload's design floor in one piece.
+#include <dlfcn.h>
 #include <pthread.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -17,6 +20,8 @@
 #include <csignal>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -26,6 +31,7 @@
 #include "common/message_limits.h"
 #include "grpcpp/grpcpp.h"
 #include "relib/bench/echo.grpc.pb.h"
+#include "relib/module.h"
 
 namespace {
 
@@ -73,13 +79,36 @@ bool ReadFrame(int fd, std::string* bytes) {
   return ReadFully(fd, bytes->data(), length);
 }
 
-// The child: one thread per connection, echoing frames until EOF.
+constexpr char kReloadFloorPrefix[] = "relib-bench-reload-floor:";
+
+// What the bench's reload baseline does (harness.cc CopyDlopenOnce): a copy
+// of `path`, dlopen, dlsym of the module descriptor, dlclose, the copy removed.
+std::string CopyDlopen(const std::string& path, const std::string& copy) {
+  std::error_code error;
+  std::filesystem::copy_file(path, copy, std::filesystem::copy_options::overwrite_existing, error);
+  if (error) return "error: " + error.message();
+  void* handle = ::dlopen(copy.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (handle == nullptr) return std::string("error: ") + ::dlerror();
+  const bool found = ::dlsym(handle, RELIB_DESCRIPTOR_SYMBOL_NAME) != nullptr;
+  ::dlclose(handle);
+  std::filesystem::remove(copy, error);
+  return found ? "ok" : "error: no descriptor";
+}
+
+// The child: one thread per connection, echoing frames until EOF (or doing
+// the reload baseline's work for an input of kReloadFloorPrefix + path).
 [[noreturn]] void ChildMain(const std::vector<int>& fds) {
   std::vector<std::thread> threads;
   for (int fd : fds) {
     threads.emplace_back([fd] {
+      const std::string copy = "/tmp/relib-bench-floor-" + std::to_string(::getpid()) + "-" + std::to_string(fd) + ".so";
+      const size_t prefix = sizeof(kReloadFloorPrefix) - 1;
       std::string bytes;
-      while (ReadFrame(fd, &bytes) && WriteFrame(fd, bytes)) {
+      while (ReadFrame(fd, &bytes)) {
+        if (bytes.size() > prefix && std::memcmp(bytes.data(), kReloadFloorPrefix, prefix) == 0) {
+          bytes = CopyDlopen(bytes.substr(prefix), copy);
+        }
+        if (!WriteFrame(fd, bytes)) break;
       }
     });
   }
