@@ -581,7 +581,7 @@ class Bench {
     if (Want("calls") || Want("throughput") || Want("reloads") || only_.count("call-loop")) {
       forward_ = StartForwardServer();
     }
-    if (Want("calls")) {
+    if (Want("calls") || only_.count("call-loop")) {
       echo_bdp_off_ = StartEchoServerBdpOff();
       forward_bdp_off_ = StartForwardServer(/*bdp_off=*/true);
     }
@@ -848,7 +848,8 @@ class Bench {
 
   // A profiling loop, never part of a full run: Calls of RELIB_BENCH_LOOP_BYTES
   // (32 by default) for RELIB_BENCH_LOOP_S seconds against relibd, or against
-  // the bare echo or floor server with RELIB_BENCH_LOOP_TARGET=bare|floor,
+  // the bare echo or floor server with RELIB_BENCH_LOOP_TARGET=bare|floor (or
+  // bare-off|floor-off: the same with BDP probing off, as relibd runs),
   // with the CPU time (all threads, also ended ones) and context switches
   // (threads alive at both ends only: gRPC's sync servers start and end
   // threads, so use perf stat for those) per call of each process.
@@ -859,7 +860,11 @@ class Bench {
     const double seconds = seconds_env != nullptr ? std::atof(seconds_env) : 10.0;
     const size_t bytes = bytes_env != nullptr ? std::strtoull(bytes_env, nullptr, 10) : 32;
     const std::string target = target_env != nullptr ? target_env : "relibd";
-    Server* server = target == "bare" ? echo_.get() : target == "floor" ? forward_.get() : relibd_.get();
+    Server* server = target == "bare"        ? echo_.get()
+                     : target == "floor"     ? forward_.get()
+                     : target == "bare-off"  ? echo_bdp_off_.get()
+                     : target == "floor-off" ? forward_bdp_off_.get()
+                                             : relibd_.get();
     CallFn call = target == "relibd" ? RelibdCaller(server->channel()) : EchoCaller(server->channel());
     const pid_t worker_pid = target == "relibd" ? WorkerOf("echo") : 0;
     Progress(absl::StrFormat("call loop: %s pid %d, worker pid %d, %zu bytes, %.0f s", target, server->pid(),
