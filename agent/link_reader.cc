@@ -24,11 +24,6 @@ namespace {
 // once empty so that one huge frame does not pin memory.
 constexpr size_t kReadChunk = 64 << 10;
 constexpr size_t kKeepBuffer = 4 << 20;
-// A thread leading reads frames up to this size; a larger one still under
-// way goes to the reader thread. Measured (Release, this 2-core machine,
-// alternating runs): executors reading 64 KiB and 1 MiB calls themselves
-// made those calls 1.2-2x slower, while 32 B calls gained.
-constexpr size_t kLeadFrameLimit = 16 << 10;
 
 void Signal(int event_fd) {
   uint64_t one = 1;
@@ -114,7 +109,7 @@ LinkReader::LeadResult LinkReader::Lead(const std::function<bool()>& done) {
   {
     std::lock_guard<std::mutex> lock(token_mutex_);
     if (reading_ended_.load()) return LeadResult::kEnded;
-    if (token_held_ || large_frames_.load()) return LeadResult::kBusy;
+    if (token_held_) return LeadResult::kBusy;
     token_held_ = true;
     WatchLocked(false);
   }
@@ -139,14 +134,6 @@ LinkReader::LeadResult LinkReader::Lead(const std::function<bool()>& done) {
       std::lock_guard<std::mutex> lock(token_mutex_);
       token_held_ = false;
       return LeadResult::kEnded;
-    }
-    if (drained == DrainResult::kHandOver) {
-      // The reader thread reads the rest (its watch, turned on, shows it
-      // the bytes already there). A call this thread took stays its own.
-      std::lock_guard<std::mutex> lock(token_mutex_);
-      token_held_ = false;
-      WatchLocked(true);
-      return done() ? LeadResult::kLed : LeadResult::kBusy;
     }
     if (done()) {
       std::lock_guard<std::mutex> lock(token_mutex_);
@@ -208,7 +195,6 @@ LinkReader::DrainResult LinkReader::Drain(bool leading) {
         return DrainResult::kEnded;
       }
       begin_ += common::kFrameHeaderBytes + length;
-      large_frames_.store(length > kLeadFrameLimit);
       Handle(frame);
     }
     // Room for the rest of the frame under way (or a chunk).
@@ -216,7 +202,6 @@ LinkReader::DrainResult LinkReader::Drain(bool leading) {
     if (end_ - begin_ >= common::kFrameHeaderBytes) {
       const size_t length =
           common::DecodeFrameHeader(reinterpret_cast<const unsigned char*>(buffer_.data() + begin_));
-      if (leading && length > kLeadFrameLimit) return DrainResult::kHandOver;
       want = std::max<size_t>(want, common::kFrameHeaderBytes + length);
     }
     if (emptied) return DrainResult::kDrained;

@@ -83,11 +83,9 @@ class LinkReader {
  private:
   // The reader thread: reads whenever frames come and nobody leads.
   void Loop();
-  enum class DrainResult { kDrained, kEnded, kHandOver };
+  enum class DrainResult { kDrained, kEnded };
   // Token holder: reads what the socket has (never blocks) and handles every
-  // complete frame. kEnded: reading ended (End was called). kHandOver (only
-  // when `leading`): a large frame is under way, which the reader thread
-  // reads (see kLeadFrameLimit in the .cc).
+  // complete frame. kEnded: reading ended (End was called).
   DrainResult Drain(bool leading);
   // Token holder: one frame to the dispatcher, the command queue or a waiter.
   void Handle(v1::link::ToWorker& frame);
@@ -115,9 +113,6 @@ class LinkReader {
   bool token_held_ ABSL_GUARDED_BY(token_mutex_) = false;
   bool watching_ ABSL_GUARDED_BY(token_mutex_) = true;  // the reader thread's epoll sees the link
   std::atomic<bool> reading_ended_{false};
-  // The last frame handled was large: calls are likely large now, and for
-  // them leading costs more than it saves (Lead declines until a small one).
-  std::atomic<bool> large_frames_{false};
   // The reader thread's epoll set (the link, edge-triggered; stop_fd_).
   common::UniqueFd epoll_;
   common::UniqueFd stop_fd_;    // eventfd: wakes the reader thread once reading ended

@@ -22,12 +22,14 @@
 #include "agent/module_context.h"
 #include "agent/parent_watch.h"
 #include "common/flight_recorder.h"
+#include "common/heap_reuse.h"
 #include "common/journal_log.h"
 #include "common/message_limits.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
 int main(int argc, char** argv) {
+  relib::common::KeepFreedCallBuffers();
   CLI::App app("relib-worker: module host process started by relibd");
   int link_fd = -1;
   std::string scratch_dir;

@@ -540,6 +540,7 @@ int64_t StatusField(const std::string& status, const std::string& field) {
 struct ProcSnapshot {
   int64_t switches = 0;  // voluntary + nonvoluntary, summed over every thread
   int64_t cpu_ticks = 0;  // utime + stime
+  int64_t minor_faults = 0;  // minflt: every thread, also ended ones
   int64_t rss_kib = 0;
   int64_t grpc_timer_switches = 0;  // of `switches`: gRPC's timer threads
 };
@@ -561,7 +562,9 @@ ProcSnapshot Snapshot(pid_t pid) {
   if (paren != std::string::npos) {
     std::istringstream fields(stat.substr(paren + 2));
     std::string skip;
-    for (int i = 3; i <= 13; ++i) fields >> skip;  // fields 3..13
+    for (int i = 3; i <= 9; ++i) fields >> skip;  // fields 3..9
+    fields >> snapshot.minor_faults;              // field 10
+    for (int i = 11; i <= 13; ++i) fields >> skip;
     int64_t utime = 0, stime = 0;
     fields >> utime >> stime;
     snapshot.cpu_ticks = utime + stime;
@@ -596,7 +599,7 @@ class Bench {
     if (Want("calls") || Want("throughput") || Want("reloads") || only_.count("call-loop")) {
       forward_ = StartForwardServer();
     }
-    if (Want("calls")) {
+    if (Want("calls") || only_.count("call-loop")) {
       echo_bdp_off_ = StartEchoServerBdpOff();
       forward_bdp_off_ = StartForwardServer(/*bdp_off=*/true);
     }
@@ -884,7 +887,8 @@ class Bench {
 
   // A profiling loop, never part of a full run: Calls of RELIB_BENCH_LOOP_BYTES
   // (32 by default) for RELIB_BENCH_LOOP_S seconds against relibd, or against
-  // the bare echo or floor server with RELIB_BENCH_LOOP_TARGET=bare|floor,
+  // the bare echo or floor server with RELIB_BENCH_LOOP_TARGET=bare|floor (or
+  // bare-off|floor-off: the same with BDP probing off, as relibd runs),
   // with the CPU time (all threads, also ended ones) and context switches
   // (threads alive at both ends only: gRPC's sync servers start and end
   // threads, so use perf stat for those) per call of each process.
@@ -895,7 +899,11 @@ class Bench {
     const double seconds = seconds_env != nullptr ? std::atof(seconds_env) : 10.0;
     const size_t bytes = bytes_env != nullptr ? std::strtoull(bytes_env, nullptr, 10) : 32;
     const std::string target = target_env != nullptr ? target_env : "relibd";
-    Server* server = target == "bare" ? echo_.get() : target == "floor" ? forward_.get() : relibd_.get();
+    Server* server = target == "bare"        ? echo_.get()
+                     : target == "floor"     ? forward_.get()
+                     : target == "bare-off"  ? echo_bdp_off_.get()
+                     : target == "floor-off" ? forward_bdp_off_.get()
+                                             : relibd_.get();
     CallFn call = target == "relibd" ? RelibdCaller(server->channel()) : EchoCaller(server->channel());
     const pid_t worker_pid = target == "relibd" ? WorkerOf("echo") : 0;
     Progress(absl::StrFormat("call loop: %s pid %d, worker pid %d, %zu bytes, %.0f s", target, server->pid(),
@@ -917,11 +925,14 @@ class Bench {
     const double n = static_cast<double>(made);
     const double tick_us = 1e6 / static_cast<double>(::sysconf(_SC_CLK_TCK)) / n;
     Progress(absl::StrFormat("call loop: %zu calls, p50 %.1f µs, p90 %.1f µs; CPU per call: server %.1f µs, worker %.1f "
-                             "µs; context switches per call (threads alive throughout): server %.2f, worker %.2f",
+                             "µs; context switches per call (threads alive throughout): server %.2f, worker %.2f; "
+                             "page faults per call: server %.2f, worker %.2f",
                              latencies.size(), P50(latencies), Percentile(latencies, 0.9),
                              (d1.cpu_ticks - d0.cpu_ticks) * tick_us, (w1.cpu_ticks - w0.cpu_ticks) * tick_us,
                              static_cast<double>(d1.switches - d0.switches) / n,
-                             static_cast<double>(w1.switches - w0.switches) / n));
+                             static_cast<double>(w1.switches - w0.switches) / n,
+                             static_cast<double>(d1.minor_faults - d0.minor_faults) / n,
+                             static_cast<double>(w1.minor_faults - w0.minor_faults) / n));
   }
 
   pid_t WorkerOf(const std::string& module) {

@@ -29,6 +29,7 @@
 #include "boost/asio/io_context.hpp"
 #include "boost/asio/post.hpp"
 #include "boost/asio/signal_set.hpp"
+#include "common/heap_reuse.h"
 #include "common/message_limits.h"
 #include "common/socket_path.h"
 #include "common/temp_dir.h"
@@ -197,6 +198,7 @@ std::string UnixAddressOf(int fd) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  relib::common::KeepFreedCallBuffers();
   CLI::App app("relibd: live reload of native modules in supervised worker processes");
   // The last value of a repeated flag wins: the config file's values are put before the command line's.
   app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);

@@ -67,12 +67,6 @@ constexpr std::chrono::milliseconds kOverlapMemory{50};
 // no faster. The link is now watched through link_watch_, muted while a
 // Request reads.)
 constexpr bool kLoneCallReadsReply = true;
-// A Request reads frames up to this size itself; a larger call input, or a
-// reply whose header says it is larger, goes through the io thread. Measured
-// (Release, this 2-core machine, alternating runs): with the waiting thread
-// reading, 64 KiB and 1 MiB echoes took 1.2-2x as long as through the io
-// thread, while 32 B gained; the hop costs little next to a large copy.
-constexpr size_t kLeadFrameLimit = 16 << 10;
 
 // Frame of `command` (a call whose input is empty) with `tail` as its
 // input: everything but the tail, which goes on the wire from where it is.
@@ -458,7 +452,6 @@ WorkerHandle::ReadResult WorkerHandle::ReadAvailable(bool on_io_thread) {
     if (read_end_ - read_begin_ >= common::kFrameHeaderBytes) {
       const size_t length = common::DecodeFrameHeader(
           reinterpret_cast<const unsigned char*>(read_buffer_.data() + read_begin_));
-      if (!on_io_thread && length > kLeadFrameLimit) return ReadResult::kHandOver;
       want = std::max<size_t>(want, common::kFrameHeaderBytes + length);
     }
     if (emptied) return ReadResult::kDrained;
@@ -576,13 +569,6 @@ void WorkerHandle::Lead(Waiter& waiter) {
     read_first = false;
     const ReadResult read = ReadAvailable(/*on_io_thread=*/false);
     if (read == ReadResult::kEnded) return;  // the token is let go
-    if (read == ReadResult::kHandOver) {
-      // The io thread reads the rest (turning its watch on shows it the
-      // bytes already there); this Request waits for its reply as any.
-      std::lock_guard<std::mutex> lock(mutex_);
-      GiveReadingBackLocked();
-      return;
-    }
     bool finished;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -835,7 +821,7 @@ absl::StatusOr<v1::link::Reply> WorkerHandle::Request(v1::link::ToWorker command
     if (++blocked_requests_ > 1) last_overlap_ = now;
     // Without the wake-up eventfd a reply answered another way (an encode
     // error, Finish) could leave the leader in its first poll: no lead then.
-    lead = kLoneCallReadsReply && wake_fd_.valid() && tail.size() <= kLeadFrameLimit && !reading_ && !read_ended_ &&
+    lead = kLoneCallReadsReply && wake_fd_.valid() && !reading_ && !read_ended_ &&
            !closed_ && !dying_ && blocked_requests_ == 1 && now - last_overlap_ > kOverlapMemory;
     if (lead) {
       reading_ = true;

@@ -175,9 +175,7 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
     absl::StatusOr<v1::link::Reply> reply ABSL_GUARDED_BY(mutex);
   };
   // What a read of the link found.
-  // kHandOver: a Request reading met a large frame still under way (see
-  // kLeadFrameLimit in the .cc): the io thread reads the rest.
-  enum class ReadResult { kDrained, kEnded, kHandOver };
+  enum class ReadResult { kDrained, kEnded };
 
   WorkerHandle(boost::asio::io_context& io, common::ChildProcess process, common::TempDir scratch,
                common::FlightRecorder recorder, common::UniqueFd link, common::UniqueFd link_watch,

@@ -174,5 +174,34 @@ TEST_F(CallWakeupsTest, LoneCallsRunWithoutWakingTheWorkersLinkReader) {
   EXPECT_LE(woken, kCalls / 10) << "the worker's link reader woke " << woken << " times for " << kCalls << " calls";
 }
 
+// Lone 64 KiB calls take the same path as small ones: relibd's waiting
+// handler reads the reply and the module's idle executor reads the call, so
+// neither relibd's io thread nor the worker's link reader wakes for them.
+// (Before, frames over 16 KiB were handed to those threads: each woke at
+// least once per call.)
+TEST_F(CallWakeupsTest, LoneLargeCallsWakeNeitherTheIoThreadNorTheLinkReader) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon());
+  const pid_t worker = LoadOrDie("m", k_versioned_v1);
+  const std::string input(64 << 10, 'x');
+  for (int i = 0; i < 20; ++i) ASSERT_EQ(Call("m", "echo", input).size(), input.size());
+  const pid_t relibd = relibd_->process().pid();
+  const int64_t io_before = SwitchesOf(relibd, "relibd-io");
+  const int64_t link_before = SwitchesOf(worker, "relib-link");
+  ASSERT_GE(io_before, 0) << "relibd has no thread named relibd-io";
+  ASSERT_GE(link_before, 0) << "the worker has no thread named relib-link";
+  constexpr int kCalls = 300;
+  auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < kCalls; ++i) ASSERT_EQ(Call("m", "echo", input), input);
+  auto elapsed_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
+  const int64_t io_woken = SwitchesOf(relibd, "relibd-io") - io_before;
+  const int64_t link_woken = SwitchesOf(worker, "relib-link") - link_before;
+  // The io thread's watchdog ticks (one per 20 ms), with room for a slow machine.
+  EXPECT_LE(io_woken, elapsed_ms / 20 + kCalls / 10)
+      << "relibd's io thread woke " << io_woken << " times for " << kCalls << " calls in " << elapsed_ms << " ms";
+  EXPECT_LE(link_woken, kCalls / 10) << "the worker's link reader woke " << link_woken << " times for " << kCalls
+                                     << " calls";
+}
+
 }  // namespace
 }  // namespace relib::testing
