@@ -11,6 +11,7 @@
 #include <optional>
 #include <thread>
 
+#include "absl/cleanup/cleanup.h"
 #include "agent/agent.h"
 #include "agent/daemon_link.h"
 #include "common/frame_io.h"
@@ -57,10 +58,15 @@ bool ReadFrameWithin(int fd, v1::link::FromWorker* message, std::chrono::millise
 // assertion ended the test midway.
 class AgentControlLoopTest : public ::testing::Test {
  protected:
-  ~AgentControlLoopTest() override {
-    relibd_side_.Reset();
-    if (control_.joinable()) control_.join();
-    agent_.reset();
+  ~AgentControlLoopTest() override { EndAgent(); }
+
+  // Ends Run and destroys the Agent (which joins its reader thread) when the
+  // returned guard leaves scope. A test whose race hooks capture its locals
+  // declares the guard after them: the agent's threads call the hooks until
+  // they end, and the fixture's destructor runs only after those locals are
+  // gone.
+  auto EndAgentOnScopeExit() {
+    return absl::MakeCleanup([this] { EndAgent(); });
   }
 
   // Starts Run with `hooks` (may be null) over a link of `frame_limit`, and
@@ -97,6 +103,11 @@ class AgentControlLoopTest : public ::testing::Test {
   void Stop() {
     relibd_side_.Reset();
     if (control_.joinable()) control_.join();
+  }
+
+  void EndAgent() {
+    Stop();
+    agent_.reset();
   }
 
   int relibd_side() const { return relibd_side_.get(); }
@@ -143,6 +154,7 @@ TEST_F(AgentControlLoopTest, ACommandMarkedWhileTheControlThreadLooksIsRun) {
     // pass when it should not, never fail).
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   };
+  const auto end_agent = EndAgentOnScopeExit();
   ASSERT_NO_FATAL_FAILURE(Start(&hooks));
   ASSERT_NO_FATAL_FAILURE(SendEmptyCommand(7));
 
@@ -186,6 +198,7 @@ TEST_F(AgentControlLoopTest, FramesAreReadWhileTheControlThreadWorksAfterAReply)
     working.Notify();
     std::this_thread::sleep_for(std::chrono::seconds(2));
   };
+  const auto end_agent = EndAgentOnScopeExit();
   ASSERT_NO_FATAL_FAILURE(Start(&hooks));
   ASSERT_NO_FATAL_FAILURE(SendEmptyCommand(7));
   ASSERT_TRUE(working.WaitFor(std::chrono::seconds(5)));
