@@ -784,11 +784,8 @@ class Bench {
            absl::StrCat("    of which gRPC client <-> relibd's supervisor (", m.label, ")"), "µs", P50(rpc_layer),
            std::nullopt, "", "", "p50 of total - ReloadResponse.daemon_micros"});
       Add({absl::StrCat("reload_phase_daemon_", m.key),
-           absl::StrCat("    of which relibd's own work: dir checks, file checks, its copy unless made during the "
-                        "worker's, link placement, cleanup (", m.label, ")"),
-           "µs", P50(daemon_own), std::nullopt, "", "",
-           "p50 of daemon_micros - worker_round_trip_micros; relibd's copy of a file under 512 KiB for a worker under "
-           "another user is written while the worker copies, inside the round trip"});
+           absl::StrCat("    of which relibd's own work: dir checks, its copy, link placement, cleanup (", m.label, ")"),
+           "µs", P50(daemon_own), std::nullopt, "", "", "p50 of daemon_micros - worker_round_trip_micros"});
       Add({absl::StrCat("reload_phase_link_", m.key),
            absl::StrCat("    of which the worker link around the worker's reload: command, reply, thread hand-offs (",
                         m.label, ")"),
@@ -831,9 +828,8 @@ class Bench {
       const double relibd_parts = std::max(0.0, P50(daemon_own)) + std::max(0.0, unload_p50 - P50(baseline_dlclose));
       const double reference = design_floor + relibd_parts;
       if (std::string_view(m.key) == "small") Add({absl::StrCat("reload_relibd_parts_reference_", m.key),
-           absl::StrCat("  reference, not a floor: that floor + relibd's own work p50 (dir checks and the rest; "
-                        "its last-good copy where not made during the worker's) + the worker's unload beyond a bare "
-                        "dlclose (", m.label, ")"),
+           absl::StrCat("  reference, not a floor: that floor + relibd's own work p50 (its last-good copy, dir "
+                        "checks and the rest) + the worker's unload beyond a bare dlclose (", m.label, ")"),
            "µs", P50(total), reference, "the reload p50 against the sum of the p50s", "",
            absl::StrFormat("design floor %.0f µs + relibd's own work p50 %.0f µs + unload p50 %.0f µs - a bare "
                            "dlclose p50 %.0f µs (relibd's measured costs, not least costs); sum / baseline %.2fx",
