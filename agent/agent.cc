@@ -383,14 +383,6 @@ absl::Status Agent::AcceptResources(const std::string& module, const v1::link::L
     fds::AdoptAsHost(fd->get());
     fds[key].fd = std::move(fd).value();
   }
-  if (command.source_fd_follows()) {
-    // The module file itself, last on the fd channel: the load copies it
-    // through this descriptor (ModuleLoader::UseSourceForNextOpen), which is
-    // closed before any module code runs.
-    auto source = link_.ReceiveFd();
-    if (!source.ok()) return source.status();
-    loader_.UseSourceForNextOpen(std::move(source).value());
-  }
   bool running = loader_.IsLoaded(module);
   std::lock_guard<std::mutex> lock(resources_mutex_);
   for (auto& [key, stored] : fds_[module]) fds::ForgetHost(stored.fd.get());
@@ -531,7 +523,6 @@ void Agent::Execute(const v1::link::ToWorker& command, v1::link::Reply& reply) {
       ModuleOptions options = FromProto(load.options());
       auto info = loader_.Load(load.name(), load.path(), load.version(), options, load.display_path(),
                                load.placed_in_scratch());
-      loader_.UseSourceForNextOpen({});  // a handed file Load never opened (refused before) goes
       SetStatus(info.status(), reply);
       if (info.ok()) {
         scheduler_.Configure(load.name(), LimitsFor(options, info->thread_safe, &info->warnings));
@@ -577,7 +568,6 @@ void Agent::Execute(const v1::link::ToWorker& command, v1::link::Reply& reply) {
       };
       auto info = loader_.Reload(load.name(), load.path(), load.version(), command.reload().force(), &options, report,
                                  load.display_path(), hold, load.placed_in_scratch());
-      loader_.UseSourceForNextOpen({});  // a handed file Reload never opened (refused before) goes
       auto* result = reply.mutable_reload();
       if (info.ok()) {
         scheduler_.Configure(load.name(), LimitsFor(options, info->thread_safe, &info->warnings));

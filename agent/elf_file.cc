@@ -401,10 +401,6 @@ absl::StatusOr<common::UniqueFd> OpenSharedObject(const std::string& path, struc
     if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("module file ", path, " does not exist"));
     return absl::ErrnoToStatus(errno, absl::StrCat("cannot open module file ", path));
   }
-  return CheckOpenSharedObject(std::move(fd), path, st);
-}
-
-absl::StatusOr<common::UniqueFd> CheckOpenSharedObject(common::UniqueFd fd, const std::string& path, struct stat* st) {
   if (::fstat(fd.get(), st) != 0) return absl::ErrnoToStatus(errno, "fstat " + path);
   if (!S_ISREG(st->st_mode)) return absl::InvalidArgumentError(absl::StrCat(path, " is not a regular file"));
   Elf64_Ehdr header;

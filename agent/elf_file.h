@@ -23,9 +23,6 @@ absl::Status CheckSharedObject(const std::string& path);
 // CheckSharedObject that keeps the file open: returns the open file
 // (O_RDONLY | O_NONBLOCK) and fills `st` with its fstat. Same errors.
 absl::StatusOr<common::UniqueFd> OpenSharedObject(const std::string& path, struct stat* st);
-// OpenSharedObject's checks on a descriptor already open for reading (relibd's
-// of the user's file, handed over the link); `path` names it in messages.
-absl::StatusOr<common::UniqueFd> CheckOpenSharedObject(common::UniqueFd fd, const std::string& path, struct stat* st);
 
 // OK if `path`, the file the dynamic loader is about to open, is a complete
 // relib module image, checked without running any of it: a 64-bit shared

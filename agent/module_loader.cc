@@ -302,15 +302,11 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
                                                                          bool hold_exit_registrations) {
   const std::string& path = display_path.empty() ? file : display_path;  // what messages show
   // A placed file is this load's: nothing else removes it if the load fails.
-  // A descriptor relibd handed: the file is read through it alone.
-  common::UniqueFd handed = std::move(next_source_);
-  const bool from_handed = handed.valid();
-  const bool placed = !from_handed && placed_in_scratch && file.rfind(scratch_dir_ + "/", 0) == 0;
+  const bool placed = placed_in_scratch && file.rfind(scratch_dir_ + "/", 0) == 0;
   // Opened once: checked as an ELF shared object before anything is copied,
   // then the copy's source.
   struct stat source_stat {};
-  absl::StatusOr<common::UniqueFd> source = from_handed ? CheckOpenSharedObject(std::move(handed), path, &source_stat)
-                                                        : OpenSharedObject(file, &source_stat);
+  absl::StatusOr<common::UniqueFd> source = OpenSharedObject(file, &source_stat);
   if (!source.ok()) {
     if (placed) RemoveFile(file);
     return absl::Status(source.status().code(), absl::StrReplaceAll(source.status().message(), {{file, path}}));
@@ -330,20 +326,15 @@ absl::StatusOr<std::unique_ptr<ModuleLoader::Module>> ModuleLoader::Open(const s
     image_stat = source_stat;
   } else {
     module->copy_path = absl::StrCat(scratch_dir_, "/", name, ".v", version, ".", next_copy_id_++, ".so");
-    const bool own_copy = from_handed || file.rfind(scratch_dir_ + "/", 0) == 0 || IsModuleFile(file);
+    const bool own_copy = file.rfind(scratch_dir_ + "/", 0) == 0 || IsModuleFile(file);
     if (own_copy || links_refused_ || !LinkReadOnlyCopy(file, display_path, module->copy_path, links_refused_)) {
       // The copy's name is new in this worker; a spare inode made after the
-      // last reply saves creating one now. A handed descriptor is copied
-      // through itself (the worker may have no right to open the file).
-      if (!spare_copy_.valid() && from_handed) {
-        spare_copy_ = common::UniqueFd(::open(scratch_dir_.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
-      }
+      // last reply saves creating one now.
       if (spare_copy_.valid()) {
         image = CopyIntoSpare(std::move(spare_copy_), source->get(), source_stat, module->copy_path, &image_stat);
       }
       if (!image.valid()) {
-        const std::string from = from_handed ? absl::StrCat("/proc/self/fd/", source->get()) : file;
-        std::filesystem::copy_file(from, module->copy_path, std::filesystem::copy_options::overwrite_existing, error);
+        std::filesystem::copy_file(file, module->copy_path, std::filesystem::copy_options::overwrite_existing, error);
       }
     }
   }

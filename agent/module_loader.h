@@ -152,12 +152,6 @@ class ModuleLoader {
   // is a read-only file relibd put in the scratch directory for this load
   // alone under a name never used before: it is loaded as it is (no copy) and
   // removed with the version.
-  // The next Load or Reload copies the new version from `source` (the
-  // module file, open for reading: relibd's descriptor, handed over the
-  // link) instead of opening its `path`, which then only names the copy; the
-  // copy is always this worker's own. Control thread only.
-  void UseSourceForNextOpen(common::UniqueFd source) { next_source_ = std::move(source); }
-
   absl::StatusOr<LoadInfo> Load(const std::string& name, const std::string& path, uint64_t version,
                                 const ModuleOptions& options, const std::string& display_path = "",
                                 bool placed_in_scratch = false);
@@ -271,8 +265,6 @@ class ModuleLoader {
   // Control thread only: see FinishAfterReply.
   std::vector<std::string> removals_after_reply_;
   common::UniqueFd spare_copy_;
-  // Control thread only: see UseSourceForNextOpen; taken by the next Open.
-  common::UniqueFd next_source_;
   // Written by the control thread only, under an exclusive lock; read under
   // a shared one by other threads (Call, Usage).
   mutable std::shared_mutex modules_mutex_;

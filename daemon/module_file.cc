@@ -2,7 +2,6 @@
 
 #include <elf.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -114,7 +113,8 @@ bool NameUnnamed(int fd, const std::string& destination) {
 
 }  // namespace
 
-absl::StatusOr<ModuleSource> OpenModuleSource(const std::string& path, uint64_t max_bytes) {
+absl::Status CopyModuleFile(const std::string& path, const std::string& destination, uint64_t max_bytes,
+                            std::optional<gid_t> group, common::UniqueFd spare) {
   common::UniqueFd in(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY));
   if (!in.valid()) {
     if (errno == ENOENT) return absl::NotFoundError(absl::StrCat("module file ", path, " does not exist"));
@@ -138,31 +138,7 @@ absl::StatusOr<ModuleSource> OpenModuleSource(const std::string& path, uint64_t 
   if (static_cast<size_t>(n) < SELFMAG || std::memcmp(magic, ELFMAG, SELFMAG) != 0) {
     return absl::InvalidArgumentError(absl::StrCat(path, " is not an ELF file (no ELF magic)"));
   }
-  return ModuleSource{std::move(in), size};
-}
 
-absl::Status CopyModuleFile(const std::string& path, const std::string& destination, uint64_t max_bytes,
-                            std::optional<gid_t> group, common::UniqueFd spare) {
-  absl::StatusOr<ModuleSource> source = OpenModuleSource(path, max_bytes);
-  if (!source.ok()) return source.status();
-  return CopyModuleSource(*source, path, destination, max_bytes, group, std::move(spare));
-}
-
-bool TakeReadLease(int fd) {
-  // A would-be writer's lease break signals the lease's owner: SIGURG
-  // (ignored by default), not SIGIO (which would end relibd), and no owner
-  // at all once the lease is taken.
-  if (::fcntl(fd, F_SETSIG, SIGURG) != 0) return false;
-  if (::fcntl(fd, F_SETLEASE, F_RDLCK) != 0) return false;
-  ::fcntl(fd, F_SETOWN, 0);
-  return true;
-}
-
-void ReleaseReadLease(int fd) { ::fcntl(fd, F_SETLEASE, F_UNLCK); }
-
-absl::Status CopyModuleSource(const ModuleSource& source, const std::string& path, const std::string& destination,
-                              uint64_t max_bytes, std::optional<gid_t> group, common::UniqueFd spare) {
-  const common::UniqueFd& in = source.fd;
   // Always a new inode: an earlier file of that name may be hard-linked by a
   // worker that has it mapped, and must never be rewritten. The name is
   // usually free (O_EXCL succeeds at once); only a leftover is unlinked. A

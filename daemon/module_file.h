@@ -11,7 +11,6 @@
 #include <string>
 
 #include "absl/status/status.h"
-#include "absl/status/statusor.h"
 #include "common/unique_fd.h"
 
 namespace relib::daemon {
@@ -36,31 +35,6 @@ inline constexpr uint64_t kDefaultMaxModuleSizeMb = 512;
 // `destination` once complete and read-only.
 absl::Status CopyModuleFile(const std::string& path, const std::string& destination, uint64_t max_bytes,
                             std::optional<gid_t> group = std::nullopt, common::UniqueFd spare = {});
-
-// CopyModuleFile in two steps, for a caller that lets another process copy
-// from the same open file while it makes its own copy.
-struct ModuleSource {
-  common::UniqueFd fd;  // read-only; copies read it by offset, never its position
-  uint64_t size = 0;    // at the open
-};
-// The checks of CopyModuleFile, through one open of `path`; the same errors.
-absl::StatusOr<ModuleSource> OpenModuleSource(const std::string& path, uint64_t max_bytes);
-// The copy of CopyModuleFile from an opened source (`path` for messages);
-// the same contract and errors.
-absl::Status CopyModuleSource(const ModuleSource& source, const std::string& path, const std::string& destination,
-                              uint64_t max_bytes, std::optional<gid_t> group = std::nullopt,
-                              common::UniqueFd spare = {});
-
-// Takes a read lease on `fd` (open read-only): while it is held, the file's
-// bytes cannot change. The kernel grants it only if no description of the
-// inode is open for writing anywhere (a writable shared mapping keeps one
-// open), and an open for writing or a truncate() of the file then waits until
-// ReleaseReadLease (a rename over its name does not change this inode). A
-// would-be writer's lease break sends no signal (the lease has no signal
-// owner). False if not granted: a writer has it open, leases are disabled,
-// the file system cannot, or relibd neither owns the file nor has CAP_LEASE.
-bool TakeReadLease(int fd);
-void ReleaseReadLease(int fd);
 
 }  // namespace relib::daemon
 

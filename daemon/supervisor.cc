@@ -5,7 +5,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cstring>
 #include <optional>
 #include <filesystem>
 #include <map>
@@ -15,7 +14,6 @@
 #include "absl/strings/str_cat.h"
 #include "common/child_process.h"
 #include "common/log_text.h"
-#include "common/status_macros.h"
 #include "daemon/module_file.h"
 #include "daemon/request_validation.h"
 #include "spdlog/spdlog.h"
@@ -327,42 +325,27 @@ absl::StatusOr<std::shared_ptr<WorkerHandle>> Supervisor::EnsureWorker(const std
   return g.worker;
 }
 
-std::string Supervisor::GoodCopyPath(const std::string& name, uint64_t version) const {
-  return absl::StrCat(options_.good_dir, "/", name, ".v", version, ".so");
-}
-
-absl::StatusOr<ModuleSource> Supervisor::OpenSource(const std::string& path, bool own_copy, std::string* resolved) {
-  *resolved = path;
+absl::StatusOr<std::string> Supervisor::StageCopy(const std::string& name, uint64_t version,
+                                                  const std::string& path, bool own_copy) {
+  std::string copy = absl::StrCat(options_.good_dir, "/", name, ".v", version, ".so");
+  std::string source = path;
   if (options_.module_dirs != nullptr && !own_copy) {
     auto allowed = options_.module_dirs->Check(path);
     if (!allowed.ok()) return allowed.status();
-    *resolved = *allowed;  // symlinks resolved: the very file that was checked
+    source = *allowed;  // symlinks resolved: the very file that was checked
   }
-  return OpenModuleSource(*resolved, options_.max_module_bytes);
-}
-
-absl::Status Supervisor::WriteGoodCopy(const std::string& copy, const ModuleSource& source,
-                                       const std::string& resolved) {
   // A worker under another user reads the copy through its group; nobody
   // else may, and it stays read-only (never written again, see CopyModuleFile).
   std::optional<gid_t> group;
   if (options_.worker.run_as) group = options_.worker.run_as->gid;
   good_copies_.ForgetRemoval(copy);
-  RELIB_RETURN_IF_ERROR(
-      CopyModuleSource(source, resolved, copy, options_.max_module_bytes, group, good_copies_.TakeSpare()));
+  if (absl::Status copied = CopyModuleFile(source, copy, options_.max_module_bytes, group, good_copies_.TakeSpare());
+      !copied.ok()) {
+    return copied;
+  }
   // A worker of relibd's user hard-links this copy and proves it unused with
   // a lease: no child of relibd's may still hold its write descriptor.
   common::AwaitSpawnsUnderWay();
-  return absl::OkStatus();
-}
-
-absl::StatusOr<std::string> Supervisor::StageCopy(const std::string& name, uint64_t version,
-                                                  const std::string& path, bool own_copy) {
-  std::string resolved;
-  absl::StatusOr<ModuleSource> source = OpenSource(path, own_copy, &resolved);
-  if (!source.ok()) return source.status();
-  const std::string copy = GoodCopyPath(name, version);
-  RELIB_RETURN_IF_ERROR(WriteGoodCopy(copy, *source, resolved));
   return copy;
 }
 
@@ -780,29 +763,9 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
     return status;
   };
 
-  std::string resolved;
-  absl::StatusOr<ModuleSource> source = OpenSource(path, false, &resolved);
-  if (!source.ok()) return fail(source.status(), false);
-  const std::string copy = GoodCopyPath(name, version);
-  // A worker under another user makes a private copy of its own (it cannot
-  // hard-link relibd's), so the two copies can be made at once: the worker
-  // copies from the descriptor relibd opened and checked while relibd writes
-  // its copy from it. The read lease keeps the file's bytes from changing
-  // until both are done, so relibd's copy is what the worker loaded; without
-  // the lease (a writer has the file open, leases unsupported), or for a
-  // staged reload (its trial loads relibd's copy) or a file placed by a link,
-  // the copy comes first, as before.
-  const bool can_overlap = !staged && options_.worker.run_as && source->size < kPlaceInScratchBytes;
-  const bool overlap = can_overlap && TakeReadLease(source->fd.get());
-  if (can_overlap && !overlap) {
-    spdlog::debug("module={} version={} phase=reload no read lease on {} ({}): relibd copies it first",
-                  name, version, common::EscapeForLog(resolved, 4096), std::strerror(errno));
-  }
-  if (!overlap) {
-    if (absl::Status written = WriteGoodCopy(copy, *source, resolved); !written.ok()) return fail(written, false);
-    candidate = copy;
-    *source = ModuleSource{};
-  }
+  auto copy = StageCopy(name, version, path);
+  if (!copy.ok()) return fail(copy.status(), false);
+  candidate = *copy;
   if (staged) {
     if (absl::Status status = TryInScratchWorker(name, candidate, path, version, options); !status.ok()) {
       return fail(status, false);
@@ -811,18 +774,8 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
   auto worker = EnsureWorker(before.worker());
   if (!worker.ok()) return fail(worker.status(), false);
   std::vector<common::UniqueFd> fds;
-  v1::link::ToWorker command = LoadCommand(name, copy, path, version, options, false, fds);
-  std::string placed;
-  if (overlap) {
-    command.mutable_load()->set_source_fd_follows(true);
-    fds.emplace_back(::fcntl(source->fd.get(), F_DUPFD_CLOEXEC, 3));
-    if (!fds.back().valid()) {
-      ReleaseReadLease(source->fd.get());
-      return fail(absl::ErrnoToStatus(errno, "cannot duplicate the module file's descriptor"), false);
-    }
-  } else {
-    placed = PlaceInScratch(**worker, candidate, *command.mutable_load());
-  }
+  v1::link::ToWorker command = LoadCommand(name, candidate, path, version, options, false, fds);
+  const std::string placed = PlaceInScratch(**worker, candidate, *command.mutable_load());
   std::chrono::milliseconds deadline;
   if (fresh) {
     deadline = CommandDeadline(options, {common::Phase::kLoad, common::Phase::kOnLoad});
@@ -836,32 +789,10 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
                                          common::Phase::kUnloadChecks, common::Phase::kOnLoad,
                                          common::Phase::kUnloadChecks, common::Phase::kLoad, common::Phase::kOnLoad});
   }
-  absl::Status copied;
   const auto sent = std::chrono::steady_clock::now();
   auto reply = (*worker)->Request(std::move(command), absl::StrCat("reload of module '", name, "'"), deadline,
-                                  std::move(fds), {}, [&] {
-                                    if (overlap) copied = WriteGoodCopy(copy, *source, resolved);
-                                  });
+                                  std::move(fds));
   const auto answered = std::chrono::steady_clock::now();
-  if (overlap) {
-    // Still under the lease: a failed first try copies the same bytes.
-    if (!copied.ok()) copied = WriteGoodCopy(copy, *source, resolved);
-    ReleaseReadLease(source->fd.get());
-    *source = ModuleSource{};
-    if (copied.ok()) candidate = copy;
-  }
-  if (overlap && !copied.ok() && reply.ok() && ReplyStatus(*reply).ok()) {
-    // The worker runs a version relibd has no copy of, so could never
-    // restart: it goes (its reload succeeded, so the old version is gone).
-    v1::link::ToWorker unload;
-    unload.mutable_unload()->set_name(name);
-    unload.mutable_unload()->set_force(true);
-    (void)(*worker)->Request(std::move(unload), absl::StrCat("unload of module '", name, "'"),
-                             CommandDeadline(options, {common::Phase::kBeforeUnload, common::Phase::kUnloadChecks}));
-    return fail(absl::Status(copied.code(), absl::StrCat("module '", name, "' was unloaded: relibd could not keep a "
-                                                         "copy of version ", version, ": ", copied.message())),
-                true);
-  }
   // On success the worker owns the placed file; otherwise it may never have seen it.
   if (!reply.ok() || !ReplyStatus(*reply).ok()) RemoveFile(placed);
   // A dead or killed worker already marked the module RESTARTING or FAILED (OnWorkerExit).

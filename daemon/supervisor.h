@@ -199,12 +199,6 @@ class Supervisor {
   std::string PlaceInScratch(WorkerHandle& worker, const std::string& copy, v1::link::LoadCommand& load) const;
   absl::StatusOr<std::string> StageCopy(const std::string& name, uint64_t version, const std::string& path,
                                         bool own_copy = false);
-  // StageCopy's two steps. OpenSource: the allowed-directory check (unless
-  // `own_copy`) and OpenModuleSource of the very file checked; `resolved`
-  // receives its path. WriteGoodCopy: the copy at GoodCopyPath(name, version).
-  absl::StatusOr<ModuleSource> OpenSource(const std::string& path, bool own_copy, std::string* resolved);
-  absl::Status WriteGoodCopy(const std::string& copy, const ModuleSource& source, const std::string& resolved);
-  std::string GoodCopyPath(const std::string& name, uint64_t version) const;
   // Loads the candidate in a throwaway worker and runs `self_test` there.
   absl::Status TryInScratchWorker(const std::string& name, const std::string& candidate,
                                   const std::string& path, uint64_t version, const v1::ModuleOptions& options);

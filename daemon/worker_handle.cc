@@ -803,8 +803,7 @@ void WorkerHandle::WriteLocked(std::string frame, std::string_view tail) {
 
 absl::StatusOr<v1::link::Reply> WorkerHandle::Request(v1::link::ToWorker command, std::string what,
                                                       std::chrono::milliseconds deadline,
-                                                      std::vector<common::UniqueFd> fds, std::string_view tail,
-                                                      const std::function<void()>& while_waiting) {
+                                                      std::vector<common::UniqueFd> fds, std::string_view tail) {
   // Shared with the reply callback, which wakes the waiting thread after it
   // lets go of the mutex (woken under it, the thread would block on the
   // mutex at once: two more context switches per reply, seen in traces).
@@ -847,7 +846,6 @@ absl::StatusOr<v1::link::Reply> WorkerHandle::Request(v1::link::ToWorker command
         waiter->wake.notify_one();
       },
       /*any_thread=*/true, std::move(fds), tail);
-  if (while_waiting) while_waiting();
   if (lead) {
     Lead(*waiter);
     std::lock_guard<std::mutex> lock(waiter->mutex);

@@ -122,12 +122,9 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   // `tail`, if not empty, is appended to the command's CallCommand.input on
   // the wire without being copied (REQUIRES: a call command whose input is
   // empty; `tail` stays valid until this returns).
-  // `while_waiting`, if set, runs on this thread once the command is on its
-  // way, before the wait for the reply: work that overlaps the worker's.
   absl::StatusOr<v1::link::Reply> Request(v1::link::ToWorker command, std::string what,
                                           std::chrono::milliseconds deadline,
-                                          std::vector<common::UniqueFd> fds = {}, std::string_view tail = {},
-                                          const std::function<void()>& while_waiting = nullptr);
+                                          std::vector<common::UniqueFd> fds = {}, std::string_view tail = {});
 
   // Thread-safe; not on the io thread. Asks the worker for its modules'
   // usage (answered by its link reader, never behind calls) and waits at

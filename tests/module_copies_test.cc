@@ -2,11 +2,8 @@
 // fast a crashed module serves again: relibd's copy is read-only and the
 // worker hard-links it instead of copying it a second time; a first crash
 // restarts the worker at once, without the backoff.
-#include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
-#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <string>
@@ -15,7 +12,6 @@
 #include "tests/event_log.h"
 #include "tests/relibd_fixture.h"
 #include "tests/test_paths.h"
-#include "tests/test_users.h"
 #include "tests/testing.h"
 
 namespace relib::testing {
@@ -97,79 +93,6 @@ TEST_F(RelibdTest, DeferredRemovalOfAnOldCopyNeverRemovesANewCopyOfThatName) {
 
 // With default flags the backoff is 100 ms; here 1.5 s, which a first crash
 // must not wait for (before the change it waited the full backoff).
-// A worker under another user copies the module file through relibd's open
-// descriptor while relibd writes its own copy from it (daemon/supervisor.cc
-// Reload). The user's file is rewritten in place all along: every reload
-// either fails with the module still serving a version it loaded, or leaves
-// relibd's last-good copy byte for byte what the worker mapped, and that is
-// one whole build of the module.
-class UnprivilegedWorkerCopiesTest : public RelibdTest {
- protected:
-  void SetUp() override {}  // each test starts relibd with its worker user
-};
-
-TEST_F(UnprivilegedWorkerCopiesTest, CopiesMadeAtOnceAreTheSameWhileTheFileIsRewrittenInPlace) {
-  if (!TestUsers::CanCreate()) GTEST_SKIP() << "a worker under another user needs relibd as root";
-  TestUsers users;
-  const std::string group = users.AddGroup("c");
-  ASSERT_FALSE(group.empty());
-  const std::string user = users.AddUser("c", {group});
-  ASSERT_FALSE(user.empty());
-  ASSERT_NO_FATAL_FAILURE(StartDaemon({"--worker-user", user}));
-  const std::string builds[2] = {ReadAll(k_versioned_v1), ReadAll(k_versioned_v2)};
-  ASSERT_NE(builds[0], builds[1]);
-  const std::string path = Copy(k_versioned_v1, "mod.so");
-  ASSERT_TRUE(Load("m", path).ok());
-
-  std::atomic<bool> stop{false};
-  std::atomic<int> rewrites{0};
-  std::thread writer([&] {
-    for (int i = 0; !stop.load(); ++i) {
-      // In place: the same inode, truncated and written again.
-      int fd = ::open(path.c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
-      if (fd < 0) continue;
-      const std::string& bytes = builds[i % 2];
-      for (size_t done = 0; done < bytes.size();) {
-        ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-        if (n <= 0) break;
-        done += static_cast<size_t>(n);
-      }
-      ::close(fd);
-      rewrites.fetch_add(1);
-      // Quiet spells too, so that reloads also meet a whole file.
-      std::this_thread::sleep_for(std::chrono::microseconds(i % 3 == 0 ? 2000 : 100));
-    }
-  });
-  int reloaded = 0, refused = 0;
-  for (int i = 0; i < 150; ++i) {
-    v1::ReloadResponse response;
-    grpc::Status status = Reload("m", path, &response);
-    if (!status.ok()) {
-      if (refused++ < 3) std::printf("refused: %s\n", status.error_message().c_str());
-      // Refused cleanly: the module still serves one of its builds.
-      std::string version = Call("m", "version");
-      EXPECT_TRUE(version == "v1" || version == "v2") << version << " after: " << status.error_message();
-      continue;
-    }
-    ++reloaded;
-    const uint64_t v = response.module().version();
-    const std::string good = ReadAll(relibd_->dir() + "/good/m.v" + std::to_string(v) + ".so");
-    const std::string mapped = MappedCopy(response.module().worker_pid(), "/m.v" + std::to_string(v) + ".");
-    ASSERT_FALSE(mapped.empty()) << "version " << v;
-    ASSERT_TRUE(good == ReadAll(mapped)) << "relibd's copy of version " << v << " is not what the worker mapped";
-    const int build = good == builds[0] ? 0 : good == builds[1] ? 1 : -1;
-    ASSERT_NE(build, -1) << "version " << v << " is no whole build (" << good.size() << " bytes)";
-    EXPECT_EQ(Call("m", "version"), build == 0 ? "v1" : "v2");
-  }
-  stop.store(true);
-  writer.join();
-  EXPECT_GT(reloaded, 0);
-  EXPECT_GT(rewrites.load(), 0);
-  RecordProperty("reloaded", reloaded);
-  RecordProperty("refused", refused);
-  std::printf("reloads: %d done, %d refused; %d rewrites of the file\n", reloaded, refused, rewrites.load());
-}
-
 TEST_F(RelibdTest, FirstCrashRestartsWithoutTheBackoff) {
   relibd_.reset();
   StartDaemon({"--restart-backoff-ms", "1500"});
