@@ -2,6 +2,9 @@
 
 #include <malloc.h>
 
+#include <cstdlib>
+#include <cstring>
+
 namespace relib::common {
 namespace {
 
@@ -10,11 +13,23 @@ namespace {
 constexpr int kMmapThreshold = 4 << 20;
 constexpr int kTrimThreshold = 8 << 20;
 
+// True when the operator set this glibc malloc setting through the
+// environment (the old MALLOC_*_ variable or GLIBC_TUNABLES): theirs wins.
+bool SetByEnvironment(const char* variable, const char* tunable) {
+  if (std::getenv(variable) != nullptr) return true;
+  const char* tunables = std::getenv("GLIBC_TUNABLES");
+  return tunables != nullptr && std::strstr(tunables, tunable) != nullptr;
+}
+
 }  // namespace
 
 void KeepFreedCallBuffers() {
-  ::mallopt(M_MMAP_THRESHOLD, kMmapThreshold);
-  ::mallopt(M_TRIM_THRESHOLD, kTrimThreshold);
+  if (!SetByEnvironment("MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold")) {
+    ::mallopt(M_MMAP_THRESHOLD, kMmapThreshold);
+  }
+  if (!SetByEnvironment("MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold")) {
+    ::mallopt(M_TRIM_THRESHOLD, kTrimThreshold);
+  }
 }
 
 }  // namespace relib::common

@@ -12,10 +12,11 @@ namespace relib::common {
 // that thread's arena is given back (madvise), and the next call faults the
 // same pages in again (measured: 3-12 page faults per 64 KiB call and 90-260
 // per 1 MiB call in relibd). Here blocks under 4 MiB come from the arenas and
-// an arena's free top is given back only once it exceeds 8 MiB, and then
-// down to glibc's usual pad, so a large free (a module's heap released at
-// unload) is still returned. Cost: up to that much freed memory stays
-// resident per arena after large calls.
+// an arena's free top is given back only once it exceeds 8 MiB. Cost: up to
+// that much freed memory can stay resident per arena, after large calls and
+// after an unload that frees a module's heap (malloc_trim does not shrink a
+// thread arena's top). A threshold the operator set in the environment
+// (MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_, GLIBC_TUNABLES) is kept.
 void KeepFreedCallBuffers();
 
 }  // namespace relib::common
