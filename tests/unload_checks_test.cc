@@ -323,6 +323,50 @@ TEST_F(UnloadChecksTest, ClosePolicyClosesLeftoverFds) {
   ::close(client);
 }
 
+// The fd sweep lists /proc/self/fd through a descriptor the agent keeps
+// across checks: each unload must still see an fd opened behind the agent's
+// back since the previous one.
+TEST_F(UnloadChecksTest, FdOpenedByARawSystemCallIsFoundAtEachUnload) {
+  pid_t worker = WarmWorker();
+  for (int round = 0; round < 3; ++round) {
+    ASSERT_EQ(LoadOrDie("f", k_fds), worker);
+    int fd = std::stoi(Call("f", "raw_open", kRelibdPath));
+    v1::UnloadResponse response;
+    ASSERT_TRUE(Unload("f", &response).ok());
+    std::vector<std::string> seen;
+    for (const auto& open : response.report().open_fds()) seen.push_back(std::to_string(open.fd()) + " " + open.description());
+    EXPECT_THAT(seen, Contains(std::to_string(fd) + " " + kRelibdPath)) << "round " << round;
+    EXPECT_EQ(FdTarget(worker, fd), kRelibdPath);  // report policy: still open
+  }
+}
+
+// A module that closes the agent's kept /proc descriptors (the fd sweep's
+// /proc/self/fd, the signal guard's /proc/self/status) with raw system
+// calls: the checks open them again, and fds the module then opens on the
+// freed numbers are still the module's (never skipped as the agent's).
+TEST_F(UnloadChecksTest, KeptProcDescriptorsClosedBehindTheAgentsBackAreReopened) {
+  pid_t worker = WarmWorker();  // its unload opened both
+  v1::ModuleOptions options;
+  options.set_signal_policy(v1::SIGNAL_POLICY_REFUSE);  // the guard reads the status first
+  ASSERT_EQ(LoadOrDie("f", k_fds, options), worker);
+  ASSERT_GE(std::stoi(Call("f", "raw_close_proc_fds")), 2);
+  int first = std::stoi(Call("f", "raw_open", kRelibdPath));
+  int second = std::stoi(Call("f", "raw_open", kRelibdPath));
+  v1::UnloadResponse response;
+  ASSERT_TRUE(Unload("f", &response).ok()) << response.report().DebugString();
+  std::vector<std::string> seen;
+  for (const auto& open : response.report().open_fds()) seen.push_back(std::to_string(open.fd()) + " " + open.description());
+  EXPECT_THAT(seen, Contains(std::to_string(first) + " " + kRelibdPath));
+  EXPECT_THAT(seen, Contains(std::to_string(second) + " " + kRelibdPath));
+  EXPECT_TRUE(response.report().unmapped());
+  // The next module's checks work as before.
+  LoadOrDie("c", k_code_paths, options);
+  ASSERT_EQ(Call("c", "raw_rt_sigaction"), "installed");
+  grpc::Status status = Unload("c", &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << status.error_message();
+  EXPECT_TRUE(response.report().refused());
+}
+
 TEST_F(UnloadChecksTest, C11ThreadSpecificKeysAreDeletedToo) {
   LoadOrDie("k", k_keys_maps);
   Call("k", "create_c11_key");
