@@ -71,12 +71,10 @@ bool StillSame(int fd) {
 // ABSL_GUARDED_BY(sweep_mutex).
 constinit ProcSelfFile fd_listing("/proc/self/fd", O_DIRECTORY);
 
-// Calls f for each fd open now but the agent's kept /proc files (this
-// listing, the signal guard's /proc/self/status).
+// Calls f for each fd open now but the listing's own.
 // REQUIRES: sweep_mutex held.
 template <typename F>
 void ForEachOpenFd(F f) {
-  const ProcSelfFile& status = ProcSelfStatus();
   const int self = fd_listing.Get();
   if (self < 0 || ::lseek(self, 0, SEEK_SET) != 0) return;
   alignas(dirent64) char buffer[4096];
@@ -89,7 +87,7 @@ void ForEachOpenFd(F f) {
       offset += entry->d_reclen;
       if (entry->d_name[0] == '.') continue;
       int fd = std::atoi(entry->d_name);
-      if (fd != self && !status.Holds(fd)) f(fd);
+      if (fd != self) f(fd);
     }
   }
 }

@@ -9,13 +9,14 @@ namespace relib::agent {
 
 int ProcSelfFile::Get() {
   const pid_t pid = ::getpid();
-  if (int kept = fd_.load(std::memory_order_relaxed); kept >= 0) {
-    const bool same = Holds(kept);
-    if (same && pid == pid_) return kept;
-    fd_.store(-1, std::memory_order_release);
+  if (fd_ >= 0) {
+    struct stat st;
+    const bool same = ::fstat(fd_, &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_;
+    if (same && pid == pid_) return fd_;
     // A forked child's copy names the parent's entry: it is this process's
     // to close. Any other mismatch: the number is not the agent's any more.
-    if (same) ::close(kept);
+    if (same) ::close(fd_);
+    fd_ = -1;
   }
   // Past the fd tracker's open: never marked the host's, so if a module
   // closes it behind the agent's back, whatever takes the number next is
@@ -27,23 +28,11 @@ int ProcSelfFile::Get() {
     ::close(fd);
     return -1;
   }
+  fd_ = fd;
   pid_ = pid;
-  dev_.store(st.st_dev, std::memory_order_relaxed);
-  ino_.store(st.st_ino, std::memory_order_relaxed);
-  fd_.store(fd, std::memory_order_release);
-  return fd;
-}
-
-bool ProcSelfFile::Holds(int fd) const {
-  if (fd < 0 || fd != fd_.load(std::memory_order_acquire)) return false;
-  struct stat st;
-  return ::fstat(fd, &st) == 0 && st.st_dev == dev_.load(std::memory_order_relaxed) &&
-         st.st_ino == ino_.load(std::memory_order_relaxed);
-}
-
-ProcSelfFile& ProcSelfStatus() {
-  static constinit ProcSelfFile status("/proc/self/status", 0);
-  return status;
+  dev_ = st.st_dev;
+  ino_ = st.st_ino;
+  return fd_;
 }
 
 }  // namespace relib::agent

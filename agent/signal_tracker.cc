@@ -20,7 +20,6 @@
 #include "absl/strings/str_cat.h"
 #include "agent/symbolize.h"
 #include "agent/fork_lock.h"
-#include "agent/proc_self_file.h"
 
 namespace relib::agent::signals {
 namespace {
@@ -69,21 +68,19 @@ Sigaction RealSigaction() {
 // shared dispositions, all 64 signals, as rt_sigaction would report them):
 // one read instead of a system call per signal. Not /proc/self/stat's
 // sigcatch field: the kernel masks it to signals 1-31, so a realtime
-// signal's handler would never be looked at. Read through a kept descriptor
-// (the kernel writes the text anew at each read from offset 0): the open and
-// close were ~5 of the ~14 µs of a fresh read here. nullopt if it cannot be
-// read. REQUIRES: stacks_mutex held (serialises the kept descriptor).
+// signal's handler would never be looked at. nullopt if it cannot be read.
 std::optional<uint64_t> CaughtSignals() {
-  int fd = ProcSelfStatus().Get();
+  int fd = ::open("/proc/self/status", O_RDONLY | O_CLOEXEC);
   if (fd < 0) return std::nullopt;
   char text[4096];
   size_t size = 0;
   while (size < sizeof(text) - 1) {
-    ssize_t n = ::pread(fd, text + size, sizeof(text) - 1 - size, static_cast<off_t>(size));
+    ssize_t n = ::read(fd, text + size, sizeof(text) - 1 - size);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     size += static_cast<size_t>(n);
   }
+  ::close(fd);
   text[size] = '\0';
   const char* line = std::strstr(text, "\nSigCgt:");
   if (line == nullptr) return std::nullopt;  // includes a status cut short before it
