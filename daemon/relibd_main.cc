@@ -125,6 +125,15 @@ class GrpcWithPollEngine {
 // again (gRPC's default is 10 s).
 constexpr int kSyncPollTimeoutMs = 3600 * 1000;
 
+// How many idle threads a server keeps waiting for requests (gRPC's default:
+// 2). A sync-server thread that finishes a request while that many others
+// already wait ends, and a request that takes the last waiting thread starts
+// a new one: with more concurrent callers than that, gRPC started a thread on
+// about one request in seven (8 callers). Threads kept waiting cost no
+// wakeups (they wait kSyncPollTimeoutMs) and count against --max-rpc-threads
+// like any other.
+constexpr int kMaxIdlePollers = 16;
+
 // A started gRPC server with no listening port of its own: PeerListener
 // hands it connections. Every server answers server reflection (generic
 // tools discover the API; its schema is public, installed with the SDK);
@@ -153,6 +162,7 @@ std::unique_ptr<grpc::Server> BuildServer(grpc::Service* service, uint64_t max_m
   // times out (10 s by default) only to wait again; a shutdown wakes them
   // anyway, so the timeout only costs idle wakeups.
   builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::CQ_TIMEOUT_MSEC, kSyncPollTimeoutMs);
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, kMaxIdlePollers);
   // No keepalive pings (gRPC's server default: one every 2 h per
   // connection, a timer each): on a Unix socket a peer that is gone closes
   // its end, which gRPC sees at once.
