@@ -125,6 +125,17 @@ class GrpcWithPollEngine {
 // again (gRPC's default is 10 s).
 constexpr int kSyncPollTimeoutMs = 3600 * 1000;
 
+// How many idle threads a server keeps waiting for requests (gRPC's default:
+// 2). A sync-server thread that finishes a request while that many others
+// already wait ends, and a request that takes the last waiting thread starts
+// a new one: with more concurrent callers than that, gRPC started a thread on
+// about one request in seven (8 callers). Threads kept waiting cost no
+// wakeups (they wait kSyncPollTimeoutMs) but count against --max-rpc-threads
+// (shared by the three servers): each server keeps at most an eighth of it
+// (16 of the default 128), never fewer than gRPC's 2, so the threads one
+// role keeps idle leave the others most of the quota.
+int MaxIdlePollers(int max_rpc_threads) { return std::clamp(max_rpc_threads / 8, 2, 16); }
+
 // A started gRPC server with no listening port of its own: PeerListener
 // hands it connections. Every server answers server reflection (generic
 // tools discover the API; its schema is public, installed with the SDK);
@@ -134,6 +145,7 @@ constexpr int kSyncPollTimeoutMs = 3600 * 1000;
 // connection, so a burst of clients cannot grow relibd without limit.
 std::unique_ptr<grpc::Server> BuildServer(grpc::Service* service, uint64_t max_message_bytes,
                                           relib::daemon::HealthService* health, grpc::ResourceQuota& quota,
+                                          int max_idle_pollers,
                                           std::unique_ptr<grpc::ServerCompletionQueue>* events_queue) {
   grpc::ServerBuilder builder;
   // Not "frequently polled": a server with such a queue and synchronous
@@ -153,6 +165,7 @@ std::unique_ptr<grpc::Server> BuildServer(grpc::Service* service, uint64_t max_m
   // times out (10 s by default) only to wait again; a shutdown wakes them
   // anyway, so the timeout only costs idle wakeups.
   builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::CQ_TIMEOUT_MSEC, kSyncPollTimeoutMs);
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, max_idle_pollers);
   // No keepalive pings (gRPC's server default: one every 2 h per
   // connection, a timer each): on a Unix socket a peer that is gone closes
   // its end, which gRPC sees at once.
@@ -625,12 +638,14 @@ int main(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ResourceQuota quota("relibd");
   quota.SetMaxThreads(max_rpc_threads);
+  const int idle_pollers = MaxIdlePollers(max_rpc_threads);
   std::unique_ptr<grpc::ServerCompletionQueue> control_queue, view_queue, no_queue;
   std::unique_ptr<grpc::Server> control_server =
-      BuildServer(&control_service, max_message_bytes, &control_health, quota, &control_queue);
+      BuildServer(&control_service, max_message_bytes, &control_health, quota, idle_pollers, &control_queue);
   std::unique_ptr<grpc::Server> view_server =
-      BuildServer(&view_service, max_message_bytes, &view_health, quota, &view_queue);
-  std::unique_ptr<grpc::Server> no_server = BuildServer(&no_service, max_message_bytes, nullptr, quota, &no_queue);
+      BuildServer(&view_service, max_message_bytes, &view_health, quota, idle_pollers, &view_queue);
+  std::unique_ptr<grpc::Server> no_server =
+      BuildServer(&no_service, max_message_bytes, nullptr, quota, idle_pollers, &no_queue);
   // Each server's Events streams; destroyed only after its server shut down.
   std::vector<std::unique_ptr<relib::daemon::EventStreams>> event_streams;
   auto stop_servers = [&](std::chrono::system_clock::time_point deadline) {

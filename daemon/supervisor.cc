@@ -938,13 +938,17 @@ absl::StatusOr<v1::ModuleInfo> Supervisor::SetWatch(const std::string& name, boo
 
 absl::StatusOr<v1::CallResponse> Supervisor::Call(const std::string& name, const std::string& export_name,
                                                   const std::string& input) {
-  auto record = Find(name);
-  if (!record) return absl::NotFoundError(absl::StrCat("no module named '", name, "'"));
+  std::shared_ptr<Record> record;
   std::shared_ptr<WorkerHandle> worker;
   uint64_t version = 0;
   std::chrono::milliseconds call_deadline, queue_deadline, backstop;
   {
+    // The module is looked up under the same lock as its state (one lock
+    // per call instead of two, each contended by the other callers).
     std::lock_guard<std::mutex> lock(mutex_);
+    auto found = modules_.find(name);
+    if (found == modules_.end()) return absl::NotFoundError(absl::StrCat("no module named '", name, "'"));
+    record = found->second;
     const v1::ModuleInfo& info = record->info;
     if (info.state() != v1::MODULE_STATE_LOADED) {
       std::string why = info.state() == v1::MODULE_STATE_FAILED       ? absl::StrCat(" (failed: ", info.last_error(), ")")
