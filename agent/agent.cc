@@ -377,11 +377,22 @@ absl::Status Agent::AcceptResources(const std::string& module, const v1::link::L
   std::map<std::string, SavedValue> state;
   for (const auto& entry : command.state()) state[entry.key()].bytes = entry.value();
   std::map<std::string, StoredFd> fds;
-  for (const std::string& key : command.fd_keys()) {
+  for (int i = 0; i < command.fd_keys_size(); ++i) {
     auto fd = link_.ReceiveFd();
-    if (!fd.ok()) return fd.status();
+    if (!fd.ok()) {
+      // Each of this command's fds is one message on the channel: the rest
+      // are taken off too (and dropped), or the next command's keys would
+      // get them. One that fails the same way (a full fd table) is taken
+      // off all the same; a closed channel ends the loop.
+      for (int rest = i + 1; rest < command.fd_keys_size(); ++rest) {
+        auto dropped = link_.ReceiveFd();
+        if (!dropped.ok() && absl::IsUnavailable(dropped.status())) break;
+      }
+      return absl::Status(fd.status().code(),
+                          absl::StrCat("receiving stored fd '", command.fd_keys(i), "': ", fd.status().message()));
+    }
     fds::AdoptAsHost(fd->get());
-    fds[key].fd = std::move(fd).value();
+    fds[command.fd_keys(i)].fd = std::move(fd).value();
   }
   bool running = loader_.IsLoaded(module);
   std::lock_guard<std::mutex> lock(resources_mutex_);
@@ -552,6 +563,8 @@ void Agent::Execute(const v1::link::ToWorker& command, v1::link::Reply& reply) {
       const auto& load = command.reload().load();
       if (absl::Status accepted = AcceptResources(load.name(), load); !accepted.ok()) {
         SetStatus(accepted, reply);
+        // Nothing was changed: the running version goes on serving.
+        reply.mutable_reload()->set_old_version_loaded(loader_.IsLoaded(load.name()));
         return;
       }
       UnloadReport report;

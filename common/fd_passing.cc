@@ -47,6 +47,11 @@ absl::StatusOr<UniqueFd> ReceiveFd(int socket, bool blocking) {
     return absl::ErrnoToStatus(errno, "recvmsg on the fd channel");
   }
   if (rc == 0) return absl::UnavailableError("fd channel closed");
+  if (message.msg_flags & MSG_CTRUNC) {
+    // The kernel took the message off the channel and closed its fd.
+    return absl::ResourceExhaustedError(
+        "the fd passed on the fd channel was dropped (no free fd in this process: RLIMIT_NOFILE reached)");
+  }
   cmsghdr* header = CMSG_FIRSTHDR(&message);
   if (header == nullptr || header->cmsg_type != SCM_RIGHTS || header->cmsg_len != CMSG_LEN(sizeof(int))) {
     return absl::DataLossError("fd channel message without an fd");

@@ -260,5 +260,28 @@ TEST_F(HostApiTest, FdStoreHasAPerModuleLimit) {
   EXPECT_EQ(Call("m", "take_fd", "many-64"), "-1");
 }
 
+// A reload whose stored fds the worker cannot all take (its fd table is
+// full) fails, and leaves no fd of that command on the worker's fd channel:
+// a later reload's fds reach their own keys (before, the ones after the
+// first failure stayed queued and went to the next command's first keys).
+TEST_F(HostApiTest, StoredFdsTheWorkerCouldNotTakeDoNotShiftTheNextReloadsFds) {
+  ASSERT_NO_FATAL_FAILURE(StartWith({}));
+  ASSERT_EQ(Call("m", "store_path", "a /dev/null"), "rc=0");
+  ASSERT_EQ(Call("m", "store_path", "b /dev/zero"), "rc=0");
+  ASSERT_EQ(Call("m", "store_path", "c /dev/urandom"), "rc=0");
+  ASSERT_NE(Call("m", "one_more_fd"), "failed");
+  v1::ReloadResponse response;
+  grpc::Status refused = Reload("m", k_host_api, &response);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_THAT(refused.error_message(), HasSubstr("RLIMIT_NOFILE")) << refused.error_message();
+  EXPECT_EQ(Call("m", "one_more_fd", "off"), "restored");
+  ExpectAllAlive();
+  grpc::Status reloaded = Reload("m", k_host_api, &response);
+  ASSERT_TRUE(reloaded.ok()) << reloaded.error_message();
+  EXPECT_EQ(Call("m", "take_path", "a"), "/dev/null");
+  EXPECT_EQ(Call("m", "take_path", "b"), "/dev/zero");
+  EXPECT_EQ(Call("m", "take_path", "c"), "/dev/urandom");
+}
+
 }  // namespace
 }  // namespace relib::testing

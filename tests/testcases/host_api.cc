@@ -5,6 +5,7 @@
 // bytes) besides the C++ SDK.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -132,6 +133,43 @@ std::string StoreFd(std::string_view input) {
   return Result(rc);
 }
 
+// Input "KEY PATH": PATH opened read-only and stored under KEY.
+std::string StorePath(std::string_view input) {
+  const std::string line(input);
+  const size_t space = line.find(' ');
+  if (space == std::string::npos) throw relib::Error("want KEY PATH");
+  int fd = ::open(line.substr(space + 1).c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw relib::Error("open failed");
+  int rc = Api().store_fd(Api().host_context, line.substr(0, space).c_str(), fd);
+  ::close(fd);
+  return Result(rc);
+}
+
+// Input KEY: the path of the fd take_fd gives for KEY, or its error.
+std::string TakePath(std::string_view input) {
+  int fd = Api().take_fd(Api().host_context, std::string(input).c_str());
+  if (fd < 0) return std::to_string(fd);
+  char link[256] = {};
+  ssize_t n = ::readlink(("/proc/self/fd/" + std::to_string(fd)).c_str(), link, sizeof(link) - 1);
+  ::close(fd);
+  return n > 0 ? std::string(link, n) : "unreadable";
+}
+
+// Lets the worker open exactly one more fd (its soft RLIMIT_NOFILE just past
+// its lowest free fd); "off" gives the soft limit back. The module's way to
+// fill the worker's fd table without holding hundreds of fds.
+std::string OneMoreFd(std::string_view input) {
+  static rlimit saved{};
+  if (input == "off") return ::setrlimit(RLIMIT_NOFILE, &saved) == 0 ? "restored" : "failed";
+  if (::getrlimit(RLIMIT_NOFILE, &saved) != 0) throw relib::Error("getrlimit failed");
+  int lowest = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  if (lowest < 0) throw relib::Error("open failed");
+  ::close(lowest);
+  rlimit tight = saved;
+  tight.rlim_cur = static_cast<rlim_t>(lowest) + 1;
+  return ::setrlimit(RLIMIT_NOFILE, &tight) == 0 ? std::to_string(lowest) : "failed";
+}
+
 // Input KEY: take_fd's answer ("-1", or "ok" for a valid fd, closed again).
 std::string TakeFd(std::string_view input) {
   int fd = Api().take_fd(Api().host_context, std::string(input).c_str());
@@ -201,4 +239,5 @@ RELIB_MODULE("host_api", nullptr, nullptr, relib::Export<Save>("save"), relib::E
              relib::Export<StoreMany>("store_many"), relib::Export<SaveThenDie>("save_then_die"),
              relib::Export<SaveInBackground>("save_in_background"),
              relib::Export<BackgroundResult>("background_result"), relib::Export<Crash>("crash"),
-             relib::Export<Ping>("ping"));
+             relib::Export<Ping>("ping"), relib::Export<StorePath>("store_path"),
+             relib::Export<TakePath>("take_path"), relib::Export<OneMoreFd>("one_more_fd"));
