@@ -9,7 +9,6 @@
 // (see echo_server.cc). An input of kReloadFloorPrefix + a path makes the
 // child copy that .so, dlopen, dlsym and dlclose it, as the bench's reload
 // baseline does, and answer "ok": the reload's design floor in one piece.
-#include <dlfcn.h>
 #include <pthread.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -21,17 +20,16 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "bench/reload_baseline.h"
 #include "common/message_limits.h"
 #include "grpcpp/grpcpp.h"
 #include "relib/bench/echo.grpc.pb.h"
-#include "relib/module.h"
 
 namespace {
 
@@ -79,22 +77,6 @@ bool ReadFrame(int fd, std::string* bytes) {
   return ReadFully(fd, bytes->data(), length);
 }
 
-constexpr char kReloadFloorPrefix[] = "relib-bench-reload-floor:";
-
-// What the bench's reload baseline does (harness.cc CopyDlopenOnce): a copy
-// of `path`, dlopen, dlsym of the module descriptor, dlclose, the copy removed.
-std::string CopyDlopen(const std::string& path, const std::string& copy) {
-  std::error_code error;
-  std::filesystem::copy_file(path, copy, std::filesystem::copy_options::overwrite_existing, error);
-  if (error) return "error: " + error.message();
-  void* handle = ::dlopen(copy.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (handle == nullptr) return std::string("error: ") + ::dlerror();
-  const bool found = ::dlsym(handle, RELIB_DESCRIPTOR_SYMBOL_NAME) != nullptr;
-  ::dlclose(handle);
-  std::filesystem::remove(copy, error);
-  return found ? "ok" : "error: no descriptor";
-}
-
 // The child: one thread per connection, echoing frames until EOF (or doing
 // the reload baseline's work for an input of kReloadFloorPrefix + path).
 [[noreturn]] void ChildMain(const std::vector<int>& fds) {
@@ -102,11 +84,12 @@ std::string CopyDlopen(const std::string& path, const std::string& copy) {
   for (int fd : fds) {
     threads.emplace_back([fd] {
       const std::string copy = "/tmp/relib-bench-floor-" + std::to_string(::getpid()) + "-" + std::to_string(fd) + ".so";
-      const size_t prefix = sizeof(kReloadFloorPrefix) - 1;
+      const size_t prefix = sizeof(relib::bench::kReloadFloorPrefix) - 1;
       std::string bytes;
       while (ReadFrame(fd, &bytes)) {
-        if (bytes.size() > prefix && std::memcmp(bytes.data(), kReloadFloorPrefix, prefix) == 0) {
-          bytes = CopyDlopen(bytes.substr(prefix), copy);
+        if (bytes.size() > prefix && std::memcmp(bytes.data(), relib::bench::kReloadFloorPrefix, prefix) == 0) {
+          absl::Status done = relib::bench::CopyDlopen(bytes.substr(prefix), copy);
+          bytes = done.ok() ? "ok" : "error: " + std::string(done.message());
         }
         if (!WriteFrame(fd, bytes)) break;
       }

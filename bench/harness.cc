@@ -6,7 +6,6 @@
 //
 // Usage: relib_bench_harness [--scale smoke|quick|full] [--out FILE] [--only calls,throughput,reloads,rpc,fds,idle,swap,crash,reload-loop,call-loop]
 // RELIB_BENCH_VERBOSE=1 prints every crash → serving sample.
-#include <dlfcn.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
@@ -38,6 +37,7 @@
 #include "absl/strings/strip.h"
 #include "absl/strings/ascii.h"
 #include "bench/bench_paths.h"
+#include "bench/reload_baseline.h"
 #include "common/child_process.h"
 #include "common/message_limits.h"
 #include "common/temp_dir.h"
@@ -428,7 +428,7 @@ ReloadSample ReloadOnce(v1::Relibd::Stub& stub, const std::string& name, const s
 double ReloadFloorOnce(BareEcho::Stub& stub, const std::string& path) {
   v1::CallRequest request;
   request.set_name("reload-floor");
-  request.set_input(absl::StrCat("relib-bench-reload-floor:", path));
+  request.set_input(absl::StrCat(relib::bench::kReloadFloorPrefix, path));
   v1::CallResponse response;
   grpc::ClientContext context;
   auto start = Clock::now();
@@ -476,15 +476,12 @@ double BareRefusalOnce(BareEcho::Stub& stub) {
 // receives the dlclose part of it (timed inside the same run).
 double CopyDlopenOnce(const std::string& path, const std::string& copy, double* dlclose_us = nullptr) {
   auto start = Clock::now();
-  std::filesystem::copy_file(path, copy, std::filesystem::copy_options::overwrite_existing);
-  void* handle = ::dlopen(copy.c_str(), RTLD_NOW | RTLD_LOCAL);
-  if (handle == nullptr) throw std::runtime_error(::dlerror());
-  if (::dlsym(handle, RELIB_DESCRIPTOR_SYMBOL_NAME) == nullptr) throw std::runtime_error("no descriptor");
-  auto closing = Clock::now();
-  ::dlclose(handle);
-  if (dlclose_us != nullptr) *dlclose_us = MicrosBetween(closing, Clock::now());
-  std::filesystem::remove(copy);
-  return MicrosBetween(start, Clock::now());
+  Clock::duration closing{};
+  absl::Status done = relib::bench::CopyDlopen(path, copy, &closing);
+  auto end = Clock::now();
+  if (!done.ok()) throw std::runtime_error(std::string(done.message()));
+  if (dlclose_us != nullptr) *dlclose_us = std::chrono::duration<double, std::micro>(closing).count();
+  return MicrosBetween(start, end);
 }
 
 // `dlclose_us`, if set, receives the dlclose part of each sample.
