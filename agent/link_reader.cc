@@ -137,7 +137,7 @@ LinkReader::LeadResult LinkReader::Lead(const std::function<bool()>& done) {
     }
     if (done()) {
       std::lock_guard<std::mutex> lock(token_mutex_);
-      if (ReleaseLocked()) return LeadResult::kLed;
+      if (ReleaseLocked(/*look_for_more=*/!drained_short_)) return LeadResult::kLed;
       read_first = true;  // bytes came meanwhile: read them first
     }
   }
@@ -147,9 +147,14 @@ void LinkReader::Recall() {
   if (recall_fd_.valid()) Signal(recall_fd_.get());
 }
 
-bool LinkReader::ReleaseLocked() {
+bool LinkReader::ReleaseLocked(bool look_for_more) {
+  // Right after a short recv the socket is not asked (an ioctl per lone call
+  // that nearly always found nothing): turning the watch on reports bytes
+  // that came in between, and the reader thread reads them.
   int pending = 0;
-  if (!reading_ended_.load() && ::ioctl(link_.fd(), FIONREAD, &pending) == 0 && pending > 0) return false;
+  if (look_for_more && !reading_ended_.load() && ::ioctl(link_.fd(), FIONREAD, &pending) == 0 && pending > 0) {
+    return false;
+  }
   token_held_ = false;
   WatchLocked(true);
   return true;
@@ -179,6 +184,7 @@ LinkReader::DrainResult LinkReader::Drain(bool leading) {
   // end of the link that came with the last bytes, so it reads until the
   // socket says EAGAIN or EOF.
   bool emptied = false;
+  drained_short_ = false;
   while (true) {
     while (end_ - begin_ >= common::kFrameHeaderBytes) {
       const char* at = buffer_.data() + begin_;
@@ -204,7 +210,10 @@ LinkReader::DrainResult LinkReader::Drain(bool leading) {
           common::DecodeFrameHeader(reinterpret_cast<const unsigned char*>(buffer_.data() + begin_));
       want = std::max<size_t>(want, common::kFrameHeaderBytes + length);
     }
-    if (emptied) return DrainResult::kDrained;
+    if (emptied) {
+      drained_short_ = true;
+      return DrainResult::kDrained;
+    }
     if (begin_ == end_) {
       begin_ = end_ = 0;
       if (buffer_.size() > kKeepBuffer) std::string().swap(buffer_);

@@ -93,7 +93,10 @@ class LinkReader {
   void End(const absl::Status& why);
   // Token holder: lets the token go unless the socket has unread bytes
   // (false: read them first); turns the reader thread's watch back on.
-  bool ReleaseLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(token_mutex_);
+  // `look_for_more` false: the holder's last recv came back short, so the
+  // socket was empty a moment ago; it is not asked again (what came since
+  // is reported by the watch turned back on, and read by the reader thread).
+  bool ReleaseLocked(bool look_for_more = true) ABSL_EXCLUSIVE_LOCKS_REQUIRED(token_mutex_);
   // Turns the reader thread's watch of the link off (a thread leads) or on.
   void WatchLocked(bool on) ABSL_EXCLUSIVE_LOCKS_REQUIRED(token_mutex_);
 
@@ -121,6 +124,9 @@ class LinkReader {
   std::string buffer_;
   size_t begin_ = 0;
   size_t end_ = 0;
+  // Token holder only: the last Drain stopped at a recv that filled less
+  // than it asked for (not at EAGAIN or the end).
+  bool drained_short_ = false;
   std::thread thread_;
 };
 

@@ -4,14 +4,18 @@
 // back (one round trip to another process: the hop relibd's design requires,
 // with nothing else). Each handler takes a connection of its own from a pool
 // (no multiplexing, no reader thread): the cheapest such design, so it is a
-// floor. Usage: relib_bench_forward_server [--bdp-off] SOCKET_PATH (runs
-// until SIGTERM); --bdp-off: HTTP/2 BDP probing off, as on relibd's servers
-// (see echo_server.cc). An input of kReloadFloorPrefix + a path makes the
+// floor. Usage: relib_bench_forward_server [--from-fd] [--bdp-off]
+// SOCKET_PATH (runs until SIGTERM); --bdp-off: HTTP/2 BDP probing off, as on
+// relibd's servers (see echo_server.cc); --from-fd: served the way relibd
+// serves (no listening port: a thread accepts and hands each connection to
+// grpc::AddInsecureChannelFromFd, gRPC's poll engine), what relibd needs to
+// read each client's SO_PEERCRED. An input of kReloadFloorPrefix + a path makes the
 // child copy that .so, dlopen, dlsym and dlclose it, as the bench's reload
 // baseline does, and answer "ok": the reload's design floor in one piece.
 #include <pthread.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -29,6 +33,7 @@
 #include "bench/reload_baseline.h"
 #include "common/message_limits.h"
 #include "grpcpp/grpcpp.h"
+#include "grpcpp/server_posix.h"
 #include "relib/bench/echo.grpc.pb.h"
 
 namespace {
@@ -129,14 +134,45 @@ class ForwardEcho final : public relib::bench::BareEcho::Service {
   std::vector<int> free_;
 };
 
+// Listens on `path` (a Unix socket) and hands every accepted connection to
+// `server`, as relibd's PeerListener does (which also reads SO_PEERCRED
+// here, once per connection). -1 if it cannot listen.
+int ListenAndHandOver(const char* path, grpc::Server* server) {
+  int listening = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::snprintf(address.sun_path, sizeof(address.sun_path), "%s", path);
+  if (listening < 0 || ::bind(listening, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 ||
+      ::listen(listening, SOMAXCONN) != 0) {
+    return -1;
+  }
+  std::thread([listening, server] {
+    while (true) {
+      int fd = ::accept4(listening, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (fd >= 0) grpc::AddInsecureChannelFromFd(server, fd);
+    }
+  }).detach();
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool bdp_off = argc == 3 && std::string(argv[1]) == "--bdp-off";
-  if (argc != 2 && !bdp_off) {
-    std::fprintf(stderr, "usage: %s [--bdp-off] SOCKET_PATH\n", argv[0]);
+  bool from_fd = false, bdp_off = false, usage = argc < 2;
+  for (int i = 1; i + 1 < argc; ++i) {
+    if (std::string(argv[i]) == "--from-fd") {
+      from_fd = true;
+    } else if (std::string(argv[i]) == "--bdp-off") {
+      bdp_off = true;
+    } else {
+      usage = true;
+    }
+  }
+  if (usage) {
+    std::fprintf(stderr, "usage: %s [--from-fd] [--bdp-off] SOCKET_PATH\n", argv[0]);
     return 2;
   }
+  const char* path = argv[argc - 1];
   // The child first, while this process has one thread.
   std::vector<int> ours, theirs;
   for (int i = 0; i < kConnections; ++i) {
@@ -152,6 +188,8 @@ int main(int argc, char** argv) {
     ChildMain(theirs);
   }
   for (int fd : theirs) ::close(fd);
+  // After the fork: the child never runs gRPC. Read by gRPC's first use.
+  if (from_fd) ::setenv("GRPC_POLL_STRATEGY", "poll", 0);
 
   sigset_t signals;
   sigemptyset(&signals);
@@ -161,13 +199,14 @@ int main(int argc, char** argv) {
 
   ForwardEcho service(ours);
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(std::string("unix:") + argv[argc - 1], grpc::InsecureServerCredentials());
+  if (!from_fd) builder.AddListeningPort(std::string("unix:") + path, grpc::InsecureServerCredentials());
   if (bdp_off) builder.AddChannelArgument(GRPC_ARG_HTTP2_BDP_PROBE, 0);
   builder.SetMaxReceiveMessageSize(relib::common::kDefaultMaxMessageMb << 20);
   builder.SetMaxSendMessageSize(relib::common::kDefaultMaxMessageMb << 20);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server) return 1;
+  if (from_fd && ListenAndHandOver(path, server.get()) != 0) return 1;
   int signal = 0;
   sigwait(&signals, &signal);
   server->Shutdown();

@@ -242,10 +242,17 @@ std::unique_ptr<Server> StartEchoServer(bool from_fd = false) {
 // keeps the connection's receive window at 64 KiB (GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES
 // raises only the stream's), so a request over 64 KiB waits for the server's
 // WINDOW_UPDATE: one more round trip with the client.
-std::unique_ptr<Server> StartForwardServer(bool bdp_off = false) {
-  return Server::Start("relib-bench-forward-", [bdp_off](const std::string&, const std::string& socket) {
-    if (bdp_off) return std::vector<std::string>{kForwardServerPath, "--bdp-off", socket};
-    return std::vector<std::string>{kForwardServerPath, socket};
+// `from_fd`: served the way relibd serves (it accepts itself and hands each
+// connection to grpc::AddInsecureChannelFromFd, gRPC's poll engine): what
+// relibd needs to read every client's SO_PEERCRED, which gRPC 1.51 does not
+// give a handler.
+std::unique_ptr<Server> StartForwardServer(bool bdp_off = false, bool from_fd = false) {
+  return Server::Start("relib-bench-forward-", [bdp_off, from_fd](const std::string&, const std::string& socket) {
+    std::vector<std::string> argv = {kForwardServerPath};
+    if (from_fd) argv.push_back("--from-fd");
+    if (bdp_off) argv.push_back("--bdp-off");
+    argv.push_back(socket);
+    return argv;
   });
 }
 
@@ -599,6 +606,7 @@ class Bench {
     if (Want("calls") || only_.count("call-loop")) {
       echo_bdp_off_ = StartEchoServerBdpOff();
       forward_bdp_off_ = StartForwardServer(/*bdp_off=*/true);
+      forward_as_relibd_ = StartForwardServer(/*bdp_off=*/true, /*from_fd=*/true);
     }
     stub_ = v1::Relibd::NewStub(relibd_->channel());
     LoadModule(*stub_, "echo", kBenchEchoV1, "default");
@@ -621,6 +629,7 @@ class Bench {
     forward_.reset();
     echo_bdp_off_.reset();
     forward_bdp_off_.reset();
+    forward_as_relibd_.reset();
     relibd_.reset();
     if (Want("crash")) CrashToServing();
     return figures_;
@@ -639,6 +648,7 @@ class Bench {
     CallFn floor = EchoCaller(forward_->channel());
     CallFn bare_bdp_off = EchoCaller(echo_bdp_off_->channel());
     CallFn floor_bdp_off = EchoCaller(forward_bdp_off_->channel());
+    CallFn floor_as_relibd = EchoCaller(forward_as_relibd_->channel());
     struct Size {
       const char* label;
       const char* key;
@@ -651,7 +661,9 @@ class Bench {
       // Alternate halves so drift of the machine hits every side alike.
       // Over 64 KiB, also the servers with relibd's flow-control setting.
       const bool flow_floor = size.bytes >= (64u << 10);
-      std::vector<double> ours, theirs, floors, bare_flow, floor_flow;
+      // Up to 64 KiB, also the floor server served as relibd serves.
+      const bool served_floor = size.bytes <= (64u << 10);
+      std::vector<double> ours, theirs, floors, bare_flow, floor_flow, floor_served;
       for (int half = 0; half < 2; ++half) {
         auto a = CallLatencies(relibd, request, size.n / 2 + 1);
         auto b = CallLatencies(bare, request, size.n / 2 + 1);
@@ -659,6 +671,10 @@ class Bench {
         ours.insert(ours.end(), a.begin(), a.end());
         theirs.insert(theirs.end(), b.begin(), b.end());
         floors.insert(floors.end(), c.begin(), c.end());
+        if (served_floor) {
+          auto f = CallLatencies(floor_as_relibd, request, size.n / 2 + 1);
+          floor_served.insert(floor_served.end(), f.begin(), f.end());
+        }
         if (flow_floor) {
           auto d = CallLatencies(bare_bdp_off, request, size.n / 2 + 1);
           auto e = CallLatencies(floor_bdp_off, request, size.n / 2 + 1);
@@ -673,6 +689,22 @@ class Bench {
            P50(floors), P50(theirs), "bare gRPC sync unary echo, Unix socket", "", ""});
       Add({absl::StrCat("call_vs_floor_p50_", size.key), absl::StrCat("  `Call` p50, ", size.label, " vs that floor"),
            "µs", P50(ours), P50(floors), "floor", "", ""});
+      if (served_floor) {
+        // What serving the way relibd must serve costs the floor: relibd
+        // accepts its API connections itself to read each client's
+        // SO_PEERCRED (gRPC 1.51 gives a handler no peer uid on a Unix
+        // socket), hands them to gRPC by fd with the poll engine (with
+        // epoll1 a request to one of relibd's servers was read by another
+        // server's thread and handed over), BDP probing off (idle wake-ups).
+        Add({absl::StrCat("call_floor_as_relibd_p50_", size.key),
+             absl::StrCat("  floor served as relibd serves (own accept + AddInsecureChannelFromFd, poll engine, BDP "
+                          "probe off), ",
+                          size.label),
+             "µs", P50(floor_served), P50(theirs), "bare gRPC sync unary echo, Unix socket", "", ""});
+        Add({absl::StrCat("call_vs_floor_as_relibd_p50_", size.key),
+             absl::StrCat("  `Call` p50, ", size.label, " vs the floor served as relibd serves"), "µs", P50(ours),
+             P50(floor_served), "floor served as relibd serves", "", ""});
+      }
       if (flow_floor) {
         Add({absl::StrCat("call_bdp_off_reference_p50_", size.key),
              absl::StrCat("  reference, not a floor: bare gRPC sync unary echo with relibd's chosen flow-control "
@@ -881,7 +913,8 @@ class Bench {
   // A profiling loop, never part of a full run: Calls of RELIB_BENCH_LOOP_BYTES
   // (32 by default) for RELIB_BENCH_LOOP_S seconds against relibd, or against
   // the bare echo or floor server with RELIB_BENCH_LOOP_TARGET=bare|floor (or
-  // bare-off|floor-off: the same with BDP probing off, as relibd runs),
+  // bare-off|floor-off: the same with BDP probing off, as relibd runs;
+  // floor-fd: the floor served as relibd serves, see StartForwardServer),
   // with the CPU time (all threads, also ended ones) and context switches
   // (threads alive at both ends only: gRPC's sync servers start and end
   // threads, so use perf stat for those) per call of each process.
@@ -896,6 +929,7 @@ class Bench {
                      : target == "floor"     ? forward_.get()
                      : target == "bare-off"  ? echo_bdp_off_.get()
                      : target == "floor-off" ? forward_bdp_off_.get()
+                     : target == "floor-fd"  ? forward_as_relibd_.get()
                                              : relibd_.get();
     CallFn call = target == "relibd" ? RelibdCaller(server->channel()) : EchoCaller(server->channel());
     const pid_t worker_pid = target == "relibd" ? WorkerOf("echo") : 0;
@@ -1149,6 +1183,9 @@ class Bench {
   std::unique_ptr<Server> echo_;
   std::unique_ptr<Server> echo_from_fd_;  // the same, served as relibd serves (see RpcPathAlone)
   std::unique_ptr<Server> forward_;  // the floor: echo + one round trip to a child
+  // The floor server served as relibd serves its API: connections accepted
+  // by the server and handed over by fd, poll engine, BDP probing off.
+  std::unique_ptr<Server> forward_as_relibd_;
   std::unique_ptr<v1::Relibd::Stub> stub_;
   double throughput_8_ = 0;
 };

@@ -392,11 +392,16 @@ void WorkerHandle::OnLinkReady() {
   }
 }
 
-bool WorkerHandle::ReleaseReadLocked() {
+bool WorkerHandle::ReleaseReadLocked(bool look_for_more) {
   // Under the lock: bytes that came after the last read are read by this
   // holder; later ones wake the io thread's wait (armed while anybody reads).
+  // Right after a short recv the socket is not asked (an ioctl per lone
+  // call that nearly always found nothing): bytes that came in between are
+  // reported by the watch the release re-adds, and read by the io thread.
   int pending = 0;
-  if (!closed_ && !read_ended_ && ::ioctl(link_fd_, FIONREAD, &pending) == 0 && pending > 0) return false;
+  if (look_for_more && !closed_ && !read_ended_ && ::ioctl(link_fd_, FIONREAD, &pending) == 0 && pending > 0) {
+    return false;
+  }
   // No other Request is woken to lead: waking it costs more than the io
   // thread's reading (its wait is armed) for calls that overlap.
   GiveReadingBackLocked();
@@ -429,6 +434,7 @@ WorkerHandle::ReadResult WorkerHandle::ReadAvailable(bool on_io_thread) {
   // report an end of the link that came with the last bytes, so it reads
   // until the socket says EAGAIN or EOF.
   bool emptied = false;
+  read_short_ = false;
   while (true) {
     // Every complete frame first.
     while (read_end_ - read_begin_ >= common::kFrameHeaderBytes) {
@@ -454,7 +460,10 @@ WorkerHandle::ReadResult WorkerHandle::ReadAvailable(bool on_io_thread) {
           reinterpret_cast<const unsigned char*>(read_buffer_.data() + read_begin_));
       want = std::max<size_t>(want, common::kFrameHeaderBytes + length);
     }
-    if (emptied) return ReadResult::kDrained;
+    if (emptied) {
+      read_short_ = true;
+      return ReadResult::kDrained;
+    }
     if (read_begin_ == read_end_) {
       read_begin_ = read_end_ = 0;
       if (read_buffer_.size() > kKeepReadBuffer) std::string().swap(read_buffer_);
@@ -578,7 +587,7 @@ void WorkerHandle::Lead(Waiter& waiter) {
       }
       // Another Request began: the io thread reads for both from now.
       finished = finished || closed_ || blocked_requests_ > 1;
-      if (finished && ReleaseReadLocked()) return;
+      if (finished && ReleaseReadLocked(/*look_for_more=*/!read_short_)) return;
     }
     // Bytes came in meanwhile: read them before letting go.
     read_first = finished;

@@ -198,8 +198,10 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   // or reading ended. REQUIRES: it holds the read token.
   void Lead(Waiter& waiter);
   // Gives up the read token unless the socket has unread bytes (then false:
-  // keep reading).
-  bool ReleaseReadLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // keep reading). `look_for_more` false: the holder's last recv came back
+  // short, so the socket was empty a moment ago; it is not asked again (what
+  // came since is reported by the watch giving the token back re-adds).
+  bool ReleaseReadLocked(bool look_for_more = true) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Gives up the read token at once: the io thread watches the link again,
   // and a close deferred while somebody read happens now.
   void GiveReadingBackLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -296,6 +298,9 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   std::string read_buffer_;
   size_t read_begin_ = 0;
   size_t read_end_ = 0;
+  // Read token holder only: the last ReadAvailable stopped at a recv that
+  // filled less than it asked for (not at EAGAIN or the end).
+  bool read_short_ = false;
 
   // Shared between the io thread and senders.
   mutable std::mutex mutex_;

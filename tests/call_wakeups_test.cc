@@ -11,6 +11,7 @@
 
 #include <fstream>
 #include <functional>
+#include <map>
 #include <regex>
 #include <thread>
 
@@ -42,15 +43,26 @@ class CallWakeupsTest : public RelibdTest {
   // here, 0 if its summary has no recvfrom row. (The link is read with recv,
   // which is recvfrom; gRPC reads its connections with recvmsg.)
   static int64_t RecvfromCalls(pid_t pid, const std::function<void()>& work) {
-    if (::access("/usr/bin/strace", X_OK) != 0) return -1;
+    auto counts = SyscallCalls(pid, {"recvfrom"}, work);
+    return counts.empty() ? -1 : counts["recvfrom"];
+  }
+
+  // The same for each syscall in `names` (one strace: a process has one
+  // tracer): each name's count (0 if its row is missing); empty if strace
+  // cannot run here.
+  static std::map<std::string, int64_t> SyscallCalls(pid_t pid, const std::vector<std::string>& names,
+                                                    const std::function<void()>& work) {
+    if (::access("/usr/bin/strace", X_OK) != 0) return {};
+    std::string trace = "trace=";
+    for (const std::string& name : names) trace += (trace.size() > 6 ? "," : "") + name;
     const std::string out = std::filesystem::temp_directory_path() / ("relib-strace-" + std::to_string(::getpid()));
     const std::string pid_text = std::to_string(pid);
-    std::vector<std::string> args = {"/usr/bin/strace", "-f", "-c", "-e", "trace=recvfrom", "-o", out, "-p", pid_text};
+    std::vector<std::string> args = {"/usr/bin/strace", "-f", "-c", "-e", trace, "-o", out, "-p", pid_text};
     std::vector<char*> argv;
     for (std::string& arg : args) argv.push_back(arg.data());
     argv.push_back(nullptr);
     pid_t tracer = 0;
-    if (::posix_spawn(&tracer, argv[0], nullptr, nullptr, argv.data(), environ) != 0) return -1;
+    if (::posix_spawn(&tracer, argv[0], nullptr, nullptr, argv.data(), environ) != 0) return {};
     // strace attaches to every thread before it traces: wait until each
     // thread names it as its tracer (a fixed sleep misses reads on a loaded
     // machine); a tracer that cannot attach (ptrace not permitted) exits.
@@ -61,7 +73,7 @@ class CallWakeupsTest : public RelibdTest {
         ::kill(tracer, SIGKILL);
         ::waitpid(tracer, &status, 0);
         std::filesystem::remove(out);
-        return -1;
+        return {};
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
@@ -71,22 +83,23 @@ class CallWakeupsTest : public RelibdTest {
     ::waitpid(tracer, &status, 0);
     std::ifstream in(out);
     std::string line;
-    int64_t calls = -1;
-    // "... seconds  usecs/call  calls  [errors] recvfrom"
-    const std::regex row(R"(^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(\d+\s+)?recvfrom\s*$)");
+    std::map<std::string, int64_t> calls;
+    for (const std::string& name : names) calls[name] = 0;
+    // "... seconds  usecs/call  calls  [errors] NAME"
+    const std::regex row(R"(^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(\d+\s+)?(\w+)\s*$)");
     bool summary = false;  // strace's table header: "% time     seconds ..."
     while (std::getline(in, line)) {
       if (line.find("% time") != std::string::npos) summary = true;
       std::smatch match;
-      if (std::regex_match(line, match, row)) calls = std::stoll(match[1]);
+      if (std::regex_match(line, match, row) && calls.count(match[3].str())) calls[match[3].str()] = std::stoll(match[1]);
     }
     std::filesystem::remove(out);
     // Ended by our SIGINT (or exited 0) with a summary: its count (0 if no
-    // recvfrom row); anything else means strace could not trace here.
+    // row for the syscall); anything else means strace could not trace here.
     const bool stopped = (WIFSIGNALED(status) && WTERMSIG(status) == SIGINT) ||
                          (WIFEXITED(status) && (WEXITSTATUS(status) == 0 || WEXITSTATUS(status) == 128 + SIGINT));
-    if (!stopped || !summary) return -1;
-    return std::max<int64_t>(calls, 0);
+    if (!stopped || !summary) return {};
+    return calls;
   }
 
   // True if every thread of `pid` has `tracer` as its TracerPid.
@@ -135,6 +148,33 @@ TEST_F(CallWakeupsTest, LoneCallsReadTheLinkOncePerFrame) {
   EXPECT_LE(in_relibd, kCalls * 3 / 2) << "relibd read the link " << in_relibd << " times for " << kCalls << " calls";
   EXPECT_LE(in_worker, kCalls * 3 / 2) << "the worker read the link " << in_worker << " times for " << kCalls
                                        << " calls";
+}
+
+// A lone call lets each side's read token go right after the recv that read
+// its frame came back short: neither side then asks the socket whether more
+// bytes wait (the watch turned back on reports any). Before, relibd and the
+// worker each made one ioctl(FIONREAD) per call (strace: 1.00 per call on
+// each side), nearly always finding nothing.
+TEST_F(CallWakeupsTest, LoneCallsDoNotAskTheLinkForPendingBytes) {
+  ASSERT_NO_FATAL_FAILURE(StartDaemon());
+  const pid_t worker = LoadOrDie("m", k_versioned_v1);
+  for (int i = 0; i < 20; ++i) ASSERT_EQ(Call("m", "version"), "v1");
+  constexpr int kCalls = 200;
+  auto calls = [&] {
+    for (int i = 0; i < kCalls; ++i) ASSERT_EQ(Call("m", "version"), "v1");
+  };
+  // Each side reads the link once per call: the count proves strace saw them.
+  auto in_relibd = SyscallCalls(relibd_->process().pid(), {"ioctl", "recvfrom"}, calls);
+  if (in_relibd.empty()) GTEST_SKIP() << "strace cannot run here";
+  auto in_worker = SyscallCalls(worker, {"ioctl", "recvfrom"}, calls);
+  if (in_worker.empty()) GTEST_SKIP() << "strace cannot trace the worker here";
+  ASSERT_GE(in_relibd["recvfrom"], kCalls) << "strace's summary for relibd not understood";
+  ASSERT_GE(in_worker["recvfrom"], kCalls) << "strace's summary for the worker not understood";
+  const int64_t ioctls_in_relibd = in_relibd["ioctl"], ioctls_in_worker = in_worker["ioctl"];
+  // Room for the odd frame that came while a side let the token go.
+  EXPECT_LE(ioctls_in_relibd, kCalls / 10) << "relibd made " << ioctls_in_relibd << " ioctls for " << kCalls << " calls";
+  EXPECT_LE(ioctls_in_worker, kCalls / 10) << "the worker made " << ioctls_in_worker << " ioctls for " << kCalls
+                                           << " calls";
 }
 
 // 300 calls one after another: the io thread sleeps through them (its
