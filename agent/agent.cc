@@ -200,6 +200,10 @@ bool Agent::Dispatch(v1::link::ToWorker& command) {
     // 0 sees the flag set (it was set after the reset), so it never sleeps
     // on the link with this command queued. Flag first, the count could be
     // looked at between the two stores and the flag reset after the first.
+    {
+      std::lock_guard<std::mutex> lock(read_times_mutex_);
+      read_times_.push_back(std::chrono::steady_clock::now());
+    }
     commands_queued_.fetch_add(1);
     if (race_hooks_ != nullptr && race_hooks_->dispatch_between_stores) race_hooks_->dispatch_between_stores();
     stop_leading_.store(true);
@@ -442,9 +446,13 @@ absl::Status Agent::Run() {
   // the reply is read, then wakes this thread alone), then the file-system
   // work that reply did not wait for.
   std::optional<v1::link::FromWorker> answer;
+  std::chrono::steady_clock::time_point command_read;
   absl::Status sent;
   const std::function<absl::Status()> send_reply = [&] {
     if (!answer) return absl::OkStatus();
+    answer->mutable_reply()->set_handling_micros(
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - command_read)
+            .count());
     sent = link_.Send(*answer);
     answer.reset();
     return sent;
@@ -459,6 +467,7 @@ absl::Status Agent::Run() {
     if (absl::IsUnavailable(next.status())) return absl::OkStatus();  // relibd closed the link
     if (!next.ok()) return next.status();
     const v1::link::ToWorker& command = *next;
+    command_read = read_time_;
     answer.emplace();
     v1::link::Reply& reply = *answer->mutable_reply();
     reply.set_id(command.id());
@@ -520,6 +529,11 @@ absl::StatusOr<v1::link::ToWorker> Agent::NextQueuedCommand() {
   while (next.ok() && !next->has_value()) next = reader_.NextCommand(std::chrono::hours(24));
   if (!next.ok()) return next.status();
   commands_queued_.fetch_sub(1);
+  {
+    std::lock_guard<std::mutex> lock(read_times_mutex_);
+    read_time_ = read_times_.empty() ? std::chrono::steady_clock::now() : read_times_.front();
+    if (!read_times_.empty()) read_times_.pop_front();
+  }
   return std::move(**next);
 }
 

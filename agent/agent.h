@@ -14,6 +14,8 @@
 #define RELIB_AGENT_AGENT_H_
 
 #include <atomic>
+#include <chrono>
+#include <deque>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -156,6 +158,13 @@ class Agent : public HostServices {
   // control thread has not taken yet: it leads the link only when there are
   // none (rather than asking the queue with a timed wait).
   std::atomic<int> commands_queued_{0};
+  // When Dispatch saw each queued lifecycle command, in queue order (the
+  // reader queues what Dispatch let through, one token holder at a time):
+  // the start of the reply's handling_micros.
+  std::mutex read_times_mutex_;
+  std::deque<std::chrono::steady_clock::time_point> read_times_;  // guarded by read_times_mutex_
+  // The read time of the command NextQueuedCommand returned last (control thread only).
+  std::chrono::steady_clock::time_point read_time_;
   const RaceHooks* race_hooks_ = nullptr;
   ModuleLoader loader_;
   // Destroyed before the loader (its threads call into it) and after the

@@ -406,6 +406,7 @@ struct ReloadSample {
   double unload_us = 0;         // UnloadReport.unload_micros: checks + dlclose
   double daemon_us = 0;         // ReloadResponse.daemon_micros: inside relibd's supervisor
   double round_trip_us = 0;     // ReloadResponse.worker_round_trip_micros: command sent -> reply read
+  double handling_us = 0;       // ReloadResponse.worker_handling_micros: command read -> reply written, in the worker
   std::optional<double> swap_pause_us;
 };
 
@@ -425,6 +426,7 @@ ReloadSample ReloadOnce(v1::Relibd::Stub& stub, const std::string& name, const s
   sample.unload_us = static_cast<double>(response.report().unload_micros());
   sample.daemon_us = static_cast<double>(response.daemon_micros());
   sample.round_trip_us = static_cast<double>(response.worker_round_trip_micros());
+  sample.handling_us = static_cast<double>(response.worker_handling_micros());
   sample.swap_pause_us = SwapPauseMicros(response);
   return sample;
 }
@@ -760,6 +762,7 @@ class Bench {
           Module{"reload_big", "big", "~5 MB module", kBenchBigV1, kBenchBigV2, scale_.reloads_big, "ratio<=2"}}) {
       for (int i = 0; i < 5; ++i) ReloadOnce(*stub_, m.name, i % 2 ? m.v1 : m.v2);
       std::vector<double> total, worker, before, unload, baseline, round_trip, rpc_layer, daemon_own, link;
+      std::vector<double> handling, transport;  // the link's two parts
       std::vector<double> baseline_dlclose;  // the dlclose part of each baseline sample
       // The floor's RPC part: a bare gRPC sync unary round trip (32 B echo),
       // measured between the halves like the copy + dlopen baseline.
@@ -793,6 +796,8 @@ class Bench {
           rpc_layer.push_back(s.total_us - s.daemon_us);
           daemon_own.push_back(s.daemon_us - s.round_trip_us);
           link.push_back(s.round_trip_us - s.worker_us);
+          handling.push_back(s.handling_us - s.worker_us);
+          transport.push_back(s.round_trip_us - s.handling_us);
         }
         auto b = CopyDlopenLatencies(m.v1, m.v2, m.n / 2 + 1, &baseline_dlclose);
         baseline.insert(baseline.end(), b.begin(), b.end());
@@ -819,6 +824,18 @@ class Bench {
            absl::StrCat("    of which the worker link around the worker's reload: command, reply, thread hand-offs (",
                         m.label, ")"),
            "µs", P50(link), std::nullopt, "", "", "p50 of worker_round_trip_micros - LoadResult.load_micros"});
+      Add({absl::StrCat("reload_phase_worker_handling_", m.key),
+           absl::StrCat("      of which the worker's handling outside its load timer: hand-over to the control "
+                        "thread, unload report, usage scan, reply building (",
+                        m.label, ")"),
+           "µs", P50(handling), std::nullopt, "", "",
+           "p50 of ReloadResponse.worker_handling_micros - LoadResult.load_micros"});
+      Add({absl::StrCat("reload_phase_transport_", m.key),
+           absl::StrCat("      of which the link itself: relibd's send and read, the worker's read and decoding of the "
+                        "command and write of the reply, the two wake-ups (",
+                        m.label, ")"),
+           "µs", P50(transport), std::nullopt, "", "",
+           "p50 of worker_round_trip_micros - worker_handling_micros"});
       // What no reload through an RPC can go below: the bare round trip plus
       // the baseline's copy + dlopen + dlsym + dlclose.
       const double floor = P50(round_trip) + P50(baseline);
@@ -885,7 +902,7 @@ class Bench {
     const double seconds = env != nullptr ? std::atof(env) : 10.0;
     Progress(absl::StrFormat("reload loop: relibd pid %d, worker pid %d, %.0f s", relibd_->pid(),
                              WorkerOf("reload_small"), seconds));
-    std::vector<double> total, worker, unload, rpc_layer, daemon_own, link;
+    std::vector<double> total, worker, unload, rpc_layer, daemon_own, link, handling, transport;
     const pid_t worker_pid = WorkerOf("reload_small");
     const ProcSnapshot d0 = Snapshot(relibd_->pid()), w0 = Snapshot(worker_pid);
     const auto end = Clock::now() + std::chrono::duration<double>(seconds);
@@ -897,14 +914,18 @@ class Bench {
       rpc_layer.push_back(s.total_us - s.daemon_us);
       daemon_own.push_back(s.daemon_us - s.round_trip_us);
       link.push_back(s.round_trip_us - s.worker_us);
+      handling.push_back(s.handling_us - s.worker_us);
+      transport.push_back(s.round_trip_us - s.handling_us);
     }
     const ProcSnapshot d1 = Snapshot(relibd_->pid()), w1 = Snapshot(worker_pid);
     // CPU time per reload (all threads; clock ticks of 10 ms, so long loops).
     const double tick_us = 1e6 / static_cast<double>(::sysconf(_SC_CLK_TCK)) / static_cast<double>(total.size());
-    Progress(absl::StrFormat("reload loop: %d reloads, p50 total %.0f µs: rpc %.0f, relibd %.0f, link %.0f, "
+    Progress(absl::StrFormat("reload loop: %d reloads, p50 total %.0f µs: rpc %.0f, relibd %.0f, link %.0f "
+                             "(worker's handling outside its load timer %.0f, transport %.0f), "
                              "worker %.0f (of which unload %.0f); CPU per reload: relibd %.0f µs, worker %.0f µs, "
                              "context switches per reload: relibd %.1f, worker %.1f",
-                             total.size(), P50(total), P50(rpc_layer), P50(daemon_own), P50(link), P50(worker),
+                             total.size(), P50(total), P50(rpc_layer), P50(daemon_own), P50(link), P50(handling),
+                             P50(transport), P50(worker),
                              P50(unload), (d1.cpu_ticks - d0.cpu_ticks) * tick_us, (w1.cpu_ticks - w0.cpu_ticks) * tick_us,
                              static_cast<double>(d1.switches - d0.switches) / total.size(),
                              static_cast<double>(w1.switches - w0.switches) / total.size()));

@@ -840,6 +840,7 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
     return std::chrono::duration_cast<std::chrono::microseconds>(to - from).count();
   };
   response.set_worker_round_trip_micros(micros(sent, answered));
+  response.set_worker_handling_micros(reply->handling_micros());
   response.set_daemon_micros(micros(started, std::chrono::steady_clock::now()));
   return response;
 }

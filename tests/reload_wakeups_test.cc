@@ -2,7 +2,8 @@
 // thread (which runs lifecycle commands) waits on the link itself, so a
 // reload wakes it alone and not the link reader thread first; and once calls
 // come, the module's executor leads the link again (a call wakes no reader).
-// Counted from /proc/PID/task/*/status of the thread named relib-link.
+// Counted from /proc/PID/task/*/status of the thread named relib-link. And
+// the split of the worker round trip that the reload's response reports.
 #include "tests/proc_reading.h"
 #include "tests/relibd_fixture.h"
 
@@ -78,6 +79,26 @@ TEST_F(ReloadWakeupsTest, CallsAfterAReloadStillRunWithoutWakingTheLinkReader) {
   v1::UnloadResponse unloaded;
   ASSERT_TRUE(Unload("m", &unloaded).ok());
   EXPECT_TRUE(unloaded.report().unmapped());
+}
+
+// The reload's timing splits the worker round trip: the worker's own part
+// (command read to reply written, which holds its load timer) and the link.
+// Read from real reloads: the parts nest, and each reload's handling covers
+// its load and fits in relibd's round trip.
+TEST_F(ReloadWakeupsTest, ReloadTimingSplitsTheWorkerRoundTrip) {
+  LoadOrDie("m", k_versioned_v1);
+  for (int i = 0; i < 20; ++i) {
+    v1::ReloadResponse response;
+    grpc::Status status = Reload("m", i % 2 ? k_versioned_v1 : k_versioned_v2, &response);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    const int64_t load = response.module().stats().load_micros();
+    const int64_t handling = response.worker_handling_micros();
+    const int64_t round_trip = response.worker_round_trip_micros();
+    ASSERT_GT(load, 0) << "reload " << i;
+    EXPECT_GE(handling, load) << "reload " << i << ": the worker's handling must hold its load timer";
+    EXPECT_LE(handling, round_trip) << "reload " << i << ": the worker's handling must fit in relibd's round trip";
+    EXPECT_LE(round_trip, response.daemon_micros()) << "reload " << i;
+  }
 }
 
 }  // namespace
