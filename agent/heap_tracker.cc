@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -180,15 +181,34 @@ struct Counters {
   int64_t bytes[kMaxModules] = {};
   int64_t blocks[kMaxModules] = {};
 #if defined(__x86_64__)
+  // The scaled addresses written out: given "+m"(bytes[module]), GCC 12
+  // computes module * 8 and this + bytes into registers first (a shift and
+  // an lea per call). The two arrays are the asm's memory operands, so the
+  // compiler knows what it changes. A Record's own counters sit at its
+  // start, so `this` is the record pointer already in a register.
   void Add(uint32_t module, int64_t size, int64_t count) {
-    asm volatile("addq %1, %0" : "+m"(bytes[module]) : "er"(size));
-    asm volatile("addq %1, %0" : "+m"(blocks[module]) : "er"(count));
+    asm volatile(
+        "addq %[size], (%[self],%[module],8)\n\t"
+        "addq %[count], %c[blocks](%[self],%[module],8)"
+        : "+m"(bytes), "+m"(blocks)
+        : [self] "r"(this), [module] "r"(static_cast<uint64_t>(module)), [size] "er"(size), [count] "er"(count),
+          [blocks] "i"(sizeof(bytes)));
+  }
+  // One block of `size` bytes less (a sub, where Add would need a neg first).
+  void Remove(uint32_t module, uint64_t size) {
+    asm volatile(
+        "subq %[size], (%[self],%[module],8)\n\t"
+        "subq $1, %c[blocks](%[self],%[module],8)"
+        : "+m"(bytes), "+m"(blocks)
+        : [self] "r"(this), [module] "r"(static_cast<uint64_t>(module)), [size] "r"(size),
+          [blocks] "i"(sizeof(bytes)));
   }
 #else
   void Add(uint32_t module, int64_t size, int64_t count) {
     __atomic_store_n(&bytes[module], bytes[module] + size, __ATOMIC_RELAXED);
     __atomic_store_n(&blocks[module], blocks[module] + count, __ATOMIC_RELAXED);
   }
+  void Remove(uint32_t module, uint64_t size) { Add(module, -static_cast<int64_t>(size), -1); }
 #endif
   void Reset(uint32_t module) {
     __atomic_store_n(&bytes[module], 0, __ATOMIC_RELAXED);
@@ -219,6 +239,9 @@ class SpinLock {
 };
 
 struct Record {
+  // First, so that the owner's Counters::Add addresses them from the record
+  // pointer with no offset to add.
+  alignas(64) Counters usage;  // owner
   // The owner's line.
   alignas(64) std::atomic<uint32_t> busy{0};
   uint32_t index = 0;  // in `records`
@@ -234,14 +257,15 @@ struct Record {
   // Remote frees.
   alignas(64) SpinLock remote_lock;
   std::atomic<Entry*> remote_head{nullptr};  // entries freed by other threads, for the owner
-  alignas(64) Counters usage;  // owner
-  Counters remote_usage;       // under remote_lock (negative: frees by others)
+  alignas(64) Counters remote_usage;  // under remote_lock (negative: frees by others)
   std::atomic<Entry*> chunks[kChunks] = {};
 
   Record() = default;
   struct Placeholder {};
   constexpr explicit Record(Placeholder) : gate{~uint64_t{0}} {}
 };
+// What Counters' asm writes out: blocks right after bytes.
+static_assert(offsetof(Counters, blocks) == sizeof(Counters::bytes));
 
 // The record of every thread that has none (see above). Never in `records`;
 // its busy flag is written by a thread's first module-scope malloc (which
@@ -701,6 +725,17 @@ inline bool TrailerOnHeaderPage(const void* user, const uint64_t* trailer) {
 // review's 1 MiB case) go to ReadTrailerSafely.
 constexpr uint64_t kInlineTrailerReach = (uint64_t{128} << 10) + 32;
 
+// PlausibleChunk(header) && header < kInlineTrailerReach, in two tests for
+// free's inline path: header - 32 is below 2^17 and has bit 3 clear (the
+// size is a multiple of 16: subtracting 32 leaves bits 0-4 as they are),
+// which is one test against a mask that fits an instruction's immediate,
+// and not both flags. (Written as the two functions, GCC made four compares.)
+static_assert(kInlineTrailerReach - 32 == uint64_t{1} << 17);
+inline bool PlausibleInReach(uint64_t header) {
+  constexpr uint64_t kOutside = ~((uint64_t{1} << 17) - 1) | 8;
+  return ((header - 32) & kOutside) == 0 && (header & 6) != 6;
+}
+
 // Reads the trailer a plausible `header` points at: the header is any word
 // before a pointer module code frees, so the trailer may be far away (up to
 // 2^44 bytes), in an unmapped or PROT_NONE page. Read directly on the
@@ -891,10 +926,15 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
   // only a pointer its entry holds: the load comes before the entry is
   // found, and a header such as 0x1008 before a PROT_NONE page would fault
   // here where the slow path refuses the free (dealloc_test's
-  // ImplausibleHeaderBeforeAProtNonePage*). One and of two compares, no
-  // branch between them.
-  uint64_t value = 0;
-  if (PlausibleChunk(header) & (header < kInlineTrailerReach)) [[likely]] value = ProbeLoad(trailer);
+  // ImplausibleHeaderBeforeAProtNonePage*). Two tests (PlausibleInReach).
+  if (!PlausibleInReach(header)) [[unlikely]] {
+#ifndef RELIB_HEAP_PROBES
+    SetCrashNote(nullptr);
+#endif
+    ReleaseInModuleScopeSlow(user, caller, function);
+    return;
+  }
+  uint64_t value = ProbeLoad(trailer);
 #ifndef RELIB_HEAP_PROBES
   SetCrashNote(nullptr);
 #endif
@@ -916,7 +956,7 @@ bool LocateForFree(void* user, const void* caller, const char* function, Located
     ReleaseInModuleScopeSlow(user, caller, function);  // another module's block, or Detach took it meanwhile
     return;
   }
-  record->usage.Add(module, -static_cast<int64_t>(entry->size), -1);
+  record->usage.Remove(module, entry->size);
   entry->block.store(nullptr, std::memory_order_relaxed);
   entry->next = record->free_head;
   record->free_head = entry;
