@@ -72,10 +72,11 @@ class LinkReader {
   // Thread-safe; for a thread about to wait for work (one at a time leads).
   // Takes the read token if nobody holds it and reads, handing every frame
   // to the dispatcher on this thread, until done() returns true (checked
-  // after each batch of frames and after Recall); then reads what the
-  // socket already holds and lets the token go (the reader thread reads
-  // what comes later). While a thread leads, the reader thread is not woken
-  // by frames.
+  // after each batch of frames and after Recall); then, unless its last
+  // read came back short (the socket was empty then), reads what the socket
+  // holds, and lets the token go: the watch turned back on reports what
+  // came in since, and the reader thread reads it. While a thread leads,
+  // the reader thread is not woken by frames.
   LeadResult Lead(const std::function<bool()>& done);
   // Thread-safe. Makes the thread in Lead, if any, check done() now.
   void Recall();
