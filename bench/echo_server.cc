@@ -20,6 +20,7 @@
 #include <string>
 #include <thread>
 
+#include "bench/served_from_fd.h"
 #include "common/message_limits.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/server_posix.h"
@@ -40,26 +41,6 @@ class BareEcho final : public relib::bench::BareEcho::Service {
     return grpc::Status::OK;
   }
 };
-
-// Listens on `path` (a Unix socket) and hands every accepted connection to
-// `server`, until the process ends. -1 if it cannot listen.
-int ListenAndHandOver(const char* path, grpc::Server* server) {
-  int listening = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un address{};
-  address.sun_family = AF_UNIX;
-  std::snprintf(address.sun_path, sizeof(address.sun_path), "%s", path);
-  if (listening < 0 || ::bind(listening, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0 ||
-      ::listen(listening, SOMAXCONN) != 0) {
-    return -1;
-  }
-  std::thread([listening, server] {
-    while (true) {
-      int fd = ::accept4(listening, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
-      if (fd >= 0) grpc::AddInsecureChannelFromFd(server, fd);
-    }
-  }).detach();
-  return 0;
-}
 
 }  // namespace
 
@@ -95,7 +76,7 @@ int main(int argc, char** argv) {
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server) return 1;
-  if (from_fd && ListenAndHandOver(path, server.get()) != 0) return 1;
+  if (from_fd && relib::bench::ListenAndHandOver(path, server.get()) != 0) return 1;
   int signal = 0;
   sigwait(&signals, &signal);
   server->Shutdown();
