@@ -13,11 +13,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/unique_fd.h"
+#include "spdlog/spdlog.h"
 
 namespace relib::daemon {
 namespace {
 
-constexpr char kTableFile[] = "table.pb";
+constexpr char kTableFile[] = "table.pb";      // durable
+constexpr char kNextFile[] = "table.next.pb";  // newest
 
 absl::Status WriteAll(int fd, const char* data, size_t size, const std::string& path) {
   while (size > 0) {
@@ -30,21 +32,40 @@ absl::Status WriteAll(int fd, const char* data, size_t size, const std::string& 
   return absl::OkStatus();
 }
 
-absl::Status SyncDirectory(const std::string& dir) {
-  common::UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (!fd.valid() || ::fsync(fd.get()) != 0) return absl::ErrnoToStatus(errno, absl::StrCat("fsync ", dir));
+absl::Status SyncPath(const std::string& path, int flags) {
+  common::UniqueFd fd(::open(path.c_str(), flags | O_CLOEXEC));
+  if (!fd.valid() || ::fsync(fd.get()) != 0) return absl::ErrnoToStatus(errno, absl::StrCat("fsync ", path));
   return absl::OkStatus();
 }
 
-// Copies `from` to `to` the durable way: a temp file beside `to`, fsync,
-// rename. Nothing is left at `to` or beside it on error.
-absl::Status DurableCopy(const std::string& from, const std::string& to) {
+// Writes `bytes` to `path` through a temp file beside it and a rename, so a
+// reader finds the old file or the new one; with `durable`, the temp file is
+// fsynced before the rename (the directory is the caller's).
+absl::Status ReplaceFile(const std::string& path, const std::string& bytes, bool durable) {
+  const std::string temp = path + ".tmp";
+  common::UniqueFd out(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!out.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("create ", temp));
+  absl::Status status = WriteAll(out.get(), bytes.data(), bytes.size(), temp);
+  if (status.ok() && durable && ::fsync(out.get()) != 0) {
+    status = absl::ErrnoToStatus(errno, absl::StrCat("fsync ", temp));
+  }
+  if (status.ok() && ::rename(temp.c_str(), path.c_str()) != 0) {
+    status = absl::ErrnoToStatus(errno, absl::StrCat("rename ", temp));
+  }
+  if (!status.ok()) ::unlink(temp.c_str());
+  return status;
+}
+
+// Copies `from` to `to` through a temp file beside `to` and a rename; returns
+// the bytes copied. Nothing is left at `to` or beside it on error.
+absl::StatusOr<uint64_t> CopyFile(const std::string& from, const std::string& to) {
   common::UniqueFd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
   if (!in.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("open ", from));
   std::string temp = to + ".tmp";
   common::UniqueFd out(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (!out.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("create ", temp));
   absl::Status status;
+  uint64_t copied = 0;
   // In the kernel (no trip of every byte through user space) while it can;
   // across file systems that do not support that, through a buffer.
   bool kernel_copy = true;
@@ -60,6 +81,7 @@ absl::Status DurableCopy(const std::string& from, const std::string& to) {
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) status = absl::ErrnoToStatus(errno, absl::StrCat("copy ", from, " to ", temp));
       if (n <= 0) break;
+      copied += static_cast<uint64_t>(n);
       continue;
     }
     n = ::read(in.get(), buffer, sizeof(buffer));
@@ -67,13 +89,16 @@ absl::Status DurableCopy(const std::string& from, const std::string& to) {
     if (n < 0) status = absl::ErrnoToStatus(errno, absl::StrCat("read ", from));
     if (n <= 0) break;
     status = WriteAll(out.get(), buffer, static_cast<size_t>(n), temp);
+    copied += static_cast<uint64_t>(n);
   }
-  if (status.ok() && ::fsync(out.get()) != 0) status = absl::ErrnoToStatus(errno, absl::StrCat("fsync ", temp));
   if (status.ok() && ::rename(temp.c_str(), to.c_str()) != 0) {
     status = absl::ErrnoToStatus(errno, absl::StrCat("rename ", temp));
   }
-  if (!status.ok()) ::unlink(temp.c_str());
-  return status;
+  if (!status.ok()) {
+    ::unlink(temp.c_str());
+    return status;
+  }
+  return copied;
 }
 
 // The fields a restart needs; the rest (stats, exports, pids) belongs to one run.
@@ -89,6 +114,35 @@ v1::ModuleInfo Persistent(const v1::ModuleInfo& module) {
   return kept;
 }
 
+std::string Serialize(const std::map<std::string, v1::ModuleTableEntry>& entries, uint64_t generation) {
+  v1::ModuleTable table;
+  table.set_generation(generation);
+  for (const auto& [name, entry] : entries) *table.add_entries() = entry;
+  std::string bytes;
+  table.SerializeToString(&bytes);
+  return bytes;
+}
+
+enum class Read { kMissing, kDamaged, kOk };
+
+Read ReadTable(const std::string& path, v1::ModuleTable& table) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return Read::kMissing;
+  std::stringstream bytes;
+  bytes << in.rdbuf();
+  if (table.ParseFromString(bytes.str())) return Read::kOk;
+  table.Clear();  // a failed parse can leave fields set
+  return Read::kDamaged;
+}
+
+// The copy is there and as long as when it was written (a power loss can
+// leave a file that was never fsynced short or empty).
+bool CopyIsWhole(const std::string& dir, const v1::ModuleTableEntry& entry) {
+  struct stat st {};
+  if (::stat((dir + "/" + entry.copy()).c_str(), &st) != 0 || !S_ISREG(st.st_mode)) return false;
+  return entry.copy_size() == 0 || static_cast<uint64_t>(st.st_size) == entry.copy_size();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ModuleTable>> ModuleTable::Open(const std::string& state_dir) {
@@ -98,69 +152,161 @@ absl::StatusOr<std::unique_ptr<ModuleTable>> ModuleTable::Open(const std::string
   if (error) return absl::UnavailableError(absl::StrCat("cannot create ", dir, ": ", error.message()));
   ::chmod(dir.c_str(), 0700);
   std::unique_ptr<ModuleTable> table(new ModuleTable(dir));
-  std::string path = dir + "/" + kTableFile;
-  std::ifstream in(path, std::ios::binary);
-  if (in) {
-    std::stringstream bytes;
-    bytes << in.rdbuf();
-    v1::ModuleTable stored;
-    if (!stored.ParseFromString(bytes.str())) {
-      return absl::DataLossError(absl::StrCat("module table ", path, " is damaged (move it away to start empty)"));
-    }
-    std::lock_guard<std::mutex> lock(table->mutex_);
-    for (const auto& entry : stored.entries()) table->entries_[entry.module().name()] = entry;
+  const std::string durable_path = dir + "/" + kTableFile, next_path = dir + "/" + kNextFile;
+  v1::ModuleTable durable, next;
+  const Read durable_read = ReadTable(durable_path, durable), next_read = ReadTable(next_path, next);
+  if (durable_read == Read::kDamaged && next_read != Read::kOk) {
+    return absl::DataLossError(
+        absl::StrCat("module table ", durable_path, " is damaged (move it away to start empty)"));
   }
-  // Temp files of a write that a crash interrupted.
-  for (const auto& entry : std::filesystem::directory_iterator(dir, error)) {
-    if (entry.path().extension() == ".tmp") std::filesystem::remove(entry.path(), error);
+  if (next_read == Read::kDamaged) {
+    spdlog::warn("phase=restore {} is damaged (a power loss during its write?); using {}", next_path, durable_path);
+  }
+  // The newer of the two readable files; the other one's entries stand in
+  // for copies the newer one lost.
+  const bool next_newer = next_read == Read::kOk && (durable_read != Read::kOk || next.generation() > durable.generation());
+  const v1::ModuleTable& newer = next_newer ? next : durable;
+  const v1::ModuleTable& older = next_newer ? durable : next;
+  std::map<std::string, const v1::ModuleTableEntry*> fallback;
+  for (const auto& entry : older.entries()) fallback[entry.module().name()] = &entry;
+  {
+    std::lock_guard<std::mutex> lock(table->mutex_);
+    table->generation_ = std::max(durable.generation(), next.generation());
+    for (const auto& entry : newer.entries()) {
+      const v1::ModuleTableEntry* chosen = &entry;
+      auto other = fallback.find(entry.module().name());
+      if (!CopyIsWhole(dir, entry) && other != fallback.end() && CopyIsWhole(dir, *other->second)) {
+        spdlog::warn("module={} version={} phase=restore the copy of this version is missing or short (a power loss "
+                     "before it was written?); restoring version {}, the last one written durably",
+                     entry.module().name(), entry.module().version(), other->second->module().version());
+        chosen = other->second;
+      }
+      table->entries_[entry.module().name()] = *chosen;
+    }
+    // Temp files of a write that a crash interrupted go; every copy is
+    // known, so the first durable write removes those no table names.
+    for (const auto& file : std::filesystem::directory_iterator(dir, error)) {
+      if (file.path().extension() == ".tmp") {
+        std::filesystem::remove(file.path(), error);
+      } else if (file.path().extension() == ".so") {
+        table->copies_.insert(file.path().filename().string());
+      }
+    }
+  }
+  // What was read becomes the durable table (and the copies no table names go).
+  if (absl::Status written = table->WriteDurable(); !written.ok()) {
+    spdlog::error("phase=persist module table not written durably: {}", written.ToString());
   }
   return table;
 }
 
-absl::Status ModuleTable::Save() {
-  v1::ModuleTable table;
-  for (const auto& [name, entry] : entries_) *table.add_entries() = entry;
-  std::string bytes;
-  table.SerializeToString(&bytes);
-  std::string path = dir_ + "/" + kTableFile, temp = path + ".tmp";
-  common::UniqueFd out(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-  if (!out.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("create ", temp));
-  absl::Status status = WriteAll(out.get(), bytes.data(), bytes.size(), temp);
-  if (status.ok() && ::fsync(out.get()) != 0) status = absl::ErrnoToStatus(errno, absl::StrCat("fsync ", temp));
-  if (status.ok() && ::rename(temp.c_str(), path.c_str()) != 0) {
-    status = absl::ErrnoToStatus(errno, absl::StrCat("rename ", temp));
-  }
-  if (!status.ok()) {
-    ::unlink(temp.c_str());
-    return status;
-  }
-  return SyncDirectory(dir_);
+ModuleTable::~ModuleTable() { Flush().IgnoreError(); }
+
+absl::Status ModuleTable::WriteNext() {
+  return ReplaceFile(dir_ + "/" + kNextFile, Serialize(entries_, generation_), /*durable=*/false);
 }
 
+void ModuleTable::ScheduleDurable() {
+  if (durable_posted_) return;
+  durable_posted_ = true;
+  persist_.Post([this] {
+    if (absl::Status written = WriteDurable(); !written.ok()) {
+      spdlog::error("phase=persist module table not written durably (a power loss now could restore older "
+                    "versions; retried at the next change): {}",
+                    written.ToString());
+    }
+  });
+}
+
+absl::Status ModuleTable::WriteDurable() {
+  std::lock_guard<std::mutex> serial(durable_mutex_);
+  std::map<std::string, v1::ModuleTableEntry> snapshot;
+  uint64_t generation;
+  std::set<std::string> to_sync;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    durable_posted_ = false;  // a change from now on posts another write
+    if (generation_ == durable_generation_) return absl::OkStatus();
+    snapshot = entries_;
+    generation = generation_;
+    for (const auto& [name, entry] : snapshot) {
+      if (!synced_copies_.contains(entry.copy())) to_sync.insert(entry.copy());
+    }
+  }
+  // The copies first: table.pb never names a copy that is not on disk.
+  for (const std::string& copy : to_sync) {
+    if (absl::Status synced = SyncPath(dir_ + "/" + copy, O_RDONLY); !synced.ok()) return synced;
+  }
+  if (absl::Status written = ReplaceFile(dir_ + "/" + kTableFile, Serialize(snapshot, generation), /*durable=*/true);
+      !written.ok()) {
+    return written;
+  }
+  if (absl::Status synced = SyncPath(dir_, O_RDONLY | O_DIRECTORY); !synced.ok()) return synced;
+  durable_generation_ = generation;
+  // Copies neither file names any more: table.pb is `snapshot` now, and
+  // table.next.pb is entries_ (or, where its write failed, an older table
+  // with a lower generation than table.pb's, which Open then passes over).
+  std::vector<std::string> garbage;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::set<std::string> named;
+    for (const auto& [name, entry] : snapshot) named.insert(entry.copy());
+    for (const auto& [name, entry] : entries_) named.insert(entry.copy());
+    for (const std::string& copy : to_sync) synced_copies_.insert(copy);
+    for (auto it = copies_.begin(); it != copies_.end();) {
+      if (named.contains(*it)) {
+        ++it;
+        continue;
+      }
+      garbage.push_back(*it);
+      synced_copies_.erase(*it);
+      it = copies_.erase(it);
+    }
+  }
+  for (const std::string& copy : garbage) ::unlink((dir_ + "/" + copy).c_str());
+  return absl::OkStatus();
+}
+
+absl::Status ModuleTable::Flush() { return WriteDurable(); }
+
 absl::Status ModuleTable::Put(const v1::ModuleInfo& module, const std::string& file) {
-  std::string copy = absl::StrCat(module.name(), ".v", module.version(), ".so");
   std::lock_guard<std::mutex> lock(mutex_);
   auto it = entries_.find(module.name());
-  std::string old_copy = it == entries_.end() ? "" : it->second.copy();
-  if (old_copy != copy) {
-    if (absl::Status copied = DurableCopy(file, dir_ + "/" + copy); !copied.ok()) return copied;
-  }
-  v1::ModuleTableEntry entry;
-  *entry.mutable_module() = Persistent(module);
-  entry.set_copy(copy);
   std::optional<v1::ModuleTableEntry> previous;
   if (it != entries_.end()) previous = it->second;
+  v1::ModuleTableEntry entry;
+  *entry.mutable_module() = Persistent(module);
+  const uint64_t generation = generation_ + 1;
+  // The same version keeps its copy (an entry changed in options or watch).
+  // A new one gets a name never used before (the generation in it): a
+  // module unloaded and loaded again starts at version 1 again, and the
+  // durable table may still name the earlier version 1's file.
+  const bool new_copy = !previous || previous->module().version() != module.version();
+  if (new_copy) {
+    entry.set_copy(absl::StrCat(module.name(), ".v", module.version(), ".", generation, ".so"));
+    auto copied = CopyFile(file, dir_ + "/" + entry.copy());
+    if (!copied.ok()) return copied.status();
+    entry.set_copy_size(*copied);
+    copies_.insert(entry.copy());
+  } else {
+    entry.set_copy(previous->copy());
+    entry.set_copy_size(previous->copy_size());
+  }
   entries_[module.name()] = entry;
-  if (absl::Status saved = Save(); !saved.ok()) {
+  generation_ = generation;
+  if (absl::Status written = WriteNext(); !written.ok()) {
     if (previous) {
       entries_[module.name()] = *previous;
     } else {
       entries_.erase(module.name());
     }
-    if (old_copy != copy) ::unlink((dir_ + "/" + copy).c_str());
-    return saved;
+    if (new_copy) {
+      copies_.erase(entry.copy());
+      ::unlink((dir_ + "/" + entry.copy()).c_str());  // a new name: no table file names it
+    }
+    return written;
   }
-  if (!old_copy.empty() && old_copy != copy) ::unlink((dir_ + "/" + old_copy).c_str());
+  ScheduleDurable();
   return absl::OkStatus();
 }
 
@@ -170,11 +316,12 @@ absl::Status ModuleTable::Remove(const std::string& name) {
   if (it == entries_.end()) return absl::OkStatus();
   v1::ModuleTableEntry removed = it->second;
   entries_.erase(it);
-  if (absl::Status saved = Save(); !saved.ok()) {
+  ++generation_;
+  if (absl::Status written = WriteNext(); !written.ok()) {
     entries_[name] = removed;
-    return saved;
+    return written;
   }
-  ::unlink((dir_ + "/" + removed.copy()).c_str());
+  ScheduleDurable();
   return absl::OkStatus();
 }
 
