@@ -20,18 +20,21 @@
 
 namespace relib::daemon {
 
-// Two table files, so that a change costs no fsync while its caller waits:
-// - `table.next.pb`, the newest table, and each new copy, are written by Put
-//   and Remove before they return (temp file + rename, no fsync): they are
-//   in the page cache, which a crash or kill of relibd does not lose;
+// Table files of two kinds, so that a change costs no fsync while its
+// caller waits:
+// - `table.next.<generation>.pb`, the table after each change, and each new
+//   copy, are written by Put and Remove before they return, into files of
+//   new names (no fsync, no rename, no truncation): they are in the page
+//   cache, which a crash or kill of relibd does not lose;
 // - `table.pb`, written the durable way (copies fsynced, temp file, fsync,
-//   rename, fsync of the directory) by a thread of its own soon after
-//   (`relibd-persist`), which is what a power loss or kernel crash leaves.
-// Open takes the newer valid file (by generation) and, for each module whose
-// copy there is missing or shorter than recorded, the other file's entry if
-// that one's copy is whole: a power loss can cost the last changes (those of
-// the last tens of ms), never a table that does not parse. A copy stays on
-// disk while either file may name it.
+//   rename, fsync of the directory) by a thread of its own right after
+//   (`relibd-persist`), which is what a power loss or kernel crash leaves;
+//   it then removes the newest-table files it supersedes and the copies no
+//   table names.
+// Open takes the table of the highest generation that reads whole and, for
+// each module whose copy there is missing or shorter than recorded, the
+// newest older entry whose copy is whole: a power loss can cost the last
+// changes, never a table that does not parse.
 // Thread-safe.
 class ModuleTable {
  public:
@@ -80,6 +83,8 @@ class ModuleTable {
   bool durable_posted_ ABSL_GUARDED_BY(mutex_) = false;
   // Copy files in the directory, and those of them already fsynced.
   std::set<std::string> copies_ ABSL_GUARDED_BY(mutex_);
+  // Generations of the newest-table files in the directory.
+  std::set<uint64_t> next_files_ ABSL_GUARDED_BY(mutex_);
   std::set<std::string> synced_copies_ ABSL_GUARDED_BY(mutex_);
   // The generation table.pb holds (none yet: the maximum).
   uint64_t durable_generation_ ABSL_GUARDED_BY(durable_mutex_) = UINT64_MAX;

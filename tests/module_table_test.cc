@@ -5,10 +5,12 @@
 // Real files in a real directory; the damaged states are written by hand.
 #include "daemon/module_table.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "common/temp_dir.h"
 #include "tests/testing.h"
@@ -72,6 +74,26 @@ class ModuleTableTest : public ::testing::Test {
     EXPECT_TRUE(table.ParseFromString(ReadFile(modules_ + "/" + file))) << file;
     return table;
   }
+  // The table file of the highest generation on disk (the durable one or a
+  // newest one): what a restart would start from.
+  v1::ModuleTable NewestOnDisk() {
+    v1::ModuleTable newest = ReadTable("table.pb");
+    for (const std::string& file : NextFiles()) {
+      v1::ModuleTable next = ReadTable(file);
+      if (next.generation() > newest.generation()) newest = next;
+    }
+    return newest;
+  }
+  // The newest-table files (table.next.<generation>.pb) by name.
+  std::vector<std::string> NextFiles() {
+    std::vector<std::string> files;
+    for (const auto& file : std::filesystem::directory_iterator(modules_)) {
+      const std::string name = file.path().filename().string();
+      if (name.rfind("table.next.", 0) == 0) files.push_back(name);
+    }
+    std::sort(files.begin(), files.end());
+    return files;
+  }
 
   std::optional<common::TempDir> scratch_;
   std::string state_, modules_, v1_, v2_;
@@ -87,8 +109,10 @@ TEST_F(ModuleTableTest, EveryChangeIsReadBackByTheNextOpen) {
     ASSERT_THAT((*table)->Put(Module("a", 2, v2_), v2_), IsOk());
     ASSERT_THAT((*table)->Put(Module("b", 1, v1_), v1_), IsOk());
     ASSERT_THAT((*table)->Remove("b"), IsOk());
-    // Before any durable write could have run: the newest table names all.
-    v1::ModuleTable next = ReadTable("table.next.pb");
+    // On disk when Remove returned (as a newest table file, one per change,
+    // or already in the durable table that supersedes them).
+    v1::ModuleTable next = NewestOnDisk();
+    EXPECT_EQ(next.generation(), 4u);
     ASSERT_EQ(next.entries_size(), 1);
     EXPECT_EQ(next.entries(0).module().version(), 2u);
     EXPECT_EQ(ReadFile(modules_ + "/" + next.entries(0).copy()), ReadFile(v2_));
@@ -105,6 +129,7 @@ TEST_F(ModuleTableTest, EveryChangeIsReadBackByTheNextOpen) {
   v1::ModuleTable durable = ReadTable("table.pb");
   ASSERT_EQ(durable.entries_size(), 1);
   EXPECT_EQ(durable.entries(0).module().version(), 2u);
+  EXPECT_TRUE(NextFiles().empty());  // superseded by table.pb
   int copies = 0;
   for (const auto& file : std::filesystem::directory_iterator(modules_)) copies += file.path().extension() == ".so";
   EXPECT_EQ(copies, 1);
@@ -117,7 +142,8 @@ TEST_F(ModuleTableTest, EveryChangeIsReadBackByTheNextOpen) {
 TEST_F(ModuleTableTest, ShortNewestCopyFallsBackToTheDurableVersion) {
   const std::string one = ReadFile(v1_), two = ReadFile(v2_);
   WriteTable("table.pb", 4, {{"a", 1, "a.v1.3.so", one.size()}, {"b", 1, "b.v1.4.so", one.size()}});
-  WriteTable("table.next.pb", 6, {{"a", 2, "a.v2.5.so", two.size()}, {"b", 2, "b.v2.6.so", two.size()}});
+  WriteTable("table.next.5.pb", 5, {{"a", 2, "a.v2.5.so", two.size()}, {"b", 1, "b.v1.4.so", one.size()}});
+  WriteTable("table.next.6.pb", 6, {{"a", 2, "a.v2.5.so", two.size()}, {"b", 2, "b.v2.6.so", two.size()}});
   WriteFile(modules_ + "/a.v1.3.so", one);
   WriteFile(modules_ + "/b.v1.4.so", one);
   WriteFile(modules_ + "/a.v2.5.so", "");  // what a power loss can leave of a file never fsynced
@@ -139,21 +165,23 @@ TEST_F(ModuleTableTest, ShortNewestCopyFallsBackToTheDurableVersion) {
   EXPECT_EQ(durable.entries(0).copy(), "a.v1.3.so");
   EXPECT_FALSE(std::filesystem::exists(modules_ + "/a.v2.5.so"));
   EXPECT_FALSE(std::filesystem::exists(modules_ + "/b.v1.4.so"));
+  EXPECT_TRUE(NextFiles().empty());
   // The next change continues the generations: it is never taken for older.
   ASSERT_THAT((*table)->Put(Module("a", 2, v2_), v2_), IsOk());
-  EXPECT_GT(ReadTable("table.next.pb").generation(), 6u);
+  EXPECT_EQ(NewestOnDisk().generation(), 7u);
 }
 
-// The newest table itself damaged (a power loss in its write), or older than
-// the durable one (its last write never reached the disk, the durable
-// table's did): the durable table is read.
-TEST_F(ModuleTableTest, DamagedOrOlderNewestTableIsPassedOver) {
+// A newest table damaged or cut short (a power loss in its write: a prefix
+// can parse, without the generation that comes last), or older than the
+// durable one: the durable table is read.
+TEST_F(ModuleTableTest, DamagedShortOrOlderNewestTablesArePassedOver) {
   const std::string one = ReadFile(v1_), two = ReadFile(v2_);
   std::filesystem::create_directories(modules_);
-  WriteFile(modules_ + "/a.v1.1.so", one);
   WriteFile(modules_ + "/a.v2.2.so", two);
   WriteTable("table.pb", 2, {{"a", 2, "a.v2.2.so", two.size()}});
-  WriteFile(modules_ + "/table.next.pb", "\x0a\xff\xff garbage");
+  WriteFile(modules_ + "/table.next.3.pb", "\x0a\xff\xff garbage");
+  WriteTable("table.next.4.pb", 0, {{"a", 3, "a.v3.4.so", two.size()}});  // no generation: cut short
+  WriteFile(modules_ + "/a.v3.4.so", two);
   {
     auto table = daemon::ModuleTable::Open(state_);
     ASSERT_THAT(table, IsOk());
@@ -161,8 +189,7 @@ TEST_F(ModuleTableTest, DamagedOrOlderNewestTableIsPassedOver) {
     ASSERT_EQ(entries.size(), 1u);
     EXPECT_EQ(entries[0].module.version(), 2u);
   }
-  WriteTable("table.pb", 2, {{"a", 2, "a.v2.2.so", two.size()}});
-  WriteTable("table.next.pb", 1, {{"a", 1, "a.v1.1.so", one.size()}});
+  WriteTable("table.next.1.pb", 1, {{"a", 1, "a.v1.1.so", one.size()}});
   WriteFile(modules_ + "/a.v1.1.so", one);
   auto table = daemon::ModuleTable::Open(state_);
   ASSERT_THAT(table, IsOk());
@@ -177,10 +204,10 @@ TEST_F(ModuleTableTest, DamagedOrOlderNewestTableIsPassedOver) {
 TEST_F(ModuleTableTest, BothTablesDamagedIsDataLossAndOldTablesRead) {
   std::filesystem::create_directories(modules_);
   WriteFile(modules_ + "/table.pb", "\x0a\xff\xff garbage");
-  WriteFile(modules_ + "/table.next.pb", "\x0a\xff\xff garbage");
+  WriteFile(modules_ + "/table.next.3.pb", "\x0a\xff\xff garbage");
   EXPECT_THAT(daemon::ModuleTable::Open(state_),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr(modules_ + "/table.pb")));
-  std::filesystem::remove(modules_ + "/table.next.pb");
+  std::filesystem::remove(modules_ + "/table.next.3.pb");
   WriteTable("table.pb", 0, {{"a", 3, "a.v3.so", 0}});
   WriteFile(modules_ + "/a.v3.so", ReadFile(v1_));
   auto table = daemon::ModuleTable::Open(state_);
