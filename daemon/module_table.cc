@@ -93,6 +93,7 @@ absl::Status WriteNew(const std::string& path, const std::string& bytes) {
 absl::StatusOr<uint64_t> CopyFile(const std::string& from, const std::string& to) {
   common::UniqueFd in(::open(from.c_str(), O_RDONLY | O_CLOEXEC));
   if (!in.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("open ", from));
+  ::unlink(to.c_str());  // a leftover of a crash before its table was written: no table names it
   common::UniqueFd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!out.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("create ", to));
   absl::Status status;
@@ -214,6 +215,14 @@ absl::StatusOr<std::unique_ptr<ModuleTable>> ModuleTable::Open(const std::string
   }
   std::sort(tables.begin(), tables.end(),
             [](const v1::ModuleTable& a, const v1::ModuleTable& b) { return a.generation() > b.generation(); });
+  if (durable_read == Read::kDamaged) {
+    spdlog::warn("phase=restore module table {} is damaged; a newer table file reads whole and replaces it",
+                 durable_path);
+  }
+  {
+    std::lock_guard<std::mutex> lock(table->mutex_);
+    table->opened_ = true;
+  }
   if (!tables.empty()) {
     std::lock_guard<std::mutex> lock(table->mutex_);
     table->generation_ = tables.front().generation();
@@ -242,7 +251,14 @@ absl::StatusOr<std::unique_ptr<ModuleTable>> ModuleTable::Open(const std::string
   return table;
 }
 
-ModuleTable::~ModuleTable() { Flush().IgnoreError(); }
+ModuleTable::~ModuleTable() {
+  bool opened;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    opened = opened_;
+  }
+  if (opened) Flush().IgnoreError();
+}
 
 absl::Status ModuleTable::WriteNext() {
   const std::string file = NextFile(generation_);
@@ -281,9 +297,14 @@ absl::Status ModuleTable::WriteDurable() {
       if (!synced_copies_.contains(entry.copy())) to_sync.insert(entry.copy());
     }
   }
-  // The copies first: table.pb never names a copy that is not on disk.
+  // The copies first: table.pb never names a copy whose bytes are not on
+  // disk. A copy that is not there at all (an entry kept so that its
+  // restore fails visibly) has nothing to sync and must not hold up the
+  // others' durability.
   for (const std::string& copy : to_sync) {
-    if (absl::Status synced = SyncPath(dir_ + "/" + copy, O_RDONLY); !synced.ok()) return synced;
+    if (absl::Status synced = SyncPath(dir_ + "/" + copy, O_RDONLY); !synced.ok() && !absl::IsNotFound(synced)) {
+      return synced;
+    }
   }
   if (absl::Status written = ReplaceFileDurably(dir_ + "/" + kTableFile, Serialize(snapshot, generation));
       !written.ok()) {

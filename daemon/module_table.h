@@ -49,7 +49,8 @@ class ModuleTable {
   // table file can be read and parsed though one exists (DATA_LOSS, naming
   // the file).
   static absl::StatusOr<std::unique_ptr<ModuleTable>> Open(const std::string& state_dir);
-  // Makes the last change durable first.
+  // Makes the last change durable first (a table whose Open failed writes
+  // nothing).
   ~ModuleTable();
 
   // Records `module` (its name, path, version, options, worker) with a copy
@@ -63,7 +64,7 @@ class ModuleTable {
   std::vector<Entry> Entries() const;
   const std::string& directory() const { return dir_; }
   // Blocks until every change made so far is durable. Errors: the durable
-  // write's (also logged).
+  // write's.
   absl::Status Flush();
 
  private:
@@ -85,6 +86,9 @@ class ModuleTable {
   std::set<std::string> copies_ ABSL_GUARDED_BY(mutex_);
   // Generations of the newest-table files in the directory.
   std::set<uint64_t> next_files_ ABSL_GUARDED_BY(mutex_);
+  // Set once Open has read the directory: until then nothing is written or
+  // removed (a refused start leaves the directory as it found it).
+  bool opened_ ABSL_GUARDED_BY(mutex_) = false;
   std::set<std::string> synced_copies_ ABSL_GUARDED_BY(mutex_);
   // The generation table.pb holds (none yet: the maximum).
   uint64_t durable_generation_ ABSL_GUARDED_BY(durable_mutex_) = UINT64_MAX;

@@ -5,6 +5,9 @@
 // Real files in a real directory; the damaged states are written by hand.
 #include "daemon/module_table.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -76,13 +79,17 @@ class ModuleTableTest : public ::testing::Test {
   }
   // The table file of the highest generation on disk (the durable one or a
   // newest one): what a restart would start from.
+  // The newest-table files first: the persist thread writes table.pb before
+  // it removes the ones it supersedes, so table.pb read last is at least as
+  // new as any of them that went meanwhile.
   v1::ModuleTable NewestOnDisk() {
-    v1::ModuleTable newest = ReadTable("table.pb");
+    v1::ModuleTable newest;
     for (const std::string& file : NextFiles()) {
       v1::ModuleTable next = ReadTable(file);
       if (next.generation() > newest.generation()) newest = next;
     }
-    return newest;
+    v1::ModuleTable durable = ReadTable("table.pb");
+    return durable.generation() >= newest.generation() ? durable : newest;
   }
   // The newest-table files (table.next.<generation>.pb) by name.
   std::vector<std::string> NextFiles() {
@@ -99,8 +106,8 @@ class ModuleTableTest : public ::testing::Test {
   std::string state_, modules_, v1_, v2_;
 };
 
-// A kill of relibd right after a change returns: the newest table and copy
-// are there (page cache), and a new table reads them back.
+// Every change is on disk when it returns, and a new table reads it back
+// (after a clean close here; a kill is the next test).
 TEST_F(ModuleTableTest, EveryChangeIsReadBackByTheNextOpen) {
   {
     auto table = daemon::ModuleTable::Open(state_);
@@ -133,6 +140,53 @@ TEST_F(ModuleTableTest, EveryChangeIsReadBackByTheNextOpen) {
   int copies = 0;
   for (const auto& file : std::filesystem::directory_iterator(modules_)) copies += file.path().extension() == ".so";
   EXPECT_EQ(copies, 1);
+}
+
+// A process killed right after a change returned (it ends with _exit: no
+// destructor, no flush; the persist thread may or may not have run): the
+// next Open reads that change back.
+TEST_F(ModuleTableTest, ChangesSurviveAProcessEndedRightAfterThem) {
+  for (int round = 0; round < 3; ++round) {
+    pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      auto table = daemon::ModuleTable::Open(state_);
+      if (!table.ok()) ::_exit(10);
+      const uint64_t version = 2 * round + 2;
+      if (!(*table)->Put(Module("a", version - 1, v1_), v1_).ok()) ::_exit(11);
+      if (!(*table)->Put(Module("a", version, v2_), v2_).ok()) ::_exit(12);
+      if (!(*table)->Put(Module("gone", 1, v1_), v1_).ok() || !(*table)->Remove("gone").ok()) ::_exit(13);
+      ::_exit(0);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(child, &status, 0), child);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+    auto table = daemon::ModuleTable::Open(state_);
+    ASSERT_THAT(table, IsOk());
+    auto entries = (*table)->Entries();
+    ASSERT_EQ(entries.size(), 1u);
+    EXPECT_EQ(entries[0].module.version(), uint64_t(2 * round + 2));
+    EXPECT_EQ(ReadFile(entries[0].copy), ReadFile(v2_));
+  }
+}
+
+// An entry whose copy is missing (kept so that its restore fails visibly)
+// holds up neither the durable table nor the removal of old files.
+TEST_F(ModuleTableTest, AMissingCopyDoesNotStopDurableWrites) {
+  WriteTable("table.pb", 1, {{"lost", 1, "lost.v1.1.so", 100}});
+  auto table = daemon::ModuleTable::Open(state_);
+  ASSERT_THAT(table, IsOk());
+  for (uint64_t version = 1; version <= 4; ++version) {
+    ASSERT_THAT((*table)->Put(Module("a", version, version % 2 ? v1_ : v2_), version % 2 ? v1_ : v2_), IsOk());
+  }
+  ASSERT_THAT((*table)->Flush(), IsOk());
+  v1::ModuleTable durable = ReadTable("table.pb");
+  EXPECT_EQ(durable.generation(), 5u);
+  EXPECT_EQ(durable.entries_size(), 2);
+  EXPECT_TRUE(NextFiles().empty());
+  int copies = 0;
+  for (const auto& file : std::filesystem::directory_iterator(modules_)) copies += file.path().extension() == ".so";
+  EXPECT_EQ(copies, 1);  // a's version 4 only
 }
 
 // A power loss before the newest copy reached the disk: the newest table
@@ -205,11 +259,15 @@ TEST_F(ModuleTableTest, BothTablesDamagedIsDataLossAndOldTablesRead) {
   std::filesystem::create_directories(modules_);
   WriteFile(modules_ + "/table.pb", "\x0a\xff\xff garbage");
   WriteFile(modules_ + "/table.next.3.pb", "\x0a\xff\xff garbage");
+  WriteFile(modules_ + "/a.v3.so", ReadFile(v1_));
   EXPECT_THAT(daemon::ModuleTable::Open(state_),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr(modules_ + "/table.pb")));
+  // A refused start changes nothing: the operator's evidence and the copies stay.
+  EXPECT_EQ(ReadFile(modules_ + "/table.pb"), "\x0a\xff\xff garbage");
+  EXPECT_EQ(ReadFile(modules_ + "/table.next.3.pb"), "\x0a\xff\xff garbage");
+  EXPECT_EQ(ReadFile(modules_ + "/a.v3.so"), ReadFile(v1_));
   std::filesystem::remove(modules_ + "/table.next.3.pb");
   WriteTable("table.pb", 0, {{"a", 3, "a.v3.so", 0}});
-  WriteFile(modules_ + "/a.v3.so", ReadFile(v1_));
   auto table = daemon::ModuleTable::Open(state_);
   ASSERT_THAT(table, IsOk());
   auto entries = (*table)->Entries();

@@ -81,6 +81,7 @@ StraceSession::~StraceSession() {
 }
 
 std::optional<std::string> StraceSession::Stop() {
+  if (tracer_ <= 0) return std::nullopt;  // stopped already
   ::kill(tracer_, SIGINT);
   int status = 0;
   ::waitpid(tracer_, &status, 0);

@@ -24,7 +24,7 @@ class StraceSession {
   ~StraceSession();
 
   // Detaches strace (SIGINT: with -c it writes its summary) and returns what
-  // it wrote; nullopt if it did not end as asked.
+  // it wrote; nullopt if it did not end as asked, or on a second call.
   std::optional<std::string> Stop();
 
  private:
