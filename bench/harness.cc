@@ -882,6 +882,7 @@ class Bench {
                            design_floor, P50(daemon_own), unload_p50, P50(baseline_dlclose),
                            reference / P50(baseline))});
     }
+    ReloadWithStateDir();
     // Worker RSS drift over many reloads of the small module.
     pid_t worker = WorkerOf("reload_small");
     int64_t before = Snapshot(worker).rss_kib;
@@ -891,6 +892,33 @@ class Bench {
     Add({"worker_rss_drift", absl::StrCat("worker RSS drift over ", scale_.drift_reloads, " reloads, per 10,000"),
          "KiB", per_10k, std::nullopt, "", "value<1024",
          absl::StrCat("VmRSS ", before, " KiB -> ", after, " KiB")});
+  }
+
+  // The small reload as the systemd unit runs relibd: with a state dir, so
+  // that every reload is also written to the persistent module table
+  // (daemon/module_table.h), against the same baseline measured alongside.
+  void ReloadWithStateDir() {
+    auto state = common::TempDir::Create("/tmp", "relib-bench-state-");
+    if (!state.ok()) throw std::runtime_error(state.status().ToString());
+    auto relibd = StartRelibd({"--state-dir", state->path()});
+    auto stub = v1::Relibd::NewStub(relibd->channel());
+    LoadModule(*stub, "m", kBenchEchoV1, "default");
+    for (int i = 0; i < 5; ++i) ReloadOnce(*stub, "m", i % 2 ? kBenchEchoV1 : kBenchEchoV2);
+    std::vector<double> total, baseline, daemon_own;
+    for (int half = 0; half < 2; ++half) {
+      for (int i = 0; i < scale_.reloads_small / 2 + 1; ++i) {
+        ReloadSample s = ReloadOnce(*stub, "m", i % 2 ? kBenchEchoV1 : kBenchEchoV2);
+        total.push_back(s.total_us);
+        daemon_own.push_back(s.daemon_us - s.round_trip_us);
+      }
+      auto b = CopyDlopenLatencies(kBenchEchoV1, kBenchEchoV2, scale_.reloads_small / 2 + 1);
+      baseline.insert(baseline.end(), b.begin(), b.end());
+    }
+    Add({"reload_p50_small_state_dir",
+         "  reload p50, small module, with a state dir (--state-dir, as the systemd unit runs relibd)", "µs",
+         P50(total), P50(baseline), "copy + dlopen + dlsym + dlclose of the same files", "",
+         absl::StrFormat("relibd's own work p50 %.0f µs (its copies, the module table's newest file)",
+                         P50(daemon_own))});
   }
 
   // Pid of the worker hosting `module` (0 if relibd does not know it).

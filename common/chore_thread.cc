@@ -63,7 +63,7 @@ void ChoreThread::PostDeferred(std::function<void()> chore, std::chrono::millise
 }
 
 void ChoreThread::Run() {
-  ::pthread_setname_np(::pthread_self(), "chores");
+  ::pthread_setname_np(::pthread_self(), name_);
   std::unique_lock<std::mutex> lock(mutex_);
   while (!stopping_) {
     if (!chores_.empty()) {

@@ -33,7 +33,9 @@ class ChoreThread {
  public:
   static constexpr std::chrono::milliseconds kLinger{50};
 
-  ChoreThread() = default;
+  // `name`: the thread's name (at most 15 characters; a string literal),
+  // how traces and tests tell its work from other threads'.
+  explicit ChoreThread(const char* name = "chores") : name_(name) {}
   ~ChoreThread();
   ChoreThread(const ChoreThread&) = delete;
   ChoreThread& operator=(const ChoreThread&) = delete;
@@ -52,6 +54,7 @@ class ChoreThread {
   void RunDeferredLocked();
   void Run();
 
+  const char* const name_;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::function<void()>> chores_;    // ABSL_GUARDED_BY(mutex_)

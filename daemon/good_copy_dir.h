@@ -2,9 +2,12 @@
 #ifndef RELIB_DAEMON_GOOD_COPY_DIR_H_
 #define RELIB_DAEMON_GOOD_COPY_DIR_H_
 
+#include <sys/types.h>
+
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -23,16 +26,26 @@ namespace relib::daemon {
 // Thread-safe. The destructor finishes the removals still queued.
 class GoodCopyDir {
  public:
-  explicit GoodCopyDir(std::string dir);
+  // `group`: the workers' group when they run as another user; spares are
+  // made owned by it.
+  GoodCopyDir(std::string dir, std::optional<gid_t> group);
 
-  // An unnamed, empty, writable file in the directory (mode 0600), or an
-  // invalid fd if none is ready (the caller creates the file itself). Posts
-  // the making of the next one, and runs the removals RemoveLater deferred:
-  // one wake-up of the chore thread per reload, at its start.
+  // An unnamed, empty file in the directory, writable through the returned
+  // fd and already in its final mode and group (0440 and `group`, else 0400:
+  // a copy is read-only once named, see CopyModuleFile), or an invalid fd if
+  // none is ready (the caller creates the file itself). When none is ready
+  // and none is being made, posts the making of the next one at once;
+  // otherwise the caller calls Replenish once a CPU is likely free.
   common::UniqueFd TakeSpare();
+  // Posts the making of the next spare if none is ready or under way, and
+  // runs the removals RemoveLater deferred: the chore thread's one wake-up
+  // per reload, called once the command is on its way to the worker (which
+  // then works for a while and leaves a CPU free), not while the client waits
+  // on relibd's own steps.
+  void Replenish();
   // Removes `path` on the chore thread, unless ForgetRemoval(path) comes
-  // first: at the next TakeSpare (the next copy's start, when a CPU is free;
-  // not while the reply that replaced `path` goes out), or kRemovalDelay from
+  // first: at the next Replenish (while the next reload's worker works; not
+  // while the reply that replaced `path` goes out), or kRemovalDelay from
   // now at the latest.
   static constexpr std::chrono::milliseconds kRemovalDelay{100};
   void RemoveLater(const std::string& path);
@@ -43,11 +56,16 @@ class GoodCopyDir {
  private:
   struct State {
     std::string dir;
+    std::optional<gid_t> group;
     std::mutex mutex;
     common::UniqueFd spare;
     bool making = false;
     std::set<std::string> removals;
   };
+  // Posts the making of a spare. REQUIRES: state_->making was false and is
+  // now true (set by the caller under the mutex).
+  void PostMaking();
+
   std::shared_ptr<State> state_;
   // Last: destroyed first, so queued chores still find the state.
   common::ChoreThread chores_;

@@ -146,6 +146,7 @@ absl::Status CopyModuleFile(const std::string& path, const std::string& destinat
   // gets the name once complete.
   common::UniqueFd out = std::move(spare);
   bool named = false;  // `destination` is this copy (to remove on error)
+  const bool final_mode = out.valid();  // a spare comes in its final mode and group
   if (!out.valid()) {
     out = common::UniqueFd(::open(destination.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
     if (!out.valid() && errno == EEXIST) {
@@ -164,10 +165,10 @@ absl::Status CopyModuleFile(const std::string& path, const std::string& destinat
   } else if (*copied > max_bytes) {
     status = absl::InvalidArgumentError(absl::StrCat("module file ", path, " grew past the limit of ", max_bytes,
                                                      " bytes while it was copied (relibd --max-module-size-mb)"));
-  } else if (group && ::fchown(out.get(), static_cast<uid_t>(-1), *group) != 0) {
+  } else if (!final_mode && group && ::fchown(out.get(), static_cast<uid_t>(-1), *group) != 0) {
     status = absl::InternalError(
         absl::StrCat("cannot give the worker's group relibd's copy of ", path, ": ", std::strerror(errno)));
-  } else if (::fchmod(out.get(), group ? 0440 : 0400) != 0) {
+  } else if (!final_mode && ::fchmod(out.get(), group ? 0440 : 0400) != 0) {
     status = absl::InternalError(absl::StrCat("cannot make relibd's copy of ", path, " read-only: ", std::strerror(errno)));
   } else if (!named && !(named = NameUnnamed(out.get(), destination))) {
     status = absl::InternalError(absl::StrCat("cannot name relibd's copy of ", path, ": ", std::strerror(errno)));

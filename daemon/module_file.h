@@ -30,9 +30,10 @@ inline constexpr uint64_t kDefaultMaxModuleSizeMb = 512;
 // INVALID_ARGUMENT (FIFO, device, directory, socket; over the limit; no ELF
 // magic; grew past the limit while copied), the errno of open (e.g.
 // PERMISSION_DENIED), INTERNAL if `destination` cannot be written.
-// `spare`: an unnamed file (O_TMPFILE, empty, writable) in `destination`'s
-// directory to copy into instead of creating one; it is linked at
-// `destination` once complete and read-only.
+// `spare`: an unnamed file (O_TMPFILE, empty, writable through the fd) in
+// `destination`'s directory, already in the final mode and group above
+// (GoodCopyDir::TakeSpare), to copy into instead of creating one; it is
+// linked at `destination` once complete.
 absl::Status CopyModuleFile(const std::string& path, const std::string& destination, uint64_t max_bytes,
                             std::optional<gid_t> group = std::nullopt, common::UniqueFd spare = {});
 

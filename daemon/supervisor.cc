@@ -65,7 +65,8 @@ Supervisor::Supervisor(boost::asio::io_context& io, SupervisorOptions options, E
       // nproc limit it could make a module's fork fail where it would not.
       spare_enabled_(options_.spare_workers > 0 && !options_.worker.limits.LimitsProcesses()),
       recovery_(options_.restart),
-      good_copies_(options_.good_dir) {
+      good_copies_(options_.good_dir,
+                   options_.worker.run_as ? std::optional<gid_t>(options_.worker.run_as->gid) : std::nullopt) {
   if (options_.spare_workers > 0 && !spare_enabled_) {
     spdlog::info("phase=startup no spare worker: an nproc worker limit is set and a spare would count against it");
   }
@@ -637,7 +638,7 @@ absl::StatusOr<v1::ModuleInfo> Supervisor::Load(const std::string& name, const s
   const std::string placed = PlaceInScratch(**worker, candidate, *command.mutable_load());
   auto reply = (*worker)->Request(std::move(command), absl::StrCat("load of module '", name, "'"),
                                   CommandDeadline(options, {common::Phase::kLoad, common::Phase::kOnLoad}),
-                                  std::move(fds));
+                                  std::move(fds), {}, [this] { good_copies_.Replenish(); });
   // On success the worker owns the placed file; otherwise it may never have seen it.
   if (!reply.ok() || !ReplyStatus(*reply).ok()) RemoveFile(placed);
   if (!reply.ok()) return fail(reply.status());
@@ -791,7 +792,7 @@ absl::StatusOr<v1::ReloadResponse> Supervisor::Reload(const std::string& name, c
   }
   const auto sent = std::chrono::steady_clock::now();
   auto reply = (*worker)->Request(std::move(command), absl::StrCat("reload of module '", name, "'"), deadline,
-                                  std::move(fds));
+                                  std::move(fds), {}, [this] { good_copies_.Replenish(); });
   const auto answered = std::chrono::steady_clock::now();
   // On success the worker owns the placed file; otherwise it may never have seen it.
   if (!reply.ok() || !ReplyStatus(*reply).ok()) RemoveFile(placed);
@@ -1081,6 +1082,7 @@ std::pair<int, int> Supervisor::Restore(const std::vector<ModuleTable::Entry>& e
     std::lock_guard<std::mutex> lock(mutex_);
     modules_[module.name()] = record;
   }
+  good_copies_.Replenish();
   for (const std::string& group : groups) RestartGroup(group);
   int restored = 0, failed = 0;
   std::lock_guard<std::mutex> lock(mutex_);

@@ -812,7 +812,8 @@ void WorkerHandle::WriteLocked(std::string frame, std::string_view tail) {
 
 absl::StatusOr<v1::link::Reply> WorkerHandle::Request(v1::link::ToWorker command, std::string what,
                                                       std::chrono::milliseconds deadline,
-                                                      std::vector<common::UniqueFd> fds, std::string_view tail) {
+                                                      std::vector<common::UniqueFd> fds, std::string_view tail,
+                                                      const std::function<void()>& sent) {
   // Shared with the reply callback, which wakes the waiting thread after it
   // lets go of the mutex (woken under it, the thread would block on the
   // mutex at once: two more context switches per reply, seen in traces).
@@ -855,6 +856,7 @@ absl::StatusOr<v1::link::Reply> WorkerHandle::Request(v1::link::ToWorker command
         waiter->wake.notify_one();
       },
       /*any_thread=*/true, std::move(fds), tail);
+  if (sent) sent();
   if (lead) {
     Lead(*waiter);
     std::lock_guard<std::mutex> lock(waiter->mutex);

@@ -122,9 +122,13 @@ class WorkerHandle : public std::enable_shared_from_this<WorkerHandle> {
   // `tail`, if not empty, is appended to the command's CallCommand.input on
   // the wire without being copied (REQUIRES: a call command whose input is
   // empty; `tail` stays valid until this returns).
+  // `sent`, if set, runs on this thread once the command is written or
+  // queued (or failed), before the wait for the reply: work the caller can
+  // do while the worker is busy.
   absl::StatusOr<v1::link::Reply> Request(v1::link::ToWorker command, std::string what,
                                           std::chrono::milliseconds deadline,
-                                          std::vector<common::UniqueFd> fds = {}, std::string_view tail = {});
+                                          std::vector<common::UniqueFd> fds = {}, std::string_view tail = {},
+                                          const std::function<void()>& sent = {});
 
   // Thread-safe; not on the io thread. Asks the worker for its modules'
   // usage (answered by its link reader, never behind calls) and waits at

@@ -4,18 +4,18 @@
 // itself, so the link reader thread is not woken either. Counted from
 // /proc/PID/task/*/status of the threads named relibd-io and relib-link.
 // And the reads of the link a lone call costs, counted by strace.
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <fstream>
 #include <functional>
 #include <map>
+#include <optional>
 #include <regex>
+#include <sstream>
 #include <thread>
 
 #include "tests/relibd_fixture.h"
+#include "tests/strace_session.h"
 
 namespace relib::testing {
 namespace {
@@ -52,36 +52,14 @@ class CallWakeupsTest : public RelibdTest {
   // cannot run here.
   static std::map<std::string, int64_t> SyscallCalls(pid_t pid, const std::vector<std::string>& names,
                                                     const std::function<void()>& work) {
-    if (::access("/usr/bin/strace", X_OK) != 0) return {};
     std::string trace = "trace=";
     for (const std::string& name : names) trace += (trace.size() > 6 ? "," : "") + name;
-    const std::string out = std::filesystem::temp_directory_path() / ("relib-strace-" + std::to_string(::getpid()));
-    const std::string pid_text = std::to_string(pid);
-    std::vector<std::string> args = {"/usr/bin/strace", "-f", "-c", "-e", trace, "-o", out, "-p", pid_text};
-    std::vector<char*> argv;
-    for (std::string& arg : args) argv.push_back(arg.data());
-    argv.push_back(nullptr);
-    pid_t tracer = 0;
-    if (::posix_spawn(&tracer, argv[0], nullptr, nullptr, argv.data(), environ) != 0) return {};
-    // strace attaches to every thread before it traces: wait until each
-    // thread names it as its tracer (a fixed sleep misses reads on a loaded
-    // machine); a tracer that cannot attach (ptrace not permitted) exits.
-    const auto attach_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (!AllThreadsTracedBy(pid, tracer)) {
-      int status = 0;
-      if (::waitpid(tracer, &status, WNOHANG) == tracer || std::chrono::steady_clock::now() > attach_deadline) {
-        ::kill(tracer, SIGKILL);
-        ::waitpid(tracer, &status, 0);
-        std::filesystem::remove(out);
-        return {};
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
+    auto session = StraceSession::Attach(pid, {"-c", "-e", trace});
+    if (!session) return {};
     work();
-    ::kill(tracer, SIGINT);  // detaches and writes the summary
-    int status = 0;
-    ::waitpid(tracer, &status, 0);
-    std::ifstream in(out);
+    std::optional<std::string> text = session->Stop();
+    if (!text) return {};
+    std::istringstream in(*text);
     std::string line;
     std::map<std::string, int64_t> calls;
     for (const std::string& name : names) calls[name] = 0;
@@ -93,34 +71,8 @@ class CallWakeupsTest : public RelibdTest {
       std::smatch match;
       if (std::regex_match(line, match, row) && calls.count(match[3].str())) calls[match[3].str()] = std::stoll(match[1]);
     }
-    std::filesystem::remove(out);
-    // Ended by our SIGINT (or exited 0) with a summary: its count (0 if no
-    // row for the syscall); anything else means strace could not trace here.
-    const bool stopped = (WIFSIGNALED(status) && WTERMSIG(status) == SIGINT) ||
-                         (WIFEXITED(status) && (WEXITSTATUS(status) == 0 || WEXITSTATUS(status) == 128 + SIGINT));
-    if (!stopped || !summary) return {};
+    if (!summary) return {};
     return calls;
-  }
-
-  // True if every thread of `pid` has `tracer` as its TracerPid.
-  static bool AllThreadsTracedBy(pid_t pid, pid_t tracer) {
-    const std::string tracer_line = "TracerPid:\t" + std::to_string(tracer);
-    int threads = 0;
-    std::error_code error;
-    for (const auto& entry : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", error)) {
-      std::ifstream status(entry.path() / "status");
-      std::string line;
-      bool traced = false;
-      while (std::getline(status, line)) {
-        if (line.rfind("TracerPid:", 0) == 0) {
-          traced = line == tracer_line;
-          break;
-        }
-      }
-      if (!traced) return false;
-      ++threads;
-    }
-    return !error && threads > 0;
   }
 };
 

@@ -52,6 +52,24 @@ TEST_F(WorkerUserTest, ModuleRunsAsTheWorkerUserWithoutGroupsOrNewPrivileges) {
   EXPECT_EQ(Call("identity", "open", relibd_->dir() + "/relibd.log"), "EACCES");
 }
 
+// Under the systemd unit's UMask=0077: relibd's copies still reach a worker
+// of another user through the group (0440), including copies written into
+// the unnamed files relibd's chore thread makes ahead (whose mode the umask
+// would cut to 0400 if the chore did not set it).
+TEST_F(WorkerUserTest, CopiesReachTheWorkerUnderTheUnitsUmask) {
+  const mode_t previous = ::umask(0077);  // relibd inherits it
+  StartDaemon({"--worker-user", worker_user_});
+  ::umask(previous);
+  if (HasFatalFailure()) return;
+  LoadOrDie("m", k_service_v1);
+  for (int i = 0; i < 4; ++i) {
+    const bool odd = i % 2 == 0;
+    auto reloaded = Reload("m", odd ? k_service_v2 : k_service_v1);
+    ASSERT_TRUE(reloaded.ok()) << reloaded.error_message() << "\n" << relibd_->Log();
+    EXPECT_EQ(Call("m", "version"), odd ? "v2" : "v1");
+  }
+}
+
 TEST_F(WorkerUserTest, DefaultsToAnUnprivilegedUser) {
   ASSERT_NO_FATAL_FAILURE(StartDaemon({"--worker-user", ""}));
   LoadOrDie("identity", k_identity);
