@@ -189,12 +189,13 @@ absl::StatusOr<std::unique_ptr<ModuleTable>> ModuleTable::Open(const std::string
   std::vector<v1::ModuleTable> tables(1);
   const Read durable_read = ReadTable(durable_path, tables[0]);
   if (durable_read != Read::kOk) tables.clear();
+  std::vector<std::filesystem::path> interrupted;  // temp files of durable writes a crash cut short
   {
     std::lock_guard<std::mutex> lock(table->mutex_);
     for (const auto& file : std::filesystem::directory_iterator(dir, error)) {
       const std::string name = file.path().filename().string();
       if (file.path().extension() == ".tmp") {
-        std::filesystem::remove(file.path(), error);  // a durable write that a crash interrupted
+        interrupted.push_back(file.path());
       } else if (file.path().extension() == ".so") {
         table->copies_.insert(name);  // the first durable write removes those no table names
       } else if (std::optional<uint64_t> generation = NextGeneration(name)) {
@@ -213,6 +214,7 @@ absl::StatusOr<std::unique_ptr<ModuleTable>> ModuleTable::Open(const std::string
     return absl::DataLossError(
         absl::StrCat("module table ", durable_path, " is damaged (move it away to start empty)"));
   }
+  for (const auto& path : interrupted) std::filesystem::remove(path, error);
   std::sort(tables.begin(), tables.end(),
             [](const v1::ModuleTable& a, const v1::ModuleTable& b) { return a.generation() > b.generation(); });
   if (durable_read == Read::kDamaged) {

@@ -260,12 +260,14 @@ TEST_F(ModuleTableTest, BothTablesDamagedIsDataLossAndOldTablesRead) {
   WriteFile(modules_ + "/table.pb", "\x0a\xff\xff garbage");
   WriteFile(modules_ + "/table.next.3.pb", "\x0a\xff\xff garbage");
   WriteFile(modules_ + "/a.v3.so", ReadFile(v1_));
+  WriteFile(modules_ + "/table.pb.tmp", "half a table");
   EXPECT_THAT(daemon::ModuleTable::Open(state_),
               StatusIs(absl::StatusCode::kDataLoss, HasSubstr(modules_ + "/table.pb")));
   // A refused start changes nothing: the operator's evidence and the copies stay.
   EXPECT_EQ(ReadFile(modules_ + "/table.pb"), "\x0a\xff\xff garbage");
   EXPECT_EQ(ReadFile(modules_ + "/table.next.3.pb"), "\x0a\xff\xff garbage");
   EXPECT_EQ(ReadFile(modules_ + "/a.v3.so"), ReadFile(v1_));
+  EXPECT_EQ(ReadFile(modules_ + "/table.pb.tmp"), "half a table");
   std::filesystem::remove(modules_ + "/table.next.3.pb");
   WriteTable("table.pb", 0, {{"a", 3, "a.v3.so", 0}});
   auto table = daemon::ModuleTable::Open(state_);
