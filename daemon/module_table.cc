@@ -77,7 +77,8 @@ absl::Status ReplaceFileDurably(const std::string& path, const std::string& byte
 
 // Creates `path`, a name never used before, and writes `bytes` to it. No
 // rename and no truncation: on ext4 (auto_da_alloc) replacing a file by
-// either starts the write-back of the new data at once (~0.3 ms measured),
+// either starts the write-back of the new data at once (a rename over the
+// newest table took 0.4 ms in strace, one to a new name 0.07 ms),
 // which is the durable write's job, not the answer's. A crash in the middle
 // leaves a short file, which Open tells from a whole one.
 absl::Status WriteNew(const std::string& path, const std::string& bytes) {
