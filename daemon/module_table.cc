@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/unique_fd.h"
+#include "daemon/file_bytes.h"
 #include "spdlog/spdlog.h"
 
 namespace relib::daemon {
@@ -40,15 +41,11 @@ std::optional<uint64_t> NextGeneration(const std::string& file) {
   return generation;
 }
 
-absl::Status WriteAll(int fd, const char* data, size_t size, const std::string& path) {
-  while (size > 0) {
-    ssize_t n = ::write(fd, data, size);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return absl::ErrnoToStatus(errno, absl::StrCat("write ", path));
-    data += n;
-    size -= static_cast<size_t>(n);
-  }
-  return absl::OkStatus();
+// WriteAll, its error naming `path`.
+absl::Status WriteAllTo(int fd, const std::string& bytes, const std::string& path) {
+  absl::Status status = WriteAll(fd, bytes.data(), bytes.size());
+  if (status.ok()) return status;
+  return absl::Status(status.code(), absl::StrCat(status.message(), " ", path));
 }
 
 absl::Status SyncPath(const std::string& path, int flags) {
@@ -64,7 +61,7 @@ absl::Status ReplaceFileDurably(const std::string& path, const std::string& byte
   const std::string temp = path + ".tmp";
   common::UniqueFd out(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
   if (!out.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("create ", temp));
-  absl::Status status = WriteAll(out.get(), bytes.data(), bytes.size(), temp);
+  absl::Status status = WriteAllTo(out.get(), bytes, temp);
   if (status.ok() && ::fsync(out.get()) != 0) {
     status = absl::ErrnoToStatus(errno, absl::StrCat("fsync ", temp));
   }
@@ -84,7 +81,7 @@ absl::Status ReplaceFileDurably(const std::string& path, const std::string& byte
 absl::Status WriteNew(const std::string& path, const std::string& bytes) {
   common::UniqueFd out(::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!out.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("create ", path));
-  absl::Status status = WriteAll(out.get(), bytes.data(), bytes.size(), path);
+  absl::Status status = WriteAllTo(out.get(), bytes, path);
   if (!status.ok()) ::unlink(path.c_str());
   return status;
 }
@@ -97,36 +94,10 @@ absl::StatusOr<uint64_t> CopyFile(const std::string& from, const std::string& to
   ::unlink(to.c_str());  // a leftover of a crash before its table was written: no table names it
   common::UniqueFd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
   if (!out.valid()) return absl::ErrnoToStatus(errno, absl::StrCat("create ", to));
-  absl::Status status;
-  uint64_t copied = 0;
-  // In the kernel (no trip of every byte through user space) while it can;
-  // across file systems that do not support that, through a buffer.
-  bool kernel_copy = true;
-  char buffer[1 << 16];
-  while (status.ok()) {
-    ssize_t n;
-    if (kernel_copy) {
-      n = ::copy_file_range(in.get(), nullptr, out.get(), nullptr, 1 << 20, 0);
-      if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP)) {
-        kernel_copy = false;  // nothing was copied by the failed call: go on from the same offsets
-        continue;
-      }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) status = absl::ErrnoToStatus(errno, absl::StrCat("copy ", from, " to ", to));
-      if (n <= 0) break;
-      copied += static_cast<uint64_t>(n);
-      continue;
-    }
-    n = ::read(in.get(), buffer, sizeof(buffer));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) status = absl::ErrnoToStatus(errno, absl::StrCat("read ", from));
-    if (n <= 0) break;
-    status = WriteAll(out.get(), buffer, static_cast<size_t>(n), to);
-    copied += static_cast<uint64_t>(n);
-  }
-  if (!status.ok()) {
+  absl::StatusOr<uint64_t> copied = CopyBounded(in.get(), out.get(), UINT64_MAX - 1);
+  if (!copied.ok()) {
     ::unlink(to.c_str());
-    return status;
+    return absl::Status(copied.status().code(), absl::StrCat("copy ", from, " to ", to, ": ", copied.status().message()));
   }
   return copied;
 }
